@@ -1,0 +1,37 @@
+"""The `genret` console script: one subcommand per job, each in genret/commands/<name>.py."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Modules are imported only when their subcommand runs.
+COMMANDS = {
+    "tokenize": ("genret.commands.tokenize", "fit the RQ-KMeans tokenizer on item embeddings"),
+    "embed": ("genret.commands.embed", "embed item titles of a data set into a .npy file"),
+    "train": ("genret.commands.train", "train a model from a YAML config (LightningCLI)"),
+    "decode": ("genret.commands.decode", "retrieve top-k items for histories (JSON lines)"),
+    "benchmark": ("genret.commands.benchmark", "tokenize, train and evaluate on a data set"),
+    "quickstart": ("genret.commands.quickstart", "the whole pipeline on the synthetic default"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="genret", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        parser.error(f"unknown command {name!r}; choose from {', '.join(COMMANDS)}")
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

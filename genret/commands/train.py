@@ -1,0 +1,31 @@
+"""`genret train --config configs/<name>.yaml [--trainer.max_epochs 3 ...]`: LightningCLI over DualGR.
+
+Everything on the command line after `train` is LightningCLI's: the YAML, dotted overrides,
+`--ckpt_path last` to resume. The subcommand is always `fit`.
+"""
+
+from __future__ import annotations
+
+
+def build_cli(args: list[str], run: bool = True):
+    from pytorch_lightning.cli import LightningCLI
+
+    from genret.training.datamodule import SequenceDataModule
+    from genret.training.module import DualGRModule
+
+    return LightningCLI(
+        DualGRModule,
+        SequenceDataModule,
+        args=(["fit"] + args) if run else args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"fit": {"default_env": False}},
+    )
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        build_cli(["fit", "--help"], run=True)
+        return 0
+    build_cli(argv)
+    return 0

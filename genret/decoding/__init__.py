@@ -1,0 +1,5 @@
+"""Decoding: constrained beam search and the Retriever API."""
+
+from genret.decoding.retriever import RetrievalResult, Retriever
+
+__all__ = ["Retriever", "RetrievalResult"]

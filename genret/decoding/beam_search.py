@@ -1,0 +1,285 @@
+"""Constrained beam search over SID levels for DualGR, batched over users, on the model's device.
+
+One request batch runs, per DBR branch (long, short):
+  level 1: one BOS query per user cross-attends the branch window;
+  level l > 1: W beam queries per user cross-attend their in-bucket keys (S2D): the user's
+  history sorted by s1 once, so a beam's bucket is one contiguous key range.
+Each step's self-attention over the SID prefix reuses cached keys/values. The beam step
+(log-softmax, + beam score, constraint mask, top-W) and the decode cross-attention go through
+genret.kernels' dispatchers, so the same code runs the PyTorch reference on CPU and the Triton
+kernels on CUDA. Finished SIDs expand to items through the SID index; the branches are merged
+(best score per item wins) and the top k distinct items returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from genret.kernels import beam_step, decode_cross_attention
+from genret.models.dualgr import DualGR
+
+
+@dataclass
+class Histories:
+    """A batch of users' positive histories as dense item indices (CSR), oldest first."""
+
+    offsets: torch.Tensor  # (U + 1,) int64
+    items: torch.Tensor  # (sum of lengths,) int64
+    user_feats: torch.Tensor  # (U, F) int64
+
+    @property
+    def n_users(self) -> int:
+        return self.offsets.numel() - 1
+
+
+@dataclass
+class _Context:
+    """Per-block packed cross-attention keys/values of one context layout."""
+
+    keys: list[torch.Tensor]  # per block (N, H, Dh)
+    values: list[torch.Tensor]
+    seg_offsets: torch.Tensor  # (U + 1,)
+    lengths: torch.Tensor  # (U,) actions in each segment (without the user token)
+
+
+def _pack_context(model: DualGR, items: torch.Tensor, user_feats: torch.Tensor) -> _Context:
+    """items (U, T) dense indices, -1 padded -> per-block packed K/V [user token; actions]."""
+    codes = model_codes(model, items)
+    side = torch.zeros(items.shape + (model.cfg.n_side_features,), dtype=torch.long, device=items.device)
+    ctx = model.context(items, codes, user_feats, side)  # (U, 1+T, d)
+    keep = F.pad(items >= 0, (1, 0), value=True)  # (U, 1+T)
+    lengths = (items >= 0).sum(1)
+    seg = F.pad((lengths + 1).cumsum(0), (1, 0))
+    keys, values = [], []
+    for block in model.blocks:
+        k, v = block.cross_attn.project_kv(ctx)
+        keys.append(k[keep])
+        values.append(v[keep])
+    return _Context(keys, values, seg, lengths)
+
+
+def model_codes(model: DualGR, items: torch.Tensor) -> torch.Tensor:
+    """SIDs of dense item indices (the table the decoder was built with); padding gets 0s."""
+    table = model.item_codes
+    return table[items.clamp(min=0)] * (items >= 0).unsqueeze(-1)
+
+
+def _window(hist: Histories, width: int, max_history: int) -> torch.Tensor:
+    """The last min(width, max_history) items of each history as a left-aligned (U, T) tensor."""
+    width = min(width, max_history)
+    start, end = hist.offsets[:-1], hist.offsets[1:]
+    length = (end - start).clamp(max=width)
+    T = max(int(length.max().item()) if length.numel() else 0, 1)
+    j = torch.arange(T, device=start.device)
+    idx = (end - length).unsqueeze(1) + j
+    valid = j < length.unsqueeze(1)
+    safe = idx.clamp(max=max(hist.items.numel() - 1, 0))
+    gathered = hist.items[safe] if hist.items.numel() else torch.zeros_like(idx)
+    return torch.where(valid, gathered, torch.full_like(idx, -1))
+
+
+def _sorted_by_bucket(model: DualGR, window: torch.Tensor) -> torch.Tensor:
+    """Sort each user's actions by (s1, time) so every s1 bucket is contiguous, recent last."""
+    T = window.shape[1]
+    s1 = model_codes(model, window)[..., 0]
+    pos = torch.arange(T, device=window.device).expand_as(window)
+    big = model.cfg.codebook_size
+    key = torch.where(window >= 0, s1 * T + pos, torch.full_like(pos, big * T + T))  # padding last
+    order = key.argsort(dim=1)
+    return window.gather(1, order)
+
+
+def _bucket_ranges(model: DualGR, sorted_items: torch.Tensor, beam_s1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, T) bucket-sorted history, (U, W) beam s1 -> key_lo, key_hi (U, W), relative to the
+    segment start (+1 for the user token), capped to the `in_bucket_cap` most recent."""
+    K = model.cfg.codebook_size
+    s1 = model_codes(model, sorted_items)[..., 0]
+    s1 = torch.where(sorted_items >= 0, s1, torch.full_like(s1, K))  # padding sorts after every bucket
+    lo = torch.searchsorted(s1.contiguous(), beam_s1.contiguous(), right=False)
+    hi = torch.searchsorted(s1.contiguous(), beam_s1.contiguous(), right=True)
+    lo = torch.maximum(lo, hi - model.cfg.in_bucket_cap)
+    return lo + 1, hi + 1
+
+
+class _PrefixCache:
+    """Self-attention keys/values of the SID prefix tokens, per block: (U, W, n, H, Dh)."""
+
+    def __init__(self, n_blocks: int):
+        self.keys: list[torch.Tensor | None] = [None] * n_blocks
+        self.values: list[torch.Tensor | None] = [None] * n_blocks
+
+    def extend(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = k.unsqueeze(2), v.unsqueeze(2)  # (U, W, 1, H, Dh)
+        if self.keys[block] is not None:
+            W = k.shape[1]
+            k = torch.cat([self.keys[block].expand(-1, W, -1, -1, -1), k], dim=2)
+            v = torch.cat([self.values[block].expand(-1, W, -1, -1, -1), v], dim=2)
+        self.keys[block], self.values[block] = k, v
+        return k, v
+
+    def reorder(self, parent: torch.Tensor) -> None:
+        """Keep the caches of the surviving beams' parents. parent (U, W') in [0, W)."""
+        for b, (k, v) in enumerate(zip(self.keys, self.values)):
+            if k is None:
+                continue
+            idx = parent.clamp(min=0)
+            if k.shape[1] == 1:  # shared BOS cache
+                self.keys[b], self.values[b] = k.expand(-1, idx.shape[1], -1, -1, -1), v.expand(-1, idx.shape[1], -1, -1, -1)
+                continue
+            gather = idx[:, :, None, None, None].expand(-1, -1, *k.shape[2:])
+            self.keys[b], self.values[b] = k.gather(1, gather), v.gather(1, gather)
+
+
+def _decoder_step(model: DualGR, x: torch.Tensor, cache: _PrefixCache, ctx: _Context,
+                  key_lo: torch.Tensor, key_hi: torch.Tensor, kernel: str) -> torch.Tensor:
+    """One new prefix token per beam through every block. x (U, W, d) -> hidden (U, W, d)."""
+    U, W, _ = x.shape
+    for b, block in enumerate(model.blocks):
+        h = block.norm_self(x)
+        q = block.self_attn.project_q(h)  # (U, W, H, Dh)
+        k_new, v_new = block.self_attn.project_kv(h)
+        k, v = cache.extend(b, k_new, v_new)  # (U, W, n, H, Dh)
+        n = k.shape[2]
+        att = F.scaled_dot_product_attention(
+            q.reshape(U * W, 1, *q.shape[2:]).transpose(1, 2),
+            k.reshape(U * W, n, *k.shape[3:]).transpose(1, 2),
+            v.reshape(U * W, n, *v.shape[3:]).transpose(1, 2),
+        )  # (U*W, H, 1, Dh)
+        x = x + block.self_attn.out(att.transpose(1, 2).reshape(U, W, -1))
+        h = block.norm_cross(x)
+        qc = block.cross_attn.project_q(h)
+        out = decode_cross_attention(qc, ctx.keys[b], ctx.values[b], ctx.seg_offsets, key_lo, key_hi,
+                                     n_always=1, kernel=kernel)
+        x = x + block.cross_attn.out(out.reshape(U, W, -1))
+        x = block.ffn_residual(x)
+    return model.final_norm(x)
+
+
+@torch.no_grad()
+def decode_branch(model: DualGR, index, hist: Histories, window_width: int, beam_width: int,
+                  kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Beam search for one DBR branch.
+
+    Returns:
+        sids (U, W, L) int64 full SIDs (-1 where fewer than W exist), scores (U, W) float32 log-probs.
+    """
+    cfg = model.cfg
+    U, L, K = hist.n_users, cfg.n_levels, cfg.codebook_size
+    device = hist.items.device
+    window = _window(hist, window_width, cfg.max_history)
+    coarse = _pack_context(model, window, hist.user_feats)
+    if cfg.use_s2d and L > 1:
+        full_sorted = _sorted_by_bucket(model, _window(hist, cfg.max_history, cfg.max_history))
+        fine = _pack_context(model, full_sorted, hist.user_feats)
+    cache = _PrefixCache(len(model.blocks))
+
+    # Level 1: one BOS query per user over the branch window.
+    x = model.query_tokens(torch.zeros(U, 1, 0, dtype=torch.long, device=device)).squeeze(-2)  # (U, 1, d)
+    lo = torch.ones(U, 1, dtype=torch.long, device=device)
+    hi = (coarse.lengths + 1).unsqueeze(1)
+    hidden = _decoder_step(model, x, cache, coarse, lo, hi, kernel)
+    logits = model.heads[0](hidden)  # (U, 1, K)
+    root = torch.zeros(U, 1, dtype=torch.long, device=device)
+    allowed = index.valid_mask(0, root.reshape(-1)).reshape(U, 1, K)
+    scores = torch.zeros(U, 1, device=device)
+    scores, parent, token = beam_step(logits.float(), scores, allowed, min(beam_width, K), kernel=kernel)
+    prefix = token.unsqueeze(-1)  # (U, W, 1)
+    cache.reorder(parent)
+
+    for level in range(1, L):
+        alive = token >= 0
+        safe_prefix = prefix.clamp(min=0)
+        x = model.prefix_embeddings[level - 1](safe_prefix[..., -1]) + model.level_position[level]
+        W = x.shape[1]
+        if cfg.use_s2d:
+            ctx = fine
+            lo, hi = _bucket_ranges(model, full_sorted, safe_prefix[..., 0])
+        else:
+            ctx = coarse
+            lo = torch.ones(U, W, dtype=torch.long, device=device)
+            hi = (coarse.lengths + 1).unsqueeze(1).expand(U, W)
+        hidden = _decoder_step(model, x, cache, ctx, lo, hi, kernel)
+        logits = model.heads[level](hidden)  # (U, W, K)
+        nodes = index.node_of(safe_prefix.reshape(U * W, level))  # depth-`level` node of each beam
+        allowed = index.valid_mask(level, nodes.clamp(min=0)).reshape(U, W, K)
+        allowed &= (alive & (nodes.reshape(U, W) >= 0)).unsqueeze(-1)
+        beam_scores = torch.where(alive, scores, torch.full_like(scores, float("-inf")))
+        scores, parent, token = beam_step(logits.float(), beam_scores, allowed, min(beam_width, W * K), kernel=kernel)
+        gather = parent.clamp(min=0).unsqueeze(-1).expand(-1, -1, prefix.shape[-1])
+        prefix = torch.cat([prefix.gather(1, gather), token.unsqueeze(-1)], dim=-1)
+        cache.reorder(parent)
+    dead = ~torch.isfinite(scores)
+    prefix = prefix.masked_fill(dead.unsqueeze(-1), -1)
+    return prefix, scores
+
+
+def sids_to_items(index, sids: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expand (U, W, L) SIDs to their items in the index's order inside a SID.
+
+    Returns items (U, M) and scores (U, M) in beam order (best first), -1 / -inf padded, with at
+    most k items taken from each SID.
+    """
+    U, W, L = sids.shape
+    leaves = index.node_of(sids.clamp(min=0).reshape(U * W, L)).reshape(U, W)
+    leaves = torch.where(sids[..., 0] >= 0, leaves, torch.full_like(leaves, -1))
+    ptr = index.leaf_item_ptr
+    start = ptr[leaves.clamp(min=0)]
+    count = torch.where(leaves >= 0, ptr[leaves.clamp(min=0) + 1] - start, torch.zeros_like(start))
+    C = max(min(int(count.max().item()) if count.numel() else 0, k), 1)
+    j = torch.arange(C, device=sids.device)
+    take = j < count.unsqueeze(-1)  # (U, W, C)
+    pos = (start.unsqueeze(-1) + j).clamp(max=max(index.leaf_items.numel() - 1, 0))
+    items = torch.where(take, index.leaf_items[pos], torch.full_like(pos, -1)).reshape(U, W * C)
+    item_scores = torch.where(take, scores.unsqueeze(-1).expand(-1, -1, C),
+                              torch.full(take.shape, float("-inf"), device=sids.device)).reshape(U, W * C)
+    return items, item_scores
+
+
+def merge_topk(items: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per user: drop duplicate items (best score wins; earlier position breaks ties), top k.
+
+    items/scores (U, M) with -1 / -inf padding -> (U, k) each, -1 / -inf where fewer exist.
+    """
+    U, M = items.shape
+    # Order by score desc, then position: a stable sort of position-ordered data by -score.
+    order = torch.sort(-scores, dim=1, stable=True).indices
+    items_s, scores_s = items.gather(1, order), scores.gather(1, order)
+    # Within equal items, the first in this order is the best: mark later copies.
+    by_item = torch.sort(items_s, dim=1, stable=True)
+    same_as_prev = F.pad(by_item.values[:, 1:] == by_item.values[:, :-1], (1, 0), value=False)
+    duplicate = torch.zeros_like(same_as_prev).scatter(1, by_item.indices, same_as_prev)
+    scores_s = scores_s.masked_fill(duplicate | (items_s < 0), float("-inf"))
+    kk = min(k, M)
+    # A stable descending sort keeps the score-then-position order among the survivors.
+    order2 = torch.sort(-scores_s, dim=1, stable=True).indices[:, :kk]
+    top_items, top_scores = items_s.gather(1, order2), scores_s.gather(1, order2)
+    top_items = top_items.masked_fill(~torch.isfinite(top_scores), -1)
+    if kk < k:
+        top_items = F.pad(top_items, (0, k - kk), value=-1)
+        top_scores = F.pad(top_scores, (0, k - kk), value=float("-inf"))
+    return top_items, top_scores
+
+
+@torch.no_grad()
+def retrieve_indices(model: DualGR, index, hist: Histories, k: int, beam_width: int | None = None,
+                     merge_branches: bool = True, kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k dense item indices per user: both DBR branches decoded and merged.
+
+    With `merge_branches=False` (or DBR off in the model) only the long branch is decoded.
+    Returns items (U, k) int64 (-1 where the catalogue has fewer reachable items) and scores.
+    """
+    cfg = model.cfg
+    beam_width = beam_width or k
+    branches = [cfg.long_window]
+    if merge_branches and cfg.use_dbr:
+        branches.append(cfg.short_window)
+    all_items, all_scores = [], []
+    for width in branches:
+        sids, scores = decode_branch(model, index, hist, width, beam_width, kernel)
+        items, item_scores = sids_to_items(index, sids, scores, k)
+        all_items.append(items)
+        all_scores.append(item_scores)
+    return merge_topk(torch.cat(all_items, 1), torch.cat(all_scores, 1), k)

@@ -1,0 +1,145 @@
+"""`Retriever`: the user-facing decode API, built from a genret training checkpoint."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from genret.decoding.beam_search import Histories, retrieve_indices
+from genret.io import ARTIFACT_VERSION
+from genret.models.dualgr import DualGR, DualGRConfig
+
+
+@dataclass
+class RetrievalResult:
+    """items[u]: k distinct raw item ids, best first; scores[u]: their log-probabilities."""
+
+    items: list[list[Any]]
+    scores: list[list[float]]
+
+
+class Retriever:
+    """Constrained beam-search retrieval with a trained DualGR.
+
+    Example:
+        >>> r = Retriever.from_checkpoint("runs/quickstart/model.ckpt")
+        >>> r.retrieve([[r.item_ids[0], r.item_ids[5]]], k=10).items[0]
+
+    Args:
+        model: a DualGR whose item codes are set.
+        index: the SIDIndex every decoded SID is constrained to.
+        item_ids: raw id of each dense item index.
+        kernel: "auto" (Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "torch", "triton".
+        beam_width: beams per level (default: k of each call); must be >= k to fill k items.
+        merge_branches: decode both DBR branches and merge them (off: long branch only).
+    """
+
+    def __init__(self, model: DualGR, index, item_ids: Sequence[Any], kernel: str = "auto",
+                 beam_width: int | None = None, merge_branches: bool = True):
+        self.model = model.eval()
+        self.index = index
+        self.item_ids = np.asarray(item_ids)
+        self._item_index = {raw: i for i, raw in enumerate(self.item_ids.tolist())}
+        self.kernel = kernel
+        self.beam_width = beam_width
+        self.merge_branches = merge_branches
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.bos.device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, **kwargs) -> "Retriever":
+        """Load a checkpoint written by `genret train` / `genret quickstart` (tokenizer, SID index
+        and raw item ids travel inside it)."""
+        from genret.tokenizers import SIDIndex
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist; train one with `genret train --config ...`")
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            # Our own checkpoint format holds plain Python containers next to tensors.
+            ckpt = torch.load(path, map_location=device, weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to a user
+            raise RuntimeError(f"cannot read checkpoint {path}: {err}") from err
+        extra = ckpt.get("genret") if isinstance(ckpt, dict) else None
+        if extra is None:
+            raise RuntimeError(f"{path} is not a genret checkpoint (no 'genret' entry)")
+        if extra.get("version") != ARTIFACT_VERSION:
+            raise RuntimeError(f"{path} has genret format version {extra.get('version')}; this genret reads "
+                               f"version {ARTIFACT_VERSION}")
+        model = DualGR(DualGRConfig(**extra["config"]))
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        model.load_state_dict(state)
+        catalogue = extra["catalogue"]
+        model.set_item_codes(catalogue["codes"])
+        model.to(device)
+        index = SIDIndex.from_state_dict(catalogue["sid_index"]).to(device)
+        return cls(model, index, catalogue["item_ids"], **kwargs)
+
+    def encode_histories(self, histories: Sequence[Sequence[Any]], unknown: str = "error",
+                         user_feats: np.ndarray | None = None) -> Histories:
+        """Raw item-id sequences (oldest first) -> dense CSR Histories on the model's device."""
+        if unknown not in ("error", "drop"):
+            raise ValueError(f"unknown must be 'error' or 'drop', got {unknown!r}")
+        dense, lengths, dropped = [], [], []
+        for u, history in enumerate(histories):
+            row = []
+            for raw in history:
+                idx = self._item_index.get(raw)
+                if idx is None and isinstance(raw, str) and raw.lstrip("-").isdigit():
+                    idx = self._item_index.get(int(raw))  # JSON users often quote integer ids
+                if idx is None:
+                    if unknown == "error":
+                        raise ValueError(
+                            f"item id {raw!r} in history {u} is not in the catalogue of {len(self.item_ids):,} "
+                            f"items; pass unknown='drop' to skip unknown items")
+                    dropped.append(raw)
+                    continue
+                row.append(idx)
+            dense.extend(row)
+            lengths.append(len(row))
+        if dropped:
+            warnings.warn(f"dropped {len(dropped)} unknown item id(s), e.g. {dropped[:3]}", stacklevel=2)
+        offsets = torch.tensor(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]), device=self.device)
+        n_fields = len(self.model.user_embeddings)
+        feats = torch.zeros(len(lengths), n_fields, dtype=torch.long, device=self.device)
+        if user_feats is not None:
+            feats = torch.as_tensor(user_feats, dtype=torch.long, device=self.device)
+        return Histories(offsets, torch.tensor(dense, dtype=torch.long, device=self.device), feats)
+
+    def retrieve_indices(self, hist: Histories, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense-index version of `retrieve` (used by evaluation). Returns (U, k) items, scores."""
+        return retrieve_indices(self.model, self.index, hist, k, beam_width=max(self.beam_width or k, 1),
+                                merge_branches=self.merge_branches, kernel=self.kernel)
+
+    def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 500, unknown: str = "error",
+                 batch_size: int = 64) -> RetrievalResult:
+        """Top-k distinct raw item ids per history (best first), with their scores.
+
+        Args:
+            histories: one sequence of raw item ids per user, oldest first (may be empty).
+            k: items per user; at most the catalogue size.
+            unknown: "error" (ValueError naming the id) or "drop" (skip with a warning).
+            batch_size: users decoded together.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if k > len(self.item_ids):
+            raise ValueError(f"k={k} exceeds the catalogue of {len(self.item_ids):,} items")
+        items_out: list[list[Any]] = []
+        scores_out: list[list[float]] = []
+        for start in range(0, len(histories), batch_size):
+            hist = self.encode_histories(histories[start:start + batch_size], unknown=unknown)
+            items, scores = self.retrieve_indices(hist, k)
+            for row_items, row_scores in zip(items.cpu().numpy(), scores.cpu().numpy()):
+                keep = row_items >= 0
+                items_out.append(self.item_ids[row_items[keep]].tolist())
+                scores_out.append(row_scores[keep].astype(float).tolist())
+        return RetrievalResult(items_out, scores_out)

@@ -1,0 +1,416 @@
+"""DualGR: an encoder-free generative retriever over semantic IDs (dualgr.txt, sections 2.2-2.5).
+
+The context is LN([user token; action embeddings]); no encoder runs over it. A small decoder
+generates the SID (s1, s2, s3) of the next item: each block has causal self-attention over the
+SID prefix (BOS, s1, s2), cross-attention to the context, and an FFN. The cross-attention is
+step-wise:
+
+* the token that predicts s1 sees the DBR-chosen window (the last `long_window` or the last
+  `short_window` actions);
+* the tokens that predict s2 and s3 see the S2D in-bucket subset: the actions whose s1 equals
+  the target's (training) or the beam's (inference) s1, most recent first, capped.
+
+The user token is always visible, so no query ever sees an empty context.
+
+Training trains every target of a user's sequence in one forward pass (as SASRec does): each
+target's query group cross-attends only the actions before it, further restricted by the masks
+above; exposure negatives are extra one-token query groups at their own positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class DualGRConfig:
+    """Sizes and switches of DualGR. The defaults are a small CPU-friendly model; the paper's
+    production setting is configs/dualgr_paper.yaml (4 blocks, d=512, 8 heads, FFN 1024,
+    history 1000, windows 1000/64, 3 x 8192 codes, alpha 0.1)."""
+
+    n_levels: int = 3  # SID depth L
+    codebook_size: int = 256  # codes per level K
+    n_items: int = 0  # catalogue size, for the optional item-id embedding (0 = off)
+    item_id_buckets: int = 0  # >0: hash item ids into this many rows (huge catalogues)
+    user_feature_cardinalities: list[int] = field(default_factory=list)  # one per static field
+    n_side_features: int = 0  # bucketised per-action side features (watch time, rating, gap, ...)
+    side_buckets: int = 16  # buckets per side feature (0 is reserved for "missing")
+    d_model: int = 64
+    n_heads: int = 4
+    n_blocks: int = 2
+    d_ffn: int = 128
+    dropout: float = 0.1
+    max_history: int = 200  # H_t: most recent positives kept
+    long_window: int = 200  # L_long
+    short_window: int = 16  # L_short
+    in_bucket_cap: int = 64  # S2D: most recent same-s1 actions kept
+    use_dbr: bool = True  # off: the long branch only ("w/o DBR")
+    use_s2d: bool = True  # off: fine levels see the level-1 context ("w/o S2D")
+    use_entp: bool = True  # off: plain NTP, negatives ignored ("w/o ENTP")
+    alpha: float = 0.1  # ENTP negative weight
+    eps: float = 1e-6  # probability clip for ENTP
+
+    def validate(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.n_levels < 1:
+            raise ValueError(f"n_levels must be >= 1, got {self.n_levels}")
+        if not 0 < self.short_window <= self.long_window:
+            raise ValueError(
+                f"need 0 < short_window <= long_window, got {self.short_window} and {self.long_window}"
+            )
+        if self.long_window > self.max_history:
+            raise ValueError(f"long_window={self.long_window} exceeds max_history={self.max_history}")
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+
+
+class Attention(nn.Module):
+    """Multi-head attention whose keys/values can be projected once and reused (decode cache)."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.query = nn.Linear(d_model, d_model)
+        self.key_value = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., S, d) -> keys, values (..., S, H, Dh)."""
+        k, v = self.key_value(x).chunk(2, dim=-1)
+        shape = x.shape[:-1] + (self.n_heads, self.head_dim)
+        return k.reshape(shape), v.reshape(shape)
+
+    def project_q(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., Q, d) -> (..., Q, H, Dh)."""
+        return self.query(x).reshape(x.shape[:-1] + (self.n_heads, self.head_dim))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """q (B, Q, H, Dh), k/v (B, S, H, Dh), mask (B, Q, S) bool (True = attend) -> (B, Q, d)."""
+        attn_mask = None if mask is None else mask[:, None]  # broadcast over heads
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, H, Q, Dh)
+        return self.out(out.transpose(1, 2).flatten(-2))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm block: causal self-attention over the SID prefix, cross-attention, FFN."""
+
+    def __init__(self, cfg: DualGRConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.norm_self = nn.LayerNorm(d)
+        self.self_attn = Attention(d, cfg.n_heads, cfg.dropout)
+        self.norm_cross = nn.LayerNorm(d)
+        self.cross_attn = Attention(d, cfg.n_heads, cfg.dropout)
+        self.norm_ffn = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.d_ffn), nn.GELU(), nn.Linear(cfg.d_ffn, d))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def self_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """x (G, Lq, d): each group is one target's prefix tokens; causal inside the group."""
+        h = self.norm_self(x)
+        q = self.self_attn.project_q(h)
+        k, v = self.self_attn.project_kv(h)
+        causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
+        return x + self.drop(self.self_attn.attend(q, k, v, causal.expand(x.shape[0], -1, -1)))
+
+    def ffn_residual(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop(self.ffn(self.norm_ffn(x)))
+
+
+@dataclass
+class TrainBatch:
+    """One batch of users, every positive of each sequence a target (see genret.training.datamodule).
+
+    items:      (B, T) int64 positive item indices in time order, -1 = padding
+    codes:      (B, T, L) int64 SIDs of those items (0 where padded)
+    user_feats: (B, F) int64 static user features (0 = unknown), F may be 0
+    side:       (B, T, S) int64 bucketised side features (0 = missing), S may be 0
+    neg_items:  (B, N) int64 exposure negatives, -1 = padding
+    neg_codes:  (B, N, L) int64
+    neg_pos:    (B, N) int64 number of positives before each negative (its history length)
+    loss_mask:  (B, T) bool positives that are scored (all valid ones in training; the last in validation)
+    """
+
+    items: torch.Tensor
+    codes: torch.Tensor
+    user_feats: torch.Tensor
+    side: torch.Tensor
+    neg_items: torch.Tensor
+    neg_codes: torch.Tensor
+    neg_pos: torch.Tensor
+    loss_mask: torch.Tensor
+
+    def to(self, device) -> "TrainBatch":
+        return TrainBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+
+class DualGR(nn.Module):
+    def __init__(self, cfg: DualGRConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        d, K, L = cfg.d_model, cfg.codebook_size, cfg.n_levels
+        # Action frontend: E_a(a) = sum_l E_sid^(l)[s_l(a)] (+ item id) (+ side buckets).
+        # sid_embeddings[0] is also DBR's E_vocab^(1).
+        self.sid_embeddings = nn.ModuleList(nn.Embedding(K, d) for _ in range(L))
+        n_id_rows = cfg.item_id_buckets or cfg.n_items
+        self.item_embedding = nn.Embedding(n_id_rows, d) if n_id_rows > 0 else None
+        self.side_embeddings = nn.ModuleList(
+            nn.Embedding(cfg.side_buckets + 1, d) for _ in range(cfg.n_side_features)
+        )
+        # User frontend: one summed token of the static fields, or a learned default token.
+        self.user_default = nn.Parameter(torch.zeros(d))
+        self.user_embeddings = nn.ModuleList(nn.Embedding(c + 1, d) for c in cfg.user_feature_cardinalities)
+        self.context_norm = nn.LayerNorm(d)
+        # Decoder inputs: BOS, then the embedding of the code chosen at each earlier level.
+        self.bos = nn.Parameter(torch.randn(d) * 0.02)
+        self.prefix_embeddings = nn.ModuleList(nn.Embedding(K, d) for _ in range(L - 1))
+        self.level_position = nn.Parameter(torch.randn(L, d) * 0.02)
+        self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_blocks))
+        self.final_norm = nn.LayerNorm(d)
+        self.heads = nn.ModuleList(nn.Linear(d, K) for _ in range(L))
+        # Every item's SID, for decoding from raw histories (set by set_item_codes; not trained).
+        self.register_buffer("item_codes", torch.zeros(0, L, dtype=torch.long), persistent=False)
+        self.apply(self._init_weights)
+
+    def set_item_codes(self, codes: torch.Tensor) -> None:
+        """codes (n_items, L) int64: the SID table the decoder maps history items through."""
+        codes = torch.as_tensor(codes, dtype=torch.long)
+        if codes.ndim != 2 or codes.shape[1] != self.cfg.n_levels:
+            raise ValueError(f"item codes must have shape (n_items, {self.cfg.n_levels}), got {tuple(codes.shape)}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.cfg.codebook_size):
+            raise ValueError(f"item codes must lie in [0, {self.cfg.codebook_size})")
+        self.item_codes = codes.to(self.bos.device)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    # ------------------------------------------------------------------ frontend
+    def user_token(self, user_feats: torch.Tensor) -> torch.Tensor:
+        """(B, F) int64 -> (B, d)."""
+        token = self.user_default.expand(user_feats.shape[0], -1)
+        for f, emb in enumerate(self.user_embeddings):
+            token = token + emb(user_feats[:, f])
+        return token
+
+    def action_embeddings(self, items: torch.Tensor, codes: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+        """items (B, T) (-1 = pad), codes (B, T, L), side (B, T, S) -> (B, T, d), zero at padding."""
+        x = sum(emb(codes[..., level]) for level, emb in enumerate(self.sid_embeddings))
+        if self.item_embedding is not None:
+            ids = items.clamp(min=0)
+            if self.cfg.item_id_buckets:
+                ids = _hash_ids(ids, self.cfg.item_id_buckets)
+            x = x + self.item_embedding(ids)
+        for s, emb in enumerate(self.side_embeddings):
+            x = x + emb(side[..., s])
+        return x * (items >= 0).unsqueeze(-1)
+
+    def context(self, items, codes, user_feats, side) -> torch.Tensor:
+        """LN([user token; actions]) -> (B, 1 + T, d). Padding keys must be masked by the caller."""
+        tokens = torch.cat([self.user_token(user_feats)[:, None], self.action_embeddings(items, codes, side)], 1)
+        return self.context_norm(tokens)
+
+    def query_tokens(self, prefix_codes: torch.Tensor) -> torch.Tensor:
+        """prefix_codes (..., j) codes of levels 1..j -> (..., j + 1, d): BOS then one token per code."""
+        bos = (self.bos + self.level_position[0]).expand(prefix_codes.shape[:-1] + (1, -1))
+        rest = [
+            self.prefix_embeddings[level](prefix_codes[..., level]) + self.level_position[level + 1]
+            for level in range(prefix_codes.shape[-1])
+        ]
+        return torch.cat([bos] + [r.unsqueeze(-2) for r in rest], dim=-2)
+
+    # ------------------------------------------------------------------ DBR
+    @torch.no_grad()
+    def dbr_choose_short(self, level1: torch.Tensor, valid: torch.Tensor, target_level1: torch.Tensor,
+                         positions: torch.Tensor) -> torch.Tensor:
+        """The hard gate of eq. 3-5, for many targets of each sequence at once.
+
+        level1 (B, T) level-1 codes of the history, valid (B, T) bool, target_level1 (B, Q) the
+        target's level-1 code, positions (B, Q) the number of actions before each target.
+        Returns (B, Q) bool: True where the short window is more similar to the target.
+        No gradient flows through the choice (it is an argmax).
+        """
+        cfg = self.cfg
+        emb = self.sid_embeddings[0].weight.detach()
+        vec = emb[level1] * valid.unsqueeze(-1)  # (B, T, d)
+        csum = F.pad(vec.cumsum(1), (0, 0, 1, 0))  # (B, T + 1, d): csum[:, p] = sum of first p actions
+        ccount = F.pad(valid.long().cumsum(1), (1, 0))  # (B, T + 1)
+
+        def window_mean(width: int) -> torch.Tensor:
+            start = (positions - width).clamp(min=0)
+            total = _gather_rows(csum, positions) - _gather_rows(csum, start)
+            count = ccount.gather(1, positions) - ccount.gather(1, start)
+            return total / count.clamp(min=1).unsqueeze(-1)
+
+        target = emb[target_level1]
+        gamma_long = F.cosine_similarity(target, window_mean(cfg.long_window), dim=-1)
+        gamma_short = F.cosine_similarity(target, window_mean(cfg.short_window), dim=-1)
+        return gamma_short > gamma_long
+
+    # ------------------------------------------------------------------ masks
+    def window_mask(self, positions: torch.Tensor, choose_short: torch.Tensor, n_keys: int,
+                    valid: torch.Tensor) -> torch.Tensor:
+        """(B, Q) positions and gate -> (B, Q, 1 + T) cross-attention mask for the level-1 token."""
+        j = torch.arange(n_keys - 1, device=positions.device)
+        width = torch.where(choose_short, self.cfg.short_window, self.cfg.long_window)
+        pos = positions.unsqueeze(-1)
+        actions = (j < pos) & (j >= pos - width.unsqueeze(-1)) & valid.unsqueeze(1)
+        return F.pad(actions, (1, 0), value=True)  # the user token is always visible
+
+    def in_bucket_mask(self, level1: torch.Tensor, valid: torch.Tensor, target_level1: torch.Tensor,
+                       positions: torch.Tensor) -> torch.Tensor:
+        """S2D (eq. 8): actions before each target with the target's s1, the most recent
+        `in_bucket_cap` of them. (B, Q) -> (B, Q, 1 + T)."""
+        T = level1.shape[1]
+        j = torch.arange(T, device=level1.device)
+        same = (level1.unsqueeze(1) == target_level1.unsqueeze(-1)) & valid.unsqueeze(1)
+        same &= j < positions.unsqueeze(-1)  # (B, Q, T)
+        # rank from the most recent: how many same-bucket actions come at or after j (before t).
+        recency_rank = same.flip(-1).long().cumsum(-1).flip(-1)
+        same &= recency_rank <= self.cfg.in_bucket_cap
+        return F.pad(same, (1, 0), value=True)
+
+    # ------------------------------------------------------------------ training forward
+    def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        """Teacher-forced logits for every positive target and every exposure negative.
+
+        Returns:
+            pos_logits: list of L tensors (B, T, K): level-l logits for target t (history = items[:t]).
+            neg_logits: (B, N, K) level-1 logits of each negative at its position.
+            choose_short: (B, T) the DBR gate of each positive target.
+        """
+        cfg = self.cfg
+        B, T = batch.items.shape
+        L = cfg.n_levels
+        valid = batch.items >= 0
+        level1 = batch.codes[..., 0]
+        ctx = self.context(batch.items, batch.codes, batch.user_feats, batch.side)  # (B, 1+T, d)
+        positions = torch.arange(T, device=ctx.device).expand(B, T)
+
+        if cfg.use_dbr:
+            short_pos = self.dbr_choose_short(level1, valid, level1, positions)
+        else:
+            short_pos = torch.zeros_like(valid)
+        coarse_mask = self.window_mask(positions, short_pos, T + 1, valid)  # (B, T, 1+T)
+        if cfg.use_s2d and L > 1:
+            fine_mask = self.in_bucket_mask(level1, valid, level1, positions)
+        else:
+            fine_mask = coarse_mask
+        # Query group per target: L tokens (BOS, s1, ..., s_{L-1}).
+        pos_queries = self.query_tokens(batch.codes[..., : L - 1])  # (B, T, L, d)
+        step_masks = [coarse_mask] + [fine_mask] * (L - 1)
+        pos_mask = torch.stack(step_masks, dim=2).reshape(B, T * L, T + 1)
+
+        n_neg = batch.neg_items.shape[1] if cfg.use_entp else 0
+        if n_neg:
+            neg_valid = batch.neg_items >= 0
+            neg_level1 = batch.neg_codes[..., 0]
+            neg_pos = batch.neg_pos.clamp(max=T)
+            if cfg.use_dbr:
+                short_neg = self.dbr_choose_short(level1, valid, neg_level1, neg_pos)
+            else:
+                short_neg = torch.zeros_like(neg_valid)
+            neg_mask = self.window_mask(neg_pos, short_neg, T + 1, valid)  # (B, N, 1+T)
+            neg_queries = self.query_tokens(batch.neg_codes[..., :0])  # (B, N, 1, d): BOS only
+            cross_mask = torch.cat([pos_mask, neg_mask], dim=1)
+        else:
+            cross_mask = pos_mask
+
+        x_pos = pos_queries.reshape(B * T, L, -1)
+        x_neg = neg_queries.reshape(B * n_neg, 1, -1) if n_neg else None
+        for block in self.blocks:
+            k, v = block.cross_attn.project_kv(ctx)  # (B, 1+T, H, Dh): once per block, shared by all queries
+            x_pos = block.self_attention(x_pos)
+            parts = [x_pos.reshape(B, T * L, -1)]
+            if n_neg:
+                x_neg = block.self_attention(x_neg)
+                parts.append(x_neg.reshape(B, n_neg, -1))
+            x = torch.cat(parts, dim=1)
+            h = block.norm_cross(x)
+            x = x + block.drop(block.cross_attn.attend(block.cross_attn.project_q(h), k, v, cross_mask))
+            x = block.ffn_residual(x)
+            x_pos = x[:, : T * L].reshape(B * T, L, -1)
+            if n_neg:
+                x_neg = x[:, T * L:].reshape(B * n_neg, 1, -1)
+
+        h_pos = self.final_norm(x_pos).reshape(B, T, L, -1)
+        out = {
+            "pos_logits": [self.heads[level](h_pos[:, :, level]) for level in range(L)],
+            "choose_short": short_pos,
+        }
+        if n_neg:
+            out["neg_logits"] = self.heads[0](self.final_norm(x_neg).reshape(B, n_neg, -1))
+        return out
+
+    def loss(self, batch: TrainBatch, out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """ENTP (eq. 10): NLL at every level for positives, -alpha log(1 - p1) for negatives,
+        averaged over all tuples in the batch. Without negatives (or use_entp off) it is NTP."""
+        cfg = self.cfg
+        out = self(batch) if out is None else out
+        valid = batch.loss_mask & (batch.items >= 0)
+        n_pos = valid.sum()
+        pos_nll = torch.zeros((), device=valid.device)
+        per_level = []
+        for level, logits in enumerate(out["pos_logits"]):
+            logp = logits.log_softmax(-1).gather(-1, batch.codes[..., level : level + 1]).squeeze(-1)
+            p = logp.exp().clamp(cfg.eps, 1 - cfg.eps)
+            nll = (-p.log() * valid).sum()
+            per_level.append(nll / n_pos.clamp(min=1))
+            pos_nll = pos_nll + nll
+        neg_term = torch.zeros((), device=valid.device)
+        n_neg = torch.zeros((), dtype=torch.long, device=valid.device)
+        if "neg_logits" in out:
+            neg_valid = batch.neg_items >= 0
+            n_neg = neg_valid.sum()
+            p1 = out["neg_logits"].softmax(-1).gather(-1, batch.neg_codes[..., :1]).squeeze(-1)
+            p1 = p1.clamp(cfg.eps, 1 - cfg.eps)
+            neg_term = (-cfg.alpha * torch.log1p(-p1) * neg_valid).sum()
+        n_total = (n_pos + n_neg).clamp(min=1)
+        return {
+            "loss": (pos_nll + neg_term) / n_total,
+            "nll_levels": torch.stack(per_level),
+            "neg_loss": neg_term / n_neg.clamp(min=1),
+            "n_pos": n_pos,
+            "n_neg": n_neg,
+            "short_fraction": out["choose_short"][valid].float().mean() if n_pos > 0 else n_pos.float(),
+        }
+
+
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, S, d), index (B, Q) -> (B, Q, d)."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def _hash_ids(ids: torch.Tensor, buckets: int) -> torch.Tensor:
+    # A multiplicative hash keeps neighbouring ids apart; collisions are the price of a bounded table.
+    return (ids * 2654435761) % buckets
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def paper_config(**overrides) -> DualGRConfig:
+    """The paper's production sizes (section 3)."""
+    base = dict(n_levels=3, codebook_size=8192, d_model=512, n_heads=8, n_blocks=4, d_ffn=1024,
+                max_history=1000, long_window=1000, short_window=64, alpha=0.1)
+    base.update(overrides)
+    return DualGRConfig(**base)
+
+
+__all__ = ["DualGR", "DualGRConfig", "TrainBatch", "paper_config", "count_parameters"]

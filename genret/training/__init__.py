@@ -1,0 +1,1 @@
+"""Training: the Lightning data module, the DualGR LightningModule and SID preparation."""

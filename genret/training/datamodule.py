@@ -1,0 +1,203 @@
+"""LightningDataModule: interaction logs -> batches of whole user sequences with every target.
+
+One training example is a user: the last `max_history` positives of the training split, each
+positive a target (its history is the positives before it), plus the user's unclicked exposures
+(label 0) as negatives at their own positions. The model trains all of them in one forward pass.
+Batches are gathered with array indexing, not a Python loop per example.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from genret.models.dualgr import TrainBatch
+from genret.training.semantic_ids import SIDConfig, fit_semantic_ids
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UserSequences:
+    """CSR view of each user's positives and negatives (negatives know their position)."""
+
+    pos_offsets: np.ndarray  # (n_users + 1,)
+    pos_items: np.ndarray  # positives in time order
+    neg_offsets: np.ndarray  # (n_users + 1,)
+    neg_items: np.ndarray
+    neg_positions: np.ndarray  # number of the user's positives before each negative
+
+    @classmethod
+    def from_log(cls, log_) -> "UserSequences":
+        users, items, labels = log_.user, log_.item, log_.label
+        n_users = log_.n_users
+        positive = labels == 1
+        pos_offsets = _offsets(users[positive], n_users)
+        neg_offsets = _offsets(users[~positive], n_users)
+        # Positives before each row: a running count inside the user (rows are sorted by user, time).
+        running = np.cumsum(positive) - positive  # positives before each row, over the whole log
+        user_start = _offsets(users, n_users)[users]
+        before = running - running[user_start]
+        return cls(pos_offsets, items[positive], neg_offsets, items[~positive], before[~positive])
+
+    @classmethod
+    def from_histories(cls, offsets: np.ndarray, items: np.ndarray) -> "UserSequences":
+        empty = np.zeros(0, np.int64)
+        return cls(offsets, items, np.zeros_like(offsets), empty, empty)
+
+
+def _offsets(sorted_keys: np.ndarray, n: int) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(np.bincount(sorted_keys, minlength=n))]).astype(np.int64)
+
+
+def gather_batch(seq: UserSequences, rows: np.ndarray, codes: np.ndarray, user_feats: np.ndarray,
+                 max_history: int, max_negatives: int, loss_last_only: bool = False) -> TrainBatch:
+    """Builds a TrainBatch for the sequences `rows` of `seq` (vectorised gather).
+
+    Keeps the last `max_history` positives of each row and its `max_negatives` most recent
+    negatives that fall inside that window (their positions are shifted to the window).
+    With `loss_last_only` only the final positive of each row is a target (validation).
+    """
+    start, end = seq.pos_offsets[rows], seq.pos_offsets[rows + 1]
+    length = np.minimum(end - start, max_history)
+    T = max(int(length.max(initial=0)), 1)
+    first = end - length  # window start in pos_items
+    idx = first[:, None] + np.arange(T)[None, :]
+    valid = np.arange(T)[None, :] < length[:, None]
+    items = np.where(valid, seq.pos_items[np.minimum(idx, len(seq.pos_items) - 1)] if len(seq.pos_items) else -1, -1)
+
+    # Negatives: keep those whose position lies inside the window, most recent last.
+    n_start, n_end = seq.neg_offsets[rows], seq.neg_offsets[rows + 1]
+    shift = (end - start) - length  # positives dropped before the window
+    n_count = np.minimum(n_end - n_start, max_negatives)
+    N = max(int(n_count.max(initial=0)), 0)
+    if N and len(seq.neg_items):
+        nidx = (n_end - n_count)[:, None] + np.arange(N)[None, :]
+        nvalid = np.arange(N)[None, :] < n_count[:, None]
+        nidx = np.minimum(nidx, len(seq.neg_items) - 1)
+        neg_pos = seq.neg_positions[nidx] - shift[:, None]
+        nvalid &= neg_pos >= 0
+        neg_items = np.where(nvalid, seq.neg_items[nidx], -1)
+        neg_pos = np.where(nvalid, neg_pos, 0)
+    else:
+        neg_items = np.full((len(rows), 0), -1, np.int64)
+        neg_pos = np.zeros((len(rows), 0), np.int64)
+
+    L = codes.shape[1]
+    item_codes = np.where(valid[..., None], codes[np.maximum(items, 0)], 0) if len(codes) else np.zeros(items.shape + (L,), np.int64)
+    neg_codes = codes[np.maximum(neg_items, 0)] * (neg_items >= 0)[..., None]
+    loss_mask = valid.copy()
+    if loss_last_only:
+        loss_mask[:] = False
+        has = length > 0
+        loss_mask[np.nonzero(has)[0], length[has] - 1] = True
+    batch = TrainBatch(
+        items=torch.from_numpy(items.astype(np.int64)),
+        codes=torch.from_numpy(item_codes.astype(np.int64)),
+        user_feats=torch.from_numpy(user_feats[rows].astype(np.int64)),
+        side=torch.zeros(len(rows), T, 0, dtype=torch.long),
+        neg_items=torch.from_numpy(neg_items.astype(np.int64)),
+        neg_codes=torch.from_numpy(neg_codes.astype(np.int64)),
+        neg_pos=torch.from_numpy(neg_pos.astype(np.int64)),
+        loss_mask=torch.from_numpy(loss_mask),
+    )
+    return batch
+
+
+class _Rows(Dataset):
+    """Indices only; the collate function gathers a whole batch at once."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> int:
+        return int(self.rows[i])
+
+
+class SequenceDataModule(pl.LightningDataModule):
+    """Loads a data set, splits it leave-one-out, gives items semantic IDs, serves batches.
+
+    Args:
+        data: a data folder (ML-1M, P5 Amazon, KuaiRand), a table file, or "synthetic" /
+            "synthetic:<users>x<items>" (see genret.data.load_dataset). Relative names are also
+            looked up under $GENRET_DATA_DIR.
+        sid: how semantic IDs are made (codebook size, levels, embeddings source, cache).
+        max_history: positives kept per user sequence (the model's H_t).
+        max_negatives: unclicked exposures kept per user (most recent).
+        batch_size: user sequences per batch.
+        num_workers: DataLoader workers (0 keeps CI simple; batches are cheap to gather).
+    """
+
+    def __init__(self, data: str = "synthetic", sid: SIDConfig | None = None, max_history: int = 200,
+                 max_negatives: int = 64, batch_size: int = 64, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        self.data = data
+        self.sid = sid or SIDConfig()
+        self.max_history = max_history
+        self.max_negatives = max_negatives
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self._ready = False
+
+    # -- facts the model needs (valid after setup)
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        from genret.data import leave_one_out, load_dataset
+
+        self.log_all = load_dataset(self.data)
+        self.split = leave_one_out(self.log_all)
+        self.train_log = self.split.train
+        self.tokenizer, self.codes, self.sid_index, self.sid_report = fit_semantic_ids(
+            self.log_all, self.train_log, self.sid)
+        self.train_sequences = UserSequences.from_log(self.train_log)
+        if self.log_all.user_features is not None:
+            self.user_feats = np.asarray(self.log_all.user_features, np.int64)
+            self.user_feature_cardinalities = [int(c) for c in self.log_all.user_feature_cardinalities]
+        else:
+            self.user_feats = np.zeros((self.log_all.n_users, 0), np.int64)
+            self.user_feature_cardinalities = []
+        has_pos = np.diff(self.train_sequences.pos_offsets) > 0
+        self.train_rows = np.nonzero(has_pos)[0]
+        valid = self.split.eval_set("valid")
+        # Validation sequences = history + target; only the target is scored.
+        m = len(valid)
+        hist_len = np.diff(valid.history_offsets)
+        offsets = valid.history_offsets + np.arange(m + 1)
+        items = np.empty(offsets[-1], np.int64)
+        items[np.arange(len(valid.history_items)) + np.repeat(np.arange(m), hist_len)] = valid.history_items
+        items[offsets[1:] - 1] = valid.targets
+        self.valid_sequences = UserSequences.from_histories(offsets, items)
+        self.valid_users = valid.users
+        self._ready = True
+        log.info("data %s: %s", self.log_all.name, self.log_all.summary())
+
+    @property
+    def n_items(self) -> int:
+        return self.log_all.n_items
+
+    def _collate(self, seq: UserSequences, feats: np.ndarray, last_only: bool):
+        def collate(rows: list[int]) -> TrainBatch:
+            return gather_batch(seq, np.asarray(rows, np.int64), self.codes, feats, self.max_history,
+                                self.max_negatives, loss_last_only=last_only)
+        return collate
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Rows(self.train_rows), batch_size=self.batch_size, shuffle=True,
+                          num_workers=self.num_workers,
+                          collate_fn=self._collate(self.train_sequences, self.user_feats, False))
+
+    def val_dataloader(self) -> DataLoader:
+        feats = self.user_feats[self.valid_users]
+        return DataLoader(_Rows(np.arange(len(self.valid_users))), batch_size=self.batch_size * 2,
+                          num_workers=self.num_workers,
+                          collate_fn=self._collate(self.valid_sequences, feats, True))

@@ -1,0 +1,137 @@
+"""LightningModule for DualGR: loss, optimiser, schedule and logging. The maths lives in the model."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from genret.io import ARTIFACT_VERSION
+from genret.models.dualgr import DualGR, DualGRConfig, TrainBatch
+
+
+class DualGRModule(pl.LightningModule):
+    """Trains DualGR with the ENTP loss.
+
+    The SID depth, codebook size, catalogue size and user-feature cardinalities come from the
+    data module at `configure_model` time, so one YAML works for any data set. The checkpoint
+    carries everything `genret.Retriever.from_checkpoint` needs: the resolved model config, the
+    SID index, every item's SID and raw id.
+
+    Args:
+        config: model sizes and the DBR / S2D / ENTP switches.
+        lr: peak AdamW learning rate. weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up, then cosine decay to 10% over the trainer's total steps.
+        use_item_id: add an item-id embedding to each action (off for pure-SID models).
+    """
+
+    def __init__(self, config: DualGRConfig | None = None, lr: float = 1e-3, weight_decay: float = 0.01,
+                 warmup_steps: int = 100, use_item_id: bool = True):
+        super().__init__()
+        self.config = config or DualGRConfig()
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.use_item_id = use_item_id
+        self.save_hyperparameters()
+        self.model: DualGR | None = None
+        self.catalogue: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ model from data facts
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None:
+            raise RuntimeError("DualGRModule needs a SequenceDataModule to size its model; pass datamodule=")
+        dm.setup("fit")
+        self.build(
+            n_levels=dm.sid.n_levels, codebook_size=dm.sid.codebook_size, n_items=dm.n_items,
+            user_feature_cardinalities=dm.user_feature_cardinalities, max_history=dm.max_history,
+        )
+        self.catalogue = {
+            "item_ids": list(dm.log_all.item_ids.tolist()),
+            "codes": torch.as_tensor(dm.codes),
+            "sid_index": dm.sid_index.state_dict(),
+            "dataset": dm.log_all.name,
+            "item_popularity": torch.as_tensor(
+                torch.bincount(torch.as_tensor(dm.train_log.item[dm.train_log.label == 1]), minlength=dm.n_items)),
+        }
+
+    def build(self, **data_facts) -> DualGR:
+        """Resolve the config with the data's facts and create the network."""
+        overrides = dict(data_facts)
+        if not self.use_item_id:
+            overrides["n_items"] = 0
+        cfg = dataclasses.replace(self.config, **overrides)
+        cfg.long_window = min(cfg.long_window, cfg.max_history)
+        cfg.short_window = min(cfg.short_window, cfg.long_window)
+        self.config = cfg
+        self.model = DualGR(cfg)
+        return self.model
+
+    # ------------------------------------------------------------------ steps
+    def _shared_step(self, batch: TrainBatch, stage: str) -> torch.Tensor:
+        out = self.model.loss(batch)
+        size = batch.items.shape[0]
+        self.log(f"{stage}/loss", out["loss"], prog_bar=True, batch_size=size)
+        for level, nll in enumerate(out["nll_levels"]):
+            self.log(f"{stage}/nll_s{level + 1}", nll, batch_size=size)
+        if stage == "train":
+            self.log("train/neg_loss", out["neg_loss"], batch_size=size)
+            self.log("train/short_fraction", out["short_fraction"], batch_size=size)
+            self.log("train/targets", out["n_pos"].float(), batch_size=size, reduce_fx="sum")
+        return out["loss"]
+
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: TrainBatch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch.to(device) if isinstance(batch, TrainBatch) else super().transfer_batch_to_device(
+            batch, device, dataloader_idx)
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.ndim < 2 or "embedding" in name or "norm" in name else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(self.warmup_steps, max(total // 10, 1))
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoint contents
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["genret"] = {
+            "version": ARTIFACT_VERSION,
+            "model": "dualgr",
+            "config": dataclasses.asdict(self.config),
+            "catalogue": self.catalogue,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get("genret")
+        if extra is None:
+            raise RuntimeError("this checkpoint was not written by genret's DualGRModule (no 'genret' entry)")
+        if extra.get("version") != ARTIFACT_VERSION:
+            raise RuntimeError(
+                f"checkpoint format version {extra.get('version')} is not supported by this genret "
+                f"(expects {ARTIFACT_VERSION}); retrain or use the matching genret release")
+        self.catalogue = extra["catalogue"]
+        if self.model is None:
+            self.config = DualGRConfig(**extra["config"])
+            self.model = DualGR(self.config)

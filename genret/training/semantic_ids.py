@@ -1,0 +1,136 @@
+"""From a data set to semantic IDs: pick item embeddings, fit (or reuse) RQ-KMeans, build the index."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SIDConfig:
+    """How items get their semantic IDs.
+
+    embeddings: "auto" (the data set's own item embeddings when it has them, e.g. the synthetic
+        content vectors, else collaborative ones), "collaborative" (truncated SVD of the training
+        user-item matrix), "titles" (sentence embeddings of item titles; needs genret[text]), or
+        a path to an (n_items, d) .npy file in the data set's dense item order.
+    """
+
+    n_levels: int = 3
+    codebook_size: int = 256
+    n_iter: int = 20
+    embeddings: str = "auto"
+    embedding_dim: int = 64  # for collaborative embeddings
+    seed: int = 0
+    cache_dir: str | None = "runs/cache"  # fitted tokenizers are reused across runs; None = no cache
+
+
+def collaborative_item_embeddings(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int,
+                                  dim: int = 64, seed: int = 0) -> np.ndarray:
+    """Item vectors from a truncated SVD of the (users x items) positive matrix.
+
+    Rows are IDF-weighted (popular items would otherwise dominate the top components) and the
+    output rows are L2-normalised, so items that share audiences land close together: the
+    structure RQ-KMeans needs for SIDs that help a sequence model.
+
+    Args:
+        users, items: (n,) int64 positive interactions (training split only, to avoid leakage).
+    Returns:
+        (n_items, dim) float32.
+    """
+    from scipy.sparse import csr_matrix
+    from sklearn.decomposition import TruncatedSVD
+
+    matrix = csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(n_users, n_items))
+    matrix.data[:] = 1.0  # repeated interactions count once
+    item_counts = np.asarray(matrix.sum(0)).ravel()
+    idf = np.log((1 + n_users) / (1 + item_counts)).astype(np.float32)
+    weighted = matrix.multiply(idf[None, :]).tocsr().T.tocsr()  # (n_items, n_users)
+    dim = max(2, min(dim, min(weighted.shape) - 1))
+    vectors = TruncatedSVD(n_components=dim, random_state=seed, algorithm="randomized").fit_transform(weighted)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    # Items never seen in training get a tiny random vector instead of NaN.
+    rng = np.random.default_rng(seed)
+    unseen = norms[:, 0] == 0
+    vectors[unseen] = rng.normal(scale=1e-3, size=(unseen.sum(), dim))
+    norms[unseen] = np.linalg.norm(vectors[unseen], axis=1, keepdims=True)
+    return (vectors / norms).astype(np.float32)
+
+
+def item_embeddings_for(log_all, train_log, cfg: SIDConfig) -> tuple[np.ndarray, str]:
+    """Returns (embeddings (n_items, d) float32, a short description of where they came from)."""
+    choice = cfg.embeddings
+    if choice == "auto":
+        choice = "dataset" if getattr(log_all, "item_embeddings", None) is not None else "collaborative"
+    if choice == "dataset":
+        if log_all.item_embeddings is None:
+            raise ValueError(f"data set {log_all.name!r} has no item embeddings; use embeddings: collaborative")
+        return np.asarray(log_all.item_embeddings, np.float32), "dataset item embeddings"
+    if choice == "collaborative":
+        positive = train_log.label == 1
+        emb = collaborative_item_embeddings(train_log.user[positive], train_log.item[positive],
+                                            train_log.n_users, train_log.n_items, cfg.embedding_dim, cfg.seed)
+        return emb, f"collaborative SVD ({emb.shape[1]}-d) of the training split"
+    if choice == "titles":
+        from genret.tokenizers.text_embeddings import embed_titles
+
+        if not log_all.item_titles:
+            raise ValueError(f"data set {log_all.name!r} has no item titles; use embeddings: collaborative")
+        return embed_titles(list(log_all.item_titles)), "title sentence embeddings (all-MiniLM-L6-v2)"
+    path = Path(choice)
+    if not path.is_file():
+        raise ValueError(
+            f"embeddings={choice!r} is neither auto/dataset/collaborative/titles nor an existing .npy file"
+        )
+    emb = np.load(path)
+    if emb.ndim != 2 or emb.shape[0] != log_all.n_items:
+        raise ValueError(
+            f"{path} holds an array of shape {emb.shape}; expected ({log_all.n_items}, d), one row per item "
+            f"of {log_all.name!r} in dense item order"
+        )
+    return emb.astype(np.float32), f"embeddings from {path}"
+
+
+def fit_semantic_ids(log_all, train_log, cfg: SIDConfig, progress: bool = True):
+    """Fit RQ-KMeans on item embeddings (cached on disk by content hash) and build the SID index.
+
+    Returns:
+        tokenizer (RQKMeans), codes (n_items, L) int64 numpy, index (SIDIndex), report (dict).
+    """
+    from genret.tokenizers import RQKMeans, SIDIndex, codebook_report
+
+    embeddings, source = item_embeddings_for(log_all, train_log, cfg)
+    K = cfg.codebook_size
+    if K > embeddings.shape[0]:
+        raise ValueError(
+            f"codebook_size={K} exceeds the {embeddings.shape[0]} items of {log_all.name!r}; "
+            f"a codebook larger than the catalogue is meaningless: use codebook_size <= {embeddings.shape[0] // 4}"
+        )
+    key = hashlib.sha1(embeddings.tobytes() + json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    cache = Path(cfg.cache_dir) / f"rqkmeans-{log_all.name}-{key}.pt" if cfg.cache_dir else None
+    tokenizer = None
+    if cache is not None and cache.is_file():
+        try:
+            tokenizer = RQKMeans.load(cache)
+            log.info("reusing tokenizer %s", cache)
+        except (RuntimeError, ValueError) as err:  # a stale or corrupt cache is refitted, not fatal
+            log.warning("ignoring cached tokenizer %s: %s", cache, err)
+    if tokenizer is None:
+        tokenizer = RQKMeans(n_levels=cfg.n_levels, codebook_size=K, n_iter=cfg.n_iter, seed=cfg.seed,
+                             verbose=progress)
+        tokenizer.fit(embeddings)
+        if cache is not None:
+            tokenizer.save(cache)
+    codes = tokenizer.encode(embeddings)
+    residual = np.linalg.norm(embeddings - tokenizer.decode(codes), axis=1)
+    index = SIDIndex.build(codes, K, residual_norm=residual)
+    report = codebook_report(tokenizer, embeddings, codes=codes)
+    report["embedding_source"] = source
+    return tokenizer, codes, index, report

@@ -1,0 +1,154 @@
+"""DualGR's shapes, masks, gate and loss on hand-made batches (no data set needed)."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from genret.models.dualgr import DualGR, DualGRConfig, TrainBatch
+
+K, L, N_ITEMS = 16, 3, 60
+
+
+def make_config(**kw) -> DualGRConfig:
+    base = dict(codebook_size=K, n_levels=L, n_items=N_ITEMS, user_feature_cardinalities=[3], d_model=32,
+                n_heads=4, n_blocks=2, d_ffn=64, dropout=0.0, max_history=24, long_window=24, short_window=4,
+                in_bucket_cap=3)
+    base.update(kw)
+    return DualGRConfig(**base)
+
+
+def make_batch(B=3, T=12, N=4, seed=0, item_codes=None) -> TrainBatch:
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(0, N_ITEMS, (B, T), generator=g)
+    items[0, T - 3:] = -1  # a shorter sequence
+    if item_codes is None:
+        item_codes = torch.randint(0, K, (N_ITEMS, L), generator=torch.Generator().manual_seed(99))
+    codes = item_codes[items.clamp(min=0)] * (items >= 0).unsqueeze(-1)
+    neg_items = torch.randint(0, N_ITEMS, (B, N), generator=g)
+    neg_items[1, 2:] = -1
+    neg_codes = item_codes[neg_items.clamp(min=0)] * (neg_items >= 0).unsqueeze(-1)
+    return TrainBatch(items=items, codes=codes, user_feats=torch.randint(0, 4, (B, 1), generator=g),
+                      side=torch.zeros(B, T, 0, dtype=torch.long), neg_items=neg_items, neg_codes=neg_codes,
+                      neg_pos=torch.randint(0, T - 3, (B, N), generator=g), loss_mask=items >= 0)
+
+
+def test_forward_shapes_and_finite_loss():
+    torch.manual_seed(0)
+    model = DualGR(make_config())
+    batch = make_batch()
+    out = model(batch)
+    assert len(out["pos_logits"]) == L
+    for logits in out["pos_logits"]:
+        assert logits.shape == (3, 12, K)
+    assert out["neg_logits"].shape == (3, 4, K)
+    loss = model.loss(batch, out)
+    assert torch.isfinite(loss["loss"])
+    loss["loss"].backward()
+    assert model.heads[0].weight.grad is not None
+
+
+def test_targets_never_see_their_own_or_later_actions():
+    torch.manual_seed(0)
+    model = DualGR(make_config()).eval()
+    batch = make_batch()
+    t = 5
+    changed = dataclasses.replace(batch)
+    changed.items = batch.items.clone()
+    changed.codes = batch.codes.clone()
+    changed.items[:, t:] = (batch.items[:, t:] + 7) % N_ITEMS
+    changed.codes[:, t + 1:] = (batch.codes[:, t + 1:] + 3) % K  # keep the target's own SID (teacher forcing)
+    changed.codes[:, t, 0] = batch.codes[:, t, 0]
+    a, b = model(batch), model(changed)
+    for level in range(L):
+        torch.testing.assert_close(a["pos_logits"][level][1:, :t], b["pos_logits"][level][1:, :t])
+    # The level-1 prediction of target t depends only on actions before t.
+    torch.testing.assert_close(a["pos_logits"][0][1:, t], b["pos_logits"][0][1:, t])
+
+
+def test_entp_equals_ntp_without_negatives():
+    torch.manual_seed(0)
+    batch = make_batch()
+    no_neg = dataclasses.replace(batch, neg_items=torch.full_like(batch.neg_items, -1))
+    entp = DualGR(make_config(use_entp=True)).eval()
+    ntp = DualGR(make_config(use_entp=False)).eval()
+    ntp.load_state_dict(entp.state_dict())
+    torch.testing.assert_close(entp.loss(no_neg)["loss"], ntp.loss(batch)["loss"])
+    # and with negatives present, ENTP differs from NTP
+    assert not torch.allclose(entp.loss(batch)["loss"], ntp.loss(batch)["loss"])
+
+
+def test_entp_negative_term_matches_equation_10():
+    torch.manual_seed(0)
+    cfg = make_config(alpha=0.3)
+    model = DualGR(cfg).eval()
+    batch = make_batch()
+    out = model(batch)
+    loss = model.loss(batch, out)
+    valid = batch.items >= 0
+    pos = sum(
+        -(logits.log_softmax(-1).gather(-1, batch.codes[..., lv:lv + 1]).squeeze(-1).exp()
+          .clamp(cfg.eps, 1 - cfg.eps).log() * valid).sum()
+        for lv, logits in enumerate(out["pos_logits"]))
+    neg_valid = batch.neg_items >= 0
+    p1 = out["neg_logits"].softmax(-1).gather(-1, batch.neg_codes[..., :1]).squeeze(-1).clamp(cfg.eps, 1 - cfg.eps)
+    neg = (-cfg.alpha * torch.log(1 - p1) * neg_valid).sum()
+    expected = (pos + neg) / (valid.sum() + neg_valid.sum())
+    torch.testing.assert_close(loss["loss"], expected)
+
+
+def test_no_gradient_through_the_hard_gate():
+    model = DualGR(make_config())
+    batch = make_batch()
+    gate = model.dbr_choose_short(batch.codes[..., 0], batch.items >= 0, batch.codes[..., 0],
+                                  torch.arange(12).expand(3, 12))
+    assert gate.dtype == torch.bool and not gate.requires_grad
+    # The gate reads E_vocab^(1) but the loss's gradient on it comes only from the embedding's use as input.
+    out = model(batch)
+    assert not out["choose_short"].requires_grad
+
+
+def test_gate_prefers_short_window_on_a_burst():
+    model = DualGR(make_config(short_window=3, long_window=24))
+    with torch.no_grad():
+        model.sid_embeddings[0].weight.copy_(torch.eye(K, 32)[:K])  # orthogonal level-1 codes
+    T = 12
+    level1 = torch.tensor([[1] * 9 + [7] * 3])  # long-term interest 1, a burst of 7 at the end
+    valid = torch.ones(1, T, dtype=torch.bool)
+    pos = torch.tensor([[T, T]])
+    choose = model.dbr_choose_short(level1, valid, torch.tensor([[7, 1]]), pos)
+    assert choose.tolist() == [[True, False]]
+
+
+def test_in_bucket_mask_keeps_only_same_bucket_recent_actions():
+    model = DualGR(make_config(in_bucket_cap=2))
+    level1 = torch.tensor([[3, 5, 3, 3, 5, 3, 1]])
+    valid = torch.tensor([[True] * 6 + [False]])
+    mask = model.in_bucket_mask(level1, valid, torch.tensor([[3, 5, 1]]), torch.tensor([[6, 6, 7]]))
+    assert mask.shape == (1, 3, 8)
+    assert mask[..., 0].all()  # the user token is always visible
+    actions = mask[0, :, 1:]
+    assert actions[0].nonzero().flatten().tolist() == [3, 5]  # the two most recent s1=3 before t=6
+    assert actions[1].nonzero().flatten().tolist() == [1, 4]
+    assert actions[2].nonzero().flatten().tolist() == []  # the padded s1=1 action is never visible
+    # only same-s1 actions, anywhere in a random batch
+    batch = make_batch()
+    T = batch.items.shape[1]
+    m = model.in_bucket_mask(batch.codes[..., 0], batch.items >= 0, batch.codes[..., 0], torch.arange(T).expand(3, T))
+    same = batch.codes[..., 0].unsqueeze(1) == batch.codes[..., 0].unsqueeze(2)
+    assert not (m[..., 1:] & ~same).any()
+
+
+def test_window_mask_widths():
+    model = DualGR(make_config(short_window=2, long_window=5))
+    valid = torch.ones(1, 8, dtype=torch.bool)
+    mask = model.window_mask(torch.tensor([[6, 6]]), torch.tensor([[True, False]]), 9, valid)
+    assert mask[0, 0, 1:].nonzero().flatten().tolist() == [4, 5]
+    assert mask[0, 1, 1:].nonzero().flatten().tolist() == [1, 2, 3, 4, 5]
+
+
+def test_config_validation_errors():
+    with pytest.raises(ValueError, match="divisible"):
+        DualGR(make_config(d_model=30))
+    with pytest.raises(ValueError, match="short_window"):
+        DualGR(make_config(short_window=40))

@@ -1,0 +1,108 @@
+"""Leave-one-out ranking metrics (HR@K, NDCG@K, Recall@K) over full-catalogue ranked lists."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+DEFAULT_KS = (5, 10, 20, 50, 100, 500)
+
+# Bound the (users x list length) comparison matrix so a million users x 1000 items stays small.
+_MAX_COMPARE_ELEMENTS = 1 << 24
+
+
+def _as_numpy(array: Any, name: str) -> np.ndarray:
+    # torch tensors (possibly on a GPU) and lists are accepted; metrics are cheap on the CPU.
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integer item indices, got dtype {array.dtype}")
+    return array.astype(np.int64, copy=False)
+
+
+def target_ranks(ranked: Any, targets: Any) -> np.ndarray:
+    """0-based position of each user's target in their ranked list, or -1 when it is absent.
+
+    Args:
+        ranked: (m, Kmax) int item indices, best first; -1 marks padding (a model that returned
+            fewer than Kmax items). numpy array or torch tensor.
+        targets: (m,) int item indices (>= 0), one held-out item per user.
+
+    Returns:
+        (m,) int64 ranks. If a list holds the target twice, its first position counts.
+    """
+    ranked = _as_numpy(ranked, "ranked")
+    targets = _as_numpy(targets, "targets")
+    if ranked.ndim != 2:
+        raise ValueError(f"ranked must be 2-D (users, list length), got shape {ranked.shape}")
+    if targets.ndim != 1:
+        raise ValueError(f"targets must be 1-D (users,), got shape {targets.shape}")
+    if ranked.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"ranked has {ranked.shape[0]} rows but targets has {targets.shape[0]} users; pass one row per user"
+        )
+    if targets.size and targets.min() < 0:
+        raise ValueError("targets must be item indices >= 0 (-1 is reserved for padding in ranked lists)")
+    m, list_len = ranked.shape
+    ranks = np.full(m, -1, dtype=np.int64)
+    if list_len == 0:
+        return ranks
+    # Padding (-1) never equals a valid target, so it counts as a miss without special care.
+    rows_per_chunk = max(1, _MAX_COMPARE_ELEMENTS // list_len)
+    for start in range(0, m, rows_per_chunk):
+        stop = min(m, start + rows_per_chunk)
+        hits = ranked[start:stop] == targets[start:stop, None]
+        first = hits.argmax(axis=1)
+        found = hits[np.arange(stop - start), first]
+        ranks[start:stop] = np.where(found, first, -1)
+    return ranks
+
+
+def ranking_metrics(ranked: Any, targets: Any, ks: Sequence[int] = DEFAULT_KS) -> dict[str, Any]:
+    """HR@K, NDCG@K and Recall@K for leave-one-out evaluation with one target per user.
+
+    With a single held-out item per user, HR@K == Recall@K (both are "the target is in the top K"),
+    and NDCG@K = 1 / log2(rank + 2) for a 0-based rank < K (the ideal DCG is 1), else 0.
+
+    When K exceeds the list length Kmax, the metric is computed on the Kmax items available (a
+    lower bound on the true value) and ``"truncated@K": True`` is added so nobody mistakes it for
+    a full top-K number. Rows padded with -1 simply count the padding as misses.
+
+    Args:
+        ranked: (m, Kmax) int64 item indices best first; -1 = padding. numpy array or torch tensor.
+        targets: (m,) int64 held-out item indices.
+        ks: cut-offs, each >= 1.
+
+    Returns:
+        ``{"hr@K": float, "ndcg@K": float, "recall@K": float, ..., "n_users": m}`` for each K in
+        ``ks`` (sorted, de-duplicated), plus ``"truncated@K": True`` for each K > Kmax.
+    """
+    ks = sorted({int(k) for k in ks})
+    if not ks:
+        raise ValueError("ks is empty; pass at least one cut-off such as ks=(10,)")
+    if ks[0] < 1:
+        raise ValueError(f"every K in ks must be >= 1, got {ks[0]}")
+    ranked = _as_numpy(ranked, "ranked")
+    ranks = target_ranks(ranked, targets)
+    m = ranks.shape[0]
+    if m == 0:
+        raise ValueError("no users to evaluate (ranked and targets are empty)")
+    list_len = ranked.shape[1]
+    found = ranks >= 0
+    # Gain per user if the hit lands within K; misses get rank "infinity" so they pass no cut-off.
+    gain = np.zeros(m, dtype=np.float64)
+    gain[found] = 1.0 / np.log2(ranks[found] + 2.0)
+    effective_rank = np.where(found, ranks, np.iinfo(np.int64).max)
+    out: dict[str, Any] = {}
+    for k in ks:
+        within = effective_rank < k
+        hit_rate = float(within.mean())
+        out[f"hr@{k}"] = hit_rate
+        out[f"ndcg@{k}"] = float(np.where(within, gain, 0.0).mean())
+        out[f"recall@{k}"] = hit_rate
+        if k > list_len:
+            out[f"truncated@{k}"] = True
+    out["n_users"] = int(m)
+    return out

@@ -1,0 +1,134 @@
+import json
+import sys
+
+import pytest
+
+from genret.eval import (
+    format_ablation_table,
+    format_metrics_table,
+    published_reference,
+    write_metrics,
+    write_report,
+)
+
+VAL = {"hr@10": 0.30, "ndcg@10": 0.17, "recall@10": 0.30, "hr@50": 0.55, "ndcg@50": 0.22, "n_users": 100}
+TEST = {"hr@10": 0.29, "ndcg@10": 0.17, "recall@10": 0.29, "hr@50": 0.54, "ndcg@50": 0.21, "n_users": 100}
+POPULARITY = {"hr@10": 0.05, "ndcg@10": 0.02, "hr@50": 0.15, "ndcg@50": 0.04, "n_users": 100}
+
+FAKE_LIGHTNING_CSV = """epoch,step,train_loss_step,train_loss_epoch,val_loss,val/hr@10,val/ndcg@10,lr-AdamW
+0,0,5.1,,,,,0.001
+0,9,4.2,,,,,0.001
+0,9,,4.6,,,,
+0,9,,,4.0,0.10,0.05,
+1,19,3.6,,,,,0.0009
+1,19,,3.8,,,,
+1,19,,,3.5,0.20,0.09,
+"""
+
+
+def test_write_metrics_schema_and_atomicity(tmp_path):
+    path = tmp_path / "run" / "metrics.json"
+    written = write_metrics(
+        path,
+        model="dualgr",
+        dataset="ml-1m",
+        metrics_val=VAL,
+        metrics_test=TEST,
+        train_seconds=12.5,
+        device="cpu",
+        extra={"baselines": {"popularity": POPULARITY}},
+    )
+    on_disk = json.loads(path.read_text())
+    assert on_disk == written
+    for key in ("model", "dataset", "commit", "device", "train_seconds", "val", "test", "genret_version", "created"):
+        assert key in on_disk
+    assert on_disk["test"]["hr@10"] == 0.29 and on_disk["val"]["n_users"] == 100
+    assert on_disk["baselines"]["popularity"]["hr@50"] == 0.15
+    assert isinstance(on_disk["commit"], str) and on_disk["commit"]
+    assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temp files left
+    with pytest.raises(ValueError, match="standard"):
+        write_metrics(path, model="m", dataset="d", metrics_val={}, metrics_test={}, train_seconds=0,
+                      device="cpu", extra={"test": {}})
+    assert json.loads(path.read_text()) == written  # a failed write leaves the old file intact
+
+
+def test_published_reference_loose_names():
+    assert published_reference("ml-1m")["models"]["SASRec"] == {"hr@10": 0.2853, "ndcg@10": 0.1603}
+    assert published_reference("MovieLens-1M")["models"]["HSTU-large"]["ndcg@10"] == 0.1893
+    assert published_reference("movielens")["dataset"] == "ml-1m"
+    assert published_reference("/data/ml-1m/")["dataset"] == "ml-1m"
+    beauty = published_reference("Amazon-Beauty")
+    assert beauty["models"]["TIGER"] == {"recall@5": 0.0454, "ndcg@5": 0.0321, "recall@10": 0.0648, "ndcg@10": 0.0384}
+    assert published_reference("beauty")["models"]["SASRec (tuned)"]["recall@10"] == 0.074
+    assert published_reference("movielens-20m") is None
+    assert published_reference("kuairand-subset") is None
+    beauty["models"].clear()  # a copy: the constants stay intact
+    assert published_reference("beauty")["models"]
+
+
+def test_tables():
+    table = format_metrics_table({"dualgr": {"test": TEST}, "popularity": POPULARITY})
+    lines = table.splitlines()
+    assert lines[0].split("|")[1].strip() == "model"
+    assert "HR@10" in lines[0] and "NDCG@50" in lines[0] and "HR@100" not in lines[0]
+    assert "0.2900" in lines[2] and "0.0500" in lines[3]
+    truncated = format_metrics_table({"gen": {"hr@10": 0.1, "ndcg@10": 0.05, "truncated@10": True}}, ks=(10,))
+    assert "0.1000*" in truncated and "shorter than K" in truncated
+
+    rows = {
+        "w/o DBR": {"hr@100": 0.05134, "hr@500": 0.08892, "ndcg@10": 0.01},
+        "DualGR": {"hr@100": 0.06827, "hr@500": 0.10319, "hr@1000": 0.19529, "hr@5": 0.001},
+    }
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in format_ablation_table(rows).splitlines()]
+    assert cells[0] == ["Method", "HR@100", "HR@500", "HR@1000", "NDCG@10"]
+    assert cells[2] == ["w/o DBR", "5.134%", "8.892%", "-", "1.000%"]
+    assert cells[3] == ["DualGR", "6.827%", "10.319%", "19.529%", "-"]
+
+
+def test_write_report_with_plots(tmp_path):
+    csv_path = tmp_path / "lightning" / "metrics.csv"
+    csv_path.parent.mkdir()
+    csv_path.write_text(FAKE_LIGHTNING_CSV)
+    metrics = write_metrics(tmp_path / "metrics.json", model="dualgr", dataset="ml-1m", metrics_val=VAL,
+                            metrics_test=TEST, train_seconds=3.0, device="cpu",
+                            extra={"baselines": {"popularity": POPULARITY}})
+    out = tmp_path / "report"
+    report = write_report(out, metrics, train_log_csv=csv_path)
+    assert report == out / "report.md"
+    assert sorted(p.name for p in out.iterdir()) == ["metrics_vs_k.png", "report.md", "training_curves.png"]
+    for png in ("metrics_vs_k.png", "training_curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = report.read_text()
+    assert "![HR@K and NDCG@K](metrics_vs_k.png)" in text and "(training_curves.png)" in text
+    assert "popularity" in text and "0.2900" in text
+    # Published numbers beside ours: 0.29 beats SASRec's 0.2853 but not HSTU's 0.3097.
+    sasrec = next(line for line in text.splitlines() if line.startswith("| SASRec") and "hr@10" in line)
+    hstu = next(line for line in text.splitlines() if line.startswith("| HSTU ") and "hr@10" in line)
+    assert sasrec.rstrip(" |").endswith("met") and "not met" not in sasrec
+    assert "not met" in hstu
+    assert "meets 2 of 6" in text  # hr@10 and ndcg@10 (0.17 >= 0.1603) versus SASRec only
+
+
+def test_write_report_without_matplotlib(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    report = write_report(tmp_path, {"model": "pop", "dataset": "kuairand", "test": POPULARITY}, reference={})
+    text = report.read_text()
+    assert "matplotlib is not installed" in text
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_malformed_training_log_names_file_and_line(tmp_path):
+    csv_path = tmp_path / "metrics.csv"
+    csv_path.write_text("epoch,step,train_loss\n0,0,1.5\n0,1,oops\n")
+    with pytest.raises(ValueError, match=r"metrics.csv:3"):
+        write_report(tmp_path / "r", {"model": "m", "test": TEST}, train_log_csv=csv_path)
+
+
+def test_missing_training_log_is_noted_not_fatal(tmp_path):
+    report = write_report(tmp_path, {"model": "m", "dataset": "beauty", "test": TEST},
+                          train_log_csv=tmp_path / "logs" / "version_0" / "metrics.csv")
+    text = report.read_text()
+    assert "does not exist" in text
+    assert "TIGER" in text and "recall@5" in text and "n/a" in text  # TEST has no @5 metrics
+    assert (tmp_path / "metrics_vs_k.png").is_file() and not (tmp_path / "training_curves.png").exists()

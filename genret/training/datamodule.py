@@ -134,12 +134,16 @@ class SequenceDataModule(pl.LightningDataModule):
         max_negatives: unclicked exposures kept per user (most recent).
         batch_size: user sequences per batch.
         num_workers: DataLoader workers (0 keeps CI simple; batches are cheap to gather).
+        load_options: extra keyword arguments for the loader, e.g. for ML-1M
+            {low_ratings_as_negatives: false} keeps every rating a positive (the published protocol).
     """
 
     def __init__(self, data: str = "synthetic", sid: SIDConfig | None = None, max_history: int = 200,
-                 max_negatives: int = 64, batch_size: int = 64, num_workers: int = 0, seed: int = 0):
+                 max_negatives: int = 64, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
+                 load_options: dict | None = None):
         super().__init__()
         self.data = data
+        self.load_options = dict(load_options or {})
         self.sid = sid or SIDConfig()
         self.max_history = max_history
         self.max_negatives = max_negatives
@@ -154,7 +158,7 @@ class SequenceDataModule(pl.LightningDataModule):
             return
         from genret.data import leave_one_out, load_dataset
 
-        self.log_all = load_dataset(self.data)
+        self.log_all = load_dataset(self.data, **self.load_options)
         self.split = leave_one_out(self.log_all)
         self.train_log = self.split.train
         self.tokenizer, self.codes, self.sid_index, self.sid_report = fit_semantic_ids(

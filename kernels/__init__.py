@@ -1,0 +1,25 @@
+"""genret.kernels: decoding ops, each a PyTorch reference (the specification) beside a Triton kernel.
+
+Every op takes `kernel="auto" | "torch" | "triton"`: auto runs Triton when the inputs are on CUDA or
+TRITON_INTERPRET=1 (the interpreter, on CPU tensors), else the reference. Importing this package
+works without triton installed (auto then means torch).
+"""
+
+from genret.kernels.beam_step import beam_step, beam_step_reference, beam_step_triton
+from genret.kernels.decode_attention import (
+    decode_cross_attention,
+    decode_cross_attention_reference,
+    decode_cross_attention_triton,
+)
+from genret.kernels.dispatch import HAVE_TRITON, choose_kernel
+
+__all__ = [
+    "HAVE_TRITON",
+    "beam_step",
+    "beam_step_reference",
+    "beam_step_triton",
+    "choose_kernel",
+    "decode_cross_attention",
+    "decode_cross_attention_reference",
+    "decode_cross_attention_triton",
+]

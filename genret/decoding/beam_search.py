@@ -217,10 +217,12 @@ def decode_branch(model: DualGR, index, hist: Histories, window_width: int, beam
 
 
 def sids_to_items(index, sids: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Expand (U, W, L) SIDs to their items in the index's order inside a SID.
+    """The first k items of a branch's SIDs, in beam order (best first) and, inside a colliding
+    SID, in the index's order; each item gets its SID's score.
 
-    Returns items (U, M) and scores (U, M) in beam order (best first), -1 / -inf padded, with at
-    most k items taken from each SID.
+    Items of one branch are distinct (an item has one SID), so k of them are all a merge needs:
+    slot j of the output reads beam `searchsorted(cumulative counts, j)`, never the whole W x C grid.
+    Returns items (U, k) and scores (U, k), -1 / -inf where the SIDs hold fewer than k items.
     """
     U, W, L = sids.shape
     leaves = index.node_of(sids.clamp(min=0).reshape(U * W, L)).reshape(U, W)
@@ -228,13 +230,16 @@ def sids_to_items(index, sids: torch.Tensor, scores: torch.Tensor, k: int) -> tu
     ptr = index.leaf_item_ptr
     start = ptr[leaves.clamp(min=0)]
     count = torch.where(leaves >= 0, ptr[leaves.clamp(min=0) + 1] - start, torch.zeros_like(start))
-    C = max(min(int(count.max().item()) if count.numel() else 0, k), 1)
-    j = torch.arange(C, device=sids.device)
-    take = j < count.unsqueeze(-1)  # (U, W, C)
-    pos = (start.unsqueeze(-1) + j).clamp(max=max(index.leaf_items.numel() - 1, 0))
-    items = torch.where(take, index.leaf_items[pos], torch.full_like(pos, -1)).reshape(U, W * C)
-    item_scores = torch.where(take, scores.unsqueeze(-1).expand(-1, -1, C),
-                              torch.full(take.shape, float("-inf"), device=sids.device)).reshape(U, W * C)
+    ends = count.cumsum(1)  # (U, W) items available up to and including beam w
+    slots = torch.arange(k, device=sids.device).expand(U, k).contiguous()
+    beam = torch.searchsorted(ends, slots, right=True)  # (U, k) beam that holds slot j
+    filled = beam < W
+    beam = beam.clamp(max=W - 1)
+    before = (ends - count).gather(1, beam)
+    pos = start.gather(1, beam) + slots - before
+    pos = pos.clamp(0, max(index.leaf_items.numel() - 1, 0))
+    items = torch.where(filled, index.leaf_items[pos], torch.full_like(pos, -1))
+    item_scores = torch.where(filled, scores.gather(1, beam), torch.full_like(scores[:, :1].expand(U, k), float("-inf")))
     return items, item_scores
 
 

@@ -72,14 +72,13 @@ class DualGRConfig:
 class Attention(nn.Module):
     """Multi-head attention whose keys/values can be projected once and reused (decode cache)."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
+    def __init__(self, d_model: int, n_heads: int):
         super().__init__()
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.query = nn.Linear(d_model, d_model)
         self.key_value = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
-        self.dropout = dropout
 
     def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(..., S, d) -> keys, values (..., S, H, Dh)."""
@@ -96,8 +95,7 @@ class Attention(nn.Module):
         attn_mask = None if mask is None else mask[:, None]  # broadcast over heads
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, H, Q, Dh)
+        )  # (B, H, Q, Dh); dropout is applied on the residual branch only (attention-prob dropout cost 20% of a CPU step)
         return self.out(out.transpose(1, 2).flatten(-2))
 
 
@@ -108,9 +106,9 @@ class DecoderBlock(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.norm_self = nn.LayerNorm(d)
-        self.self_attn = Attention(d, cfg.n_heads, cfg.dropout)
+        self.self_attn = Attention(d, cfg.n_heads)
         self.norm_cross = nn.LayerNorm(d)
-        self.cross_attn = Attention(d, cfg.n_heads, cfg.dropout)
+        self.cross_attn = Attention(d, cfg.n_heads)
         self.norm_ffn = nn.LayerNorm(d)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.d_ffn), nn.GELU(), nn.Linear(cfg.d_ffn, d))
         self.drop = nn.Dropout(cfg.dropout)

@@ -1,0 +1,22 @@
+"""`genret export-embeddings --checkpoint C --out X.npy`: item vectors of a KuaiFormer / SASRec checkpoint.
+
+Writes an (n_items, d) float32 .npy whose row i is dense item i (the checkpoint's catalogue order),
+e.g. as collaborative embeddings for the RQ-KMeans tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="genret export-embeddings", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="model.ckpt written by a kuaiformer / sasrec run")
+    parser.add_argument("--out", required=True, help="output .npy path")
+    args = parser.parse_args(argv)
+    from genret.training.kuaiformer_module import export_item_embeddings
+
+    vectors = export_item_embeddings(args.checkpoint, args.out)
+    print(f"[genret] wrote {args.out}: {vectors.shape[0]:,} items x {vectors.shape[1]} float32")
+    return 0

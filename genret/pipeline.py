@@ -1,0 +1,150 @@
+"""The end-to-end job behind `genret benchmark` and `genret quickstart`:
+tokenize -> train (Lightning) -> evaluate leave-one-out (full ranking) -> metrics.json + report.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+# Ablations of the DualGR paper's Table 2, as model-config overrides.
+VARIANTS: dict[str, dict[str, bool]] = {
+    "dualgr": {},
+    "w/o DBR": {"use_dbr": False},
+    "w/o S2D": {"use_s2d": False},
+    "w/o ENTP": {"use_entp": False},
+    "tiger": {"use_dbr": False, "use_s2d": False, "use_entp": False},
+}
+
+
+def build(config: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
+          model_overrides: dict[str, Any] | None = None, data: str | None = None):
+    """Instantiate (module, datamodule, trainer) from a YAML through LightningCLI (no run)."""
+    from genret.commands.train import build_cli
+
+    out_dir = Path(out_dir)
+    args = ["--config", str(config)]
+    if data is not None:
+        args += ["--data.data", data]
+    for key, value in (model_overrides or {}).items():
+        args += [f"--model.config.{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    args += [
+        "--trainer.default_root_dir", str(out_dir),
+        "--trainer.logger", "pytorch_lightning.loggers.CSVLogger",
+        "--trainer.logger.save_dir", str(out_dir), "--trainer.logger.name", "logs",
+        "--trainer.logger.version", "0",
+        "--trainer.callbacks", "pytorch_lightning.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.dirpath", str(out_dir / "checkpoints"),
+        "--trainer.callbacks.save_last", "true",
+    ]
+    args += list(overrides or [])
+    cli = build_cli(args, run=False)
+    return cli.model, cli.datamodule, cli.trainer
+
+
+def train(module, datamodule, trainer, out_dir: Path) -> tuple[Path, float]:
+    """Fit and write out_dir/model.ckpt (atomically). Returns (checkpoint path, seconds)."""
+    from genret.io import atomic_path
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    seconds = time.perf_counter() - start
+    ckpt = out_dir / "model.ckpt"
+    with atomic_path(ckpt) as tmp:
+        trainer.save_checkpoint(tmp)
+    return ckpt, seconds
+
+
+def evaluate_retriever(retriever, eval_set, ks=(5, 10, 20, 50, 100, 500), batch_size: int = 64,
+                       exclude_history: bool = True, history_margin: int = 20, desc: str = "evaluate",
+                       max_users: int | None = None, user_feats: np.ndarray | None = None) -> dict[str, Any]:
+    """Leave-one-out full-ranking metrics of a generative retriever (its beam-search list).
+
+    With `exclude_history`, items already in a user's history are removed from the list (as for
+    every model in `genret benchmark`); the beam then asks for `history_margin` extra items so the
+    list stays full.
+    """
+    from genret.decoding.beam_search import Histories
+    from genret.eval import ranking_metrics
+
+    k_max = max(ks)
+    n_items = len(retriever.item_ids)
+    k_req = min(k_max + (history_margin if exclude_history else 0), n_items)
+    m = len(eval_set) if max_users is None else min(len(eval_set), max_users)
+    ranked = np.full((m, k_max), -1, np.int64)
+    device = retriever.device
+    offsets = np.asarray(eval_set.history_offsets)
+    n_fields = len(retriever.model.user_embeddings)
+    feats = torch.zeros(m, n_fields, dtype=torch.long, device=device) if user_feats is None or n_fields == 0 \
+        else torch.as_tensor(np.asarray(user_feats)[:m], dtype=torch.long, device=device)
+    for start in tqdm(range(0, m, batch_size), desc=desc, unit="batch"):
+        stop = min(start + batch_size, m)
+        lo, hi = offsets[start], offsets[stop]
+        hist = Histories(torch.as_tensor(offsets[start:stop + 1] - lo, device=device),
+                         torch.as_tensor(eval_set.history_items[lo:hi], device=device),
+                         feats[start:stop])
+        items, _ = retriever.retrieve_indices(hist, k_req)
+        items = items.cpu().numpy()
+        if exclude_history:
+            owner = np.repeat(np.arange(stop - start), np.diff(offsets[start:stop + 1]))
+            seen = np.zeros((stop - start, n_items + 1), bool)  # +1 column absorbs the -1 padding
+            seen[owner, eval_set.history_items[lo:hi]] = True
+            drop = seen[np.arange(stop - start)[:, None], items]
+            items = np.where(drop, -1, items)
+            # Stable compaction: surviving items move to the front in their order.
+            order = np.argsort(items < 0, axis=1, kind="stable")
+            items = np.take_along_axis(items, order, 1)
+        ranked[start:stop] = items[:, :k_max] if items.shape[1] >= k_max else np.pad(
+            items, ((0, 0), (0, k_max - items.shape[1])), constant_values=-1)
+    return ranking_metrics(ranked, eval_set.targets[:m], ks)
+
+
+def user_features_for(datamodule, eval_set) -> np.ndarray:
+    return datamodule.user_feats[eval_set.users]
+
+
+def popularity_metrics(datamodule, ks) -> dict[str, dict[str, Any]]:
+    from genret.eval import PopularityRecommender, ranking_metrics
+
+    pop = PopularityRecommender().fit(datamodule.train_log)
+    out = {}
+    for stage in ("valid", "test"):
+        es = datamodule.split.eval_set(stage)
+        out["val" if stage == "valid" else "test"] = ranking_metrics(pop.recommend(es, max(ks)), es.targets, ks)
+    return out
+
+
+def run_variant(config: str | Path, out_dir: Path, variant: str = "dualgr", data: str | None = None,
+                overrides: list[str] | None = None, ks=(5, 10, 20, 50, 100, 500), eval_batch_size: int = 64,
+                max_eval_users: int | None = None, kernel: str = "auto") -> dict[str, Any]:
+    """Train one DualGR variant and evaluate it on valid and test. Returns a result dict."""
+    from genret.decoding.retriever import Retriever
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    module, dm, trainer = build(config, out_dir, overrides, VARIANTS[variant], data)
+    ckpt, seconds = train(module, dm, trainer, out_dir)
+    retriever = Retriever.from_checkpoint(ckpt, kernel=kernel)
+    result: dict[str, Any] = {"model": variant, "checkpoint": str(ckpt), "train_seconds": seconds,
+                              "dataset": dm.log_all.name, "sid_report": dm.sid_report, "datamodule": dm}
+    for stage, key in (("valid", "val"), ("test", "test")):
+        es = dm.split.eval_set(stage)
+        result[key] = evaluate_retriever(retriever, es, ks, eval_batch_size, desc=f"{variant} {stage}",
+                                         max_users=max_eval_users, user_feats=user_features_for(dm, es))
+    return result
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    import os
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"

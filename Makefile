@@ -17,7 +17,9 @@ $(BIN)/genret: pyproject.toml
 setup: $(BIN)/genret
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	# The pytest script, not `python -m pytest`: -m would put the repo root first on sys.path, where the
+	# top-level tokenizers/ folder would shadow Hugging Face's `tokenizers` for any library that imports it.
+	$(BIN)/pytest -q tests
 
 quickstart: setup
 	$(BIN)/genret quickstart

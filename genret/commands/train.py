@@ -19,13 +19,10 @@ def build_cli(args: list[str], run: bool = True):
         args=(["fit"] + args) if run else args,
         run=run,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"fit": {"default_env": False}},
+        parser_kwargs={"prog": "genret train", "fit": {"default_env": False}},
     )
 
 
 def main(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        build_cli(["fit", "--help"], run=True)
-        return 0
     build_cli(argv)
     return 0

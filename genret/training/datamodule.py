@@ -8,6 +8,7 @@ Batches are gathered with array indexing, not a Python loop per example.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -138,13 +139,13 @@ class SequenceDataModule(pl.LightningDataModule):
             {low_ratings_as_negatives: false} keeps every rating a positive (the published protocol).
     """
 
-    def __init__(self, data: str = "synthetic", sid: SIDConfig | None = None, max_history: int = 200,
+    def __init__(self, data: str = "synthetic", sid: SIDConfig = SIDConfig(), max_history: int = 200,
                  max_negatives: int = 64, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
                  load_options: dict | None = None):
         super().__init__()
         self.data = data
         self.load_options = dict(load_options or {})
-        self.sid = sid or SIDConfig()
+        self.sid = dataclasses.replace(sid)  # a copy: the default instance is shared
         self.max_history = max_history
         self.max_negatives = max_negatives
         self.batch_size = batch_size

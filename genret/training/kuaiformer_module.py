@@ -388,13 +388,16 @@ class KuaiFormerModule(pl.LightningModule):
         monitor: validation metric that picks the best weights (e.g. "val/ndcg@10").
         patience: validations without improvement before stopping (None = never stop early).
         eval_ks: cut-offs logged at validation.
+        position_loss_weight: weight of an extra dense next-item loss on the latest (uncompressed)
+            item tokens with cut points (not in the paper; 0 = off). Each example then trains up to
+            latest_items + 1 targets instead of one, which matters when epochs are few (CPU).
     """
 
     def __init__(self, config: KuaiFormerConfig | None = None, loss: str = "sampled_softmax",
                  label_smoothing: float = 0.0, logq_correction: bool = True, uniform_negatives: int = 0,
                  temperature: float = 1.0, lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 0,
                  cosine: bool = False, monitor: str = "val/ndcg@10", patience: int | None = None,
-                 eval_ks: list[int] | None = None):
+                 eval_ks: list[int] | None = None, position_loss_weight: float = 0.0):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"model.loss must be one of {LOSSES}, got {loss!r}")
@@ -417,10 +420,12 @@ class KuaiFormerModule(pl.LightningModule):
         self.monitor = monitor
         self.patience = patience
         self.eval_ks = sorted(set(eval_ks or [10, 100]))
+        self.position_loss_weight = position_loss_weight
         self.save_hyperparameters({"config": dataclasses.asdict(self.config), "loss": loss,
                                    "label_smoothing": label_smoothing, "logq_correction": logq_correction,
                                    "uniform_negatives": uniform_negatives, "temperature": temperature, "lr": lr,
-                                   "weight_decay": weight_decay, "warmup_steps": warmup_steps, "cosine": cosine})
+                                   "weight_decay": weight_decay, "warmup_steps": warmup_steps, "cosine": cosine,
+                                   "position_loss_weight": position_loss_weight})
         self.model: KuaiFormer | None = None
         self.catalogue: dict[str, Any] | None = None
         self.best_score: float | None = None
@@ -467,22 +472,27 @@ class KuaiFormerModule(pl.LightningModule):
         if targets.ndim == 2:  # every position predicts the next item
             states = self.model.position_vectors(batch["items"], batch["side"])
             has_target = targets >= 0
-            users, targets = states[has_target][:, None], targets[has_target]  # (N, 1, d)
-        else:
-            users = self.model.user_vectors(batch["items"], batch["side"])  # (N, k, d)
+            return self.softmax_loss(states[has_target][:, None], targets[has_target]), int(has_target.sum())
+        if self.position_loss_weight <= 0:
+            return self.softmax_loss(self.model.user_vectors(batch["items"], batch["side"]), targets), len(targets)
+        hidden, n_tokens = self.model.encode(batch["items"], batch["side"])
+        loss = self.softmax_loss(self.model.interests(hidden, n_tokens), targets)
+        states, following = self.model.latest_item_states(hidden, n_tokens, batch["items"], targets)
+        return loss + self.position_loss_weight * self.softmax_loss(states, following), len(targets)
+
+    def softmax_loss(self, users: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean full or in-batch (eq. 11-12) softmax loss of interests `users` (N, k, d) for `targets` (N,)."""
         item_table = self.model.item_vectors()
         if self.loss_name == "full_softmax":
             logits = max_interest_scores(users, item_table) / self.temperature
-            losses = smoothed_softmax_loss(logits, targets, None, self.label_smoothing)
-        else:
-            candidates, allowed = in_batch_candidates(targets, self.config.n_items, self.uniform_negatives)
-            logits = max_interest_scores(users, item_table[candidates]) / self.temperature
-            if self.logq_correction:
-                logits = logits - sampling_log_q(self.item_log_prob, candidates, len(targets),
-                                                 self.uniform_negatives, self.config.n_items)[None]
-            column = torch.arange(len(targets), device=targets.device)
-            losses = smoothed_softmax_loss(logits, column, allowed, self.label_smoothing)
-        return losses.mean(), len(targets)
+            return smoothed_softmax_loss(logits, targets, None, self.label_smoothing).mean()
+        candidates, allowed = in_batch_candidates(targets, self.config.n_items, self.uniform_negatives)
+        logits = max_interest_scores(users, item_table[candidates]) / self.temperature
+        if self.logq_correction:
+            logits = logits - sampling_log_q(self.item_log_prob, candidates, len(targets),
+                                             self.uniform_negatives, self.config.n_items)[None]
+        column = torch.arange(len(targets), device=targets.device)
+        return smoothed_softmax_loss(logits, column, allowed, self.label_smoothing).mean()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, n = self.loss(batch)

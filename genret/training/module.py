@@ -28,10 +28,10 @@ class DualGRModule(pl.LightningModule):
         use_item_id: add an item-id embedding to each action (off for pure-SID models).
     """
 
-    def __init__(self, config: DualGRConfig | None = None, lr: float = 1e-3, weight_decay: float = 0.01,
+    def __init__(self, config: DualGRConfig = DualGRConfig(), lr: float = 1e-3, weight_decay: float = 0.01,
                  warmup_steps: int = 100, use_item_id: bool = True):
         super().__init__()
-        self.config = config or DualGRConfig()
+        self.config = dataclasses.replace(config)  # a copy: the default instance is shared
         self.lr = lr
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps

@@ -1,0 +1,199 @@
+"""End-to-end DualGR decode throughput: naive vs PyTorch reference path vs Triton path, one run.
+
+* naive: recomputes the whole decoder over the SID prefix at every level (no KV cache), each
+  beam reads its own copy of the user's history (K/V expanded per beam, masked SDPA), and the
+  beam step is log_softmax + masked_fill + torch.topk over the flattened W x V candidates;
+* reference: genret's decode path with kernel="torch" (prefix cache, packed jagged history,
+  in-bucket key ranges, the PyTorch references of the two ops);
+* triton: the same path with kernel="triton" (CUDA, or the interpreter on a CPU, where it is a
+  correctness smoke, not a speed number).
+
+Defaults: the paper's serving size on a GPU (beam 256, history 1000, d=512, 8 heads, 4 blocks,
+3 x 8192 codes); a reduced size on a CPU so it runs anywhere in a minute or two. Both DBR
+branches are decoded, as in serving. The per-kernel bandwidth and FLOP rates against the GPU's
+peak come from benchmarks/bench_kernels.py run at the same shapes (printed at the end).
+
+    python benchmarks/bench_decode.py                 # CPU, reduced size
+    python benchmarks/bench_decode.py --device cuda   # GPU, paper size
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--users", type=int, default=None, help="users per batch (GPU 32, CPU 4)")
+    p.add_argument("--beam", type=int, default=None, help="beam width (GPU 256, CPU 32)")
+    p.add_argument("--history", type=int, default=None, help="history length (GPU 1000, CPU 200)")
+    p.add_argument("--d-model", type=int, default=None, help="GPU 512, CPU 128")
+    p.add_argument("--heads", type=int, default=None, help="GPU 8, CPU 4")
+    p.add_argument("--blocks", type=int, default=None, help="GPU 4, CPU 2")
+    p.add_argument("--codes", type=int, default=None, help="codes per level (GPU 8192, CPU 256)")
+    p.add_argument("--items", type=int, default=None, help="catalogue size (GPU 2,000,000, CPU 20,000)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-triton", action="store_true", help="skip the Triton path")
+    p.add_argument("--no-kernel-bench", action="store_true", help="skip the per-kernel rates")
+    args = p.parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = args.device == "cuda"
+    for name, g, c in (("users", 32, 4), ("beam", 256, 32), ("history", 1000, 200), ("d_model", 512, 128),
+                       ("heads", 8, 4), ("blocks", 4, 2), ("codes", 8192, 256), ("items", 2_000_000, 20_000)):
+        if getattr(args, name) is None:
+            setattr(args, name, g if gpu else c)
+    return args
+
+
+def build(args):
+    from genret.models.dualgr import DualGR, DualGRConfig
+    from genret.tokenizers import SIDIndex
+
+    torch.manual_seed(0)
+    cfg = DualGRConfig(codebook_size=args.codes, n_levels=3, n_items=0, d_model=args.d_model, n_heads=args.heads,
+                       n_blocks=args.blocks, d_ffn=2 * args.d_model, dropout=0.0, max_history=args.history,
+                       long_window=args.history, short_window=min(64, args.history), in_bucket_cap=256)
+    model = DualGR(cfg).eval().to(args.device)
+    # Random SIDs with a skewed level 1 (real codebooks are not uniform).
+    g = torch.Generator().manual_seed(1)
+    level1 = torch.multinomial(torch.rand(args.codes, generator=g) ** 3 + 1e-3, args.items, replacement=True,
+                               generator=g)
+    rest = torch.randint(0, args.codes, (args.items, 2), generator=g)
+    codes = torch.cat([level1[:, None], rest], 1)
+    model.set_item_codes(codes.to(args.device))
+    index = SIDIndex.build(codes.numpy(), args.codes).to(args.device)
+    return model, index
+
+
+def histories(args):
+    from genret.decoding.beam_search import Histories
+
+    U, T = args.users, args.history
+    g = torch.Generator().manual_seed(2)
+    items = torch.randint(0, args.items, (U * T,), generator=g)
+    return Histories(torch.arange(0, U * T + 1, T).to(args.device), items.to(args.device),
+                     torch.zeros(U, 0, dtype=torch.long, device=args.device))
+
+
+@torch.no_grad()
+def naive_decode(model, index, hist, beam: int, k: int):
+    """The unfused, cache-free baseline: see the module docstring."""
+    from genret.decoding.beam_search import _bucket_ranges, _sorted_by_bucket, _window, merge_topk, model_codes, \
+        sids_to_items
+
+    cfg = model.cfg
+    U, L, K, dev = hist.n_users, cfg.n_levels, cfg.codebook_size, hist.items.device
+    outs_items, outs_scores = [], []
+    for width in (cfg.long_window, cfg.short_window):
+        window = _window(hist, width, cfg.max_history)
+        full = _sorted_by_bucket(model, _window(hist, cfg.max_history, cfg.max_history))
+        ctx_coarse = model.context(window, model_codes(model, window), hist.user_feats,
+                                   torch.zeros(window.shape + (0,), dtype=torch.long, device=dev))
+        ctx_fine = model.context(full, model_codes(model, full), hist.user_feats,
+                                 torch.zeros(full.shape + (0,), dtype=torch.long, device=dev))
+        prefix = torch.zeros(U, 1, 0, dtype=torch.long, device=dev)
+        scores = torch.zeros(U, 1, device=dev)
+        for level in range(L):
+            W = prefix.shape[1]
+            x = model.query_tokens(prefix).reshape(U * W, level + 1, -1)
+            if level == 0:
+                ctx, valid = ctx_coarse, F.pad(window >= 0, (1, 0), value=True)
+                mask = valid[:, None, :].expand(U, W, -1)
+            else:
+                ctx = ctx_fine
+                lo, hi = _bucket_ranges(model, full, prefix[..., 0])
+                j = torch.arange(ctx.shape[1], device=dev)
+                mask = (j == 0) | ((j >= lo[..., None]) & (j < hi[..., None]))
+            mask = mask.reshape(U * W, 1, -1)
+            for block in model.blocks:
+                x = block.self_attention(x)
+                k_ctx, v_ctx = block.cross_attn.project_kv(ctx)  # recomputed every level (no cache)
+                k_b = k_ctx.repeat_interleave(W, 0)  # every beam its own copy of the history
+                v_b = v_ctx.repeat_interleave(W, 0)
+                h = block.norm_cross(x)
+                x = x + block.cross_attn.attend(block.cross_attn.project_q(h), k_b, v_b,
+                                                mask.expand(-1, x.shape[1], -1))
+                x = block.ffn_residual(x)
+            logits = model.heads[level](model.final_norm(x[:, -1])).reshape(U, W, K)
+            nodes = index.node_of(prefix.reshape(U * W, level)) if level else torch.zeros(U * W, dtype=torch.long,
+                                                                                          device=dev)
+            allowed = index.valid_mask(level, nodes.clamp(min=0)).reshape(U, W, K)
+            cand = (logits.log_softmax(-1) + scores[..., None]).masked_fill(~allowed, float("-inf"))
+            top = cand.reshape(U, W * K).topk(min(beam, W * K), dim=1)
+            parent, token = top.indices // K, top.indices % K
+            prefix = torch.cat([prefix.gather(1, parent[..., None].expand(-1, -1, level)), token[..., None]], -1)
+            scores = top.values
+        items, item_scores = sids_to_items(index, prefix, scores, k)
+        outs_items.append(items)
+        outs_scores.append(item_scores)
+    return merge_topk(torch.cat(outs_items, 1), torch.cat(outs_scores, 1), k)
+
+
+def timed(fn, device, repeats):
+    fn()  # warm-up (Triton compiles here)
+    if device == "cuda":
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=1, rep=max(repeats, 1) * 100) / 1000.0
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device == "cpu" and not args.no_triton and os.environ.get("TRITON_INTERPRET") != "1":
+        # The interpreter must be chosen before triton is imported: re-run ourselves with it set.
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        return subprocess.call([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])], env=env)
+    from genret.decoding.beam_search import retrieve_indices
+
+    model, index = build(args)
+    hist = histories(args)
+    k = args.beam
+    print(f"device {args.device} ({torch.cuda.get_device_name(0) if args.device == 'cuda' else 'CPU'}), "
+          f"users/batch {args.users}, beam {args.beam}, history {args.history}, d {args.d_model}, "
+          f"heads {args.heads}, blocks {args.blocks}, codes 3 x {args.codes}, items {args.items:,}, "
+          f"threads {torch.get_num_threads()}")
+    paths = [("naive (recompute, per-beam K/V, topk)", lambda: naive_decode(model, index, hist, args.beam, k)),
+             ("reference (kernel=torch)", lambda: retrieve_indices(model, index, hist, k, kernel="torch"))]
+    if not args.no_triton:
+        label = "triton" if args.device == "cuda" else "triton (INTERPRETER: correctness smoke, not speed)"
+        paths.append((label, lambda: retrieve_indices(model, index, hist, k, kernel="triton")))
+    results = {}
+    ref_items = None
+    print(f"{'path':<52} {'ms/batch':>10} {'users/s':>10} {'vs naive':>9}  same items as reference")
+    for name, fn in paths:
+        reps = 1 if "INTERPRETER" in name else args.repeats
+        seconds = timed(fn, args.device, reps)
+        items, _ = fn()
+        if ref_items is None and "reference" in name:
+            ref_items = items
+        results[name] = seconds
+        naive = results[paths[0][0]]
+        same = "-" if ref_items is None else f"{(items == ref_items).float().mean().item():.4f}"
+        print(f"{name:<52} {seconds * 1e3:>10.1f} {args.users / seconds:>10.1f} {naive / seconds:>8.2f}x  {same}")
+    if not args.no_kernel_bench:
+        print("\nper-kernel rates at these shapes (benchmarks/bench_kernels.py):", flush=True)
+        cmd = [sys.executable, str(Path(__file__).with_name("bench_kernels.py")), "--device", args.device,
+               "--users", str(args.users), "--beams", str(args.beam), "--history", str(args.history),
+               "--d-model", str(args.d_model), "--heads", str(args.heads), "--codes", str(args.codes)]
+        subprocess.call(cmd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 
 def build_cli(args: list[str], run: bool = True):
+    import warnings
+
     from pytorch_lightning.cli import LightningCLI
+
+    # We always pass args explicitly (genret's own argv is not LightningCLI's): the warning is noise.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
 
     from genret.training.datamodule import SequenceDataModule
     from genret.training.module import DualGRModule

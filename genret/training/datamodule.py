@@ -196,6 +196,10 @@ class SequenceDataModule(pl.LightningDataModule):
                                 self.max_negatives, loss_last_only=last_only)
         return collate
 
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch.to(device) if isinstance(batch, TrainBatch) else super().transfer_batch_to_device(
+            batch, device, dataloader_idx)
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Rows(self.train_rows), batch_size=self.batch_size, shuffle=True,
                           num_workers=self.num_workers,

@@ -538,6 +538,8 @@ class KuaiFormerModule(pl.LightningModule):
                 log.info("no %s improvement in %d validations; stopping", self.monitor, self.patience)
                 self.trainer.should_stop = True
         self.log("val/best", self.best_score)
+        log.info("epoch %d: val %s", self.current_epoch,
+                 " ".join(f"{name}@{k} {metrics[f'{name}@{k}']:.4f}" for k in self.eval_ks for name in ("hr", "ndcg")))
 
     def on_fit_end(self) -> None:
         if self.best_state is not None:

@@ -92,10 +92,6 @@ class DualGRModule(pl.LightningModule):
     def validation_step(self, batch: TrainBatch, batch_idx: int) -> None:
         self._shared_step(batch, "val")
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        return batch.to(device) if isinstance(batch, TrainBatch) else super().transfer_batch_to_device(
-            batch, device, dataloader_idx)
-
     def configure_optimizers(self):
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():

@@ -1,0 +1,155 @@
+"""KuaiFormer / SASRec training: shipped configs, batching, ranking, a tiny end-to-end run, export."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from genret.data import leave_one_out, load_dataset
+from genret.eval import PopularityRecommender, ranking_metrics
+from genret.training.kuaiformer_module import (
+    KuaiFormerDataModule,
+    build,
+    export_item_embeddings,
+    gather_windows,
+    item_feature_table,
+    load_kuaiformer,
+    rank_items,
+    run_embedding_benchmark,
+)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SHIPPED = ["sasrec_ml1m.yaml", "sasrec_amazon.yaml", "kuaiformer_ml1m.yaml", "kuaiformer_amazon.yaml"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_load(name, tmp_path):
+    module, dm, trainer = build(CONFIGS / name, tmp_path)
+    config = module.config
+    if name.startswith("sasrec"):
+        # SASRec = KuaiFormer with one interest at the last position, no compression, full softmax.
+        assert (config.n_interests, config.readout, config.compression, config.item_mlp) == (1, "last_position", False, False)
+        assert module.loss_name == "full_softmax" and dm.targets == "every_position"
+    else:
+        assert config.readout == "query_tokens" and config.n_interests > 1
+        assert module.loss_name == "sampled_softmax" and module.logq_correction and module.label_smoothing > 0
+        assert dm.targets == "cut_points"
+    if name == "kuaiformer_ml1m.yaml":
+        assert config.compression and dm.max_len == 256
+        from dataclasses import replace
+        assert replace(config, max_len=dm.max_len).sequence_tokens == 55
+
+
+def test_gather_windows_is_right_aligned_and_padded():
+    offsets = np.array([0, 3, 3, 8])
+    values = np.arange(10, 18)
+    windows, valid = gather_windows(offsets, values, np.array([0, 2, 2, 1]), np.array([3, 5, 2, 0]), 4, -1)
+    assert windows.tolist() == [[-1, 10, 11, 12], [14, 15, 16, 17], [-1, -1, 13, 14], [-1, -1, -1, -1]]
+    assert (valid == (windows >= 0)).all()
+    side, _ = gather_windows(offsets, values[:, None] * np.array([[1, 2]]), np.array([0]), np.array([2]), 3, 0)
+    assert side[0].tolist() == [[0, 0], [10, 20], [11, 22]]
+
+
+def test_item_feature_tables():
+    assert item_feature_table(np.array([3, 0, 2]), "genre").tolist() == [[3], [0], [2]]
+    hot = np.array([[0, 1, 1], [0, 0, 0], [1, 0, 0]], dtype=np.int8)
+    assert item_feature_table(hot, "genres").tolist() == [[2, 3], [0, 0], [1, 0]]
+    with pytest.raises(ValueError, match="integer"):
+        item_feature_table(np.zeros(3, np.float32), "x")
+
+
+def test_rank_items_is_exact_max_over_interests_with_history_excluded():
+    gen = torch.Generator().manual_seed(0)
+    users = torch.randn(7, 3, 8, generator=gen)
+    items = torch.randn(40, 8, generator=gen)
+    offsets = np.array([0, 2, 2, 5, 6, 6, 9, 10])
+    history = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 0])
+    ranked = rank_items(users, items, 10, exclude=(offsets, history), device="cpu")
+    scores = torch.einsum("mkd,nd->mkn", users, items).amax(1)
+    for u in range(7):
+        scores[u, history[offsets[u]:offsets[u + 1]]] = float("-inf")
+    expected = scores.topk(10, dim=1).indices.numpy()
+    assert np.array_equal(ranked, expected)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run several times faster on one thread when the 2 CI cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _write_config(path: Path, model: dict, data: dict, epochs: int) -> Path:
+    config = {
+        "seed_everything": 0,
+        "trainer": {"max_epochs": epochs, "accelerator": "cpu", "devices": 1, "num_sanity_val_steps": 0,
+                    "enable_progress_bar": False, "enable_model_summary": False,
+                    "check_val_every_n_epoch": epochs},
+        "model": model,
+        "data": {"data": "synthetic:300x400", **data},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _popularity_hr10(split) -> float:
+    es = split.eval_set("test")
+    ranked = PopularityRecommender().fit(split.train).recommend(es, 10)
+    return ranking_metrics(ranked, es.targets, (10,))["hr@10"]
+
+
+@pytest.mark.slow
+def test_tiny_sasrec_beats_popularity_and_exports(tmp_path, one_thread):
+    config = _write_config(
+        tmp_path / "sasrec.yaml",
+        {"config": {"d_model": 32, "n_heads": 1, "n_layers": 1, "d_ffn": 64, "dropout": 0.1, "n_interests": 1,
+                    "readout": "last_position", "compression": False, "item_mlp": False},
+         "loss": "full_softmax", "logq_correction": False, "lr": 0.005},
+        {"max_len": 50, "targets": "every_position", "batch_size": 64}, epochs=10)
+    out = tmp_path / "run"
+    result = run_embedding_benchmark(str(config), out, ks=(10, 20), model_name="sasrec")
+    popularity = _popularity_hr10(leave_one_out(load_dataset("synthetic:300x400")))
+    assert result["model"] == "sasrec" and result["dataset"] == "synthetic"
+    assert result["test"]["n_users"] == 300
+    assert result["test"]["hr@10"] > popularity + 0.05, (result["test"], popularity)
+    assert sorted(p.name for p in out.iterdir()) == ["logs", "model.ckpt"]
+
+    vectors = export_item_embeddings(result["checkpoint"], tmp_path / "items.npy")
+    saved = np.load(tmp_path / "items.npy")
+    assert saved.dtype == np.float32 and saved.shape == (400, 32)
+    assert np.array_equal(saved, vectors)
+    model, extra = load_kuaiformer(result["checkpoint"])
+    assert np.array_equal(saved, model.item_vectors().detach().numpy())
+    assert len(extra["catalogue"]["item_ids"]) == 400
+
+    from genret.commands.export_embeddings import main
+
+    assert main(["--checkpoint", result["checkpoint"], "--out", str(tmp_path / "cli.npy")]) == 0
+    assert np.array_equal(np.load(tmp_path / "cli.npy"), saved)
+
+
+@pytest.mark.slow
+def test_tiny_kuaiformer_trains_with_every_part_on(tmp_path, one_thread):
+    config = _write_config(
+        tmp_path / "kuaiformer.yaml",
+        {"config": {"d_model": 32, "n_heads": 2, "n_layers": 1, "d_ffn": 64, "dropout": 0.1, "n_interests": 2,
+                    "early_group_size": 8, "early_groups": 1, "middle_group_size": 4, "middle_groups": 2,
+                    "feature_dim": 8},
+         "loss": "sampled_softmax", "label_smoothing": 0.05, "lr": 0.005, "position_loss_weight": 1.0},
+        {"max_len": 24, "targets": "cut_points", "cuts_per_user": 4, "batch_size": 64,
+         "item_features": ["category", "subcategory"], "side_features": ["watch_frac"]}, epochs=6)
+    result = run_embedding_benchmark(str(config), tmp_path / "run", ks=(10,), model_name="kuaiformer")
+    popularity = _popularity_hr10(leave_one_out(load_dataset("synthetic:300x400")))
+    assert result["test"]["hr@10"] > popularity + 0.03, (result["test"], popularity)
+    model, _ = load_kuaiformer(result["checkpoint"])
+    assert model.config.sequence_tokens == 1 + 2 + 8 and model.config.side_cardinalities
+
+
+def test_datamodule_errors_name_the_missing_feature():
+    dm = KuaiFormerDataModule("synthetic:60x200", item_features=["colour"])
+    with pytest.raises(ValueError, match="colour"):
+        dm.setup()

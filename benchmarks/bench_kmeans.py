@@ -15,6 +15,7 @@ and its fastest time is reported (the machine may be shared); every run is seede
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest is reported")
     parser.add_argument("--quick", action="store_true", help="N=40k, d=32, K=256 (seconds)")
     parser.add_argument("--no-same-init", action="store_true", help="skip the sklearn same-init row")
+    parser.add_argument("--no-faiss", action="store_true", help="skip faiss even when it is importable")
     parser.add_argument("--device", default="cpu", help="RQKMeans device (cpu for a fair CPU comparison)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -77,15 +79,17 @@ def main(argv: list[str] | None = None) -> int:
 
     X = make_data(args.n, args.d, args.seed)
     threads = torch.get_num_threads()
+    sklearn_threads = ", ".join(f"{p.get('internal_api', '?')} {p.get('num_threads')}" for p in threadpool_info())
     print(
         f"N={args.n:,} d={args.d} K={args.k:,} iterations={args.n_iter} seed={args.seed} | "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__} ({threads} threads), "
-        f"sklearn {sklearn_version} ({', '.join(str(i.get('num_threads')) + ' ' + i.get('internal_api', '?') for i in threadpool_info())})"
+        f"sklearn {sklearn_version} ({sklearn_threads}) | load average {os.getloadavg()[0]:.1f}"
     )
     sys.stdout.flush()
     def sklearn_fit(init) -> KMeans:
         return KMeans(
-            n_clusters=args.k, init=init, n_init=1, algorithm="lloyd", max_iter=args.n_iter, tol=0, random_state=args.seed
+            n_clusters=args.k, init=init, n_init=1, algorithm="lloyd", max_iter=args.n_iter, tol=0,
+            random_state=args.seed,
         ).fit(X)
 
     def rq_fit() -> RQKMeans:
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # name -> (fit function, inertia of the fitted model, note)
     methods = {
-        "sklearn KMeans random": (lambda: sklearn_fit("random"), lambda m: float(m.inertia_), lambda m: f"n_iter_={m.n_iter_}"),
+        "sklearn KMeans random": (lambda: sklearn_fit("random"), lambda m: float(m.inertia_),
+                                  lambda m: f"n_iter_={m.n_iter_}"),
         "RQKMeans (genret)": (rq_fit, lambda m: float(m.inertia_[0]),
                               lambda m: f"device={args.device}, empty clusters re-seeded={m.n_empty_reseeded_[0]}"),
     }
@@ -106,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import faiss
     except ImportError:
+        faiss = None
         print("  faiss is not importable: skipped (pip install faiss-cpu)")
-    else:
+    if faiss is not None and not args.no_faiss:
         def faiss_fit():
             km = faiss.Kmeans(args.d, args.k, niter=args.n_iter, seed=args.seed, verbose=False,
                               max_points_per_centroid=max(256, -(-args.n // args.k)))  # no subsampling
@@ -125,13 +131,15 @@ def main(argv: list[str] | None = None) -> int:
             seconds, fitted[name] = timed(fit, 1)
             times[name].append(seconds)
             print(f"  run {repeat + 1}/{args.repeats}: {name:<26} {seconds:8.2f} s", flush=True)
-    rows = [(name, min(times[name]), inertia(fitted[name]), note(fitted[name])) for name, (_, inertia, note) in methods.items()]
+    rows = [(name, min(times[name]), inertia(fitted[name]), note(fitted[name]))
+            for name, (_, inertia, note) in methods.items()]
 
     base_seconds, base_inertia = rows[0][1], rows[0][2]
-    print()
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f} (other work on this machine slows every method)")
     print(f"{'method':<26} {'seconds':>9} {'inertia':>14} {'time / sklearn':>15} {'inertia / sklearn':>18}  notes")
     for name, seconds, inertia, note in rows:
-        print(f"{name:<26} {seconds:>9.2f} {inertia:>14.6g} {seconds / base_seconds:>15.3f} {inertia / base_inertia:>18.4f}  {note}")
+        print(f"{name:<26} {seconds:>9.2f} {inertia:>14.6g} {seconds / base_seconds:>15.3f} "
+              f"{inertia / base_inertia:>18.4f}  {note}")
     rq = rows[1]
     verdict_speed = "no slower" if rq[1] <= base_seconds else "SLOWER"
     verdict_quality = "within 2%" if rq[2] <= 1.02 * base_inertia else "MORE THAN 2% WORSE"

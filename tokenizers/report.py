@@ -13,7 +13,9 @@ from genret.tokenizers.rq_kmeans import RQKMeans, _as_codes, _augment, _check_2d
 __all__ = ["codebook_report", "format_report"]
 
 
-def codebook_report(tok: RQKMeans, X: np.ndarray | torch.Tensor, codes: np.ndarray | torch.Tensor | None = None) -> dict[str, Any]:
+def codebook_report(
+    tok: RQKMeans, X: np.ndarray | torch.Tensor, codes: np.ndarray | torch.Tensor | None = None
+) -> dict[str, Any]:
     """Per-level and overall statistics of a fitted tokenizer on X.
 
     Args:
@@ -112,7 +114,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"RQ-KMeans codebooks: {report['n_items']:,} items, dim {report['dim']}, "
         f"{report['n_levels']} levels x {K:,} codes",
         "",
-        f"{'level':>5}  {'used':>13}  {'util':>6}  {'entropy':>8}  {'H/log2K':>7}  {'largest':>8}  {'recon MSE':>10}  {'rel':>6}",
+        f"{'level':>5}  {'used':>13}  {'util':>6}  {'entropy':>8}  {'H/log2K':>7}  {'largest':>8}  "
+        f"{'recon MSE':>10}  {'rel':>6}",
     ]
     for lv in report["levels"]:
         used = f"{lv['codes_used']:,}/{K:,}"

@@ -63,7 +63,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device {device!r} is not a torch device; use 'auto', 'cpu' or 'cuda[:i]'") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was requested but CUDA is not available here; use device='cpu' or 'auto'")
+        raise RuntimeError(
+            f"device {device!r} was requested but CUDA is not available here; use device='cpu' or 'auto'"
+        )
     return dev
 
 
@@ -96,19 +98,19 @@ class RQKMeans:
         sample_size: fit on this many rows drawn without replacement (all rows when None or
             larger than N); encode always covers every row.
         chunk_size: rows per distance chunk; memory for distances is chunk_size x K floats.
-            None picks ~16 MiB of distances on CPU, ~1 GiB on CUDA.
-        init: "random" (distinct sample points, as scikit-learn's init="random") or "kmeans||"
-            (scalable k-means++: 5 rounds of D^2 oversampling, then weighted k-means++ on the
-            candidates).
+            None picks up to 8 MiB of distances per CPU thread (at most 1024 rows), 1 GiB on CUDA.
+        init: "random" (distinct sample points, like scikit-learn's init="random") or "kmeans||"
+            (scalable k-means++: 3 rounds of D^2 oversampling drawing ~K points each, then
+            weighted D^2 sampling of K of those candidates).
         verbose: show a tqdm progress bar (one step per Lloyd iteration) while fitting.
 
     Attributes (after fit):
         codebooks_: (L, K, d) float32 torch.Tensor on the CPU.
         inertia_: list of L floats: sum over the fit sample of the squared residual after each
-            level's final assignment (level 0's equals scikit-learn's KMeans.inertia_).
+            level's final assignment (the first level's is scikit-learn's KMeans.inertia_).
         n_features_in_: d.
         n_fit_samples_: number of rows the codebooks were fitted on.
-        n_empty_reseeded_: list of L ints: how many times an empty cluster was re-seeded.
+        n_empty_reseeded_: list of L ints: empty clusters re-seeded, summed over iterations.
     """
 
     def __init__(
@@ -170,8 +172,11 @@ class RQKMeans:
     def _chunk_rows(self, device: torch.device) -> int:
         if self.chunk_size is not None:
             return int(self.chunk_size)
-        budget = _AUTO_CHUNK_FLOATS["cuda" if device.type == "cuda" else "cpu"]
-        return max(64, budget // int(self.codebook_size))
+        if device.type == "cuda":
+            return max(64, _AUTO_CHUNK_FLOATS["cuda"] // int(self.codebook_size))
+        # At most 1024 rows: smaller codebooks gain nothing from longer chunks, and enough
+        # chunks must exist to share among the worker threads.
+        return max(64, min(1024, _AUTO_CHUNK_FLOATS["cpu"] // int(self.codebook_size)))
 
     # ------------------------------------------------------------------ fit
     def fit(self, X: np.ndarray | torch.Tensor) -> "RQKMeans":
@@ -205,7 +210,7 @@ class RQKMeans:
         else:
             rows = None
         chunk = self._chunk_rows(device)
-        # (n_fit, d_aug): residuals with a constant-1 column, so one matrix product also adds ||c||^2.
+        # (n_fit, d + 1): residuals with a constant-1 column, so one matrix product also adds ||c||^2.
         residual = _augmented_rows(X, rows, dim, device, chunk, what="the fit rows")
 
         codebooks = torch.empty(int(self.n_levels), K, dim, dtype=torch.float32)
@@ -329,13 +334,16 @@ class RQKMeans:
             )
 
     def _codebooks_on(self, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per level: centroids (K, d) and the transposed augmented codebook (d_aug, K) on `device`."""
+        """Per level: centroids (K, d) and the transposed augmented codebook (d + 1, K_pad) on `device`.
+
+        Cached until the device or the codebooks_ object changes.
+        """
         cached = getattr(self, "_device_codebooks", None)
-        if cached is not None and cached[0] == device:
-            return cached[1], cached[2]
+        if cached is not None and cached[0] == device and cached[1] is self.codebooks_:
+            return cached[2], cached[3]
         books = [self.codebooks_[level].to(device) for level in range(int(self.n_levels))]
         books_aug_t = [_augmented_codebook_t(c) for c in books]
-        self._device_codebooks = (device, books, books_aug_t)
+        self._device_codebooks = (device, self.codebooks_, books, books_aug_t)
         return books, books_aug_t
 
     # ------------------------------------------------------------------ persistence
@@ -436,7 +444,8 @@ def _reseed_empty(centroids: torch.Tensor, empty: torch.Tensor, points: torch.Te
         top_idx = top_idx[top_err > 0]
         # Keep the first (largest-error) occurrence of every distinct point.
         _, inverse = torch.unique(points[top_idx], dim=0, return_inverse=True)
-        first = torch.full((int(inverse.max()) + 1 if inverse.numel() else 0,), window, dtype=torch.long, device=points.device)
+        n_distinct = int(inverse.max()) + 1 if inverse.numel() else 0
+        first = torch.full((n_distinct,), window, dtype=torch.long, device=points.device)
         first.scatter_reduce_(0, inverse, torch.arange(inverse.numel(), device=points.device), reduce="amin")
         chosen = top_idx[torch.sort(first).values]
         if chosen.numel() >= need or window == n:
@@ -529,7 +538,9 @@ def _augmented_dim(dim: int) -> int:
     return dim + 1  # the constant column; rounding up for alignment measured no faster (MKL sgemm)
 
 
-def _nearest(x_aug: torch.Tensor, books_aug_t: torch.Tensor, scratch: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest(
+    x_aug: torch.Tensor, books_aug_t: torch.Tensor, scratch: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centroid of each row.
 
     Args:
@@ -553,7 +564,9 @@ def _nearest(x_aug: torch.Tensor, books_aug_t: torch.Tensor, scratch: torch.Tens
     return block * _ARGMIN_BLOCK + inside, partial
 
 
-def _assign(residual: torch.Tensor, books_aug_t: torch.Tensor, chunk: int, labels: torch.Tensor, partial: torch.Tensor) -> None:
+def _assign(
+    residual: torch.Tensor, books_aug_t: torch.Tensor, chunk: int, labels: torch.Tensor, partial: torch.Tensor
+) -> None:
     """Nearest centroid of every row, chunk by chunk, into `labels` (n,) and `partial` (n,)."""
 
     def assign_chunk(start: int, stop: int, scratch: torch.Tensor) -> None:
@@ -599,12 +612,14 @@ def _cpu_workers(size: int) -> ThreadPoolExecutor:
     """
     if _POOL["pool"] is None or _POOL["size"] != size or _POOL["pid"] != os.getpid():
         # A forked child inherits the pool object but not its threads: build a new one.
-        _POOL.update(pool=ThreadPoolExecutor(size, thread_name_prefix="rqkmeans", initializer=torch.set_num_threads, initargs=(1,)),
-                     size=size, pid=os.getpid())
+        pool = ThreadPoolExecutor(size, thread_name_prefix="rqkmeans", initializer=torch.set_num_threads, initargs=(1,))
+        _POOL.update(pool=pool, size=size, pid=os.getpid())
     return _POOL["pool"]
 
 
-def _map_chunks(work: Callable[[int, int, torch.Tensor], None], n: int, chunk: int, k_pad: int, device: torch.device) -> None:
+def _map_chunks(
+    work: Callable[[int, int, torch.Tensor], None], n: int, chunk: int, k_pad: int, device: torch.device
+) -> None:
     """Run work(start, stop, scratch) over row chunks; on CPU spread over torch.get_num_threads() threads.
 
     `scratch` is a (chunk, k_pad) float32 distance buffer owned by the running thread for this call.
@@ -659,7 +674,9 @@ def _sum_squares(points: torch.Tensor, chunk: int) -> float:
 # ---------------------------------------------------------------------- input handling
 def _check_2d(X: Any, name: str) -> tuple[int, int]:
     if not isinstance(X, (np.ndarray, torch.Tensor)):
-        raise ValueError(f"{name} must be a numpy array or torch tensor of shape (n_items, dim); got {type(X).__name__}")
+        raise ValueError(
+            f"{name} must be a numpy array or torch tensor of shape (n_items, dim); got {type(X).__name__}"
+        )
     if X.ndim != 2:
         hint = " (one row per item: use X.reshape(1, -1) for a single item)" if X.ndim == 1 else ""
         raise ValueError(f"{name} must be 2-D of shape (n_items, dim); got {X.ndim}-D of shape {tuple(X.shape)}{hint}")
@@ -695,7 +712,9 @@ def _augment(rows: Any, dim: int, device: torch.device) -> torch.Tensor:
     return out
 
 
-def _augmented_rows(X: Any, rows: np.ndarray | None, dim: int, device: torch.device, chunk: int, what: str) -> torch.Tensor:
+def _augmented_rows(
+    X: Any, rows: np.ndarray | None, dim: int, device: torch.device, chunk: int, what: str
+) -> torch.Tensor:
     """The fit rows of X (all, or the sorted sample `rows`) as one augmented tensor on `device`."""
     n = X.shape[0] if rows is None else len(rows)
     out = torch.empty(n, _augmented_dim(dim), dtype=torch.float32, device=device)
@@ -728,7 +747,10 @@ def _raise_non_finite(X: Any, dim: int, name: str) -> None:
     first: list[int] = []
     for start in range(0, n, 65536):
         block = X[start : start + 65536]
-        bad = ~(torch.isfinite(block).all(1).cpu().numpy() if isinstance(block, torch.Tensor) else np.isfinite(block).all(1))
+        if isinstance(block, torch.Tensor):
+            bad = ~torch.isfinite(block).all(1).cpu().numpy()
+        else:
+            bad = ~np.isfinite(block).all(1)
         n_bad += int(bad.sum())
         if len(first) < 5:
             first += (np.nonzero(bad)[0][: 5 - len(first)] + start).tolist()

@@ -131,7 +131,8 @@ class SIDIndex:
         K = int(codebook_size)
         n_levels = codes.shape[1] if getattr(codes, "ndim", 0) == 2 else -1
         if n_levels < 1:
-            raise ValueError(f"codes must have shape (n_items, n_levels >= 1); got {tuple(getattr(codes, 'shape', ()))}")
+            shape = tuple(getattr(codes, "shape", ()))
+            raise ValueError(f"codes must have shape (n_items, n_levels >= 1); got {shape}")
         codes_t = _as_codes(codes, n_levels, K, "codes")
         N = codes_t.shape[0]
         if N == 0:
@@ -141,7 +142,10 @@ class SIDIndex:
         # Sort items by (s1, ..., sL, residual_norm, item index); np.lexsort's last key is the primary one.
         keys: list[np.ndarray] = [np.arange(N)]
         if residual_norm is not None:
-            norm = torch.as_tensor(residual_norm).detach().cpu().numpy() if isinstance(residual_norm, torch.Tensor) else np.asarray(residual_norm)
+            if isinstance(residual_norm, torch.Tensor):
+                norm = residual_norm.detach().cpu().numpy()
+            else:
+                norm = np.asarray(residual_norm)
             if norm.shape != (N,):
                 raise ValueError(f"residual_norm must have shape ({N},) to match codes; got {norm.shape}")
             if norm.dtype.kind not in "fiu" or not np.isfinite(norm).all():
@@ -330,7 +334,8 @@ class SIDIndex:
                     problems.append(f"child_ptr[{j}] does not match its nodes")
         if self.leaf_item_ptr.numel() != self.n_nodes(L) + 1 or int(self.leaf_item_ptr[-1]) != N:
             problems.append("leaf_item_ptr does not match the leaves")
-        if self.leaf_items.numel() != N or self.item_leaf.numel() != N or self.level1_node.numel() != self.codebook_size:
+        sizes = (self.leaf_items.numel(), self.item_leaf.numel(), self.level1_node.numel())
+        if sizes != (N, N, self.codebook_size):
             problems.append("item tables have the wrong length")
         if problems:
             raise ValueError("inconsistent SIDIndex: " + "; ".join(problems))

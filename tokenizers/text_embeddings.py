@@ -106,7 +106,8 @@ def embed_titles(
     if model is None:
         model = load_text_model(device)
     if not texts:
-        dim = model.get_sentence_embedding_dimension() if hasattr(model, "get_sentence_embedding_dimension") else EMBEDDING_DIM
+        get_dim = getattr(model, "get_sentence_embedding_dimension", None)
+        dim = get_dim() if get_dim is not None else EMBEDDING_DIM
         return np.zeros((0, dim), dtype=np.float32)
     out = model.encode(
         texts,

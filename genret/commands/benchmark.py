@@ -27,13 +27,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--max-eval-users", type=int, default=None, help="evaluate on the first N users only")
     parser.add_argument("--kernel", default="auto", choices=("auto", "torch", "triton"))
+    parser.add_argument("--ks", default="5,10,20,50,100,500",
+                        help="cut-offs; the beam is max(K) + a margin, so a smaller max(K) decodes faster")
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from genret import pipeline
     from genret.eval import format_ablation_table, format_metrics_table, write_metrics, write_report
 
     out = Path(args.out)
-    ks = (5, 10, 20, 50, 100, 500)
+    try:
+        ks = tuple(sorted({int(k) for k in args.ks.split(",")}))
+    except ValueError:
+        parser.error(f"--ks must be comma-separated integers, got {args.ks!r}")
     started = time.perf_counter()
     if args.model == "popularity":
         _, dm, _ = pipeline.build(args.config, out, overrides, data=args.data)

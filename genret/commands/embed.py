@@ -19,7 +19,9 @@ from genret.io import atomic_path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genret embed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="genret embed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", required=True, help="data set path or name, as genret.data.load_dataset takes it")
     parser.add_argument("--out", required=True, help="output .npy file, (n_items, d) float32")
     parser.add_argument("--source", default="auto", choices=["auto", "titles", "embeddings"],

@@ -20,7 +20,9 @@ from genret.io import atomic_path, write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genret tokenize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="genret tokenize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--embeddings", required=True, help="(N, d) float .npy file, row i = item i")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--levels", type=int, default=3, help="SID length L (default 3)")
@@ -44,7 +46,9 @@ def load_embeddings(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"embeddings file {path} does not exist (make one with `genret embed --data ... --out X.npy`)")
+        raise FileNotFoundError(
+            f"embeddings file {path} does not exist (make one with `genret embed --data ... --out X.npy`)"
+        )
     try:
         X = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:

@@ -32,7 +32,8 @@ def test_report_numbers_by_hand():
     assert level2["recon_error"] == pytest.approx(0.0)
     assert report["total_variance"] == pytest.approx(26.0)  # mean 5: (16+16+36+36)/4
     assert level1["recon_error_relative"] == pytest.approx(1 / 26)
-    assert report["overall"] == {"n_sids": 4, "unique_path_fraction": 1.0, "largest_collision": 1, "mean_items_per_sid": 1.0}
+    expected = {"n_sids": 4, "unique_path_fraction": 1.0, "largest_collision": 1, "mean_items_per_sid": 1.0}
+    assert report["overall"] == expected
 
 
 def test_report_with_collisions_and_an_unused_code():

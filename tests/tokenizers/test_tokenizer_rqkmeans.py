@@ -1,4 +1,5 @@
-"""RQKMeans: shapes, parity with scikit-learn's Lloyd, determinism, persistence, errors, re-seeding, planted structure."""
+"""RQKMeans: shapes, parity with scikit-learn's Lloyd, determinism, persistence, errors, re-seeding, planted
+structure."""
 
 from __future__ import annotations
 
@@ -155,7 +156,8 @@ def test_wrong_dimensionality(X, fitted):
 
 
 def test_codebook_larger_than_data_suggests_smaller(X):
-    with pytest.raises(ValueError, match=r"codebook_size=8192 is larger than the 600 points.*smaller codebook, e\.g\. codebook_size=32"):
+    message = r"codebook_size=8192 is larger than the 600 points.*smaller codebook, e\.g\. codebook_size=32"
+    with pytest.raises(ValueError, match=message):
         RQKMeans(n_levels=1, codebook_size=8192).fit(X)
 
 

@@ -216,7 +216,8 @@ class KuaiFormer(nn.Module):
         self.group_encoder = Block(d, c.n_heads, c.ffn_width, c.dropout, c.attention_dropout) if c.compression else None
         self.position_embedding = nn.Embedding(c.sequence_tokens, d) if c.positions == "learned" else None
         self.query_tokens = nn.Parameter(torch.randn(c.n_interests, d) * 0.02) if c.readout == "query_tokens" else None
-        self.blocks = nn.ModuleList(Block(d, c.n_heads, c.ffn_width, c.dropout, c.attention_dropout) for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(
+            Block(d, c.n_heads, c.ffn_width, c.dropout, c.attention_dropout) for _ in range(c.n_layers))
         self.final_norm = nn.RMSNorm(d, eps=1e-6)
         self.dropout = nn.Dropout(c.dropout)
         self.apply(self._init_weights)
@@ -249,7 +250,7 @@ class KuaiFormer(nn.Module):
 
         The skip keeps the input token in the space of the id embedding that also scores items
         (eq. 10), as SASRec's tied embeddings do; without it the model must learn that link and,
-        on the synthetic and ML-1M data, trains markedly slower.
+        on the synthetic data, trains markedly slower.
 
         Args:
             items: (B, T) int64 item ids, -1 = padding.
@@ -266,6 +267,11 @@ class KuaiFormer(nn.Module):
             side = items.new_zeros(*items.shape, n_side)
         if side.shape != (*items.shape, n_side):
             raise ValueError(f"side must have shape {(*items.shape, n_side)}, got {tuple(side.shape)}")
+        if side.numel():
+            cards = torch.tensor(self.config.side_cardinalities, device=side.device)
+            if bool((side < 0).any()) or bool((side.reshape(-1, n_side).amax(0) >= cards).any()):
+                raise ValueError(f"side bucket ids must lie in 0..cardinality-1 (cardinalities "
+                                 f"{self.config.side_cardinalities})")
         # A token depends only on (item, side buckets): run the MLP once per distinct pair in the batch
         # (overlapping windows of one user repeat most of them).
         key = items.clamp(min=0)

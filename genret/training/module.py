@@ -57,8 +57,6 @@ class DualGRModule(pl.LightningModule):
             "codes": torch.as_tensor(dm.codes),
             "sid_index": dm.sid_index.state_dict(),
             "dataset": dm.log_all.name,
-            "item_popularity": torch.as_tensor(
-                torch.bincount(torch.as_tensor(dm.train_log.item[dm.train_log.label == 1]), minlength=dm.n_items)),
         }
 
     def build(self, **data_facts) -> DualGR:

@@ -128,8 +128,7 @@ def fit_semantic_ids(log_all, train_log, cfg: SIDConfig, progress: bool = True):
         tokenizer.fit(embeddings)
         if cache is not None:
             tokenizer.save(cache)
-    codes = tokenizer.encode(embeddings)
-    residual = np.linalg.norm(embeddings - tokenizer.decode(codes), axis=1)
+    codes, residual = tokenizer.encode(embeddings, return_residual_norm=True)
     index = SIDIndex.build(codes, K, residual_norm=residual)
     report = codebook_report(tokenizer, embeddings, codes=codes)
     report["embedding_source"] = source

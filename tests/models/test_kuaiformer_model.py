@@ -30,7 +30,8 @@ def histories(batch: int, length: int, n_items: int = 50, seed: int = 0) -> torc
 
 def test_default_compression_turns_256_items_into_55_tokens():
     config = KuaiFormerConfig(n_items=50)
-    assert (config.early_group_size, config.early_groups, config.middle_group_size, config.middle_groups) == (64, 2, 16, 5)
+    groups = (config.early_group_size, config.early_groups, config.middle_group_size, config.middle_groups)
+    assert groups == (64, 2, 16, 5)
     assert config.latest_items == 48 and config.sequence_tokens == 55
     model = small_model()
     tokens, valid = model.tokens(histories(3, 256))

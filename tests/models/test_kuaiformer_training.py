@@ -30,7 +30,8 @@ def test_shipped_configs_load(name, tmp_path):
     config = module.config
     if name.startswith("sasrec"):
         # SASRec = KuaiFormer with one interest at the last position, no compression, full softmax.
-        assert (config.n_interests, config.readout, config.compression, config.item_mlp) == (1, "last_position", False, False)
+        assert (config.n_interests, config.readout) == (1, "last_position")
+        assert not config.compression and not config.item_mlp
         assert module.loss_name == "full_softmax" and dm.targets == "every_position"
     else:
         assert config.readout == "query_tokens" and config.n_interests > 1
@@ -153,3 +154,30 @@ def test_datamodule_errors_name_the_missing_feature():
     dm = KuaiFormerDataModule("synthetic:60x200", item_features=["colour"])
     with pytest.raises(ValueError, match="colour"):
         dm.setup()
+
+
+def test_in_batch_loss_with_more_rows_than_candidates_uses_shared_rows():
+    from genret.models.kuaiformer import KuaiFormer, KuaiFormerConfig
+    from genret.training.kuaiformer_module import KuaiFormerModule
+
+    config = KuaiFormerConfig(n_items=6, d_model=4, n_heads=1, n_layers=1, compression=False, max_len=8)
+    module = KuaiFormerModule(config, max_in_batch_candidates=3)
+    torch.manual_seed(0)
+    module.model = KuaiFormer(config)
+    probabilities = torch.tensor([0.3, 0.2, 0.2, 0.1, 0.1, 0.1])
+    module.register_buffer("item_log_prob", probabilities.log())
+    users = torch.randn(5, 2, 4)
+    targets = torch.tensor([0, 1, 0, 2, 5])
+    torch.manual_seed(1)
+    loss = module.softmax_loss(users, targets)
+    torch.manual_seed(1)
+    shared = targets[torch.randperm(5)[:3]]
+    table = module.model.item_vectors().detach()
+    expected = []
+    for i in range(5):
+        def corrected(item):
+            return (users[i] @ table[item]).max() - torch.log(3 * probabilities[item])
+        negatives = [corrected(j) for j in shared.tolist() if j != targets[i]]
+        logits = torch.stack([corrected(int(targets[i]))] + negatives)
+        expected.append(-(logits[0] - logits.logsumexp(0)))
+    torch.testing.assert_close(loss, torch.stack(expected).mean())

@@ -1,5 +1,6 @@
 """Lightning training end to end on small synthetic data: fit, checkpoint, resume, retrieve, DDP."""
 
+import json
 import os
 import subprocess
 import sys
@@ -45,6 +46,22 @@ def test_fit_checkpoint_retrieve_and_resume(tmp_path, tiny_args):
         r.retrieve([[10**9]], k=5)
     with pytest.warns(UserWarning, match="dropped 1 unknown"):
         assert len(r.retrieve([[10**9, r.item_ids[1]]], k=5, unknown="drop").items[0]) == 5
+
+    # The batch CLI over the same checkpoint: JSON lines in, JSON lines out.
+    from genret.cli import main
+
+    lines = tmp_path / "histories.jsonl"
+    lines.write_text(json.dumps([int(r.item_ids[0]), int(r.item_ids[3])]) + "\n"
+                     + json.dumps({"user": "u7", "history": []}) + "\n")
+    assert main(["decode", "--checkpoint", str(ckpt), "--histories", str(lines), "--k", "7",
+                 "--kernel", "torch", "--out", str(tmp_path / "out.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [row["user"] for row in rows] == [0, "u7"] and all(len(row["items"]) == 7 for row in rows)
+    assert rows[0]["items"] == r.retrieve(histories[:1], k=7).items[0]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("[1, 2\n")
+    with pytest.raises(SystemExit, match="bad.jsonl:1: not valid JSON"):
+        main(["decode", "--checkpoint", str(ckpt), "--histories", str(bad)])
 
     # Resume from the last checkpoint for one more epoch.
     module2, dm2, trainer2 = pipeline.build(ROOT / "configs" / "quickstart.yaml", tmp_path / "resumed",

@@ -13,6 +13,8 @@ COMMANDS = {
     "train": ("genret.commands.train", "train a model from a YAML config (LightningCLI)"),
     "decode": ("genret.commands.decode", "retrieve top-k items for histories (JSON lines)"),
     "benchmark": ("genret.commands.benchmark", "tokenize, train and evaluate on a data set"),
+    "export-embeddings": ("genret.commands.export_embeddings",
+                          "write a KuaiFormer/SASRec checkpoint's item embeddings as .npy (for tokenize)"),
     "quickstart": ("genret.commands.quickstart", "the whole pipeline on the synthetic default"),
 }
 

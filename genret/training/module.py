@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,6 +10,7 @@ import torch
 
 from genret.io import ARTIFACT_VERSION
 from genret.models.dualgr import DualGR, DualGRConfig, TrainBatch
+from genret.training.schedule import warmup_cosine
 
 
 class DualGRModule(pl.LightningModule):
@@ -96,17 +96,8 @@ class DualGRModule(pl.LightningModule):
             (no_decay if p.ndim < 2 or "embedding" in name or "norm" in name else decay).append(p)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = min(self.warmup_steps, max(total // 10, 1))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt,
+                "lr_scheduler": warmup_cosine(opt, self.warmup_steps, self.trainer.estimated_stepping_batches)}
 
     # ------------------------------------------------------------------ checkpoint contents
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,0 +1,28 @@
+"""The learning-rate schedule every genret model trains with."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                  cosine: bool = True, floor: float = 0.1) -> dict:
+    """Linear warm-up, then cosine decay to `floor` x the peak (or constant with cosine=False).
+
+    Warm-up is capped at a tenth of the run so short runs still reach the peak rate.
+    Returns Lightning's scheduler config (stepped every optimiser step).
+    """
+    total = max(int(total_steps), 1)
+    warmup = min(warmup_steps, max(total // 10, 1)) if warmup_steps else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not cosine:
+            return 1.0
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}

@@ -24,6 +24,17 @@ ARGS = [
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The same data and seed trained with ENTP and without it (plain NTP)."""
+    # One thread: these matrices are too small to gain from two, and two threads slow down
+    # tenfold whenever anything else shares the cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_both(tmp_path_factory)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_both(tmp_path_factory):
     out = {}
     for name, entp in (("entp", "true"), ("ntp", "false")):
         tmp = tmp_path_factory.mktemp(name)

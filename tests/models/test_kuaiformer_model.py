@@ -184,3 +184,18 @@ def test_item_features_and_side_buckets_enter_the_token():
     count = (model.item_feature_0[items] > 0).sum(-1, keepdim=True).clamp(min=1)
     direct = x + model.item_mlp(torch.cat([x, features.sum(-2) / count, model.side_embeddings[0](side[..., 0])], -1))
     torch.testing.assert_close(tokens, direct)
+
+
+def test_latest_item_states_pair_each_raw_item_with_the_next_one():
+    model = small_model(max_len=100, early_group_size=16, early_groups=2, middle_group_size=8, middle_groups=2)
+    assert model.config.latest_items == 52
+    items = torch.full((2, 60), -1)
+    items[0] = histories(1, 60)[0]
+    items[1, -5:] = torch.tensor([1, 2, 3, 4, 5])
+    targets = torch.tensor([7, 9])
+    hidden, n_sequence = model.encode(items)
+    states, following = model.latest_item_states(hidden, n_sequence, items, targets)
+    assert states.shape == (52 + 5, 1, 16)
+    assert following[:52].tolist() == items[0, -51:].tolist() + [7]
+    assert following[52:].tolist() == [2, 3, 4, 5, 9]
+    torch.testing.assert_close(states[51, 0], hidden[0, n_sequence - 1])

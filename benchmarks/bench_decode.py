@@ -94,12 +94,10 @@ def naive_decode(model, index, hist, beam: int, k: int):
     U, L, K, dev = hist.n_users, cfg.n_levels, cfg.codebook_size, hist.items.device
     outs_items, outs_scores = [], []
     for width in (cfg.long_window, cfg.short_window):
-        window = _window(hist, width, cfg.max_history)
-        full = _sorted_by_bucket(model, _window(hist, cfg.max_history, cfg.max_history))
-        ctx_coarse = model.context(window, model_codes(model, window), hist.user_feats,
-                                   torch.zeros(window.shape + (0,), dtype=torch.long, device=dev))
-        ctx_fine = model.context(full, model_codes(model, full), hist.user_feats,
-                                 torch.zeros(full.shape + (0,), dtype=torch.long, device=dev))
+        window, window_side = _window(model, hist, width)
+        full, full_side, _ = _sorted_by_bucket(model, *_window(model, hist, cfg.max_history))
+        ctx_coarse = model.context(window, model_codes(model, window), hist.user_feats, window_side)
+        ctx_fine = model.context(full, model_codes(model, full), hist.user_feats, full_side)
         prefix = torch.zeros(U, 1, 0, dtype=torch.long, device=dev)
         scores = torch.zeros(U, 1, device=dev)
         for level in range(L):

@@ -44,6 +44,8 @@ def build(config: str | Path, out_dir: str | Path, overrides: list[str] | None =
         "--trainer.callbacks", "pytorch_lightning.callbacks.ModelCheckpoint",
         "--trainer.callbacks.dirpath", str(out_dir / "checkpoints"),
         "--trainer.callbacks.save_last", "true",
+        # Keep the best validation loss too: `train` evaluates those weights, not the last ones.
+        "--trainer.callbacks.monitor", "val/loss", "--trainer.callbacks.mode", "min",
     ]
     args += list(overrides or [])
     cli = build_cli(args, run=False)
@@ -51,12 +53,20 @@ def build(config: str | Path, out_dir: str | Path, overrides: list[str] | None =
 
 
 def train(module, datamodule, trainer, out_dir: Path) -> tuple[Path, float]:
-    """Fit and write out_dir/model.ckpt (atomically). Returns (checkpoint path, seconds)."""
+    """Fit and write out_dir/model.ckpt (atomically) with the best-validation-loss weights.
+
+    Returns (checkpoint path, seconds of training)."""
     from genret.io import atomic_path
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     seconds = time.perf_counter() - start
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if best and trainer.checkpoint_callback.best_model_score is not None:
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+        log.info("best validation loss %.4f at %s; evaluating those weights",
+                 float(trainer.checkpoint_callback.best_model_score), Path(best).name)
     ckpt = out_dir / "model.ckpt"
     with atomic_path(ckpt) as tmp:
         trainer.save_checkpoint(tmp)
@@ -65,12 +75,14 @@ def train(module, datamodule, trainer, out_dir: Path) -> tuple[Path, float]:
 
 def evaluate_retriever(retriever, eval_set, ks=(5, 10, 20, 50, 100, 500), batch_size: int = 64,
                        exclude_history: bool = True, history_margin: int = 20, desc: str = "evaluate",
-                       max_users: int | None = None, user_feats: np.ndarray | None = None) -> dict[str, Any]:
+                       max_users: int | None = None, user_feats: np.ndarray | None = None,
+                       history_side: np.ndarray | None = None) -> dict[str, Any]:
     """Leave-one-out full-ranking metrics of a generative retriever (its beam-search list).
 
     With `exclude_history`, items already in a user's history are removed from the list (as for
     every model in `genret benchmark`); the beam then asks for `history_margin` extra items so the
-    list stays full.
+    list stays full. `history_side` (len(history_items), S) holds the side-feature buckets of the
+    history actions when the model embeds side features.
     """
     from genret.decoding.beam_search import Histories
     from genret.eval import ranking_metrics
@@ -90,7 +102,8 @@ def evaluate_retriever(retriever, eval_set, ks=(5, 10, 20, 50, 100, 500), batch_
         lo, hi = offsets[start], offsets[stop]
         hist = Histories(torch.as_tensor(offsets[start:stop + 1] - lo, device=device),
                          torch.as_tensor(eval_set.history_items[lo:hi], device=device),
-                         feats[start:stop])
+                         feats[start:stop],
+                         None if history_side is None else torch.as_tensor(history_side[lo:hi], device=device))
         items, _ = retriever.retrieve_indices(hist, k_req)
         items = items.cpu().numpy()
         if exclude_history:
@@ -137,7 +150,8 @@ def run_variant(config: str | Path, out_dir: Path, variant: str = "dualgr", data
     for stage, key in (("valid", "val"), ("test", "test")):
         es = dm.split.eval_set(stage)
         result[key] = evaluate_retriever(retriever, es, ks, eval_batch_size, desc=f"{variant} {stage}",
-                                         max_users=max_eval_users, user_feats=user_features_for(dm, es))
+                                         max_users=max_eval_users, user_feats=user_features_for(dm, es),
+                                         history_side=dm.history_side(es))
     return result
 
 

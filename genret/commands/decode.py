@@ -1,7 +1,9 @@
 """`genret decode --checkpoint C --histories FILE --k 500 [--out FILE]`: batch retrieval.
 
 Input: JSON lines, each either a list of raw item ids (oldest first) or an object
-{"user": ..., "history": [...]}. Output: one JSON object per input line,
+{"user": ..., "history": [...], "side": {"rating": [...], ...}}; "side" is optional and gives,
+per side feature the model was trained with, one raw value per history item (null = missing).
+Output: one JSON object per input line,
 {"user": ..., "items": [...], "scores": [...]}, to --out (written atomically) or stdout.
 """
 
@@ -13,8 +15,9 @@ import sys
 from pathlib import Path
 
 
-def read_histories(path: Path) -> tuple[list, list]:
-    users, histories = [], []
+def read_histories(path: Path) -> tuple[list, list, list]:
+    """-> users, histories, sides (per line a {feature: values} dict or None)."""
+    users, histories, sides = [], [], []
     if not path.is_file():
         raise SystemExit(f"genret decode: histories file {path} does not exist")
     with path.open() as fh:
@@ -28,14 +31,34 @@ def read_histories(path: Path) -> tuple[list, list]:
             if isinstance(row, dict):
                 if not isinstance(row.get("history"), list):
                     raise SystemExit(f"genret decode: {path}:{line_no}: object needs a 'history' list")
+                side = row.get("side")
+                if side is not None and not (isinstance(side, dict) and all(
+                        isinstance(v, list) and len(v) == len(row["history"]) for v in side.values())):
+                    raise SystemExit(f"genret decode: {path}:{line_no}: 'side' must map each feature name to a "
+                                     f"list with one value per history item")
                 users.append(row.get("user", line_no - 1))
                 histories.append(row["history"])
+                sides.append(side)
             elif isinstance(row, list):
                 users.append(line_no - 1)
                 histories.append(row)
+                sides.append(None)
             else:
                 raise SystemExit(f"genret decode: {path}:{line_no}: expected a list of item ids or an object")
-    return users, histories
+    return users, histories, sides
+
+
+def side_columns(names: list[str], histories: list, sides: list) -> dict[str, list] | None:
+    """Per-line side dicts -> the Retriever's {feature: [values per history]}; lines without one
+    are all "missing". None when no line gives side features."""
+    given = set().union(*(side or {} for side in sides)) if sides else set()
+    if given - set(names):
+        raise ValueError(f"side features {sorted(given - set(names))} are not ones this model was trained with "
+                         f"({names or 'none'})")
+    if not names or not given:
+        return None
+    return {name: [(side or {}).get(name, [None] * len(history)) for history, side in zip(histories, sides)]
+            for name in names}
 
 
 def main(argv: list[str]) -> int:
@@ -56,11 +79,12 @@ def main(argv: list[str]) -> int:
     from genret.decoding.retriever import Retriever
     from genret.io import atomic_path
 
-    users, histories = read_histories(args.histories)
+    users, histories, sides = read_histories(args.histories)
     retriever = Retriever.from_checkpoint(args.checkpoint, kernel=args.kernel, beam_width=args.beam_width,
                                           merge_branches=not args.no_merge)
     try:
-        result = retriever.retrieve(histories, k=args.k, unknown=args.unknown, batch_size=args.batch_size)
+        result = retriever.retrieve(histories, k=args.k, unknown=args.unknown, batch_size=args.batch_size,
+                                    side=side_columns(retriever.side_features, histories, sides))
     except ValueError as err:
         raise SystemExit(f"genret decode: {err}") from None
     lines = [json.dumps({"user": u, "items": items, "scores": [round(s, 6) for s in scores]})

@@ -25,6 +25,8 @@ class EvalSet:
         targets: (m,) int64 target items.
         stage: "valid" or "test".
         target_rows: (m,) int64 row of each target in the full log.
+        history_rows: int64 row in the full log of each entry of history_items (for per-action
+            side features).
     """
 
     users: np.ndarray
@@ -35,6 +37,7 @@ class EvalSet:
     targets: np.ndarray
     stage: str = "test"
     target_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    history_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return int(len(self.users))
@@ -133,10 +136,12 @@ def _build_eval_set(log: InteractionLog, target_rows: np.ndarray, stage: str) ->
         np.cumsum(counts, out=offsets[1:])
         return offsets, log.item[mask]  # rows are grouped by user, so the concatenation lines up
 
-    history_offsets, history_items = csr(before & (log.label == 1))
+    history_mask = before & (log.label == 1)
+    history_offsets, history_items = csr(history_mask)
     negative_offsets, negatives = csr(before & (log.label == 0))
     return EvalSet(
         users=users, history_offsets=history_offsets, history_items=history_items,
         history_negatives_offsets=negative_offsets, history_negatives=negatives,
         targets=log.item[target_rows], stage=stage, target_rows=target_rows,
+        history_rows=np.flatnonzero(history_mask).astype(np.int64),
     )

@@ -29,6 +29,7 @@ class Histories:
     offsets: torch.Tensor  # (U + 1,) int64
     items: torch.Tensor  # (sum of lengths,) int64
     user_feats: torch.Tensor  # (U, F) int64
+    side: torch.Tensor | None = None  # (sum of lengths, S) int64 side-feature buckets; None = all missing
 
     @property
     def n_users(self) -> int:
@@ -45,10 +46,12 @@ class _Context:
     lengths: torch.Tensor  # (U,) actions in each segment (without the user token)
 
 
-def _pack_context(model: DualGR, items: torch.Tensor, user_feats: torch.Tensor) -> _Context:
-    """items (U, T) dense indices, -1 padded -> per-block packed K/V [user token; actions]."""
+def _pack_context(model: DualGR, items: torch.Tensor, side: torch.Tensor, positions: torch.Tensor,
+                  user_feats: torch.Tensor) -> _Context:
+    """items (U, T) dense indices, -1 padded, side (U, T, S), positions (U, T) each action's index in
+    its history window -> per-block packed K/V [user token; actions]. The target sits at position
+    `lengths` (after every action), which is where `_decoder_step` places the queries."""
     codes = model_codes(model, items)
-    side = torch.zeros(items.shape + (model.cfg.n_side_features,), dtype=torch.long, device=items.device)
     ctx = model.context(items, codes, user_feats, side)  # (U, 1+T, d)
     keep = F.pad(items >= 0, (1, 0), value=True)  # (U, 1+T)
     lengths = (items >= 0).sum(1)
@@ -56,6 +59,7 @@ def _pack_context(model: DualGR, items: torch.Tensor, user_feats: torch.Tensor) 
     keys, values = [], []
     for block in model.blocks:
         k, v = block.cross_attn.project_kv(ctx)
+        k = model.position_keys(k, positions)
         keys.append(k[keep])
         values.append(v[keep])
     return _Context(keys, values, seg, lengths)
@@ -67,9 +71,10 @@ def model_codes(model: DualGR, items: torch.Tensor) -> torch.Tensor:
     return table[items.clamp(min=0)] * (items >= 0).unsqueeze(-1)
 
 
-def _window(hist: Histories, width: int, max_history: int) -> torch.Tensor:
-    """The last min(width, max_history) items of each history as a left-aligned (U, T) tensor."""
-    width = min(width, max_history)
+def _window(model: DualGR, hist: Histories, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last min(width, max_history) actions of each history, left-aligned:
+    items (U, T) (-1 = padding) and their side-feature buckets (U, T, S) (0 at padding)."""
+    width = min(width, model.cfg.max_history)
     start, end = hist.offsets[:-1], hist.offsets[1:]
     length = (end - start).clamp(max=width)
     T = max(int(length.max().item()) if length.numel() else 0, 1)
@@ -78,18 +83,34 @@ def _window(hist: Histories, width: int, max_history: int) -> torch.Tensor:
     valid = j < length.unsqueeze(1)
     safe = idx.clamp(max=max(hist.items.numel() - 1, 0))
     gathered = hist.items[safe] if hist.items.numel() else torch.zeros_like(idx)
-    return torch.where(valid, gathered, torch.full_like(idx, -1))
+    items = torch.where(valid, gathered, torch.full_like(idx, -1))
+    S = model.cfg.n_side_features
+    if hist.side is None or not S or not hist.items.numel():
+        side = torch.zeros(items.shape + (S,), dtype=torch.long, device=items.device)
+    else:
+        if hist.side.shape != (hist.items.numel(), S):
+            raise ValueError(f"side features must have shape ({hist.items.numel()}, {S}) (one row per history "
+                             f"action, one column per feature the model was trained with); got {tuple(hist.side.shape)}")
+        side = hist.side[safe] * valid.unsqueeze(-1)
+    return items, side
 
 
-def _sorted_by_bucket(model: DualGR, window: torch.Tensor) -> torch.Tensor:
-    """Sort each user's actions by (s1, time) so every s1 bucket is contiguous, recent last."""
+def _positions(window: torch.Tensor) -> torch.Tensor:
+    """Index of each action inside its (time-ordered, left-aligned) window."""
+    return torch.arange(window.shape[1], device=window.device).expand_as(window)
+
+
+def _sorted_by_bucket(model: DualGR, window: torch.Tensor, side: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sort each user's actions by (s1, time) so every s1 bucket is contiguous, recent last.
+    Returns the sorted items, their side features and their positions in the time-ordered window."""
     T = window.shape[1]
     s1 = model_codes(model, window)[..., 0]
     pos = torch.arange(T, device=window.device).expand_as(window)
     big = model.cfg.codebook_size
     key = torch.where(window >= 0, s1 * T + pos, torch.full_like(pos, big * T + T))  # padding last
     order = key.argsort(dim=1)
-    return window.gather(1, order)
+    return window.gather(1, order), side.gather(1, order.unsqueeze(-1).expand_as(side)), order
 
 
 def _bucket_ranges(model: DualGR, sorted_items: torch.Tensor, beam_s1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +171,7 @@ def _decoder_step(model: DualGR, x: torch.Tensor, cache: _PrefixCache, ctx: _Con
         )  # (U*W, H, 1, Dh)
         x = x + block.self_attn.out(att.transpose(1, 2).reshape(U, W, -1))
         h = block.norm_cross(x)
-        qc = block.cross_attn.project_q(h)
+        qc = model.position_queries(block.cross_attn.project_q(h), ctx.lengths.unsqueeze(1).expand(U, W))
         out = decode_cross_attention(qc, ctx.keys[b], ctx.values[b], ctx.seg_offsets, key_lo, key_hi,
                                      n_always=1, kernel=kernel)
         x = x + block.cross_attn.out(out.reshape(U, W, -1))
@@ -169,11 +190,11 @@ def decode_branch(model: DualGR, index, hist: Histories, window_width: int, beam
     cfg = model.cfg
     U, L, K = hist.n_users, cfg.n_levels, cfg.codebook_size
     device = hist.items.device
-    window = _window(hist, window_width, cfg.max_history)
-    coarse = _pack_context(model, window, hist.user_feats)
+    window, window_side = _window(model, hist, window_width)
+    coarse = _pack_context(model, window, window_side, _positions(window), hist.user_feats)
     if cfg.use_s2d and L > 1:
-        full_sorted = _sorted_by_bucket(model, _window(hist, cfg.max_history, cfg.max_history))
-        fine = _pack_context(model, full_sorted, hist.user_feats)
+        full_sorted, full_side, full_pos = _sorted_by_bucket(model, *_window(model, hist, cfg.max_history))
+        fine = _pack_context(model, full_sorted, full_side, full_pos, hist.user_feats)
     cache = _PrefixCache(len(model.blocks))
 
     # Level 1: one BOS query per user over the branch window.

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from genret.data.side_features import SideFeatureBuckets
 from genret.decoding.beam_search import Histories, retrieve_indices
 from genret.io import ARTIFACT_VERSION
 from genret.models.dualgr import DualGR, DualGRConfig
@@ -37,11 +38,21 @@ class Retriever:
         kernel: "auto" (Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "torch", "triton".
         beam_width: beams per level (default: k of each call); must be >= k to fill k items.
         merge_branches: decode both DBR branches and merge them (off: long branch only).
+        side_features: the bucket boundaries of the per-action side features the model was trained
+            with (a checkpoint carries them); None when it uses none.
     """
 
     def __init__(self, model: DualGR, index, item_ids: Sequence[Any], kernel: str = "auto",
-                 beam_width: int | None = None, merge_branches: bool = True):
+                 beam_width: int | None = None, merge_branches: bool = True,
+                 side_features: SideFeatureBuckets | None = None):
+        if side_features is not None and len(side_features) != model.cfg.n_side_features:
+            raise ValueError(f"the model embeds {model.cfg.n_side_features} side features but "
+                             f"{len(side_features)} were given ({side_features.names})")
+        if side_features is None and model.cfg.n_side_features:
+            raise ValueError(f"the model embeds {model.cfg.n_side_features} side features: pass their "
+                             f"SideFeatureBuckets (Retriever.from_checkpoint does this)")
         self.model = model.eval()
+        self.side = side_features
         self.index = index
         self.item_ids = np.asarray(item_ids)
         self._item_index = {raw: i for i, raw in enumerate(self.item_ids.tolist())}
@@ -81,17 +92,30 @@ class Retriever:
         model.set_item_codes(catalogue["codes"])
         model.to(device)
         index = SIDIndex.from_state_dict(catalogue["sid_index"]).to(device)
-        return cls(model, index, catalogue["item_ids"], **kwargs)
+        side = catalogue.get("side_features")
+        side = SideFeatureBuckets.from_state_dict(side) if side and side["names"] else None
+        return cls(model, index, catalogue["item_ids"], side_features=side, **kwargs)
+
+    @property
+    def side_features(self) -> list[str]:
+        """Names of the per-action side features `retrieve(side=...)` takes (empty if none)."""
+        return list(self.side.names) if self.side is not None else []
 
     def encode_histories(self, histories: Sequence[Sequence[Any]], unknown: str = "error",
-                         user_feats: np.ndarray | None = None) -> Histories:
-        """Raw item-id sequences (oldest first) -> dense CSR Histories on the model's device."""
+                         user_feats: np.ndarray | None = None,
+                         side: dict[str, Sequence[Sequence[Any]]] | None = None) -> Histories:
+        """Raw item-id sequences (oldest first) -> dense CSR Histories on the model's device.
+
+        side: per feature name, one list of raw values per history, aligned with its items (None
+        or NaN = missing); bucketised with the checkpoint's boundaries. See `retrieve`.
+        """
         if unknown not in ("error", "drop"):
             raise ValueError(f"unknown must be 'error' or 'drop', got {unknown!r}")
-        dense, lengths, dropped = [], [], []
+        side_rows = self._side_rows(histories, side)
+        dense, lengths, dropped, kept_side = [], [], [], []
         for u, history in enumerate(histories):
             row = []
-            for raw in history:
+            for j, raw in enumerate(history):
                 idx = self._item_index.get(raw)
                 if idx is None and isinstance(raw, str) and raw.lstrip("-").isdigit():
                     idx = self._item_index.get(int(raw))  # JSON users often quote integer ids
@@ -103,6 +127,8 @@ class Retriever:
                     dropped.append(raw)
                     continue
                 row.append(idx)
+                if side_rows is not None:
+                    kept_side.append(side_rows[u][j])
             dense.extend(row)
             lengths.append(len(row))
         if dropped:
@@ -112,7 +138,38 @@ class Retriever:
         feats = torch.zeros(len(lengths), n_fields, dtype=torch.long, device=self.device)
         if user_feats is not None:
             feats = torch.as_tensor(user_feats, dtype=torch.long, device=self.device)
-        return Histories(offsets, torch.tensor(dense, dtype=torch.long, device=self.device), feats)
+        side_tensor = None
+        if side_rows is not None:
+            side_tensor = torch.as_tensor(np.asarray(kept_side, np.int64).reshape(len(dense), len(self.side)),
+                                          device=self.device)
+        return Histories(offsets, torch.tensor(dense, dtype=torch.long, device=self.device), feats, side_tensor)
+
+    def _side_rows(self, histories, side) -> list[np.ndarray] | None:
+        """Per history, (len, S) bucket ids; None when the model has no side features or none were given."""
+        if self.side is None:
+            if side:
+                raise ValueError(f"this model was trained without side features; got {sorted(side)}")
+            return None
+        if side is None:
+            warnings.warn(f"the model was trained with side features {self.side.names}; without them every action "
+                          f"uses the 'missing' bucket and retrieval may be less accurate", stacklevel=3)
+            return None
+        missing = [name for name in self.side.names if name not in side]
+        extra = sorted(set(side) - set(self.side.names))
+        if missing or extra:
+            raise ValueError(f"side must map exactly the model's features {self.side.names}; missing {missing}, "
+                             f"unexpected {extra} (use None values for unknown entries)")
+        rows = []
+        for u, history in enumerate(histories):
+            columns = []
+            for f, name in enumerate(self.side.names):
+                if u >= len(side[name]) or len(side[name][u]) != len(history):
+                    got = len(side[name][u]) if u < len(side[name]) else "no"
+                    raise ValueError(f"side[{name!r}][{u}] has {got} values but history {u} has "
+                                     f"{len(history)} items; give one value per item (None = missing)")
+                columns.append(self.side.bucketise(f, list(side[name][u])))
+            rows.append(np.stack(columns, 1) if columns else np.zeros((len(history), 0), np.int64))
+        return rows
 
     def retrieve_indices(self, hist: Histories, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense-index version of `retrieve` (used by evaluation). Returns (U, k) items, scores."""
@@ -120,7 +177,7 @@ class Retriever:
                                 merge_branches=self.merge_branches, kernel=self.kernel)
 
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 500, unknown: str = "error",
-                 batch_size: int = 64) -> RetrievalResult:
+                 batch_size: int = 64, side: dict[str, Sequence[Sequence[Any]]] | None = None) -> RetrievalResult:
         """Top-k distinct raw item ids per history (best first), with their scores.
 
         Args:
@@ -128,6 +185,11 @@ class Retriever:
             k: items per user; at most the catalogue size.
             unknown: "error" (ValueError naming the id) or "drop" (skip with a warning).
             batch_size: users decoded together.
+            side: the per-action side features the model was trained with (`self.side_features`),
+                raw values, e.g. {"rating": [[5, 3], [4]]} for two histories of 2 and 1 items;
+                None / NaN entries are "missing". For "time_gap" pass the time since the
+                previous action (`genret.data.side_features.time_gaps(timestamps)` computes it).
+                Omitted: every action is "missing" (with a warning).
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -136,7 +198,8 @@ class Retriever:
         items_out: list[list[Any]] = []
         scores_out: list[list[float]] = []
         for start in range(0, len(histories), batch_size):
-            hist = self.encode_histories(histories[start:start + batch_size], unknown=unknown)
+            chunk = None if side is None else {name: values[start:start + batch_size] for name, values in side.items()}
+            hist = self.encode_histories(histories[start:start + batch_size], unknown=unknown, side=chunk)
             items, scores = self.retrieve_indices(hist, k)
             for row_items, row_scores in zip(items.cpu().numpy(), scores.cpu().numpy()):
                 keep = row_items >= 0

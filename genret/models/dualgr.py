@@ -10,7 +10,10 @@ step-wise:
 * the tokens that predict s2 and s3 see the S2D in-bucket subset: the actions whose s1 equals
   the target's (training) or the beam's (inference) s1, most recent first, capped.
 
-The user token is always visible, so no query ever sees an empty context.
+The user token is always visible, so no query ever sees an empty context. An action embedding
+sums its SID-level embeddings, an optional item-id embedding and bucketised side features (rating,
+watch time, time gap, ...). With `cross_rope` the cross-attention also knows how long ago each
+action happened (rotary positions, relative to the target); without it the context is a bag.
 
 Training trains every target of a user's sequence in one forward pass (as SASRec does): each
 target's query group cross-attends only the actions before it, further restricted by the masks
@@ -51,6 +54,10 @@ class DualGRConfig:
     use_dbr: bool = True  # off: the long branch only ("w/o DBR")
     use_s2d: bool = True  # off: fine levels see the level-1 context ("w/o S2D")
     use_entp: bool = True  # off: plain NTP, negatives ignored ("w/o ENTP")
+    # Recency in cross-attention: rotary positions on half of each head's dims of the action keys
+    # and target queries, so a score depends on how long ago an action happened (the actions carry
+    # no position otherwise). The user token gets no rotated dims. Off reproduces a bag of actions.
+    cross_rope: bool = False
     alpha: float = 0.1  # ENTP negative weight
     eps: float = 1e-6  # probability clip for ENTP
 
@@ -97,6 +104,20 @@ class Attention(nn.Module):
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
         )  # (B, H, Q, Dh); dropout is applied on the residual branch only (attention-prob dropout cost 20% of a CPU step)
         return self.out(out.transpose(1, 2).flatten(-2))
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, n_rot: int, base: float = 10000.0) -> torch.Tensor:
+    """RoPE on the first `n_rot` dims of each head: x (..., H, Dh), positions (...) -> same shape.
+
+    Rotating a query by t and a key by j makes their dot product depend on t - j only, which is
+    what lets one shared key tensor serve every target of a sequence (and the decode cache).
+    """
+    half = n_rot // 2
+    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / max(half, 1))
+    angle = positions.to(torch.float32).unsqueeze(-1) * freqs  # (..., half)
+    cos, sin = angle.cos().unsqueeze(-2).to(x.dtype), angle.sin().unsqueeze(-2).to(x.dtype)  # over heads
+    x1, x2, rest = x[..., :half], x[..., half:n_rot], x[..., n_rot:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
 
 
 class DecoderBlock(nn.Module):
@@ -232,6 +253,24 @@ class DualGR(nn.Module):
         ]
         return torch.cat([bos] + [r.unsqueeze(-2) for r in rest], dim=-2)
 
+    # ------------------------------------------------------------------ recency (cross_rope)
+    @property
+    def rope_dims(self) -> int:
+        """Rotated dims per head (0 when cross_rope is off)."""
+        return (self.cfg.d_model // self.cfg.n_heads) // 4 * 2 if self.cfg.cross_rope else 0
+
+    def position_keys(self, k: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """k (B, 1 + T, H, Dh) context keys (user token first), positions (B, T) of the actions."""
+        n = self.rope_dims
+        if not n:
+            return k
+        user = torch.cat([torch.zeros_like(k[:, :1, :, :n]), k[:, :1, :, n:]], -1)  # position-free
+        return torch.cat([user, rotary(k[:, 1:], positions, n)], 1)
+
+    def position_queries(self, q: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """q (B, Q, H, Dh), positions (B, Q): how many actions precede each query's target."""
+        return rotary(q, positions, self.rope_dims) if self.rope_dims else q
+
     # ------------------------------------------------------------------ DBR
     @torch.no_grad()
     def dbr_choose_short(self, level1: torch.Tensor, valid: torch.Tensor, target_level1: torch.Tensor,
@@ -329,10 +368,15 @@ class DualGR(nn.Module):
         else:
             cross_mask = pos_mask
 
+        # Each query sits at its target's position: t for the L tokens of target t, neg_pos for negatives.
+        query_pos = positions.repeat_interleave(L, dim=1)
+        if n_neg:
+            query_pos = torch.cat([query_pos, neg_pos], 1)
         x_pos = pos_queries.reshape(B * T, L, -1)
         x_neg = neg_queries.reshape(B * n_neg, 1, -1) if n_neg else None
         for block in self.blocks:
             k, v = block.cross_attn.project_kv(ctx)  # (B, 1+T, H, Dh): once per block, shared by all queries
+            k = self.position_keys(k, positions)
             x_pos = block.self_attention(x_pos)
             parts = [x_pos.reshape(B, T * L, -1)]
             if n_neg:
@@ -340,7 +384,8 @@ class DualGR(nn.Module):
                 parts.append(x_neg.reshape(B, n_neg, -1))
             x = torch.cat(parts, dim=1)
             h = block.norm_cross(x)
-            x = x + block.drop(block.cross_attn.attend(block.cross_attn.project_q(h), k, v, cross_mask))
+            q = self.position_queries(block.cross_attn.project_q(h), query_pos)
+            x = x + block.drop(block.cross_attn.attend(q, k, v, cross_mask))
             x = block.ffn_residual(x)
             x_pos = x[:, : T * L].reshape(B * T, L, -1)
             if n_neg:

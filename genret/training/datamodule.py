@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from genret.data.side_features import SideFeatureBuckets
 from genret.models.dualgr import TrainBatch
 from genret.training.semantic_ids import SIDConfig, fit_semantic_ids
 
@@ -32,9 +33,11 @@ class UserSequences:
     neg_offsets: np.ndarray  # (n_users + 1,)
     neg_items: np.ndarray
     neg_positions: np.ndarray  # number of the user's positives before each negative
+    pos_side: np.ndarray | None = None  # (len(pos_items), S) int64 side-feature buckets, or None
 
     @classmethod
-    def from_log(cls, log_) -> "UserSequences":
+    def from_log(cls, log_, side: np.ndarray | None = None) -> "UserSequences":
+        """side: (n_rows, S) bucket ids of every row of `log_` (see SideFeatureBuckets.transform)."""
         users, items, labels = log_.user, log_.item, log_.label
         n_users = log_.n_users
         positive = labels == 1
@@ -44,12 +47,13 @@ class UserSequences:
         running = np.cumsum(positive) - positive  # positives before each row, over the whole log
         user_start = _offsets(users, n_users)[users]
         before = running - running[user_start]
-        return cls(pos_offsets, items[positive], neg_offsets, items[~positive], before[~positive])
+        return cls(pos_offsets, items[positive], neg_offsets, items[~positive], before[~positive],
+                   None if side is None else side[positive])
 
     @classmethod
-    def from_histories(cls, offsets: np.ndarray, items: np.ndarray) -> "UserSequences":
+    def from_histories(cls, offsets: np.ndarray, items: np.ndarray, side: np.ndarray | None = None) -> "UserSequences":
         empty = np.zeros(0, np.int64)
-        return cls(offsets, items, np.zeros_like(offsets), empty, empty)
+        return cls(offsets, items, np.zeros_like(offsets), empty, empty, side)
 
 
 def _offsets(sorted_keys: np.ndarray, n: int) -> np.ndarray:
@@ -70,7 +74,12 @@ def gather_batch(seq: UserSequences, rows: np.ndarray, codes: np.ndarray, user_f
     first = end - length  # window start in pos_items
     idx = first[:, None] + np.arange(T)[None, :]
     valid = np.arange(T)[None, :] < length[:, None]
-    items = np.where(valid, seq.pos_items[np.minimum(idx, len(seq.pos_items) - 1)] if len(seq.pos_items) else -1, -1)
+    safe_idx = np.minimum(idx, max(len(seq.pos_items) - 1, 0))
+    items = np.where(valid, seq.pos_items[safe_idx] if len(seq.pos_items) else -1, -1)
+    if seq.pos_side is not None and seq.pos_side.shape[1] and len(seq.pos_items):
+        side = np.where(valid[..., None], seq.pos_side[safe_idx], 0)
+    else:
+        side = np.zeros(items.shape + (0 if seq.pos_side is None else seq.pos_side.shape[1],), np.int64)
 
     # Negatives: keep those whose position lies inside the window, most recent last.
     n_start, n_end = seq.neg_offsets[rows], seq.neg_offsets[rows + 1]
@@ -101,7 +110,7 @@ def gather_batch(seq: UserSequences, rows: np.ndarray, codes: np.ndarray, user_f
         items=torch.from_numpy(items.astype(np.int64)),
         codes=torch.from_numpy(item_codes.astype(np.int64)),
         user_feats=torch.from_numpy(user_feats[rows].astype(np.int64)),
-        side=torch.zeros(len(rows), T, 0, dtype=torch.long),
+        side=torch.from_numpy(side.astype(np.int64)),
         neg_items=torch.from_numpy(neg_items.astype(np.int64)),
         neg_codes=torch.from_numpy(neg_codes.astype(np.int64)),
         neg_pos=torch.from_numpy(neg_pos.astype(np.int64)),
@@ -137,11 +146,16 @@ class SequenceDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers (0 keeps CI simple; batches are cheap to gather).
         load_options: extra keyword arguments for the loader, e.g. for ML-1M
             {low_ratings_as_negatives: false} keeps every rating a positive (the published protocol).
+        side_features: per-action features embedded with each action, quantile-bucketised on the
+            training positives: any column of the loader's `side` (ML-1M "rating", KuaiRand
+            "play_time_ms" / "duration_ms", synthetic "watch_frac") or the derived "time_gap".
+        side_buckets: value buckets per side feature (bucket 0 is "missing").
     """
 
     def __init__(self, data: str = "synthetic", sid: SIDConfig = SIDConfig(), max_history: int = 200,
                  max_negatives: int = 64, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
-                 load_options: dict | None = None):
+                 load_options: dict | None = None, side_features: list[str] | None = None,
+                 side_buckets: int = 16):
         super().__init__()
         self.data = data
         self.load_options = dict(load_options or {})
@@ -151,6 +165,8 @@ class SequenceDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.side_features = list(side_features or [])
+        self.side_buckets = side_buckets
         self._ready = False
 
     # -- facts the model needs (valid after setup)
@@ -164,7 +180,10 @@ class SequenceDataModule(pl.LightningDataModule):
         self.train_log = self.split.train
         self.tokenizer, self.codes, self.sid_index, self.sid_report = fit_semantic_ids(
             self.log_all, self.train_log, self.sid)
-        self.train_sequences = UserSequences.from_log(self.train_log)
+        # Side-feature boundaries come from the training positives only (no peeking at targets).
+        self.side = SideFeatureBuckets.fit(self.train_log, self.side_features, self.side_buckets)
+        self.side_codes = self.side.transform(self.log_all)  # (rows of log_all, S)
+        self.train_sequences = UserSequences.from_log(self.train_log, self.side.transform(self.train_log))
         if self.log_all.user_features is not None:
             self.user_feats = np.asarray(self.log_all.user_features, np.int64)
             self.user_feature_cardinalities = [int(c) for c in self.log_all.user_feature_cardinalities]
@@ -178,10 +197,10 @@ class SequenceDataModule(pl.LightningDataModule):
         m = len(valid)
         hist_len = np.diff(valid.history_offsets)
         offsets = valid.history_offsets + np.arange(m + 1)
-        items = np.empty(offsets[-1], np.int64)
-        items[np.arange(len(valid.history_items)) + np.repeat(np.arange(m), hist_len)] = valid.history_items
-        items[offsets[1:] - 1] = valid.targets
-        self.valid_sequences = UserSequences.from_histories(offsets, items)
+        rows = np.empty(offsets[-1], np.int64)
+        rows[np.arange(len(valid.history_rows)) + np.repeat(np.arange(m), hist_len)] = valid.history_rows
+        rows[offsets[1:] - 1] = valid.target_rows
+        self.valid_sequences = UserSequences.from_histories(offsets, self.log_all.item[rows], self.side_codes[rows])
         self.valid_users = valid.users
         self._ready = True
         log.info("data %s: %s", self.log_all.name, self.log_all.summary())
@@ -189,6 +208,10 @@ class SequenceDataModule(pl.LightningDataModule):
     @property
     def n_items(self) -> int:
         return self.log_all.n_items
+
+    def history_side(self, eval_set) -> np.ndarray:
+        """(len(history_items), S) side-feature buckets of an EvalSet's histories."""
+        return self.side_codes[eval_set.history_rows]
 
     def _collate(self, seq: UserSequences, feats: np.ndarray, last_only: bool):
         def collate(rows: list[int]) -> TrainBatch:

@@ -38,7 +38,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from genret.training.schedule import warmup_cosine
+from genret.data.side_features import SideFeatureBuckets
 from genret.io import ARTIFACT_VERSION, atomic_path
 from genret.models.kuaiformer import (
     KuaiFormer,
@@ -48,6 +48,7 @@ from genret.models.kuaiformer import (
     sampling_log_q,
     smoothed_softmax_loss,
 )
+from genret.training.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -238,24 +239,16 @@ class KuaiFormerDataModule(pl.LightningDataModule):
                                  f"{sorted(log_.item_features) or 'none'}")
             self.item_feature_tables.append(item_feature_table(log_.item_features[name], name))
         self.item_feature_cardinalities = [int(t.max(initial=0)) + 1 for t in self.item_feature_tables]
-        self.side_boundaries = []
-        train_positive = self.train_log.label == 1
-        for name in self.side_features:
-            if name not in log_.side:
-                raise ValueError(f"side feature {name!r} is not in {log_.name}; it has {sorted(log_.side) or 'none'}")
-            values = self.train_log.side[name][train_positive]
-            quantiles = np.quantile(values, np.linspace(0, 1, self.side_buckets + 1)[1:-1]) if len(values) else []
-            self.side_boundaries.append(np.unique(np.asarray(quantiles, np.float32)))
+        # Quantile buckets fitted on the training positives (shared with DualGR's data module).
+        self.side = SideFeatureBuckets.fit(self.train_log, self.side_features, self.side_buckets)
+        self.side_boundaries = self.side.boundaries
         self.side_cardinalities = [len(b) + 2 for b in self.side_boundaries]  # 0 = missing, 1..len+1
 
     def _positives(self, log_) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         positive = log_.label == 1
         offsets = np.zeros(log_.n_users + 1, np.int64)
         np.cumsum(np.bincount(log_.user[positive], minlength=log_.n_users), out=offsets[1:])
-        side = np.zeros((int(positive.sum()), len(self.side_features)), np.int64)
-        for s, (name, bounds) in enumerate(zip(self.side_features, self.side_boundaries)):
-            side[:, s] = np.searchsorted(bounds, log_.side[name][positive], side="right") + 1
-        return offsets, log_.item[positive], side
+        return offsets, log_.item[positive], self.side.transform(log_)[positive]
 
     def _check_eval_histories(self, es, stage: str) -> None:
         # Evaluation windows are cut from the full log's positives; they must be the EvalSet's histories.

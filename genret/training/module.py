@@ -51,12 +51,14 @@ class DualGRModule(pl.LightningModule):
         self.build(
             n_levels=dm.sid.n_levels, codebook_size=dm.sid.codebook_size, n_items=dm.n_items,
             user_feature_cardinalities=dm.user_feature_cardinalities, max_history=dm.max_history,
+            n_side_features=len(dm.side), side_buckets=dm.side.n_buckets,
         )
         self.catalogue = {
             "item_ids": list(dm.log_all.item_ids.tolist()),
             "codes": torch.as_tensor(dm.codes),
             "sid_index": dm.sid_index.state_dict(),
             "dataset": dm.log_all.name,
+            "side_features": dm.side.state_dict(),  # the decode API bucketises raw values with these
         }
 
     def build(self, **data_facts) -> DualGR:

@@ -22,18 +22,21 @@ def make_model(**kw):
     return model, SIDIndex.build(codes.numpy(), K), codes
 
 
-def histories(rows):
+def histories(rows, side=None):
     lengths = [len(r) for r in rows]
     offsets = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0).tolist()), dtype=torch.long)
     items = torch.tensor([i for r in rows for i in r], dtype=torch.long)
-    return Histories(offsets, items, torch.zeros(len(rows), 0, dtype=torch.long))
+    return Histories(offsets, items, torch.zeros(len(rows), 0, dtype=torch.long), side)
 
 
-def teacher_forced_logprob(model, history, target, codes):
+def teacher_forced_logprob(model, history, target, codes, side=None):
     """log p(SID(target) | history) from the training forward pass (long branch)."""
     items = torch.tensor([history + [target]])
+    S = model.cfg.n_side_features
+    side = torch.zeros(len(history), S, dtype=torch.long) if side is None else side
+    side = torch.cat([side, torch.zeros(1, S, dtype=torch.long)])[None]  # the target's own side is never seen
     batch = TrainBatch(items=items, codes=codes[items], user_feats=torch.zeros(1, 0, dtype=torch.long),
-                       side=torch.zeros(1, items.shape[1], 0, dtype=torch.long),
+                       side=side,
                        neg_items=torch.zeros(1, 0, dtype=torch.long), neg_codes=torch.zeros(1, 0, L, dtype=torch.long),
                        neg_pos=torch.zeros(1, 0, dtype=torch.long), loss_mask=items >= 0)
     out = model(batch)
@@ -41,20 +44,33 @@ def teacher_forced_logprob(model, history, target, codes):
     return sum(out["pos_logits"][lv][0, t].log_softmax(-1)[codes[target, lv]] for lv in range(L))
 
 
-@pytest.mark.parametrize("use_s2d", [True, False])
-def test_beam_scores_equal_teacher_forced_log_probs(use_s2d):
-    model, index, codes = make_model(use_dbr=False, use_s2d=use_s2d)
+@pytest.mark.parametrize("use_s2d,n_side,rope", [(True, 0, False), (False, 0, False), (True, 2, False),
+                                                 (False, 2, False), (True, 0, True), (False, 2, True)])
+def test_beam_scores_equal_teacher_forced_log_probs(use_s2d, n_side, rope):
+    model, index, codes = make_model(use_dbr=False, use_s2d=use_s2d, n_side_features=n_side, side_buckets=5,
+                                     cross_rope=rope)
     history = [3, 7, 11, 12, 15, 19, 20, 23, 27, 3]
-    sids, scores = decode_branch(model, index, histories([history]), window_width=30, beam_width=64, kernel="torch")
+    side = torch.randint(0, 6, (len(history), n_side), generator=torch.Generator().manual_seed(2)) if n_side else None
+    sids, scores = decode_branch(model, index, histories([history], side), window_width=30, beam_width=64,
+                                 kernel="torch")
     # With a beam this wide every existing SID is enumerated; each score must be the teacher-forced one.
     found = 0
     for target in (0, 5, 13, 22):
         match = (sids[0] == codes[target]).all(-1).nonzero().flatten()
         assert len(match) == 1
-        expected = teacher_forced_logprob(model, history, target, codes)
+        expected = teacher_forced_logprob(model, history, target, codes, side)
         torch.testing.assert_close(scores[0, match[0]], expected, atol=1e-4, rtol=1e-4)
         found += 1
     assert found == 4
+    if n_side:  # the side features matter: decoding without them gives other scores
+        _, blind = decode_branch(model, index, histories([history]), window_width=30, beam_width=64, kernel="torch")
+        assert not torch.allclose(blind, scores)
+
+
+def test_side_features_must_have_one_row_per_history_action():
+    model, index, _ = make_model(n_side_features=1, side_buckets=4)
+    with pytest.raises(ValueError, match="side features must have shape"):
+        decode_branch(model, index, histories([[1, 2, 3]], torch.ones(2, 1, dtype=torch.long)), 30, 8, "torch")
 
 
 def test_every_decoded_sid_exists_and_scores_descend():

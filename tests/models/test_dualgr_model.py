@@ -152,3 +152,26 @@ def test_config_validation_errors():
         DualGR(make_config(d_model=30))
     with pytest.raises(ValueError, match="short_window"):
         DualGR(make_config(short_window=40))
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_cross_rope_makes_the_order_of_actions_matter(rope):
+    """Without positions the context is a bag of actions: reordering the history changes nothing.
+    With cross_rope a score depends on how long ago each action happened."""
+    torch.manual_seed(0)
+    model = DualGR(make_config(cross_rope=rope, use_dbr=False, use_s2d=False)).eval()
+    table = torch.randint(0, K, (N_ITEMS, L), generator=torch.Generator().manual_seed(99))
+
+    def last_target_logits(seq):
+        items = torch.tensor([seq])
+        batch = TrainBatch(items=items, codes=table[items], user_feats=torch.zeros(1, 1, dtype=torch.long),
+                           side=torch.zeros(1, len(seq), 0, dtype=torch.long),
+                           neg_items=torch.zeros(1, 0, dtype=torch.long),
+                           neg_codes=torch.zeros(1, 0, L, dtype=torch.long),
+                           neg_pos=torch.zeros(1, 0, dtype=torch.long), loss_mask=items >= 0)
+        return model(batch)["pos_logits"][0][0, -1]
+
+    history = [3, 7, 11, 12, 15]
+    same = torch.allclose(last_target_logits(history + [2]), last_target_logits(history[::-1] + [2]), atol=1e-5)
+    assert same != rope
+    assert (model.rope_dims > 0) == rope

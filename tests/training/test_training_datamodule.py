@@ -45,3 +45,14 @@ def test_gather_batch_window_shifts_negative_positions():
     assert batch.loss_mask.tolist() == [[True, True, True], [True, False, False]]
     last = gather_batch(seq, np.array([0, 1]), codes, np.zeros((2, 0), np.int64), 3, 5, loss_last_only=True)
     assert last.loss_mask.tolist() == [[False, False, True], [True, False, False]]
+
+
+def test_gather_batch_carries_each_positives_side_buckets():
+    log = hand_log()
+    side = np.arange(log.n_rows)[:, None] * np.array([[1, 10]])  # row r -> (r, 10 r)
+    seq = UserSequences.from_log(log, side)
+    codes = np.zeros((log.n_items, 1), np.int64)
+    batch = gather_batch(seq, np.array([0, 1]), codes, np.zeros((2, 0), np.int64), max_history=3, max_negatives=5)
+    # User 0's last 3 positives are rows 3, 4, 6; user 1's only positive is row 8, then padding (0).
+    assert batch.side[0].tolist() == [[3, 30], [4, 40], [6, 60]]
+    assert batch.side[1].tolist() == [[8, 80], [0, 0], [0, 0]]

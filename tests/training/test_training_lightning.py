@@ -34,6 +34,12 @@ def test_fit_checkpoint_retrieve_and_resume(tmp_path, tiny_args):
     assert ckpt.is_file() and seconds > 0
     assert (out / "logs" / "version_0" / "metrics.csv").is_file()
     assert (out / "checkpoints" / "last.ckpt").is_file()
+    # model.ckpt holds the best-validation-loss weights.
+    best = trainer.checkpoint_callback.best_model_path
+    assert best and Path(best).name != "last.ckpt"
+    best_state = torch.load(best, weights_only=False)["state_dict"]
+    saved_state = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert all(torch.equal(best_state[k], saved_state[k]) for k in best_state)
 
     r = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch")
     assert len(r.item_ids) == dm.n_items
@@ -68,6 +74,55 @@ def test_fit_checkpoint_retrieve_and_resume(tmp_path, tiny_args):
                                             tiny_args + ["--trainer.max_epochs", "2"])
     trainer2.fit(module2, datamodule=dm2, ckpt_path=str(out / "checkpoints" / "last.ckpt"))
     assert trainer2.current_epoch == 2
+
+
+def test_side_features_train_travel_in_the_checkpoint_and_feed_decoding(tmp_path, tiny_args):
+    out = tmp_path / "side"
+    args = tiny_args + ["--data.side_features", "[watch_frac, time_gap]", "--data.side_buckets", "6"]
+    module, dm, trainer = pipeline.build(ROOT / "configs" / "quickstart.yaml", out, args)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.side.shape[-1] == 2 and batch.side.max() <= 6
+    assert ((batch.side[..., 0] > 0) == (batch.items >= 0)).all()  # every positive has a watch fraction
+    ckpt, _ = pipeline.train(module, dm, trainer, out)
+    assert module.model.cfg.n_side_features == 2 and module.model.cfg.side_buckets == 6
+
+    r = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch")
+    assert r.side_features == ["watch_frac", "time_gap"]
+    history = [r.item_ids[0], r.item_ids[3], r.item_ids[5]]
+    watched = r.retrieve([history], k=10, side={"watch_frac": [[0.9, 0.95, 1.0]], "time_gap": [[None, 1, 1]]})
+    skipped = r.retrieve([history], k=10, side={"watch_frac": [[0.0, 0.01, 0.02]], "time_gap": [[None, 1, 1]]})
+    assert watched.scores != skipped.scores  # the raw values reach the model through the buckets
+    with pytest.warns(UserWarning, match="trained with side features"):
+        r.retrieve([history], k=5)
+    with pytest.raises(ValueError, match=r"missing \['time_gap'\]"):
+        r.retrieve([history], k=5, side={"watch_frac": [[1, 1, 1]]})
+    with pytest.raises(ValueError, match="has 2 values but history 0 has 3 items"):
+        r.retrieve([history], k=5, side={"watch_frac": [[1, 1]], "time_gap": [[None, 1, 1]]})
+    # Dropping an unknown item drops its side values with it.
+    dropped = r.retrieve([history + [10**9]], k=10, unknown="drop",
+                         side={"watch_frac": [[0.9, 0.95, 1.0, 0.5]], "time_gap": [[None, 1, 1, 1]]})
+    assert dropped.items == watched.items
+
+    # Evaluation passes each history action's buckets.
+    es = dm.split.eval_set("test")
+    with_side = pipeline.evaluate_retriever(r, es, ks=(10,), max_users=40, history_side=dm.history_side(es))
+    assert dm.history_side(es).shape == (len(es.history_items), 2)
+    assert 0.0 <= with_side["hr@10"] <= 1.0
+
+    # The batch CLI reads "side" per line; a name the model does not know is a clear error.
+    from genret.cli import main
+
+    lines = tmp_path / "side.jsonl"
+    lines.write_text(json.dumps({"user": 1, "history": [int(i) for i in history],
+                                 "side": {"watch_frac": [0.9, 0.95, 1.0], "time_gap": [None, 1, 1]}}) + "\n")
+    assert main(["decode", "--checkpoint", str(ckpt), "--histories", str(lines), "--k", "10",
+                 "--kernel", "torch", "--out", str(tmp_path / "side_out.jsonl")]) == 0
+    row = json.loads((tmp_path / "side_out.jsonl").read_text())
+    assert row["items"] == watched.items[0]
+    lines.write_text(json.dumps({"history": [int(history[0])], "side": {"rating": [5]}}) + "\n")
+    with pytest.raises(SystemExit, match=r"\['rating'\] are not ones this model was trained with"):
+        main(["decode", "--checkpoint", str(ckpt), "--histories", str(lines), "--kernel", "torch"])
 
 
 def test_checkpoint_errors(tmp_path):

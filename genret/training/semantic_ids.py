@@ -19,8 +19,10 @@ class SIDConfig:
 
     embeddings: "auto" (the data set's own item embeddings when it has them, e.g. the synthetic
         content vectors, else collaborative ones), "collaborative" (truncated SVD of the training
-        user-item matrix), "titles" (sentence embeddings of item titles; needs genret[text]), or
-        a path to an (n_items, d) .npy file in the data set's dense item order.
+        user-item matrix), "titles" (sentence embeddings of item titles; needs genret[text]), a
+        path to an (n_items, d) .npy file in the data set's dense item order, or a KuaiFormer /
+        SASRec checkpoint (.ckpt from `genret benchmark --model sasrec`) whose item vectors are used
+        after checking that it was trained on the same catalogue.
     """
 
     n_levels: int = 3
@@ -87,8 +89,10 @@ def item_embeddings_for(log_all, train_log, cfg: SIDConfig) -> tuple[np.ndarray,
     path = Path(choice)
     if not path.is_file():
         raise ValueError(
-            f"embeddings={choice!r} is neither auto/dataset/collaborative/titles nor an existing .npy file"
+            f"embeddings={choice!r} is neither auto/dataset/collaborative/titles nor an existing .npy / .ckpt file"
         )
+    if path.suffix == ".ckpt":
+        return _checkpoint_item_vectors(path, log_all)
     emb = np.load(path)
     if emb.ndim != 2 or emb.shape[0] != log_all.n_items:
         raise ValueError(
@@ -96,6 +100,22 @@ def item_embeddings_for(log_all, train_log, cfg: SIDConfig) -> tuple[np.ndarray,
             f"of {log_all.name!r} in dense item order"
         )
     return emb.astype(np.float32), f"embeddings from {path}"
+
+
+def _checkpoint_item_vectors(path: Path, log_all) -> tuple[np.ndarray, str]:
+    """Item vectors of a KuaiFormer / SASRec checkpoint, aligned with `log_all`'s dense items."""
+    import torch
+
+    from genret.training.kuaiformer_module import load_kuaiformer
+
+    model, extra = load_kuaiformer(path)
+    trained_ids = list(extra["catalogue"]["item_ids"])
+    if trained_ids != log_all.item_ids.tolist():
+        raise ValueError(f"{path} was trained on a catalogue of {len(trained_ids):,} items that is not the one of "
+                         f"{log_all.name!r} ({log_all.n_items:,} items, or another order); train it on the same data")
+    with torch.no_grad():
+        vectors = model.item_vectors().float().cpu().numpy()
+    return np.ascontiguousarray(vectors, np.float32), f"item vectors of {extra.get('model', 'kuaiformer')} checkpoint {path}"
 
 
 def fit_semantic_ids(log_all, train_log, cfg: SIDConfig, progress: bool = True):

@@ -132,6 +132,16 @@ def test_tiny_sasrec_beats_popularity_and_exports(tmp_path, one_thread):
     assert main(["--checkpoint", result["checkpoint"], "--out", str(tmp_path / "cli.npy")]) == 0
     assert np.array_equal(np.load(tmp_path / "cli.npy"), saved)
 
+    # The checkpoint itself can feed the tokenizer: same vectors, and a foreign catalogue is refused.
+    from genret.training.semantic_ids import SIDConfig, item_embeddings_for
+
+    log_ = load_dataset("synthetic:300x400")
+    emb, source = item_embeddings_for(log_, log_, SIDConfig(embeddings=result["checkpoint"]))
+    assert np.array_equal(emb, saved) and "checkpoint" in source
+    other = load_dataset("synthetic:300x500")
+    with pytest.raises(ValueError, match="not the one of 'synthetic'"):
+        item_embeddings_for(other, other, SIDConfig(embeddings=result["checkpoint"]))
+
 
 @pytest.mark.slow
 def test_tiny_kuaiformer_trains_with_every_part_on(tmp_path, one_thread):

@@ -71,15 +71,22 @@ def main(argv: list[str]) -> int:
     variants = [args.model] if not args.ablations else ["dualgr", "w/o DBR", "w/o S2D", "w/o ENTP", "tiger"]
     results = {}
     for variant in variants:
+        if variant == "w/o ENTP" and "dualgr" in results and not results["dualgr"]["has_negatives"]:
+            # Without exposure negatives ENTP is NTP: the variant would retrain the same model.
+            print("[genret] w/o ENTP: this data has no exposure negatives, so ENTP reduces to NTP; "
+                  "reporting the DualGR run for it instead of training the same model twice")
+            results[variant] = dict(results["dualgr"], note="identical to dualgr: no exposure negatives")
+            continue
         sub = out if variant == args.model else out / variant.replace("/", "").replace(" ", "_")
         res = pipeline.run_variant(args.config, sub, variant, data=args.data, overrides=overrides, ks=ks,
                                    eval_batch_size=args.eval_batch_size, max_eval_users=args.max_eval_users,
                                    kernel=args.kernel)
         dm = res.pop("datamodule")
+        res["has_negatives"] = bool((dm.train_log.label == 0).any()) and dm.max_negatives > 0
         results[variant] = res
     main_res = results[args.model]
     baselines = {"popularity": pipeline.popularity_metrics(dm, ks)}
-    baselines.update({name: {k: r[k] for k in ("val", "test", "train_seconds")}
+    baselines.update({name: {k: r[k] for k in ("val", "test", "train_seconds", "note") if k in r}
                       for name, r in results.items() if name != args.model})
     metrics = write_metrics(out / "metrics.json", model=args.model, dataset=main_res["dataset"],
                             metrics_val=main_res["val"], metrics_test=main_res["test"],

@@ -124,14 +124,18 @@ def user_features_for(datamodule, eval_set) -> np.ndarray:
     return datamodule.user_feats[eval_set.users]
 
 
-def popularity_metrics(datamodule, ks) -> dict[str, dict[str, Any]]:
+def popularity_metrics(datamodule, ks, max_users: int | None = None) -> dict[str, dict[str, Any]]:
+    """Popularity baseline on valid and test; `max_users` keeps the same first users as the
+    models it is compared with (`genret benchmark --max-eval-users`)."""
     from genret.eval import PopularityRecommender, ranking_metrics
 
     pop = PopularityRecommender().fit(datamodule.train_log)
     out = {}
     for stage in ("valid", "test"):
         es = datamodule.split.eval_set(stage)
-        out["val" if stage == "valid" else "test"] = ranking_metrics(pop.recommend(es, max(ks)), es.targets, ks)
+        m = len(es) if max_users is None else min(len(es), max_users)
+        ranked = pop.recommend(es, max(ks))[:m]
+        out["val" if stage == "valid" else "test"] = ranking_metrics(ranked, es.targets[:m], ks)
     return out
 
 

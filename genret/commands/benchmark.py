@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
         res["has_negatives"] = bool((dm.train_log.label == 0).any()) and dm.max_negatives > 0
         results[variant] = res
     main_res = results[args.model]
-    baselines = {"popularity": pipeline.popularity_metrics(dm, ks)}
+    baselines = {"popularity": pipeline.popularity_metrics(dm, ks, max_users=args.max_eval_users)}
     baselines.update({name: {k: r[k] for k in ("val", "test", "train_seconds", "note") if k in r}
                       for name, r in results.items() if name != args.model})
     metrics = write_metrics(out / "metrics.json", model=args.model, dataset=main_res["dataset"],

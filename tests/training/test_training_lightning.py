@@ -168,7 +168,7 @@ def test_benchmark_ablations_print_table_2_and_skip_entp_without_negatives(tmp_p
     out = tmp_path / "ablate"
     assert main(["benchmark", "--model", "dualgr", "--data", "synthetic:300x400", "--config",
                  str(ROOT / "configs" / "quickstart.yaml"), "--out", str(out), "--ablations", "--ks", "10,100",
-                 "--max-eval-users", "50", *tiny_args, "--data.max_negatives", "0"]) == 0
+                 "--max-eval-users", "50", "--kernel", "torch", *tiny_args, "--data.max_negatives", "0"]) == 0
     printed = capsys.readouterr().out
     assert "ENTP reduces to NTP" in printed
     table = printed[printed.index("| Method"):]
@@ -177,6 +177,8 @@ def test_benchmark_ablations_print_table_2_and_skip_entp_without_negatives(tmp_p
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["baselines"]["w/o ENTP"]["test"] == metrics["test"]
     assert metrics["baselines"]["tiger"]["test"] != metrics["test"]
+    # Every row, popularity included, is measured on the same first 50 users.
+    assert metrics["test"]["n_users"] == metrics["baselines"]["popularity"]["test"]["n_users"] == 50
     # Each trained variant has its own checkpoint; the skipped one has none.
     assert sorted(p.name for p in out.iterdir() if p.is_dir() and (p / "model.ckpt").is_file()) == [
         "tiger", "wo_DBR", "wo_S2D"]

@@ -106,7 +106,7 @@ def _sorted_by_bucket(model: DualGR, window: torch.Tensor, side: torch.Tensor
     Returns the sorted items, their side features and their positions in the time-ordered window."""
     T = window.shape[1]
     s1 = model_codes(model, window)[..., 0]
-    pos = torch.arange(T, device=window.device).expand_as(window)
+    pos = _positions(window)
     big = model.cfg.codebook_size
     key = torch.where(window >= 0, s1 * T + pos, torch.full_like(pos, big * T + T))  # padding last
     order = key.argsort(dim=1)

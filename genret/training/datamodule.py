@@ -33,7 +33,11 @@ class UserSequences:
     neg_offsets: np.ndarray  # (n_users + 1,)
     neg_items: np.ndarray
     neg_positions: np.ndarray  # number of the user's positives before each negative
-    pos_side: np.ndarray | None = None  # (len(pos_items), S) int64 side-feature buckets, or None
+    pos_side: np.ndarray | None = None  # (len(pos_items), S) int64 side-feature buckets (None: S = 0)
+
+    def __post_init__(self) -> None:
+        if self.pos_side is None:
+            self.pos_side = np.zeros((len(self.pos_items), 0), np.int64)
 
     @classmethod
     def from_log(cls, log_, side: np.ndarray | None = None) -> "UserSequences":
@@ -76,10 +80,8 @@ def gather_batch(seq: UserSequences, rows: np.ndarray, codes: np.ndarray, user_f
     valid = np.arange(T)[None, :] < length[:, None]
     safe_idx = np.minimum(idx, max(len(seq.pos_items) - 1, 0))
     items = np.where(valid, seq.pos_items[safe_idx] if len(seq.pos_items) else -1, -1)
-    if seq.pos_side is not None and seq.pos_side.shape[1] and len(seq.pos_items):
-        side = np.where(valid[..., None], seq.pos_side[safe_idx], 0)
-    else:
-        side = np.zeros(items.shape + (0 if seq.pos_side is None else seq.pos_side.shape[1],), np.int64)
+    side = np.where(valid[..., None], seq.pos_side[safe_idx], 0) if len(seq.pos_items) else \
+        np.zeros(items.shape + (seq.pos_side.shape[1],), np.int64)
 
     # Negatives: keep those whose position lies inside the window, most recent last.
     n_start, n_end = seq.neg_offsets[rows], seq.neg_offsets[rows + 1]

@@ -721,8 +721,21 @@ def load_kuaiformer(checkpoint: str | Path, device="cpu") -> tuple[KuaiFormer, d
     return model.eval(), extra
 
 
+def checkpoint_item_vectors(checkpoint: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """The item vectors (the scoring side of eq. 10) of a KuaiFormer / SASRec checkpoint.
+
+    Returns:
+        (n_items, d) float32, row i = dense item i, and the checkpoint's "genret" entry (its
+        catalogue's item_ids[i] is the raw id of row i).
+    """
+    model, extra = load_kuaiformer(checkpoint)
+    with torch.no_grad():
+        vectors = np.ascontiguousarray(model.item_vectors().float().cpu().numpy(), dtype=np.float32)
+    return vectors, extra
+
+
 def export_item_embeddings(checkpoint: str | Path, out_npy: str | Path) -> np.ndarray:
-    """Write the item vectors (the scoring side of eq. 10) to a .npy file, atomically.
+    """Write the item vectors of a checkpoint (`checkpoint_item_vectors`) to a .npy file, atomically.
 
     Args:
         checkpoint: a KuaiFormer / SASRec checkpoint. out_npy: target .npy path.
@@ -730,9 +743,7 @@ def export_item_embeddings(checkpoint: str | Path, out_npy: str | Path) -> np.nd
     Returns:
         (n_items, d) float32, row i = dense item i (raw id: the checkpoint's catalogue item_ids[i]).
     """
-    model, _ = load_kuaiformer(checkpoint)
-    with torch.no_grad():
-        vectors = np.ascontiguousarray(model.item_vectors().float().cpu().numpy(), dtype=np.float32)
+    vectors, _ = checkpoint_item_vectors(checkpoint)
     with atomic_path(out_npy) as tmp, open(tmp, "wb") as handle:
         np.save(handle, vectors)
     return vectors

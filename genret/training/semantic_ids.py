@@ -104,18 +104,14 @@ def item_embeddings_for(log_all, train_log, cfg: SIDConfig) -> tuple[np.ndarray,
 
 def _checkpoint_item_vectors(path: Path, log_all) -> tuple[np.ndarray, str]:
     """Item vectors of a KuaiFormer / SASRec checkpoint, aligned with `log_all`'s dense items."""
-    import torch
+    from genret.training.kuaiformer_module import checkpoint_item_vectors
 
-    from genret.training.kuaiformer_module import load_kuaiformer
-
-    model, extra = load_kuaiformer(path)
+    vectors, extra = checkpoint_item_vectors(path)
     trained_ids = list(extra["catalogue"]["item_ids"])
     if trained_ids != log_all.item_ids.tolist():
         raise ValueError(f"{path} was trained on a catalogue of {len(trained_ids):,} items that is not the one of "
                          f"{log_all.name!r} ({log_all.n_items:,} items, or another order); train it on the same data")
-    with torch.no_grad():
-        vectors = model.item_vectors().float().cpu().numpy()
-    return np.ascontiguousarray(vectors, np.float32), f"item vectors of {extra.get('model', 'kuaiformer')} checkpoint {path}"
+    return vectors, f"item vectors of {extra.get('model', 'kuaiformer')} checkpoint {path}"
 
 
 def fit_semantic_ids(log_all, train_log, cfg: SIDConfig, progress: bool = True):

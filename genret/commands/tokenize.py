@@ -1,11 +1,13 @@
 """`genret tokenize`: fit RQ-KMeans on item embeddings and write the tokenizer, codes, SID index and report.
 
     genret tokenize --embeddings items.npy --out runs/tok [--levels 3 --codebook-size 8192 --n-iter 20
-                    --sample-size N --seed 0 --device auto]
+                    --sample-size N --seed 0 --device auto --keep-collisions]
 
 Writes OUT/tokenizer.pt (RQKMeans.save), OUT/codes.npy ((N, L) int64), OUT/sid_index.pt
 (SIDIndex.save; items inside a shared SID ordered by distance to its reconstruction) and
-OUT/report.json (codebook_report), then prints the report table.
+OUT/report.json (codebook_report), then prints the report table. Items that share a SID are
+spread over their prefix's free last codes (genret.tokenizers.spread_last_level) unless
+--keep-collisions is given.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init", default="random", choices=["random", "kmeans||"])
     parser.add_argument("--chunk-size", type=int, default=None, help="rows per distance chunk (default: automatic)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--keep-collisions", action="store_true",
+                        help="keep the greedy codes (items with near-identical embeddings share a SID)")
     return parser
 
 
@@ -64,7 +68,7 @@ def load_embeddings(path: str | Path) -> np.ndarray:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from genret.tokenizers import RQKMeans, SIDIndex, codebook_report, format_report
+    from genret.tokenizers import RQKMeans, SIDIndex, codebook_report, format_report, spread_last_level
 
     try:
         X = load_embeddings(args.embeddings)
@@ -87,6 +91,8 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     codes, residual_norm = tok.encode(X, return_residual_norm=True, progress=not args.no_progress)
+    if not args.keep_collisions:
+        codes, residual_norm = spread_last_level(tok, X, codes)
     index = SIDIndex.build(codes, tok.codebook_size, residual_norm=residual_norm)
     report = codebook_report(tok, X, codes)
     report["params"] = tok.get_params()

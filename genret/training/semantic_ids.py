@@ -23,6 +23,9 @@ class SIDConfig:
         path to an (n_items, d) .npy file in the data set's dense item order, or a KuaiFormer /
         SASRec checkpoint (.ckpt from `genret benchmark --model sasrec`) whose item vectors are used
         after checking that it was trained on the same catalogue.
+    unique_sids: re-assign the last code inside each shared prefix so distinct items get distinct
+        SIDs where the codebook allows (genret.tokenizers.spread_last_level); off keeps the greedy
+        RQ-KMeans codes, whose colliding items the decoder can only return as a fixed-order block.
     """
 
     n_levels: int = 3
@@ -31,6 +34,7 @@ class SIDConfig:
     embeddings: str = "auto"
     embedding_dim: int = 64  # for collaborative embeddings
     seed: int = 0
+    unique_sids: bool = True
     cache_dir: str | None = "runs/cache"  # fitted tokenizers are reused across runs; None = no cache
 
 
@@ -120,7 +124,7 @@ def fit_semantic_ids(log_all, train_log, cfg: SIDConfig, progress: bool = True):
     Returns:
         tokenizer (RQKMeans), codes (n_items, L) int64 numpy, index (SIDIndex), report (dict).
     """
-    from genret.tokenizers import RQKMeans, SIDIndex, codebook_report
+    from genret.tokenizers import RQKMeans, SIDIndex, codebook_report, spread_last_level
 
     embeddings, source = item_embeddings_for(log_all, train_log, cfg)
     K = cfg.codebook_size
@@ -145,6 +149,8 @@ def fit_semantic_ids(log_all, train_log, cfg: SIDConfig, progress: bool = True):
         if cache is not None:
             tokenizer.save(cache)
     codes, residual = tokenizer.encode(embeddings, return_residual_norm=True)
+    if cfg.unique_sids:
+        codes, residual = spread_last_level(tokenizer, embeddings, codes)
     index = SIDIndex.build(codes, K, residual_norm=residual)
     report = codebook_report(tokenizer, embeddings, codes=codes)
     report["embedding_source"] = source

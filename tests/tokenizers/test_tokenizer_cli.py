@@ -11,7 +11,7 @@ import pytest
 import genret.data
 from genret.cli import main as genret_main
 from genret.commands import embed as embed_command
-from genret.tokenizers import RQKMeans, SIDIndex
+from genret.tokenizers import RQKMeans, SIDIndex, spread_last_level
 from genret.tokenizers import text_embeddings
 
 
@@ -28,7 +28,7 @@ def test_tokenize_end_to_end(tmp_path, embeddings_file, capsys):
     path, X = embeddings_file
     out = tmp_path / "tok"
     argv = ["tokenize", "--embeddings", str(path), "--out", str(out), "--levels", "2", "--codebook-size", "16",
-            "--n-iter", "5", "--device", "cpu", "--no-progress"]
+            "--n-iter", "5", "--device", "cpu", "--no-progress", "--keep-collisions"]
     assert genret_main(argv) == 0
     printed = capsys.readouterr().out
     assert "unique-path fraction" in printed and "16/16" in printed
@@ -48,6 +48,20 @@ def test_tokenize_end_to_end(tmp_path, embeddings_file, capsys):
     assert report["n_items"] == 400 and len(report["levels"]) == 2
     assert report["params"]["codebook_size"] == 16
     assert 0 < report["overall"]["unique_path_fraction"] <= 1
+
+
+def test_tokenize_spreads_collisions_by_default(tmp_path, embeddings_file):
+    path, X = embeddings_file
+    base = ["tokenize", "--embeddings", str(path), "--levels", "2", "--codebook-size", "16",
+            "--n-iter", "5", "--device", "cpu", "--no-progress"]
+    assert genret_main(base + ["--out", str(tmp_path / "spread")]) == 0
+    assert genret_main(base + ["--out", str(tmp_path / "greedy"), "--keep-collisions"]) == 0
+    spread, greedy = (np.load(tmp_path / name / "codes.npy") for name in ("spread", "greedy"))
+    tok = RQKMeans.load(tmp_path / "spread" / "tokenizer.pt")
+    assert np.array_equal(spread, spread_last_level(tok, X, greedy)[0])
+    assert len(np.unique(spread, axis=0)) > len(np.unique(greedy, axis=0))
+    index = SIDIndex.load(tmp_path / "spread" / "sid_index.pt")
+    assert np.array_equal(index.codes.numpy(), spread)
 
 
 @pytest.mark.parametrize(

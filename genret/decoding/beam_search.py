@@ -44,6 +44,7 @@ class _Context:
     values: list[torch.Tensor]
     seg_offsets: torch.Tensor  # (U + 1,)
     lengths: torch.Tensor  # (U,) actions in each segment (without the user token)
+    latest: torch.Tensor  # (U, d) context token of the newest action (the user token if none)
 
 
 def _pack_context(model: DualGR, items: torch.Tensor, side: torch.Tensor, positions: torch.Tensor,
@@ -62,7 +63,8 @@ def _pack_context(model: DualGR, items: torch.Tensor, side: torch.Tensor, positi
         k = model.position_keys(k, positions)
         keys.append(k[keep])
         values.append(v[keep])
-    return _Context(keys, values, seg, lengths)
+    latest = ctx.gather(1, lengths.view(-1, 1, 1).expand(-1, 1, ctx.shape[-1])).squeeze(1)
+    return _Context(keys, values, seg, lengths, latest)
 
 
 def model_codes(model: DualGR, items: torch.Tensor) -> torch.Tensor:
@@ -198,7 +200,7 @@ def decode_branch(model: DualGR, index, hist: Histories, window_width: int, beam
     cache = _PrefixCache(len(model.blocks))
 
     # Level 1: one BOS query per user over the branch window.
-    x = model.query_tokens(torch.zeros(U, 1, 0, dtype=torch.long, device=device)).squeeze(-2)  # (U, 1, d)
+    x = model.start_tokens(coarse.latest)  # (U, 1, d)
     lo = torch.ones(U, 1, dtype=torch.long, device=device)
     hi = (coarse.lengths + 1).unsqueeze(1)
     hidden = _decoder_step(model, x, cache, coarse, lo, hi, kernel)

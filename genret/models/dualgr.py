@@ -58,6 +58,10 @@ class DualGRConfig:
     # and target queries, so a score depends on how long ago an action happened (the actions carry
     # no position otherwise). The user token gets no rotated dims. Off reproduces a bag of actions.
     cross_rope: bool = False
+    # The level-1 query starts from the most recent action (its context token, projected) instead
+    # of a BOS shared by every user, so the first cross-attention already asks "what follows
+    # this?". Off (the paper's decoder): the first hop's weights depend on the keys alone.
+    last_action_query: bool = False
     alpha: float = 0.1  # ENTP negative weight
     eps: float = 1e-6  # probability clip for ENTP
 
@@ -195,6 +199,7 @@ class DualGR(nn.Module):
         self.bos = nn.Parameter(torch.randn(d) * 0.02)
         self.prefix_embeddings = nn.ModuleList(nn.Embedding(K, d) for _ in range(L - 1))
         self.level_position = nn.Parameter(torch.randn(L, d) * 0.02)
+        self.last_action = nn.Linear(d, d) if cfg.last_action_query else None
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_blocks))
         self.final_norm = nn.LayerNorm(d)
         self.heads = nn.ModuleList(nn.Linear(d, K) for _ in range(L))
@@ -252,6 +257,14 @@ class DualGR(nn.Module):
             for level in range(prefix_codes.shape[-1])
         ]
         return torch.cat([bos] + [r.unsqueeze(-2) for r in rest], dim=-2)
+
+    def start_tokens(self, latest: torch.Tensor) -> torch.Tensor:
+        """latest (..., d): the context token of each target's most recent action (the user token
+        when there is none) -> (..., 1, d) the level-1 query token."""
+        bos = (self.bos + self.level_position[0]).expand(latest.shape)
+        if self.last_action is not None:
+            bos = bos + self.last_action(latest)
+        return bos.unsqueeze(-2)
 
     # ------------------------------------------------------------------ recency (cross_rope)
     @property
@@ -348,8 +361,11 @@ class DualGR(nn.Module):
             fine_mask = self.in_bucket_mask(level1, valid, level1, positions)
         else:
             fine_mask = coarse_mask
-        # Query group per target: L tokens (BOS, s1, ..., s_{L-1}).
+        # Query group per target: L tokens (BOS, s1, ..., s_{L-1}). ctx[:, t] is the newest
+        # context token before target t (the user token for t = 0).
         pos_queries = self.query_tokens(batch.codes[..., : L - 1])  # (B, T, L, d)
+        if self.last_action is not None:
+            pos_queries = torch.cat([self.start_tokens(ctx[:, :T]), pos_queries[:, :, 1:]], 2)
         step_masks = [coarse_mask] + [fine_mask] * (L - 1)
         pos_mask = torch.stack(step_masks, dim=2).reshape(B, T * L, T + 1)
 
@@ -363,7 +379,7 @@ class DualGR(nn.Module):
             else:
                 short_neg = torch.zeros_like(neg_valid)
             neg_mask = self.window_mask(neg_pos, short_neg, T + 1, valid)  # (B, N, 1+T)
-            neg_queries = self.query_tokens(batch.neg_codes[..., :0])  # (B, N, 1, d): BOS only
+            neg_queries = self.start_tokens(_gather_rows(ctx, neg_pos))  # (B, N, 1, d): BOS only
             cross_mask = torch.cat([pos_mask, neg_mask], dim=1)
         else:
             cross_mask = pos_mask

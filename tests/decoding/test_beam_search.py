@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from genret.decoding.beam_search import Histories, decode_branch, merge_topk, retrieve_indices
+from genret.decoding.beam_search import (Histories, _pack_context, _positions, _window, decode_branch, merge_topk,
+                                         retrieve_indices)
 from genret.models.dualgr import DualGR, DualGRConfig, TrainBatch
 from genret.tokenizers import SIDIndex
 
@@ -44,11 +45,12 @@ def teacher_forced_logprob(model, history, target, codes, side=None):
     return sum(out["pos_logits"][lv][0, t].log_softmax(-1)[codes[target, lv]] for lv in range(L))
 
 
-@pytest.mark.parametrize("use_s2d,n_side,rope", [(True, 0, False), (False, 0, False), (True, 2, False),
-                                                 (False, 2, False), (True, 0, True), (False, 2, True)])
-def test_beam_scores_equal_teacher_forced_log_probs(use_s2d, n_side, rope):
+@pytest.mark.parametrize("use_s2d,n_side,rope,last", [
+    (True, 0, False, False), (False, 0, False, False), (True, 2, False, False), (False, 2, False, False),
+    (True, 0, True, False), (False, 2, True, False), (True, 2, True, True), (False, 0, False, True)])
+def test_beam_scores_equal_teacher_forced_log_probs(use_s2d, n_side, rope, last):
     model, index, codes = make_model(use_dbr=False, use_s2d=use_s2d, n_side_features=n_side, side_buckets=5,
-                                     cross_rope=rope)
+                                     cross_rope=rope, last_action_query=last)
     history = [3, 7, 11, 12, 15, 19, 20, 23, 27, 3]
     side = torch.randint(0, 6, (len(history), n_side), generator=torch.Generator().manual_seed(2)) if n_side else None
     sids, scores = decode_branch(model, index, histories([history], side), window_width=30, beam_width=64,
@@ -65,6 +67,25 @@ def test_beam_scores_equal_teacher_forced_log_probs(use_s2d, n_side, rope):
     if n_side:  # the side features matter: decoding without them gives other scores
         _, blind = decode_branch(model, index, histories([history]), window_width=30, beam_width=64, kernel="torch")
         assert not torch.allclose(blind, scores)
+
+
+def test_last_action_query_starts_from_the_newest_action():
+    model, index, _ = make_model(use_dbr=False, last_action_query=True)
+    plain, _, _ = make_model(use_dbr=False)
+    with torch.no_grad():
+        model.last_action.weight.normal_(0, 0.5)  # make the start token depend visibly on it
+    a, b = [3, 7, 11, 12], [3, 7, 12, 11]  # the same bag of actions, another newest one
+    for m, order_matters in ((model, True), (plain, False)):  # no cross_rope: only the start token sees order
+        _, scores_a = decode_branch(m, index, histories([a]), window_width=30, beam_width=8, kernel="torch")
+        _, scores_b = decode_branch(m, index, histories([b]), window_width=30, beam_width=8, kernel="torch")
+        assert torch.allclose(scores_a, scores_b) != order_matters
+    # A short window ends at the same newest action, so both DBR branches start from the same token.
+    hist = histories([[1, 2, 3, 9, 10, 4]])
+    starts = []
+    for width in (30, 2):
+        items, side = _window(model, hist, width)
+        starts.append(_pack_context(model, items, side, _positions(items), hist.user_feats).latest)
+    torch.testing.assert_close(starts[0], starts[1])
 
 
 def test_side_features_must_have_one_row_per_history_action():

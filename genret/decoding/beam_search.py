@@ -199,7 +199,7 @@ def decode_branch(model: DualGR, index, hist: Histories, window_width: int, beam
         fine = _pack_context(model, full_sorted, full_side, full_pos, hist.user_feats)
     cache = _PrefixCache(len(model.blocks))
 
-    # Level 1: one BOS query per user over the branch window.
+    # Level 1: one start query per user (BOS, plus the newest action with last_action_query) over the window.
     x = model.start_tokens(coarse.latest)  # (U, 1, d)
     lo = torch.ones(U, 1, dtype=torch.long, device=device)
     hi = (coarse.lengths + 1).unsqueeze(1)

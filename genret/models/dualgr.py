@@ -14,6 +14,7 @@ The user token is always visible, so no query ever sees an empty context. An act
 sums its SID-level embeddings, an optional item-id embedding and bucketised side features (rating,
 watch time, time gap, ...). With `cross_rope` the cross-attention also knows how long ago each
 action happened (rotary positions, relative to the target); without it the context is a bag.
+With `last_action_query` the level-1 token starts from the newest action instead of a shared BOS.
 
 Training trains every target of a user's sequence in one forward pass (as SASRec does): each
 target's query group cross-attends only the actions before it, further restricted by the masks
@@ -379,7 +380,7 @@ class DualGR(nn.Module):
             else:
                 short_neg = torch.zeros_like(neg_valid)
             neg_mask = self.window_mask(neg_pos, short_neg, T + 1, valid)  # (B, N, 1+T)
-            neg_queries = self.start_tokens(_gather_rows(ctx, neg_pos))  # (B, N, 1, d): BOS only
+            neg_queries = self.start_tokens(_gather_rows(ctx, neg_pos))  # (B, N, 1, d): the level-1 token only
             cross_mask = torch.cat([pos_mask, neg_mask], dim=1)
         else:
             cross_mask = pos_mask

@@ -44,7 +44,7 @@ class _Context:
     values: list[torch.Tensor]
     seg_offsets: torch.Tensor  # (U + 1,)
     lengths: torch.Tensor  # (U,) actions in each segment (without the user token)
-    latest: torch.Tensor  # (U, d) context token of the newest action (the user token if none)
+    latest: torch.Tensor  # (U, d) context token of the newest action (the user token if none), any layout
 
 
 def _pack_context(model: DualGR, items: torch.Tensor, side: torch.Tensor, positions: torch.Tensor,
@@ -63,7 +63,11 @@ def _pack_context(model: DualGR, items: torch.Tensor, side: torch.Tensor, positi
         k = model.position_keys(k, positions)
         keys.append(k[keep])
         values.append(v[keep])
-    latest = ctx.gather(1, lengths.view(-1, 1, 1).expand(-1, 1, ctx.shape[-1])).squeeze(1)
+    # The newest action is the one with the largest position, whatever the layout (time order or
+    # S2D's bucket order); row 0, the user token, when there is none.
+    newest = torch.where(items >= 0, positions, -1).argmax(1) + 1
+    newest = torch.where(lengths > 0, newest, torch.zeros_like(newest))
+    latest = ctx.gather(1, newest.view(-1, 1, 1).expand(-1, 1, ctx.shape[-1])).squeeze(1)
     return _Context(keys, values, seg, lengths, latest)
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from genret.decoding.beam_search import (Histories, _pack_context, _positions, _window, decode_branch, merge_topk,
-                                         retrieve_indices)
+from genret.decoding.beam_search import (Histories, _pack_context, _positions, _sorted_by_bucket, _window,
+                                         decode_branch, merge_topk, retrieve_indices)
 from genret.models.dualgr import DualGR, DualGRConfig, TrainBatch
 from genret.tokenizers import SIDIndex
 
@@ -79,13 +79,16 @@ def test_last_action_query_starts_from_the_newest_action():
         _, scores_a = decode_branch(m, index, histories([a]), window_width=30, beam_width=8, kernel="torch")
         _, scores_b = decode_branch(m, index, histories([b]), window_width=30, beam_width=8, kernel="torch")
         assert torch.allclose(scores_a, scores_b) != order_matters
-    # A short window ends at the same newest action, so both DBR branches start from the same token.
-    hist = histories([[1, 2, 3, 9, 10, 4]])
+    # A short window ends at the same newest action, so both DBR branches start from the same token;
+    # the S2D bucket-sorted layout finds that action too.
+    hist = histories([[1, 2, 3, 9, 10, 4], [], [6]])
     starts = []
     for width in (30, 2):
         items, side = _window(model, hist, width)
         starts.append(_pack_context(model, items, side, _positions(items), hist.user_feats).latest)
+    starts.append(_pack_context(model, *_sorted_by_bucket(model, *_window(model, hist, 30)), hist.user_feats).latest)
     torch.testing.assert_close(starts[0], starts[1])
+    torch.testing.assert_close(starts[0], starts[2])
 
 
 def test_side_features_must_have_one_row_per_history_action():

@@ -43,8 +43,6 @@ def spread_last_level(tokenizer, X: np.ndarray, codes: np.ndarray) -> tuple[np.n
     _, sid_of, sid_size = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
     sid_of = sid_of.reshape(-1)
     if codes.shape[1] > 1 and (sid_size > 1).any():
-        # Residual before the last level: what the last code has to approximate.
-        before_last = X - tokenizer.decode(codes) + last_book[codes[:, -1]]
         _, prefix_of = np.unique(codes[:, :-1], axis=0, return_inverse=True)
         prefix_of = prefix_of.reshape(-1)
         crowded = np.unique(prefix_of[sid_size[sid_of] > 1])
@@ -53,7 +51,8 @@ def spread_last_level(tokenizer, X: np.ndarray, codes: np.ndarray) -> tuple[np.n
         ends = np.searchsorted(prefix_of[order], crowded, side="right")
         for lo, hi in zip(bounds, ends):
             members = order[lo:hi]
-            r = before_last[members]
+            # Residual before the last level (what the last code approximates), for this prefix only.
+            r = X[members] - tokenizer.decode(codes[members]) + last_book[codes[members, -1]]
             cost = (r * r).sum(1, keepdims=True) - 2 * r @ last_book.T + (last_book * last_book).sum(1)
             for start in range(0, len(members), K):  # > K items: rounds of K distinct codes
                 rows = np.arange(start, min(start + K, len(members)))

@@ -47,13 +47,11 @@ class _Context:
     latest: torch.Tensor  # (U, d) context token of the newest action (the user token if none), any layout
 
 
-def _pack_context(model: DualGR, items: torch.Tensor, side: torch.Tensor, positions: torch.Tensor,
-                  user_feats: torch.Tensor) -> _Context:
-    """items (U, T) dense indices, -1 padded, side (U, T, S), positions (U, T) each action's index in
-    its history window -> per-block packed K/V [user token; actions]. The target sits at position
-    `lengths` (after every action), which is where `_decoder_step` places the queries."""
-    codes = model_codes(model, items)
-    ctx = model.context(items, codes, user_feats, side)  # (U, 1+T, d)
+def _pack_context(model: DualGR, ctx: torch.Tensor, items: torch.Tensor, positions: torch.Tensor) -> _Context:
+    """ctx (U, 1+T, d) context tokens [user token; actions] in the layout of items (U, T) (dense
+    indices, -1 padded), positions (U, T) each action's index in its time-ordered window ->
+    per-block packed K/V. The target sits at position `lengths` (after every action), which is
+    where `_decoder_step` places the queries."""
     keep = F.pad(items >= 0, (1, 0), value=True)  # (U, 1+T)
     lengths = (items >= 0).sum(1)
     seg = F.pad((lengths + 1).cumsum(0), (1, 0))
@@ -69,6 +67,25 @@ def _pack_context(model: DualGR, items: torch.Tensor, side: torch.Tensor, positi
     newest = torch.where(lengths > 0, newest, torch.zeros_like(newest))
     latest = ctx.gather(1, newest.view(-1, 1, 1).expand(-1, 1, ctx.shape[-1])).squeeze(1)
     return _Context(keys, values, seg, lengths, latest)
+
+
+def _context_rows(ctx: torch.Tensor, take: torch.Tensor) -> torch.Tensor:
+    """ctx (U, 1+T, d) of the time-ordered window, take (U, T') action indices into it ->
+    (U, 1+T', d): the user token, then those actions' tokens (a window's tail, or S2D's order)."""
+    actions = ctx[:, 1:].gather(1, take.unsqueeze(-1).expand(-1, -1, ctx.shape[-1]))
+    return torch.cat([ctx[:, :1], actions], 1)
+
+
+def _last_actions(full: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last `width` actions of each left-aligned history full (U, T): items (U, T') (-1
+    padded, left-aligned) and their indices into full."""
+    n = (full >= 0).sum(1)
+    length = n.clamp(max=width)
+    T = max(int(length.max().item()) if length.numel() else 0, 1)
+    j = torch.arange(T, device=full.device)
+    take = ((n - length).unsqueeze(1) + j).clamp(max=full.shape[1] - 1)
+    items = torch.where(j < length.unsqueeze(1), full.gather(1, take), torch.full_like(take, -1))
+    return items, take
 
 
 def model_codes(model: DualGR, items: torch.Tensor) -> torch.Tensor:
@@ -196,11 +213,15 @@ def decode_branch(model: DualGR, index, hist: Histories, window_width: int, beam
     cfg = model.cfg
     U, L, K = hist.n_users, cfg.n_levels, cfg.codebook_size
     device = hist.items.device
-    window, window_side = _window(model, hist, window_width)
-    coarse = _pack_context(model, window, window_side, _positions(window), hist.user_feats)
+    # Context tokens once, over the time-ordered history (the optional encoder is causal over
+    # time); the branch window and S2D's bucket layout are row gathers of them.
+    full, full_side = _window(model, hist, cfg.max_history)
+    ctx = model.context(full, model_codes(model, full), hist.user_feats, full_side)
+    window, take = _last_actions(full, window_width)
+    coarse = _pack_context(model, _context_rows(ctx, take), window, _positions(window))
     if cfg.use_s2d and L > 1:
-        full_sorted, full_side, full_pos = _sorted_by_bucket(model, *_window(model, hist, cfg.max_history))
-        fine = _pack_context(model, full_sorted, full_side, full_pos, hist.user_feats)
+        full_sorted, _, order = _sorted_by_bucket(model, full, full_side)
+        fine = _pack_context(model, _context_rows(ctx, order), full_sorted, order)
     cache = _PrefixCache(len(model.blocks))
 
     # Level 1: one start query per user (BOS, plus the newest action with last_action_query) over the window.

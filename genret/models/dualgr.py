@@ -15,6 +15,8 @@ sums its SID-level embeddings, an optional item-id embedding and bucketised side
 watch time, time gap, ...). With `cross_rope` the cross-attention also knows how long ago each
 action happened (rotary positions, relative to the target); without it the context is a bag.
 With `last_action_query` the level-1 token starts from the newest action instead of a shared BOS.
+With `encoder_blocks` > 0 a small causal transformer runs over the actions first (an option
+beyond the paper): each context token then summarises the history up to its action.
 
 Training trains every target of a user's sequence in one forward pass (as SASRec does): each
 target's query group cross-attends only the actions before it, further restricted by the masks
@@ -63,6 +65,16 @@ class DualGRConfig:
     # of a BOS shared by every user, so the first cross-attention already asks "what follows
     # this?". Off (the paper's decoder): the first hop's weights depend on the keys alone.
     last_action_query: bool = False
+    # Optional action encoder: this many pre-norm blocks of causal self-attention (rotary
+    # positions) + FFN over the actions before the decoder reads them, so each context token
+    # carries what came before it (SASRec's strength). 0 (the paper's decoder) keeps the context
+    # encoder-free. Causal, so a target still sees nothing from its own position onward, and the
+    # decode cache is unchanged: the encoder runs once per request.
+    encoder_blocks: int = 0
+    # Dropout on each action's embedding before it enters the context (SASRec drops its input
+    # embeddings too): the item-id rows of a sparse catalogue otherwise memorise the training
+    # sequences within a few epochs.
+    context_dropout: float = 0.0
     alpha: float = 0.1  # ENTP negative weight
     eps: float = 1e-6  # probability clip for ENTP
 
@@ -79,6 +91,10 @@ class DualGRConfig:
             raise ValueError(f"long_window={self.long_window} exceeds max_history={self.max_history}")
         if self.alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        if not 0 <= self.context_dropout < 1:
+            raise ValueError(f"context_dropout must lie in [0, 1), got {self.context_dropout}")
+        if self.encoder_blocks < 0:
+            raise ValueError(f"encoder_blocks must be >= 0, got {self.encoder_blocks}")
 
 
 class Attention(nn.Module):
@@ -151,6 +167,29 @@ class DecoderBlock(nn.Module):
         return x + self.drop(self.ffn(self.norm_ffn(x)))
 
 
+class EncoderBlock(nn.Module):
+    """Pre-norm causal self-attention (rotary positions on every head dim) + FFN over the actions."""
+
+    def __init__(self, cfg: DualGRConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.norm_self = nn.LayerNorm(d)
+        self.self_attn = Attention(d, cfg.n_heads)
+        self.norm_ffn = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.d_ffn), nn.GELU(), nn.Linear(cfg.d_ffn, d))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, causal: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x (B, T, d) left-aligned actions, causal (T, T) bool, positions (T,)."""
+        h = self.norm_self(x)
+        head_dim = self.self_attn.head_dim
+        q = rotary(self.self_attn.project_q(h), positions, head_dim)
+        k, v = self.self_attn.project_kv(h)
+        k = rotary(k, positions, head_dim)
+        x = x + self.drop(self.self_attn.attend(q, k, v, causal.expand(x.shape[0], -1, -1)))
+        return x + self.drop(self.ffn(self.norm_ffn(x)))
+
+
 @dataclass
 class TrainBatch:
     """One batch of users, every positive of each sequence a target (see genret.training.datamodule).
@@ -195,6 +234,8 @@ class DualGR(nn.Module):
         # User frontend: one summed token of the static fields, or a learned default token.
         self.user_default = nn.Parameter(torch.zeros(d))
         self.user_embeddings = nn.ModuleList(nn.Embedding(c + 1, d) for c in cfg.user_feature_cardinalities)
+        self.context_drop = nn.Dropout(cfg.context_dropout)
+        self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.encoder_blocks))
         self.context_norm = nn.LayerNorm(d)
         # Decoder inputs: BOS, then the embedding of the code chosen at each earlier level.
         self.bos = nn.Parameter(torch.randn(d) * 0.02)
@@ -246,8 +287,19 @@ class DualGR(nn.Module):
         return x * (items >= 0).unsqueeze(-1)
 
     def context(self, items, codes, user_feats, side) -> torch.Tensor:
-        """LN([user token; actions]) -> (B, 1 + T, d). Padding keys must be masked by the caller."""
-        tokens = torch.cat([self.user_token(user_feats)[:, None], self.action_embeddings(items, codes, side)], 1)
+        """LN([user token; actions]) -> (B, 1 + T, d). Padding keys must be masked by the caller.
+
+        The actions must be in time order, oldest first, padding last: the optional encoder is
+        causal over that order (other layouts are gathered from its output, see beam_search)."""
+        actions = self.context_drop(self.action_embeddings(items, codes, side))
+        if len(self.encoder):
+            T = actions.shape[1]
+            causal = torch.ones(T, T, dtype=torch.bool, device=actions.device).tril()
+            positions = torch.arange(T, device=actions.device)
+            for block in self.encoder:
+                actions = block(actions, causal, positions)
+            actions = actions * (items >= 0).unsqueeze(-1)
+        tokens = torch.cat([self.user_token(user_feats)[:, None], actions], 1)
         return self.context_norm(tokens)
 
     def query_tokens(self, prefix_codes: torch.Tensor) -> torch.Tensor:

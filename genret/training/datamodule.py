@@ -1,8 +1,10 @@
 """LightningDataModule: interaction logs -> batches of whole user sequences with every target.
 
-One training example is a user: the last `max_history` positives of the training split, each
-positive a target (its history is the positives before it), plus the user's unclicked exposures
-(label 0) as negatives at their own positions. The model trains all of them in one forward pass.
+One training example is a window of a user's training positives, each positive a target (its
+history is the window's positives before it), plus the user's unclicked exposures (label 0) in that
+span as negatives at their own positions; the model trains all of them in one forward pass. By
+default a user gives one window, the last `max_history` positives; `train_windows: all` cuts the
+whole sequence into windows, so a user longer than `max_history` contributes every positive.
 Batches are gathered with array indexing, not a Python loop per example.
 """
 
@@ -38,6 +40,18 @@ class UserSequences:
     def __post_init__(self) -> None:
         if self.pos_side is None:
             self.pos_side = np.zeros((len(self.pos_items), 0), np.int64)
+        self._neg_key: tuple[np.ndarray, int] | None = None
+
+    def negatives_end(self, rows: np.ndarray, n_positives: np.ndarray) -> np.ndarray:
+        """End offset in neg_items of each row's negatives that precede its (n+1)-th positive
+        (neg_positions <= n): one binary search on a (user, position) key, which is sorted
+        because negatives are stored by user, then time."""
+        if self._neg_key is None:
+            big = int(np.diff(self.pos_offsets).max(initial=0)) + 2
+            owner = np.repeat(np.arange(len(self.neg_offsets) - 1), np.diff(self.neg_offsets))
+            self._neg_key = (owner * big + self.neg_positions, big)
+        key, big = self._neg_key
+        return np.searchsorted(key, rows * big + n_positives, side="right")
 
     @classmethod
     def from_log(cls, log_, side: np.ndarray | None = None) -> "UserSequences":
@@ -65,14 +79,17 @@ def _offsets(sorted_keys: np.ndarray, n: int) -> np.ndarray:
 
 
 def gather_batch(seq: UserSequences, rows: np.ndarray, codes: np.ndarray, user_feats: np.ndarray,
-                 max_history: int, max_negatives: int, loss_last_only: bool = False) -> TrainBatch:
+                 max_history: int, max_negatives: int, loss_last_only: bool = False,
+                 ends: np.ndarray | None = None) -> TrainBatch:
     """Builds a TrainBatch for the sequences `rows` of `seq` (vectorised gather).
 
-    Keeps the last `max_history` positives of each row and its `max_negatives` most recent
-    negatives that fall inside that window (their positions are shifted to the window).
+    Keeps the last `max_history` positives of each row up to `ends` (exclusive offsets into
+    seq.pos_items; default: the row's end) and its `max_negatives` most recent negatives that
+    fall inside that window (their positions are shifted to the window).
     With `loss_last_only` only the final positive of each row is a target (validation).
     """
-    start, end = seq.pos_offsets[rows], seq.pos_offsets[rows + 1]
+    start = seq.pos_offsets[rows]
+    end = seq.pos_offsets[rows + 1] if ends is None else np.asarray(ends, np.int64)
     length = np.minimum(end - start, max_history)
     T = max(int(length.max(initial=0)), 1)
     first = end - length  # window start in pos_items
@@ -84,7 +101,8 @@ def gather_batch(seq: UserSequences, rows: np.ndarray, codes: np.ndarray, user_f
         np.zeros(items.shape + (seq.pos_side.shape[1],), np.int64)
 
     # Negatives: keep those whose position lies inside the window, most recent last.
-    n_start, n_end = seq.neg_offsets[rows], seq.neg_offsets[rows + 1]
+    n_start = seq.neg_offsets[rows]
+    n_end = seq.neg_offsets[rows + 1] if ends is None else seq.negatives_end(rows, end - start)
     shift = (end - start) - length  # positives dropped before the window
     n_count = np.minimum(n_end - n_start, max_negatives)
     N = max(int(n_count.max(initial=0)), 0)
@@ -121,6 +139,25 @@ def gather_batch(seq: UserSequences, rows: np.ndarray, codes: np.ndarray, user_f
     return batch
 
 
+def training_windows(pos_offsets: np.ndarray, max_history: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """The training examples as (user, end offset) pairs.
+
+    "last": one per user with positives, ending at its last one. "all": each user's positives cut
+    into consecutive windows of `max_history`, newest first (the oldest may be shorter), so every
+    positive is a target exactly once per epoch.
+    """
+    lengths = np.diff(pos_offsets)
+    if mode == "last":
+        users = np.nonzero(lengths > 0)[0]
+        return users, pos_offsets[users + 1]
+    if mode == "all":
+        n_windows = -(-lengths // max_history)  # ceil
+        users = np.repeat(np.arange(len(lengths)), n_windows)
+        newest_first = np.arange(len(users)) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
+        return users, pos_offsets[users + 1] - newest_first * max_history
+    raise ValueError(f"train_windows must be 'last' or 'all', got {mode!r}")
+
+
 class _Rows(Dataset):
     """Indices only; the collate function gathers a whole batch at once."""
 
@@ -152,12 +189,14 @@ class SequenceDataModule(pl.LightningDataModule):
             training positives: any column of the loader's `side` (ML-1M "rating", KuaiRand
             "play_time_ms" / "duration_ms", synthetic "watch_frac") or the derived "time_gap".
         side_buckets: value buckets per side feature (bucket 0 is "missing").
+        train_windows: "last" (one example per user: its last `max_history` positives) or "all"
+            (every positive a target: long sequences are cut into windows of `max_history`).
     """
 
     def __init__(self, data: str = "synthetic", sid: SIDConfig = SIDConfig(), max_history: int = 200,
                  max_negatives: int = 64, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
                  load_options: dict | None = None, side_features: list[str] | None = None,
-                 side_buckets: int = 16):
+                 side_buckets: int = 16, train_windows: str = "last"):
         super().__init__()
         self.data = data
         self.load_options = dict(load_options or {})
@@ -169,6 +208,10 @@ class SequenceDataModule(pl.LightningDataModule):
         self.seed = seed
         self.side_features = list(side_features or [])
         self.side_buckets = side_buckets
+        if train_windows not in ("last", "all"):  # fail at construction, not at the first batch
+            raise ValueError(f"train_windows must be 'last' (one window per user) or 'all' (every positive a "
+                             f"target), got {train_windows!r}")
+        self.train_windows = train_windows
         self._ready = False
 
     # -- facts the model needs (valid after setup)
@@ -192,8 +235,8 @@ class SequenceDataModule(pl.LightningDataModule):
         else:
             self.user_feats = np.zeros((self.log_all.n_users, 0), np.int64)
             self.user_feature_cardinalities = []
-        has_pos = np.diff(self.train_sequences.pos_offsets) > 0
-        self.train_rows = np.nonzero(has_pos)[0]
+        self.train_users, self.train_ends = training_windows(self.train_sequences.pos_offsets, self.max_history,
+                                                            self.train_windows)
         valid = self.split.eval_set("valid")
         # Validation sequences = history + target; only the target is scored.
         m = len(valid)
@@ -215,10 +258,16 @@ class SequenceDataModule(pl.LightningDataModule):
         """(len(history_items), S) side-feature buckets of an EvalSet's histories."""
         return self.side_codes[eval_set.history_rows]
 
-    def _collate(self, seq: UserSequences, feats: np.ndarray, last_only: bool):
+    def _collate(self, seq: UserSequences, feats: np.ndarray, last_only: bool,
+                 windows: tuple[np.ndarray, np.ndarray] | None = None):
+        """Batch of example indices -> TrainBatch; `windows` maps an index to (user, end offset)."""
         def collate(rows: list[int]) -> TrainBatch:
-            return gather_batch(seq, np.asarray(rows, np.int64), self.codes, feats, self.max_history,
-                                self.max_negatives, loss_last_only=last_only)
+            rows = np.asarray(rows, np.int64)
+            ends = None
+            if windows is not None:
+                rows, ends = windows[0][rows], windows[1][rows]
+            return gather_batch(seq, rows, self.codes, feats, self.max_history,
+                                self.max_negatives, loss_last_only=last_only, ends=ends)
         return collate
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
@@ -226,9 +275,10 @@ class SequenceDataModule(pl.LightningDataModule):
             batch, device, dataloader_idx)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Rows(self.train_rows), batch_size=self.batch_size, shuffle=True,
+        return DataLoader(_Rows(np.arange(len(self.train_users))), batch_size=self.batch_size, shuffle=True,
                           num_workers=self.num_workers,
-                          collate_fn=self._collate(self.train_sequences, self.user_feats, False))
+                          collate_fn=self._collate(self.train_sequences, self.user_feats, False,
+                                                   (self.train_users, self.train_ends)))
 
     def val_dataloader(self) -> DataLoader:
         feats = self.user_feats[self.valid_users]

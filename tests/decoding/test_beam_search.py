@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from genret.decoding.beam_search import (Histories, _pack_context, _positions, _sorted_by_bucket, _window,
-                                         decode_branch, merge_topk, retrieve_indices)
+from genret.decoding.beam_search import (Histories, _context_rows, _last_actions, _pack_context, _positions,
+                                         _sorted_by_bucket, _window, decode_branch, merge_topk, model_codes,
+                                         retrieve_indices)
 from genret.models.dualgr import DualGR, DualGRConfig, TrainBatch
 from genret.tokenizers import SIDIndex
 
@@ -45,15 +46,20 @@ def teacher_forced_logprob(model, history, target, codes, side=None):
     return sum(out["pos_logits"][lv][0, t].log_softmax(-1)[codes[target, lv]] for lv in range(L))
 
 
-@pytest.mark.parametrize("use_s2d,n_side,rope,last", [
-    (True, 0, False, False), (False, 0, False, False), (True, 2, False, False), (False, 2, False, False),
-    (True, 0, True, False), (False, 2, True, False), (True, 2, True, True), (False, 0, False, True)])
-def test_beam_scores_equal_teacher_forced_log_probs(use_s2d, n_side, rope, last):
+@pytest.mark.parametrize("use_s2d,n_side,rope,last,enc,window", [
+    (True, 0, False, False, 0, 30), (False, 0, False, False, 0, 30), (True, 2, False, False, 0, 30),
+    (False, 2, False, False, 0, 30), (True, 0, True, False, 0, 30), (False, 2, True, False, 0, 30),
+    (True, 2, True, True, 0, 30), (False, 0, False, True, 0, 30),
+    # The action encoder: its tokens are computed over the whole history, also for a narrow window.
+    (True, 2, True, True, 1, 30), (False, 0, False, False, 2, 30), (True, 0, True, False, 2, 4),
+    (False, 2, False, True, 1, 4)])
+def test_beam_scores_equal_teacher_forced_log_probs(use_s2d, n_side, rope, last, enc, window):
     model, index, codes = make_model(use_dbr=False, use_s2d=use_s2d, n_side_features=n_side, side_buckets=5,
-                                     cross_rope=rope, last_action_query=last)
+                                     cross_rope=rope, last_action_query=last, encoder_blocks=enc,
+                                     long_window=window, short_window=min(4, window))
     history = [3, 7, 11, 12, 15, 19, 20, 23, 27, 3]
     side = torch.randint(0, 6, (len(history), n_side), generator=torch.Generator().manual_seed(2)) if n_side else None
-    sids, scores = decode_branch(model, index, histories([history], side), window_width=30, beam_width=64,
+    sids, scores = decode_branch(model, index, histories([history], side), window_width=window, beam_width=64,
                                  kernel="torch")
     # With a beam this wide every existing SID is enumerated; each score must be the teacher-forced one.
     found = 0
@@ -82,11 +88,14 @@ def test_last_action_query_starts_from_the_newest_action():
     # A short window ends at the same newest action, so both DBR branches start from the same token;
     # the S2D bucket-sorted layout finds that action too.
     hist = histories([[1, 2, 3, 9, 10, 4], [], [6]])
+    full, side = _window(model, hist, 30)
+    ctx = model.context(full, model_codes(model, full), hist.user_feats, side)
     starts = []
     for width in (30, 2):
-        items, side = _window(model, hist, width)
-        starts.append(_pack_context(model, items, side, _positions(items), hist.user_feats).latest)
-    starts.append(_pack_context(model, *_sorted_by_bucket(model, *_window(model, hist, 30)), hist.user_feats).latest)
+        items, take = _last_actions(full, width)
+        starts.append(_pack_context(model, _context_rows(ctx, take), items, _positions(items)).latest)
+    ordered, _, order = _sorted_by_bucket(model, full, side)
+    starts.append(_pack_context(model, _context_rows(ctx, order), ordered, order).latest)
     torch.testing.assert_close(starts[0], starts[1])
     torch.testing.assert_close(starts[0], starts[2])
 

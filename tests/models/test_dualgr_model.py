@@ -48,9 +48,11 @@ def test_forward_shapes_and_finite_loss():
     assert model.heads[0].weight.grad is not None
 
 
-def test_targets_never_see_their_own_or_later_actions():
+@pytest.mark.parametrize("encoder_blocks", [0, 2])
+def test_targets_never_see_their_own_or_later_actions(encoder_blocks):
+    """Also with the action encoder: it is causal, so no context token carries a later action."""
     torch.manual_seed(0)
-    model = DualGR(make_config()).eval()
+    model = DualGR(make_config(encoder_blocks=encoder_blocks, last_action_query=bool(encoder_blocks))).eval()
     batch = make_batch()
     t = 5
     changed = dataclasses.replace(batch)
@@ -152,6 +154,23 @@ def test_config_validation_errors():
         DualGR(make_config(d_model=30))
     with pytest.raises(ValueError, match="short_window"):
         DualGR(make_config(short_window=40))
+    with pytest.raises(ValueError, match="encoder_blocks"):
+        DualGR(make_config(encoder_blocks=-1))
+    with pytest.raises(ValueError, match="context_dropout"):
+        DualGR(make_config(context_dropout=1.0))
+
+
+def test_action_encoder_makes_tokens_depend_on_earlier_actions():
+    """Without the encoder an action's context token is its own embedding; with it, the token of
+    the newest action changes when an earlier action does (causality: see the test above)."""
+    torch.manual_seed(0)
+    table = torch.randint(0, K, (N_ITEMS, L), generator=torch.Generator().manual_seed(99))
+    a, b = torch.tensor([[3, 7, 11, 12]]), torch.tensor([[5, 7, 11, 12]])  # the first action differs
+    for blocks in (0, 2):
+        model = DualGR(make_config(encoder_blocks=blocks)).eval()
+        ctx_a, ctx_b = (model.context(x, table[x], torch.zeros(1, 1, dtype=torch.long),
+                                      torch.zeros(1, 4, 0, dtype=torch.long)) for x in (a, b))
+        assert torch.allclose(ctx_a[:, -1], ctx_b[:, -1]) == (blocks == 0)
 
 
 @pytest.mark.parametrize("rope", [False, True])

@@ -1,9 +1,11 @@
 """Batch gathering: windows, negative positions and validation masks on a hand-built log."""
 
 import numpy as np
+import pytest
+import torch
 
 from genret.data import InteractionLog
-from genret.training.datamodule import UserSequences, gather_batch
+from genret.training.datamodule import UserSequences, gather_batch, training_windows
 
 
 def hand_log():
@@ -56,3 +58,42 @@ def test_gather_batch_carries_each_positives_side_buckets():
     # User 0's last 3 positives are rows 3, 4, 6; user 1's only positive is row 8, then padding (0).
     assert batch.side[0].tolist() == [[3, 30], [4, 40], [6, 60]]
     assert batch.side[1].tolist() == [[8, 80], [0, 0], [0, 0]]
+
+
+def test_training_windows_cover_every_positive_once():
+    offsets = np.array([0, 7, 7, 9])  # users with 7, 0 and 2 positives
+    users, ends = training_windows(offsets, max_history=3, mode="last")
+    assert users.tolist() == [0, 2] and ends.tolist() == [7, 9]
+    users, ends = training_windows(offsets, max_history=3, mode="all")
+    assert users.tolist() == [0, 0, 0, 2] and ends.tolist() == [7, 4, 1, 9]  # newest window first
+    seq = UserSequences.from_histories(offsets, np.arange(9))
+    batch = gather_batch(seq, users, np.zeros((9, 1), np.int64), np.zeros((3, 0), np.int64), 3, 0, ends=ends)
+    targets = batch.items[batch.loss_mask].tolist()
+    assert sorted(targets) == list(range(9))  # every positive a target exactly once
+    assert batch.items.tolist() == [[4, 5, 6], [1, 2, 3], [0, -1, -1], [7, 8, -1]]
+    with pytest.raises(ValueError, match="train_windows"):
+        training_windows(offsets, 3, "random")
+
+
+def test_an_earlier_window_keeps_only_its_own_negatives():
+    log = hand_log()  # user 0: + + - + + - +  (negatives after 2 and after 4 positives)
+    seq = UserSequences.from_log(log)
+    codes = np.zeros((log.n_items, 1), np.int64)
+    raw = log.item_ids
+    # The window of user 0's positives 1..3 (items 2, 3, 4): negative 9 sits after its first
+    # positive, 8 right after its last; both belong to it, shifted by the one positive cut.
+    batch = gather_batch(seq, np.array([0]), codes, np.zeros((1, 0), np.int64), 3, 5, ends=np.array([4]))
+    assert raw[batch.items[0].numpy()].tolist() == [2, 3, 4]
+    kept = batch.neg_items[0] >= 0
+    assert raw[batch.neg_items[0][kept].numpy()].tolist() == [9, 8]
+    assert batch.neg_pos[0][kept].tolist() == [1, 3]
+    # The window of positives 0..1 (items 1, 2) ends before 8 and keeps only 9, after both.
+    early = gather_batch(seq, np.array([0]), codes, np.zeros((1, 0), np.int64), 3, 5, ends=np.array([2]))
+    assert raw[early.neg_items[0][early.neg_items[0] >= 0].numpy()].tolist() == [9]
+    assert early.neg_pos[0][early.neg_items[0] >= 0].tolist() == [2]
+    # Default ends reproduce the last window.
+    same = gather_batch(seq, np.array([0, 1]), codes, np.zeros((2, 0), np.int64), 3, 5)
+    explicit = gather_batch(seq, np.array([0, 1]), codes, np.zeros((2, 0), np.int64), 3, 5,
+                            ends=seq.pos_offsets[1:])
+    for a, b in zip(same.__dict__.values(), explicit.__dict__.values()):
+        assert torch.equal(a, b)

@@ -202,10 +202,34 @@ def _decoder_step(model: DualGR, x: torch.Tensor, cache: _PrefixCache, ctx: _Con
     return model.final_norm(x)
 
 
+@dataclass
+class _EncodedHistories:
+    """What both DBR branches of a request share: the time-ordered window of the last
+    `max_history` actions, its context tokens, and S2D's bucket-sorted fine context."""
+
+    full: torch.Tensor  # (U, T) dense items, -1 padded
+    ctx: torch.Tensor  # (U, 1+T, d)
+    full_sorted: torch.Tensor | None  # (U, T) sorted by (s1, time); None without S2D
+    fine: _Context | None
+
+
+def _encode_histories(model: DualGR, hist: Histories) -> _EncodedHistories:
+    # Context tokens once, over the time-ordered history (the optional encoder is causal over
+    # time); a branch window and S2D's bucket layout are row gathers of them.
+    full, full_side = _window(model, hist, model.cfg.max_history)
+    ctx = model.context(full, model_codes(model, full), hist.user_feats, full_side)
+    if not (model.cfg.use_s2d and model.cfg.n_levels > 1):
+        return _EncodedHistories(full, ctx, None, None)
+    full_sorted, _, order = _sorted_by_bucket(model, full, full_side)
+    fine = _pack_context(model, _context_rows(ctx, order), full_sorted, order)
+    return _EncodedHistories(full, ctx, full_sorted, fine)
+
+
 @torch.no_grad()
 def decode_branch(model: DualGR, index, hist: Histories, window_width: int, beam_width: int,
-                  kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Beam search for one DBR branch.
+                  kernel: str = "auto", encoded: _EncodedHistories | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Beam search for one DBR branch. `encoded` (from `_encode_histories`) lets the branches of
+    one request share the encoding; without it the branch encodes `hist` itself.
 
     Returns:
         sids (U, W, L) int64 full SIDs (-1 where fewer than W exist), scores (U, W) float32 log-probs.
@@ -213,15 +237,10 @@ def decode_branch(model: DualGR, index, hist: Histories, window_width: int, beam
     cfg = model.cfg
     U, L, K = hist.n_users, cfg.n_levels, cfg.codebook_size
     device = hist.items.device
-    # Context tokens once, over the time-ordered history (the optional encoder is causal over
-    # time); the branch window and S2D's bucket layout are row gathers of them.
-    full, full_side = _window(model, hist, cfg.max_history)
-    ctx = model.context(full, model_codes(model, full), hist.user_feats, full_side)
-    window, take = _last_actions(full, window_width)
-    coarse = _pack_context(model, _context_rows(ctx, take), window, _positions(window))
-    if cfg.use_s2d and L > 1:
-        full_sorted, _, order = _sorted_by_bucket(model, full, full_side)
-        fine = _pack_context(model, _context_rows(ctx, order), full_sorted, order)
+    encoded = encoded or _encode_histories(model, hist)
+    window, take = _last_actions(encoded.full, window_width)
+    coarse = _pack_context(model, _context_rows(encoded.ctx, take), window, _positions(window))
+    full_sorted, fine = encoded.full_sorted, encoded.fine
     cache = _PrefixCache(len(model.blocks))
 
     # Level 1: one start query per user (BOS, plus the newest action with last_action_query) over the window.
@@ -329,9 +348,10 @@ def retrieve_indices(model: DualGR, index, hist: Histories, k: int, beam_width: 
     branches = [cfg.long_window]
     if merge_branches and cfg.use_dbr:
         branches.append(cfg.short_window)
+    encoded = _encode_histories(model, hist)
     all_items, all_scores = [], []
     for width in branches:
-        sids, scores = decode_branch(model, index, hist, width, beam_width, kernel)
+        sids, scores = decode_branch(model, index, hist, width, beam_width, kernel, encoded)
         items, item_scores = sids_to_items(index, sids, scores, k)
         all_items.append(items)
         all_scores.append(item_scores)

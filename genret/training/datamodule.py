@@ -139,6 +139,15 @@ def gather_batch(seq: UserSequences, rows: np.ndarray, codes: np.ndarray, user_f
     return batch
 
 
+TRAIN_WINDOW_MODES = ("last", "all")
+
+
+def _check_train_windows(mode: str) -> None:
+    if mode not in TRAIN_WINDOW_MODES:
+        raise ValueError(f"train_windows must be 'last' (one window per user) or 'all' (every positive a "
+                         f"target), got {mode!r}")
+
+
 def training_windows(pos_offsets: np.ndarray, max_history: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """The training examples as (user, end offset) pairs.
 
@@ -146,16 +155,15 @@ def training_windows(pos_offsets: np.ndarray, max_history: int, mode: str) -> tu
     into consecutive windows of `max_history`, newest first (the oldest may be shorter), so every
     positive is a target exactly once per epoch.
     """
+    _check_train_windows(mode)
     lengths = np.diff(pos_offsets)
     if mode == "last":
         users = np.nonzero(lengths > 0)[0]
         return users, pos_offsets[users + 1]
-    if mode == "all":
-        n_windows = -(-lengths // max_history)  # ceil
-        users = np.repeat(np.arange(len(lengths)), n_windows)
-        newest_first = np.arange(len(users)) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
-        return users, pos_offsets[users + 1] - newest_first * max_history
-    raise ValueError(f"train_windows must be 'last' or 'all', got {mode!r}")
+    n_windows = -(-lengths // max_history)  # "all": ceil
+    users = np.repeat(np.arange(len(lengths)), n_windows)
+    newest_first = np.arange(len(users)) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
+    return users, pos_offsets[users + 1] - newest_first * max_history
 
 
 class _Rows(Dataset):
@@ -208,9 +216,7 @@ class SequenceDataModule(pl.LightningDataModule):
         self.seed = seed
         self.side_features = list(side_features or [])
         self.side_buckets = side_buckets
-        if train_windows not in ("last", "all"):  # fail at construction, not at the first batch
-            raise ValueError(f"train_windows must be 'last' (one window per user) or 'all' (every positive a "
-                             f"target), got {train_windows!r}")
+        _check_train_windows(train_windows)  # at construction, not at setup
         self.train_windows = train_windows
         self._ready = False
 

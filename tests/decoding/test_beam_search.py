@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from genret.decoding.beam_search import (Histories, _context_rows, _last_actions, _pack_context, _positions,
-                                         _sorted_by_bucket, _window, decode_branch, merge_topk, model_codes,
-                                         retrieve_indices)
+from genret.decoding.beam_search import (Histories, _context_rows, _encode_histories, _last_actions, _pack_context,
+                                         _positions, _sorted_by_bucket, _window, decode_branch, merge_topk,
+                                         model_codes, retrieve_indices)
 from genret.models.dualgr import DualGR, DualGRConfig, TrainBatch
 from genret.tokenizers import SIDIndex
 
@@ -98,6 +98,18 @@ def test_last_action_query_starts_from_the_newest_action():
     starts.append(_pack_context(model, _context_rows(ctx, order), ordered, order).latest)
     torch.testing.assert_close(starts[0], starts[1])
     torch.testing.assert_close(starts[0], starts[2])
+
+
+@pytest.mark.parametrize("use_s2d", [True, False])
+def test_branches_sharing_one_encoding_decode_as_if_alone(use_s2d):
+    model, index, _ = make_model(use_s2d=use_s2d, encoder_blocks=1, cross_rope=True, last_action_query=True)
+    hist = histories([[1, 2, 3, 9, 10, 4, 17, 22], [], [6, 30]])
+    shared = _encode_histories(model, hist)
+    for width in (30, 4):
+        alone = decode_branch(model, index, hist, width, 16, "torch")
+        together = decode_branch(model, index, hist, width, 16, "torch", shared)
+        for a, b in zip(alone, together):
+            torch.testing.assert_close(a, b)
 
 
 def test_side_features_must_have_one_row_per_history_action():

@@ -15,11 +15,14 @@ peak come from benchmarks/bench_kernels.py run at the same shapes (printed at th
 
     python benchmarks/bench_decode.py                 # CPU, reduced size
     python benchmarks/bench_decode.py --device cuda   # GPU, paper size
+    python benchmarks/bench_decode.py --device cuda --profile 20   # + where the time goes
+    python benchmarks/bench_decode.py --device cuda --precision bf16   # bf16 autocast, all paths
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -44,6 +47,10 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-triton", action="store_true", help="skip the Triton path")
     p.add_argument("--no-kernel-bench", action="store_true", help="skip the per-kernel rates")
+    p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
+                   help="every path alike: fp32; tf32 matmuls (CUDA); or bf16 autocast (weights stay fp32)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing, profile one batch of the fastest path and print its N costliest ops")
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = args.device == "cuda"
@@ -151,6 +158,41 @@ def timed(fn, device, repeats):
     return times[len(times) // 2]
 
 
+def with_precision(fn, precision: str, device: str):
+    """fn run under the chosen precision: bf16 autocast, or fp32 (tf32 is a global switch, set in main)."""
+    if precision != "bf16":
+        return fn
+
+    def run():
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            return fn()
+
+    return run
+
+
+def profile(fn, name: str, device: str, rows: int) -> None:
+    """Where one batch's time goes: torch.profiler's op table, costliest first (device time on CUDA)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    fn()  # warm (compiles, allocator)
+    with torch_profile(activities=activities) as prof:
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    # torch >= 2.4 calls the GPU column "device" time; older releases call it "cuda" time.
+    keys = ["self_device_time_total", "self_cuda_time_total"] if device == "cuda" else ["self_cpu_time_total"]
+    for sort_by in keys:
+        try:
+            table = prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=60)
+        except (AttributeError, KeyError, ValueError):
+            continue
+        print(f"\nprofile of one batch, path {name!r}, sorted by {sort_by}:")
+        print(table)
+        return
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device == "cpu" and not args.no_triton and os.environ.get("TRITON_INTERPRET") != "1":
@@ -162,15 +204,19 @@ def main(argv=None) -> int:
     model, index = build(args)
     hist = histories(args)
     k = args.beam
+    if args.precision == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the Triton attention follows this switch too
+        torch.backends.cudnn.allow_tf32 = True
     print(f"device {args.device} ({torch.cuda.get_device_name(0) if args.device == 'cuda' else 'CPU'}), "
           f"users/batch {args.users}, beam {args.beam}, history {args.history}, d {args.d_model}, "
           f"heads {args.heads}, blocks {args.blocks}, codes 3 x {args.codes}, items {args.items:,}, "
-          f"threads {torch.get_num_threads()}")
+          f"threads {torch.get_num_threads()}, precision {args.precision}")
     paths = [("naive (recompute, per-beam K/V, topk)", lambda: naive_decode(model, index, hist, args.beam, k)),
              ("reference (kernel=torch)", lambda: retrieve_indices(model, index, hist, k, kernel="torch"))]
     if not args.no_triton:
         label = "triton" if args.device == "cuda" else "triton (INTERPRETER: correctness smoke, not speed)"
         paths.append((label, lambda: retrieve_indices(model, index, hist, k, kernel="triton")))
+    paths = [(name, with_precision(fn, args.precision, args.device)) for name, fn in paths]
     results = {}
     ref_items = None
     print(f"{'path':<52} {'ms/batch':>10} {'users/s':>10} {'vs naive':>9}  same items as reference")
@@ -184,6 +230,9 @@ def main(argv=None) -> int:
         naive = results[paths[0][0]]
         same = "-" if ref_items is None else f"{(items == ref_items).float().mean().item():.4f}"
         print(f"{name:<52} {seconds * 1e3:>10.1f} {args.users / seconds:>10.1f} {naive / seconds:>8.2f}x  {same}")
+    if args.profile:
+        fastest = min(results, key=results.get)
+        profile(dict(paths)[fastest], fastest, args.device, args.profile)
     if not args.no_kernel_bench:
         print("\nper-kernel rates at these shapes (benchmarks/bench_kernels.py):", flush=True)
         cmd = [sys.executable, str(Path(__file__).with_name("bench_kernels.py")), "--device", args.device,

@@ -185,14 +185,12 @@ def _decoder_step(model: DualGR, x: torch.Tensor, cache: _PrefixCache, ctx: _Con
         h = block.norm_self(x)
         q = block.self_attn.project_q(h)  # (U, W, H, Dh)
         k_new, v_new = block.self_attn.project_kv(h)
-        k, v = cache.extend(b, k_new, v_new)  # (U, W, n, H, Dh)
-        n = k.shape[2]
-        att = F.scaled_dot_product_attention(
-            q.reshape(U * W, 1, *q.shape[2:]).transpose(1, 2),
-            k.reshape(U * W, n, *k.shape[3:]).transpose(1, 2),
-            v.reshape(U * W, n, *v.shape[3:]).transpose(1, 2),
-        )  # (U*W, H, 1, Dh)
-        x = x + block.self_attn.out(att.transpose(1, 2).reshape(U, W, -1))
+        k, v = cache.extend(b, k_new, v_new)  # (U, W, n, H, Dh), n <= n_levels
+        # One query over at most n_levels keys: an explicit softmax. SDPA's tiled kernels spent 64x64
+        # tiles on it (1.3 ms a call at 32 users x 256 beams on an H100, a third of the decode).
+        scores = torch.einsum("uwhd,uwnhd->uwhn", q, k).float() * q.shape[-1] ** -0.5
+        att = torch.einsum("uwhn,uwnhd->uwhd", scores.softmax(-1).to(v.dtype), v)
+        x = x + block.self_attn.out(att.reshape(U, W, -1))
         h = block.norm_cross(x)
         qc = model.position_queries(block.cross_attn.project_q(h), ctx.lengths.unsqueeze(1).expand(U, W))
         out = decode_cross_attention(qc, ctx.keys[b], ctx.values[b], ctx.seg_offsets, key_lo, key_hi,

@@ -1,0 +1,40 @@
+"""benchmarks/bench_decode.py: its naive baseline decodes what genret's path decodes, and its options run."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_decode.py"
+TINY = ["--device", "cpu", "--users", "2", "--beam", "8", "--history", "30", "--items", "500", "--codes", "32",
+        "--d-model", "32", "--heads", "2", "--blocks", "1", "--repeats", "1"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_decode", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_naive_baseline_returns_the_reference_items(bench):
+    # A speed-up over a baseline means something only if the baseline computes the same lists.
+    from genret.decoding.beam_search import retrieve_indices
+
+    args = bench.parse_args(TINY)
+    model, index = bench.build(args)
+    hist = bench.histories(args)
+    naive_items, naive_scores = bench.naive_decode(model, index, hist, beam=8, k=8)
+    items, scores = retrieve_indices(model, index, hist, 8, kernel="torch")
+    assert torch.equal(naive_items, items)
+    torch.testing.assert_close(naive_scores, scores, rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_run_prints_every_path_and_a_profile(bench, capsys):
+    assert bench.main(TINY + ["--no-triton", "--no-kernel-bench", "--precision", "bf16", "--profile", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "precision bf16" in out
+    assert "naive (recompute" in out and "reference (kernel=torch)" in out
+    assert "profile of one batch" in out and "self_cpu_time_total" in out

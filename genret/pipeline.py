@@ -77,7 +77,20 @@ def evaluate_retriever(retriever, eval_set, ks=(5, 10, 20, 50, 100, 500), batch_
                        exclude_history: bool = True, history_margin: int = 20, desc: str = "evaluate",
                        max_users: int | None = None, user_feats: np.ndarray | None = None,
                        history_side: np.ndarray | None = None) -> dict[str, Any]:
-    """Leave-one-out full-ranking metrics of a generative retriever (its beam-search list).
+    """Leave-one-out full-ranking metrics of a generative retriever; args as `retriever_ranked_lists`."""
+    from genret.eval import ranking_metrics
+
+    ranked = retriever_ranked_lists(retriever, eval_set, max(ks), batch_size, exclude_history, history_margin,
+                                    desc, max_users, user_feats, history_side)
+    return ranking_metrics(ranked, eval_set.targets[:len(ranked)], ks)
+
+
+def retriever_ranked_lists(retriever, eval_set, k_max: int, batch_size: int = 64, exclude_history: bool = True,
+                           history_margin: int = 20, desc: str = "evaluate", max_users: int | None = None,
+                           user_feats: np.ndarray | None = None,
+                           history_side: np.ndarray | None = None) -> np.ndarray:
+    """(m, k_max) item indices, best first (-1 padded): a generative retriever's beam-search lists
+    for the first m users of `eval_set` (all, or `max_users`).
 
     With `exclude_history`, items already in a user's history are removed from the list (as for
     every model in `genret benchmark`); the beam then asks for `history_margin` extra items so the
@@ -85,9 +98,7 @@ def evaluate_retriever(retriever, eval_set, ks=(5, 10, 20, 50, 100, 500), batch_
     history actions when the model embeds side features.
     """
     from genret.decoding.beam_search import Histories
-    from genret.eval import ranking_metrics
 
-    k_max = max(ks)
     n_items = len(retriever.item_ids)
     k_req = min(k_max + (history_margin if exclude_history else 0), n_items)
     m = len(eval_set) if max_users is None else min(len(eval_set), max_users)
@@ -117,7 +128,7 @@ def evaluate_retriever(retriever, eval_set, ks=(5, 10, 20, 50, 100, 500), batch_
             items = np.take_along_axis(items, order, 1)
         ranked[start:stop] = items[:, :k_max] if items.shape[1] >= k_max else np.pad(
             items, ((0, 0), (0, k_max - items.shape[1])), constant_values=-1)
-    return ranking_metrics(ranked, eval_set.targets[:m], ks)
+    return ranked
 
 
 def user_features_for(datamodule, eval_set) -> np.ndarray:
@@ -142,8 +153,10 @@ def popularity_metrics(datamodule, ks, max_users: int | None = None) -> dict[str
 def run_variant(config: str | Path, out_dir: Path, variant: str = "dualgr", data: str | None = None,
                 overrides: list[str] | None = None, ks=(5, 10, 20, 50, 100, 500), eval_batch_size: int = 64,
                 max_eval_users: int | None = None, kernel: str = "auto") -> dict[str, Any]:
-    """Train one DualGR variant and evaluate it on valid and test. Returns a result dict."""
+    """Train one DualGR variant and evaluate it on valid and test. Returns a result dict; its
+    "test_ranks" holds each test user's target rank (-1: not listed) for paired comparisons."""
     from genret.decoding.retriever import Retriever
+    from genret.eval import ranking_metrics, target_ranks
 
     out_dir.mkdir(parents=True, exist_ok=True)
     module, dm, trainer = build(config, out_dir, overrides, VARIANTS[variant], data)
@@ -153,9 +166,12 @@ def run_variant(config: str | Path, out_dir: Path, variant: str = "dualgr", data
                               "dataset": dm.log_all.name, "sid_report": dm.sid_report, "datamodule": dm}
     for stage, key in (("valid", "val"), ("test", "test")):
         es = dm.split.eval_set(stage)
-        result[key] = evaluate_retriever(retriever, es, ks, eval_batch_size, desc=f"{variant} {stage}",
-                                         max_users=max_eval_users, user_feats=user_features_for(dm, es),
-                                         history_side=dm.history_side(es))
+        ranked = retriever_ranked_lists(retriever, es, max(ks), eval_batch_size, desc=f"{variant} {stage}",
+                                        max_users=max_eval_users, user_feats=user_features_for(dm, es),
+                                        history_side=dm.history_side(es))
+        targets = es.targets[:len(ranked)]
+        result[key] = ranking_metrics(ranked, targets, ks)
+    result["test_ranks"] = target_ranks(ranked, targets)
     return result
 
 

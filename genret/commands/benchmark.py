@@ -97,7 +97,8 @@ def main(argv: list[str]) -> int:
     report = write_report(out, metrics, train_log_csv=_latest_metrics_csv(out))
     print(format_metrics_table({args.model: main_res, **baselines}))
     if args.ablations:
-        print(format_ablation_table({name: r for name, r in results.items()}))
+        print(format_ablation_table({name: r for name, r in results.items()},
+                                    ranks={name: r["test_ranks"] for name, r in results.items()}))
     print(f"[genret] wrote {out / 'metrics.json'} and {report} in {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from genret.eval.metrics import paired_hit_difference
 from genret.io import ARTIFACT_VERSION, atomic_path, write_json, write_text
 
 # Published numbers under the same protocols (see shared/data/README.md, "Published reference numbers").
@@ -120,14 +121,19 @@ def format_metrics_table(rows: Mapping[str, Mapping[str, Any]], ks: Iterable[int
     return table
 
 
-def format_ablation_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
+def format_ablation_table(rows: Mapping[str, Mapping[str, Any]], ranks: Mapping[str, Any] | None = None,
+                          reference: str = "dualgr") -> str:
     """The DualGR paper's Table 2 layout: Method | HR@100 | HR@500 | HR@1000, in percent.
 
     Uses whichever of HR@100/500/1000 the rows hold (all HR@K when none of those), plus NDCG@10
-    when present. Rows keep their order (the paper lists the full model last).
+    when present. Rows keep their order (the paper lists the full model last). With per-user test
+    ranks, a last column gives each method's HR@K (the first K shown) minus the reference's on the
+    same users, with its paired 95% interval: a gap whose interval holds 0 is noise.
 
     Args:
         rows: method name -> metrics (flat or metrics.json-style with "test").
+        ranks: method name -> (m,) test target ranks (`target_ranks`), same users for every method.
+        reference: the method the differences are taken against.
 
     Returns:
         The table as text (markdown pipe syntax).
@@ -137,10 +143,20 @@ def format_ablation_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     shown = [k for k in hr_ks if k in (100, 500, 1000)] or hr_ks
     with_ndcg = 10 in _ks_in(flat.values(), "ndcg")
     header = ["Method"] + [f"HR@{k}" for k in shown] + (["NDCG@10"] if with_ndcg else [])
+    paired = bool(ranks) and reference in ranks and bool(shown)
+    if paired:
+        header.append(f"HR@{shown[0]} - {reference} (95% CI)")
     body = []
     for method, m in flat.items():
         row = [method] + [_cell(m, "hr", k, percent=True) for k in shown]
-        body.append(row + ([_cell(m, "ndcg", 10, percent=True)] if with_ndcg else []))
+        row += [_cell(m, "ndcg", 10, percent=True)] if with_ndcg else []
+        if paired:
+            if method == reference or method not in ranks:
+                row.append("-")
+            else:
+                diff, half = paired_hit_difference(ranks[method], ranks[reference], shown[0])
+                row.append(f"{100 * diff:+.2f} ± {100 * half:.2f} pts")
+        body.append(row)
     return _render_table(header, body)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from genret.eval import DEFAULT_KS, ranking_metrics, target_ranks
+from genret.eval import DEFAULT_KS, paired_hit_difference, ranking_metrics, target_ranks
 
 
 def test_hand_checked_values():
@@ -82,3 +82,22 @@ def test_duplicate_target_counts_first_position_and_matches_loop(monkeypatch):
 def test_bad_input_raises(ranked, targets, ks, message):
     with pytest.raises(ValueError, match=message):
         ranking_metrics(ranked, targets, ks=ks)
+
+
+def test_paired_hit_difference_by_hand():
+    # HR@2: a hits users 0, 1, 2; b hits users 1, 3 -> per-user differences [1, 0, 1, -1, 0].
+    a = np.array([0, 1, 1, 5, -1])
+    b = np.array([-1, 0, 4, 1, 3])
+    diff, half = paired_hit_difference(a, b, k=2)
+    d = np.array([1, 0, 1, -1, 0], dtype=float)
+    assert diff == pytest.approx(0.2)
+    assert half == pytest.approx(1.96 * d.std(ddof=1) / math.sqrt(5))
+    # Identical rankings: no difference and no spread.
+    assert paired_hit_difference(a, a, k=2) == (0.0, 0.0)
+
+
+def test_paired_hit_difference_needs_the_same_users():
+    with pytest.raises(ValueError, match="same users"):
+        paired_hit_difference(np.zeros(3, int), np.zeros(4, int), k=1)
+    with pytest.raises(ValueError, match="empty"):
+        paired_hit_difference(np.zeros(0, int), np.zeros(0, int), k=1)

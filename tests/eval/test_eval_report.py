@@ -1,6 +1,7 @@
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from genret.eval import (
@@ -83,6 +84,15 @@ def test_tables():
     assert cells[0] == ["Method", "HR@100", "HR@500", "HR@1000", "NDCG@10"]
     assert cells[2] == ["w/o DBR", "5.134%", "8.892%", "-", "1.000%"]
     assert cells[3] == ["DualGR", "6.827%", "10.319%", "19.529%", "-"]
+
+    # With per-user test ranks: each method's HR@100 minus the reference's on the same users.
+    ranks = {"w/o DBR": np.array([5, 150, -1, 99]), "DualGR": np.array([5, 50, 7, 300])}
+    cells = [[c.strip() for c in line.strip("|").split("|")]
+             for line in format_ablation_table(rows, ranks=ranks, reference="DualGR").splitlines()]
+    assert cells[0][-1] == "HR@100 - DualGR (95% CI)"
+    half = 100 * 1.96 * np.std([0, -1, -1, 1], ddof=1) / 2
+    assert cells[2][-1] == f"-25.00 ± {half:.2f} pts"
+    assert cells[3][-1] == "-"
 
 
 def test_write_report_with_plots(tmp_path):

@@ -174,6 +174,9 @@ def test_benchmark_ablations_print_table_2_and_skip_entp_without_negatives(tmp_p
     table = printed[printed.index("| Method"):]
     assert [line.split("|")[1].strip() for line in table.splitlines()[2:7]] == [
         "dualgr", "w/o DBR", "w/o S2D", "w/o ENTP", "tiger"]
+    # The paired column: each variant against dualgr on the same users; the reused run differs by nothing.
+    assert "HR@100 - dualgr (95% CI)" in table.splitlines()[0]
+    assert table.splitlines()[5].split("|")[-2].strip() == "+0.00 ± 0.00 pts"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["baselines"]["w/o ENTP"]["test"] == metrics["test"]
     assert metrics["baselines"]["tiger"]["test"] != metrics["test"]

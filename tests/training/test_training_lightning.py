@@ -194,3 +194,30 @@ def test_shipped_configs_parse(tmp_path, name):
     assert module.config.d_model % module.config.n_heads == 0
     assert dm.max_history >= module.config.long_window
     assert trainer.max_epochs >= 1
+
+
+@pytest.mark.slow
+def test_benchmark_builds_sids_from_a_trained_sasrec(tmp_path, tiny_args):
+    from genret.cli import main
+
+    import yaml
+
+    config = yaml.safe_load((ROOT / "configs" / "sasrec_ml1m.yaml").read_text())
+    config["data"].pop("load_kwargs")  # ML-1M loader options; the synthetic generator takes none
+    sasrec = tmp_path / "sasrec.yaml"
+    sasrec.write_text(yaml.safe_dump(config))
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--model", "dualgr", "--data", "synthetic:300x400", "--config",
+            str(ROOT / "configs" / "quickstart.yaml"), "--out", str(out), "--ks", "10", "--max-eval-users", "30",
+            "--kernel", "torch", "--sid-embeddings-from", str(sasrec), "--sid-embeddings-epochs", "1", *tiny_args]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    stage = metrics["sid_embeddings"]
+    assert stage["checkpoint"] == str(out / "sid_embeddings" / "model.ckpt") and stage["train_seconds"] > 0
+    assert stage["max_epochs_override"] == 1 and "hr@10" in stage["test"]
+    # The tokenizer read the SASRec checkpoint's item vectors, not the config's own source.
+    assert "checkpoint" in json.dumps(metrics["sid_report"])
+    assert metrics["total_seconds"] > metrics["train_seconds"] + stage["train_seconds"]
+
+    with pytest.raises(SystemExit):
+        main([*argv, "--data.sid.embeddings", "collaborative"])

@@ -22,7 +22,6 @@ peak come from benchmarks/bench_kernels.py run at the same shapes (printed at th
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import subprocess
 import sys

@@ -37,6 +37,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sid-embeddings-epochs", type=int, default=None,
                         help="max_epochs for that model (default: its YAML's)")
     args, overrides = parser.parse_known_args(argv)
+    if args.sid_embeddings_from is not None:
+        if args.model not in ("dualgr", "tiger"):
+            parser.error(f"--sid-embeddings-from builds SIDs, which --model {args.model} does not use")
+        if not Path(args.sid_embeddings_from).is_file():
+            parser.error(f"--sid-embeddings-from {args.sid_embeddings_from} is not a file; pass a KuaiFormer / "
+                         "SASRec YAML such as configs/sasrec_ml1m.yaml")
+        if any(arg.split("=")[0] == "--data.sid.embeddings" for arg in overrides):
+            parser.error("--sid-embeddings-from and --data.sid.embeddings both choose the SID embeddings; pass one")
+    elif args.sid_embeddings_epochs is not None:
+        parser.error("--sid-embeddings-epochs needs --sid-embeddings-from")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from genret import pipeline
     from genret.eval import format_ablation_table, format_metrics_table, write_metrics, write_report
@@ -76,8 +86,6 @@ def main(argv: list[str]) -> int:
 
     sid_stage = None
     if args.sid_embeddings_from:
-        if any(arg.split("=")[0] == "--data.sid.embeddings" for arg in overrides):
-            parser.error("--sid-embeddings-from and --data.sid.embeddings both choose the SID embeddings; pass one")
         sid_stage = _train_sid_embedding_model(args, out / "sid_embeddings", ks)
         overrides = [*overrides, "--data.sid.embeddings", sid_stage["checkpoint"]]
 
@@ -122,9 +130,6 @@ def _train_sid_embedding_model(args, out: Path, ks) -> dict:
     from genret.training.kuaiformer_module import run_embedding_benchmark
 
     config = Path(args.sid_embeddings_from)
-    if not config.is_file():
-        raise SystemExit(f"genret benchmark: --sid-embeddings-from {config} is not a file; pass a KuaiFormer / "
-                         "SASRec YAML such as configs/sasrec_ml1m.yaml")
     overrides = [] if args.sid_embeddings_epochs is None else ["--trainer.max_epochs", str(args.sid_embeddings_epochs)]
     print(f"[genret] training {config} for the SID item vectors (its time counts in the total)")
     res = run_embedding_benchmark(str(config), out, data=args.data, overrides=overrides, ks=ks,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from genret import pipeline
 from genret.decoding.retriever import Retriever
@@ -200,8 +201,6 @@ def test_shipped_configs_parse(tmp_path, name):
 def test_benchmark_builds_sids_from_a_trained_sasrec(tmp_path, tiny_args):
     from genret.cli import main
 
-    import yaml
-
     config = yaml.safe_load((ROOT / "configs" / "sasrec_ml1m.yaml").read_text())
     config["data"].pop("load_kwargs")  # ML-1M loader options; the synthetic generator takes none
     sasrec = tmp_path / "sasrec.yaml"
@@ -219,5 +218,9 @@ def test_benchmark_builds_sids_from_a_trained_sasrec(tmp_path, tiny_args):
     assert "checkpoint" in json.dumps(metrics["sid_report"])
     assert metrics["total_seconds"] > metrics["train_seconds"] + stage["train_seconds"]
 
-    with pytest.raises(SystemExit):
-        main([*argv, "--data.sid.embeddings", "collaborative"])
+    # Refused before any training: a clash with the YAML key, a model without SIDs, a missing file.
+    for bad in ([*argv, "--data.sid.embeddings", "collaborative"],
+                [*argv[:2], "sasrec", *argv[3:]],
+                [a if a != str(sasrec) else str(tmp_path / "missing.yaml") for a in argv]):
+        with pytest.raises(SystemExit):
+            main(bad)

@@ -76,15 +76,21 @@ def _context_rows(ctx: torch.Tensor, take: torch.Tensor) -> torch.Tensor:
     return torch.cat([ctx[:, :1], actions], 1)
 
 
+def _tail_indices(start: torch.Tensor, end: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [start, end) per user, cut to their last `width`, left-aligned: positions (U, T) and
+    which of them are real (U, T) bool; T = the longest kept row (at least 1)."""
+    length = (end - start).clamp(max=width)
+    T = max(int(length.max().item()) if length.numel() else 0, 1)
+    j = torch.arange(T, device=start.device)
+    return (end - length).unsqueeze(1) + j, j < length.unsqueeze(1)
+
+
 def _last_actions(full: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The last `width` actions of each left-aligned history full (U, T): items (U, T') (-1
     padded, left-aligned) and their indices into full."""
-    n = (full >= 0).sum(1)
-    length = n.clamp(max=width)
-    T = max(int(length.max().item()) if length.numel() else 0, 1)
-    j = torch.arange(T, device=full.device)
-    take = ((n - length).unsqueeze(1) + j).clamp(max=full.shape[1] - 1)
-    items = torch.where(j < length.unsqueeze(1), full.gather(1, take), torch.full_like(take, -1))
+    take, valid = _tail_indices(torch.zeros_like(full[:, 0]), (full >= 0).sum(1), width)
+    take = take.clamp(max=full.shape[1] - 1)
+    items = torch.where(valid, full.gather(1, take), torch.full_like(take, -1))
     return items, take
 
 
@@ -97,13 +103,7 @@ def model_codes(model: DualGR, items: torch.Tensor) -> torch.Tensor:
 def _window(model: DualGR, hist: Histories, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The last min(width, max_history) actions of each history, left-aligned:
     items (U, T) (-1 = padding) and their side-feature buckets (U, T, S) (0 at padding)."""
-    width = min(width, model.cfg.max_history)
-    start, end = hist.offsets[:-1], hist.offsets[1:]
-    length = (end - start).clamp(max=width)
-    T = max(int(length.max().item()) if length.numel() else 0, 1)
-    j = torch.arange(T, device=start.device)
-    idx = (end - length).unsqueeze(1) + j
-    valid = j < length.unsqueeze(1)
+    idx, valid = _tail_indices(hist.offsets[:-1], hist.offsets[1:], min(width, model.cfg.max_history))
     safe = idx.clamp(max=max(hist.items.numel() - 1, 0))
     gathered = hist.items[safe] if hist.items.numel() else torch.zeros_like(idx)
     items = torch.where(valid, gathered, torch.full_like(idx, -1))

@@ -138,18 +138,13 @@ def _sorted_by_bucket(model: DualGR, window: torch.Tensor, side: torch.Tensor
 
 def _bucket_ranges(model: DualGR, sorted_items: torch.Tensor, beam_s1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(U, T) bucket-sorted history, (U, W) beam s1 -> key_lo, key_hi (U, W), relative to the
-    segment start (+1 for the user token), capped to the `in_bucket_cap` most recent; with
-    `s2d_fallback` a beam whose bucket is empty gets every action."""
+    segment start (+1 for the user token), capped to the `in_bucket_cap` most recent."""
     K = model.cfg.codebook_size
     s1 = model_codes(model, sorted_items)[..., 0]
     s1 = torch.where(sorted_items >= 0, s1, torch.full_like(s1, K))  # padding sorts after every bucket
     lo = torch.searchsorted(s1.contiguous(), beam_s1.contiguous(), right=False)
     hi = torch.searchsorted(s1.contiguous(), beam_s1.contiguous(), right=True)
     lo = torch.maximum(lo, hi - model.cfg.in_bucket_cap)
-    if model.cfg.s2d_fallback:  # an empty bucket reads the whole history, as in training
-        empty = lo == hi
-        lo = torch.where(empty, torch.zeros_like(lo), lo)
-        hi = torch.where(empty, (sorted_items >= 0).sum(1, keepdim=True).expand_as(hi), hi)
     return lo + 1, hi + 1
 
 

@@ -56,10 +56,6 @@ class DualGRConfig:
     in_bucket_cap: int = 64  # S2D: most recent same-s1 actions kept
     use_dbr: bool = True  # off: the long branch only ("w/o DBR")
     use_s2d: bool = True  # off: fine levels see the level-1 context ("w/o S2D")
-    # S2D on short histories: a fine-level target whose s1 bucket holds no earlier action would see
-    # the user token alone (two thirds of Amazon Beauty's targets). On, such a target sees every
-    # action of its history instead; targets with same-bucket actions keep the in-bucket context.
-    s2d_fallback: bool = False
     use_entp: bool = True  # off: plain NTP, negatives ignored ("w/o ENTP")
     # Recency in cross-attention: rotary positions on half of each head's dims of the action keys
     # and target queries, so a score depends on how long ago an action happened (the actions carry
@@ -391,8 +387,7 @@ class DualGR(nn.Module):
     def in_bucket_mask(self, level1: torch.Tensor, valid: torch.Tensor, target_level1: torch.Tensor,
                        positions: torch.Tensor) -> torch.Tensor:
         """S2D (eq. 8): actions before each target with the target's s1, the most recent
-        `in_bucket_cap` of them (with `s2d_fallback`, every action before it when there are none).
-        (B, Q) -> (B, Q, 1 + T)."""
+        `in_bucket_cap` of them. (B, Q) -> (B, Q, 1 + T)."""
         T = level1.shape[1]
         j = torch.arange(T, device=level1.device)
         same = (level1.unsqueeze(1) == target_level1.unsqueeze(-1)) & valid.unsqueeze(1)
@@ -400,9 +395,6 @@ class DualGR(nn.Module):
         # rank from the most recent: how many same-bucket actions come at or after j (before t).
         recency_rank = same.flip(-1).long().cumsum(-1).flip(-1)
         same &= recency_rank <= self.cfg.in_bucket_cap
-        if self.cfg.s2d_fallback:
-            before = valid.unsqueeze(1) & (j < positions.unsqueeze(-1))
-            same = torch.where(same.any(-1, keepdim=True), same, before)
         return F.pad(same, (1, 0), value=True)
 
     # ------------------------------------------------------------------ training forward

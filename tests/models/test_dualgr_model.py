@@ -141,18 +141,6 @@ def test_in_bucket_mask_keeps_only_same_bucket_recent_actions():
     assert not (m[..., 1:] & ~same).any()
 
 
-def test_s2d_fallback_shows_the_whole_history_only_to_empty_buckets():
-    level1 = torch.tensor([[3, 5, 3, 3, 5, 3, 1]])
-    valid = torch.tensor([[True] * 6 + [False]])
-    targets, positions = torch.tensor([[3, 5, 1, 7]]), torch.tensor([[6, 6, 7, 2]])
-    plain = DualGR(make_config(in_bucket_cap=2)).in_bucket_mask(level1, valid, targets, positions)
-    mask = DualGR(make_config(in_bucket_cap=2, s2d_fallback=True)).in_bucket_mask(level1, valid, targets, positions)
-    assert torch.equal(mask[0, :2], plain[0, :2])  # buckets with actions keep S2D's context
-    assert mask[0, 2, 1:].nonzero().flatten().tolist() == [0, 1, 2, 3, 4, 5]  # every valid action before t=7
-    assert mask[0, 3, 1:].nonzero().flatten().tolist() == [0, 1]  # only those before t=2
-    assert not plain[0, 2:, 1:].any()
-
-
 def test_tied_heads_share_one_tensor_through_training_and_a_state_dict_round_trip():
     model = DualGR(make_config(tied_levels=2))
     assert model.heads[0].weight is model.sid_embeddings[0].weight

@@ -75,11 +75,6 @@ class DualGRConfig:
     # embeddings too): the item-id rows of a sparse catalogue otherwise memorise the training
     # sequences within a few epochs.
     context_dropout: float = 0.0
-    # The output heads of the first `tied_levels` levels share their weights with those levels'
-    # input code embeddings (as SASRec shares item embeddings): a code is predicted by the same
-    # vector that describes it in a history. On Beauty, tying level 1 stops its validation NLL from
-    # rising after the first epochs (the coarse head otherwise memorises).
-    tied_levels: int = 0
     alpha: float = 0.1  # ENTP negative weight
     eps: float = 1e-6  # probability clip for ENTP
 
@@ -98,8 +93,6 @@ class DualGRConfig:
             raise ValueError(f"alpha must be >= 0, got {self.alpha}")
         if not 0 <= self.context_dropout < 1:
             raise ValueError(f"context_dropout must lie in [0, 1), got {self.context_dropout}")
-        if not 0 <= self.tied_levels <= self.n_levels:
-            raise ValueError(f"tied_levels must lie in [0, n_levels={self.n_levels}], got {self.tied_levels}")
         if self.encoder_blocks < 0:
             raise ValueError(f"encoder_blocks must be >= 0, got {self.encoder_blocks}")
 
@@ -252,8 +245,6 @@ class DualGR(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_blocks))
         self.final_norm = nn.LayerNorm(d)
         self.heads = nn.ModuleList(nn.Linear(d, K) for _ in range(L))
-        for head, codes in list(zip(self.heads, self.sid_embeddings))[: cfg.tied_levels]:
-            head.weight = codes.weight
         # Every item's SID, for decoding from raw histories (set by set_item_codes; not trained).
         self.register_buffer("item_codes", torch.zeros(0, L, dtype=torch.long), persistent=False)
         self.apply(self._init_weights)

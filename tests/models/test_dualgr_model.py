@@ -141,23 +141,6 @@ def test_in_bucket_mask_keeps_only_same_bucket_recent_actions():
     assert not (m[..., 1:] & ~same).any()
 
 
-def test_tied_heads_share_one_tensor_through_training_and_a_state_dict_round_trip():
-    model = DualGR(make_config(tied_levels=2))
-    assert model.heads[0].weight is model.sid_embeddings[0].weight
-    assert model.heads[1].weight is model.sid_embeddings[1].weight
-    assert model.heads[2].weight is not model.sid_embeddings[2].weight
-    n_tied = sum(p.numel() for p in DualGR(make_config()).parameters()) - sum(p.numel() for p in model.parameters())
-    assert n_tied == 2 * K * 32  # one (K, d) matrix saved per tied level
-    model.loss(make_batch())["loss"].backward()
-    assert model.sid_embeddings[0].weight.grad.abs().sum() > 0  # as input and as output
-    copy = DualGR(make_config(tied_levels=2))
-    copy.load_state_dict(model.state_dict())
-    assert copy.heads[1].weight is copy.sid_embeddings[1].weight
-    torch.testing.assert_close(copy.heads[1].weight, model.sid_embeddings[1].weight)
-    with pytest.raises(ValueError, match="tied_levels"):
-        DualGR(make_config(tied_levels=L + 1))
-
-
 def test_window_mask_widths():
     model = DualGR(make_config(short_window=2, long_window=5))
     valid = torch.ones(1, 8, dtype=torch.bool)

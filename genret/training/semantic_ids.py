@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from genret.io import atomic_path
+
 log = logging.getLogger(__name__)
 
 
@@ -127,8 +129,7 @@ def title_embeddings(titles: list, name: str, cache_dir: str | None) -> np.ndarr
     run before the RQ-KMeans cache can even be looked up (its key hashes the embeddings). A cache
     file that cannot be read, or has the wrong number of rows, is recomputed and overwritten.
     """
-    from genret.io import atomic_path
-    from genret.tokenizers.text_embeddings import embed_titles
+    from genret.tokenizers.text_embeddings import embed_titles  # the optional `text` extra
 
     if cache_dir is None:
         return embed_titles(titles)

@@ -21,7 +21,9 @@ class SIDConfig:
 
     embeddings: "auto" (the data set's own item embeddings when it has them, e.g. the synthetic
         content vectors, else collaborative ones), "collaborative" (truncated SVD of the training
-        user-item matrix), "titles" (sentence embeddings of item titles; needs genret[text]), a
+        user-item matrix), "sequential" (truncated SVD of the positive PMI of items that
+        follow each other within `sequence_window` actions in the training sequences: item2vec's
+        objective solved in closed form), "titles" (sentence embeddings of item titles; needs genret[text]), a
         path to an (n_items, d) .npy file in the data set's dense item order, or a KuaiFormer /
         SASRec checkpoint (.ckpt from `genret benchmark --model sasrec`) whose item vectors are used
         after checking that it was trained on the same catalogue.
@@ -34,7 +36,8 @@ class SIDConfig:
     codebook_size: int = 256
     n_iter: int = 20
     embeddings: str = "auto"
-    embedding_dim: int = 64  # for collaborative embeddings
+    embedding_dim: int = 64  # for collaborative and sequential embeddings
+    sequence_window: int = 5  # for sequential embeddings: how many later actions count as an item's context
     seed: int = 0
     unique_sids: bool = True
     cache_dir: str | None = "runs/cache"  # fitted tokenizers are reused across runs; None = no cache
@@ -63,13 +66,64 @@ def collaborative_item_embeddings(users: np.ndarray, items: np.ndarray, n_users:
     weighted = matrix.multiply(idf[None, :]).tocsr().T.tocsr()  # (n_items, n_users)
     dim = max(2, min(dim, min(weighted.shape) - 1))
     vectors = TruncatedSVD(n_components=dim, random_state=seed, algorithm="randomized").fit_transform(weighted)
+    return _unit_rows(vectors, seed)
+
+
+def _unit_rows(vectors: np.ndarray, seed: int) -> np.ndarray:
+    """L2-normalised float32 rows; an all-zero row (an item never seen in training) becomes a tiny
+    random unit vector instead of NaN."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    # Items never seen in training get a tiny random vector instead of NaN.
     rng = np.random.default_rng(seed)
     unseen = norms[:, 0] == 0
-    vectors[unseen] = rng.normal(scale=1e-3, size=(unseen.sum(), dim))
+    vectors[unseen] = rng.normal(scale=1e-3, size=(unseen.sum(), vectors.shape[1]))
     norms[unseen] = np.linalg.norm(vectors[unseen], axis=1, keepdims=True)
     return (vectors / norms).astype(np.float32)
+
+
+def sequential_item_embeddings(users: np.ndarray, items: np.ndarray, n_items: int, dim: int = 64,
+                               window: int = 5, seed: int = 0) -> np.ndarray:
+    """Item vectors from the order of actions: truncated SVD of the positive PMI matrix of items that
+    occur within `window` actions of each other in a user's time-ordered positives.
+
+    The user-item SVD (collaborative_item_embeddings) puts items together when the same users ever
+    touched them; a next-item model needs them together when they follow each other, which is what
+    a SASRec's item vectors learn and what item2vec's skip-gram objective factorises (Levy and
+    Goldberg, 2014: skip-gram with negative sampling ~ a factorisation of the shifted PMI). Closer
+    pairs weigh more (1/offset); contexts use counts**0.75 as word2vec does, so rare items do not get
+    inflated PMIs.
+
+    Args:
+        users, items: (n,) int64 positives sorted by (user, time) (training split only).
+    Returns:
+        (n_items, dim) float32, rows L2-normalised; items with no co-occurrence get a tiny random vector.
+    """
+    from scipy.sparse import coo_matrix
+    from sklearn.decomposition import TruncatedSVD
+
+    if window < 1:
+        raise ValueError(f"sequence_window must be >= 1, got {window}")
+    rows, cols, weights = [], [], []
+    for offset in range(1, window + 1):
+        same_user = users[offset:] == users[:-offset]
+        a, b = items[:-offset][same_user], items[offset:][same_user]
+        w = np.full(len(a), 1.0 / offset, np.float32)
+        rows += [a, b]
+        cols += [b, a]
+        weights += [w, w]
+    counts = coo_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))),
+                        shape=(n_items, n_items)).tocsr()
+    counts.sum_duplicates()
+    row_sum = np.asarray(counts.sum(1)).ravel()
+    context = np.asarray(counts.sum(0)).ravel() ** 0.75
+    coo = counts.tocoo()
+    # PMI = log p(i, j) / (p(i) p_0.75(j)) = log c_ij * sum(context) / (row_i * context_j); no shift.
+    pmi = np.log(coo.data * context.sum() / (row_sum[coo.row] * context[coo.col]))
+    keep = pmi > 0
+    ppmi = coo_matrix((pmi[keep].astype(np.float32), (coo.row[keep], coo.col[keep])), shape=counts.shape).tocsr()
+    dim = max(2, min(dim, n_items - 1))
+    svd = TruncatedSVD(n_components=dim, random_state=seed, algorithm="randomized")
+    vectors = svd.fit_transform(ppmi)  # U * S; the 1/sqrt(S) rescaling would only reweigh components
+    return _unit_rows(vectors, seed)
 
 
 def item_embeddings_for(log_all, train_log, cfg: SIDConfig) -> tuple[np.ndarray, str]:
@@ -86,6 +140,11 @@ def item_embeddings_for(log_all, train_log, cfg: SIDConfig) -> tuple[np.ndarray,
         emb = collaborative_item_embeddings(train_log.user[positive], train_log.item[positive],
                                             train_log.n_users, train_log.n_items, cfg.embedding_dim, cfg.seed)
         return emb, f"collaborative SVD ({emb.shape[1]}-d) of the training split"
+    if choice == "sequential":
+        positive = train_log.label == 1
+        emb = sequential_item_embeddings(train_log.user[positive], train_log.item[positive], train_log.n_items,
+                                         cfg.embedding_dim, cfg.sequence_window, cfg.seed)
+        return emb, f"sequential PPMI SVD ({emb.shape[1]}-d, window {cfg.sequence_window}) of the training split"
     if choice == "titles":
         if not log_all.item_titles:
             raise ValueError(f"data set {log_all.name!r} has no item titles; use embeddings: collaborative")
@@ -94,7 +153,7 @@ def item_embeddings_for(log_all, train_log, cfg: SIDConfig) -> tuple[np.ndarray,
     path = Path(choice)
     if not path.is_file():
         raise ValueError(
-            f"embeddings={choice!r} is neither auto/dataset/collaborative/titles nor an existing .npy / .ckpt file"
+            f"embeddings={choice!r} is neither auto/dataset/collaborative/sequential/titles nor an existing .npy / .ckpt file"
         )
     if path.suffix == ".ckpt":
         return _checkpoint_item_vectors(path, log_all)

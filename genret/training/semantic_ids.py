@@ -111,8 +111,7 @@ def sequential_item_embeddings(users: np.ndarray, items: np.ndarray, n_items: in
         cols += [b, a]
         weights += [w, w]
     counts = coo_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))),
-                        shape=(n_items, n_items)).tocsr()
-    counts.sum_duplicates()
+                        shape=(n_items, n_items)).tocsr()  # tocsr sums the repeated pairs
     row_sum = np.asarray(counts.sum(1)).ravel()
     context = np.asarray(counts.sum(0)).ravel() ** 0.75
     coo = counts.tocoo()

@@ -1,5 +1,7 @@
 """DualGR training-step throughput (targets/s): all targets of a sequence in one pass vs one
-padded example per prefix (the slow toy version), measured in the same run on the same batches.
+padded example per prefix (the slow toy version), measured in the same run on the same batches;
+then genret's CPU dropout (genret/models/cpu_dropout.py) vs torch's `nn.Dropout` in the same model,
+alternating rounds on the same batches (on a CPU the mask's random draws are a sixth of a step).
 
     python benchmarks/bench_train.py --config configs/dualgr_ml1m.yaml --data /path/to/ml-1m
     python benchmarks/bench_train.py                       # quickstart config, synthetic data
@@ -27,6 +29,7 @@ def parse_args(argv=None):
     p.add_argument("--data", default=None, help="override the config's data")
     p.add_argument("--steps", type=int, default=5, help="timed optimiser steps per variant")
     p.add_argument("--naive-steps", type=int, default=2)
+    p.add_argument("--dropout-rounds", type=int, default=2, help="alternating rounds of the dropout comparison")
     return p.parse_args(argv)
 
 
@@ -73,6 +76,20 @@ def time_steps(model, batches, steps):
     return time.perf_counter() - start, targets, negatives
 
 
+def with_torch_dropout(model):
+    """A copy of `model` whose CPUFastDropout modules are torch's nn.Dropout (same p)."""
+    import copy
+
+    from genret.models.cpu_dropout import CPUFastDropout
+
+    twin = copy.deepcopy(model)
+    for parent in twin.modules():
+        for name, child in list(parent.named_children()):
+            if isinstance(child, CPUFastDropout):
+                setattr(parent, name, torch.nn.Dropout(child.p))
+    return twin
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from genret import pipeline
@@ -98,6 +115,16 @@ def main(argv=None) -> int:
     slow = targets_n / seconds_n
     print(f"one example per prefix: {slow:10.0f} targets/s  ({seconds_n / args.naive_steps * 1e3:.0f} ms/step)")
     print(f"speed-up: {fast / slow:.1f}x")
+    # Dropout: alternate the two models so drift in the machine's speed hits both alike.
+    twin = with_torch_dropout(model)
+    spent = {"genret CPU dropout": 0.0, "torch nn.Dropout": 0.0}
+    for _ in range(args.dropout_rounds):
+        for name, m in (("genret CPU dropout", model), ("torch nn.Dropout", twin)):
+            spent[name] += time_steps(m, batches, args.steps)[0]
+    n_steps = args.dropout_rounds * args.steps
+    for name, sec in spent.items():
+        print(f"{name:<20}: {sec / n_steps * 1e3:6.0f} ms/step  (dropout {cfg.dropout}, {n_steps} steps)")
+    print(f"dropout speed-up: {spent['torch nn.Dropout'] / spent['genret CPU dropout']:.2f}x")
     return 0
 
 

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genret.models.cpu_dropout import CPUFastDropout
+
 
 @dataclass
 class DualGRConfig:
@@ -91,6 +93,8 @@ class DualGRConfig:
             raise ValueError(f"long_window={self.long_window} exceeds max_history={self.max_history}")
         if self.alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if not 0 <= self.context_dropout < 1:
             raise ValueError(f"context_dropout must lie in [0, 1), got {self.context_dropout}")
         if self.encoder_blocks < 0:
@@ -153,7 +157,7 @@ class DecoderBlock(nn.Module):
         self.cross_attn = Attention(d, cfg.n_heads)
         self.norm_ffn = nn.LayerNorm(d)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.d_ffn), nn.GELU(), nn.Linear(cfg.d_ffn, d))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = CPUFastDropout(cfg.dropout)
 
     def self_attention(self, x: torch.Tensor) -> torch.Tensor:
         """x (G, Lq, d): each group is one target's prefix tokens; causal inside the group."""
@@ -177,7 +181,7 @@ class EncoderBlock(nn.Module):
         self.self_attn = Attention(d, cfg.n_heads)
         self.norm_ffn = nn.LayerNorm(d)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.d_ffn), nn.GELU(), nn.Linear(cfg.d_ffn, d))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = CPUFastDropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, causal: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x (B, T, d) left-aligned actions, causal (T, T) bool, positions (T,)."""
@@ -234,7 +238,7 @@ class DualGR(nn.Module):
         # User frontend: one summed token of the static fields, or a learned default token.
         self.user_default = nn.Parameter(torch.zeros(d))
         self.user_embeddings = nn.ModuleList(nn.Embedding(c + 1, d) for c in cfg.user_feature_cardinalities)
-        self.context_drop = nn.Dropout(cfg.context_dropout)
+        self.context_drop = CPUFastDropout(cfg.context_dropout)
         self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.encoder_blocks))
         self.context_norm = nn.LayerNorm(d)
         # Decoder inputs: BOS, then the embedding of the code chosen at each earlier level.

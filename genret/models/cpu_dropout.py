@@ -24,9 +24,7 @@ def cpu_drop_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
     """A bool mask of `shape`, True where an element is dropped, and the drop probability it
     realises (p rounded to a multiple of 2^-16)."""
     threshold = round(p * _LEVELS)
-    n = 1
-    for size in shape:
-        n *= size
+    n = shape.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
     uniform16 = words.view(torch.int16)[:n]  # each uniform on [-2^15, 2^15)
     return (uniform16 < threshold - _LEVELS // 2).view(shape), threshold / _LEVELS

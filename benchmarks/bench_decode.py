@@ -139,7 +139,7 @@ def naive_decode(model, index, hist, beam: int, k: int):
         items, item_scores = sids_to_items(index, prefix, scores, k)
         outs_items.append(items)
         outs_scores.append(item_scores)
-    return merge_topk(torch.cat(outs_items, 1), torch.cat(outs_scores, 1), k)
+    return merge_topk(torch.cat(outs_items, 1), torch.cat(outs_scores, 1), k, "sum")  # as Retriever's default
 
 
 def timed(fn, device, repeats):

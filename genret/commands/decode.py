@@ -73,6 +73,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--unknown", default="error", choices=("error", "drop"),
                         help="an item id missing from the catalogue: fail (default) or drop it with a warning")
     parser.add_argument("--no-merge", action="store_true", help="decode the long DBR branch only")
+    parser.add_argument("--branch-merge", default="sum", choices=("sum", "max"),
+                        help="score of an item both DBR branches decode: the sum of its probabilities "
+                             "(default) or the larger one")
     parser.add_argument("--out", type=Path, default=None, help="output JSON lines (default: stdout)")
     args = parser.parse_args(argv)
 
@@ -81,7 +84,7 @@ def main(argv: list[str]) -> int:
 
     users, histories, sides = read_histories(args.histories)
     retriever = Retriever.from_checkpoint(args.checkpoint, kernel=args.kernel, beam_width=args.beam_width,
-                                          merge_branches=not args.no_merge)
+                                          merge_branches=not args.no_merge, branch_merge=args.branch_merge)
     try:
         result = retriever.retrieve(histories, k=args.k, unknown=args.unknown, batch_size=args.batch_size,
                                     side=side_columns(retriever.side_features, histories, sides))

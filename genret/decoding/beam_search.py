@@ -8,7 +8,8 @@ Each step's self-attention over the SID prefix reuses cached keys/values. The be
 (log-softmax, + beam score, constraint mask, top-W) and the decode cross-attention go through
 genret.kernels' dispatchers, so the same code runs the PyTorch reference on CPU and the Triton
 kernels on CUDA. Finished SIDs expand to items through the SID index; the branches are merged
-(best score per item wins) and the top k distinct items returned.
+(by default an item found by both scores the sum of its two probabilities) and the top k
+distinct items returned.
 """
 
 from __future__ import annotations
@@ -308,11 +309,19 @@ def sids_to_items(index, sids: torch.Tensor, scores: torch.Tensor, k: int) -> tu
     return items, item_scores
 
 
-def merge_topk(items: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per user: drop duplicate items (best score wins; earlier position breaks ties), top k.
+BRANCH_MERGES = ("sum", "max")
 
+
+def merge_topk(items: torch.Tensor, scores: torch.Tensor, k: int, combine: str = "max") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per user: one entry per distinct item, top k by score.
+
+    combine="max": an item listed more than once keeps its best score (earlier position breaks ties).
+    combine="sum": its scores (log-probabilities) are summed as probabilities, log(sum(exp)), so an
+    item both DBR branches decode ranks by the mixture's probability rather than by one branch's.
     items/scores (U, M) with -1 / -inf padding -> (U, k) each, -1 / -inf where fewer exist.
     """
+    if combine not in BRANCH_MERGES:
+        raise ValueError(f"combine must be one of {BRANCH_MERGES}, got {combine!r}")
     U, M = items.shape
     # Order by score desc, then position: a stable sort of position-ordered data by -score.
     order = torch.sort(-scores, dim=1, stable=True).indices
@@ -321,7 +330,16 @@ def merge_topk(items: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch
     by_item = torch.sort(items_s, dim=1, stable=True)
     same_as_prev = F.pad(by_item.values[:, 1:] == by_item.values[:, :-1], (1, 0), value=False)
     duplicate = torch.zeros_like(same_as_prev).scatter(1, by_item.indices, same_as_prev)
-    scores_s = scores_s.masked_fill(duplicate | (items_s < 0), float("-inf"))
+    listed = (items_s >= 0) & torch.isfinite(scores_s)
+    if combine == "sum" and M:
+        # Runs of equal items in item order, numbered per user and mapped back to score order.
+        run = torch.zeros_like(by_item.indices).scatter(1, by_item.indices, (~same_as_prev).long().cumsum(1) - 1)
+        s = scores_s.masked_fill(~listed, float("-inf"))
+        peak = torch.full_like(s, float("-inf")).scatter_reduce(1, run, s, "amax").gather(1, run)
+        shifted = torch.where(listed, (s - peak).exp(), torch.zeros_like(s))  # <= 1: no overflow
+        total = torch.zeros_like(s).scatter_add(1, run, shifted).gather(1, run)
+        scores_s = torch.where(listed, peak + total.log(), scores_s)
+    scores_s = scores_s.masked_fill(duplicate | ~listed, float("-inf"))
     kk = min(k, M)
     # A stable descending sort keeps the score-then-position order among the survivors.
     order2 = torch.sort(-scores_s, dim=1, stable=True).indices[:, :kk]
@@ -335,12 +353,17 @@ def merge_topk(items: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch
 
 @torch.no_grad()
 def retrieve_indices(model: DualGR, index, hist: Histories, k: int, beam_width: int | None = None,
-                     merge_branches: bool = True, kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                     merge_branches: bool = True, kernel: str = "auto",
+                     branch_merge: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k dense item indices per user: both DBR branches decoded and merged.
 
     With `merge_branches=False` (or DBR off in the model) only the long branch is decoded.
+    `branch_merge` scores an item both branches decode: "sum" of their probabilities (the
+    mixture's probability, with the branches weighted equally) or "max" of the two (see merge_topk).
     Returns items (U, k) int64 (-1 where the catalogue has fewer reachable items) and scores.
     """
+    if branch_merge not in BRANCH_MERGES:
+        raise ValueError(f"branch_merge must be one of {BRANCH_MERGES}, got {branch_merge!r}")
     cfg = model.cfg
     beam_width = beam_width or k
     branches = [cfg.long_window]
@@ -353,4 +376,4 @@ def retrieve_indices(model: DualGR, index, hist: Histories, k: int, beam_width: 
         items, item_scores = sids_to_items(index, sids, scores, k)
         all_items.append(items)
         all_scores.append(item_scores)
-    return merge_topk(torch.cat(all_items, 1), torch.cat(all_scores, 1), k)
+    return merge_topk(torch.cat(all_items, 1), torch.cat(all_scores, 1), k, branch_merge)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from genret.data.side_features import SideFeatureBuckets
-from genret.decoding.beam_search import Histories, retrieve_indices
+from genret.decoding.beam_search import BRANCH_MERGES, Histories, retrieve_indices
 from genret.io import ARTIFACT_VERSION
 from genret.models.dualgr import DualGR, DualGRConfig
 
@@ -38,13 +38,17 @@ class Retriever:
         kernel: "auto" (Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "torch", "triton".
         beam_width: beams per level (default: k of each call); must be >= k to fill k items.
         merge_branches: decode both DBR branches and merge them (off: long branch only).
+        branch_merge: how an item both branches decode is scored: "sum" of its two probabilities
+            (default; the branches as an equal mixture) or "max" (its better branch's score).
         side_features: the bucket boundaries of the per-action side features the model was trained
             with (a checkpoint carries them); None when it uses none.
     """
 
     def __init__(self, model: DualGR, index, item_ids: Sequence[Any], kernel: str = "auto",
                  beam_width: int | None = None, merge_branches: bool = True,
-                 side_features: SideFeatureBuckets | None = None):
+                 side_features: SideFeatureBuckets | None = None, branch_merge: str = "sum"):
+        if branch_merge not in BRANCH_MERGES:
+            raise ValueError(f"branch_merge must be one of {BRANCH_MERGES}, got {branch_merge!r}")
         if side_features is not None and len(side_features) != model.cfg.n_side_features:
             raise ValueError(f"the model embeds {model.cfg.n_side_features} side features but "
                              f"{len(side_features)} were given ({side_features.names})")
@@ -59,6 +63,7 @@ class Retriever:
         self.kernel = kernel
         self.beam_width = beam_width
         self.merge_branches = merge_branches
+        self.branch_merge = branch_merge
 
     @property
     def device(self) -> torch.device:
@@ -174,7 +179,8 @@ class Retriever:
     def retrieve_indices(self, hist: Histories, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense-index version of `retrieve` (used by evaluation). Returns (U, k) items, scores."""
         return retrieve_indices(self.model, self.index, hist, k, beam_width=max(self.beam_width or k, 1),
-                                merge_branches=self.merge_branches, kernel=self.kernel)
+                                merge_branches=self.merge_branches, kernel=self.kernel,
+                                branch_merge=self.branch_merge)
 
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 500, unknown: str = "error",
                  batch_size: int = 64, side: dict[str, Sequence[Sequence[Any]]] | None = None) -> RetrievalResult:

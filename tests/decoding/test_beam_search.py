@@ -138,6 +138,12 @@ def test_retrieve_returns_k_distinct_items_even_for_empty_history():
     assert items.shape == (2, 10)
     for row in items.tolist():
         assert -1 not in row and len(set(row)) == 10
+    # "max" lists the same candidates, only scored differently where the branches overlap.
+    by_max, max_scores = retrieve_indices(model, index, histories([[], [4, 8, 9]]), k=10, kernel="torch",
+                                          branch_merge="max")
+    assert (scores >= max_scores - 1e-6).all() and items.shape == by_max.shape
+    with pytest.raises(ValueError, match="branch_merge must be one of"):
+        retrieve_indices(model, index, histories([[1]]), k=5, kernel="torch", branch_merge="mean")
 
 
 def test_merge_topk_keeps_best_score_per_item():
@@ -146,6 +152,27 @@ def test_merge_topk_keeps_best_score_per_item():
     top, s = merge_topk(items, scores, 4)
     assert top.tolist() == [[5, 3, 7, -1]]
     torch.testing.assert_close(s[0, :3], torch.tensor([-0.2, -0.5, -3.0]))
+
+
+def test_merge_topk_sum_adds_the_probabilities_of_an_item_listed_twice():
+    log = torch.log
+    # Item 4 in both branches at p = 0.3 each (0.6 in all) beats item 9 at 0.5 in one branch.
+    items = torch.tensor([[9, 4, 2, -1], [1, 2, 3, 4]])
+    more = torch.tensor([[4, 8, 2, 9], [5, 6, 7, 8]])
+    scores = log(torch.tensor([[0.5, 0.3, 0.01, 0.0], [0.4, 0.3, 0.2, 0.1]]))
+    more_scores = log(torch.tensor([[0.3, 0.2, 0.02, 0.05], [0.04, 0.03, 0.02, 0.01]]))
+    both, both_s = torch.cat([items, more], 1), torch.cat([scores, more_scores], 1)
+    top, s = merge_topk(both, both_s, 5, combine="sum")
+    assert top[0].tolist() == [4, 9, 8, 2, -1]
+    torch.testing.assert_close(s[0, :4].exp(), torch.tensor([0.6, 0.55, 0.2, 0.03]))
+    assert s[0, 4] == float("-inf")
+    # No item in common: the same list and scores as "max".
+    assert torch.equal(merge_topk(both[1:], both_s[1:], 8, "sum")[0], merge_topk(both[1:], both_s[1:], 8, "max")[0])
+    torch.testing.assert_close(merge_topk(both[1:], both_s[1:], 8, "sum")[1], merge_topk(both[1:], both_s[1:], 8)[1])
+    top_max, _ = merge_topk(both, both_s, 5, combine="max")
+    assert top_max[0].tolist() == [9, 4, 8, 2, -1]
+    with pytest.raises(ValueError, match="combine must be one of"):
+        merge_topk(both, both_s, 5, combine="mean")
 
 
 def test_triton_path_returns_the_same_items_as_the_reference():

@@ -41,19 +41,39 @@ def build(config: str | Path, out_dir: str | Path, overrides: list[str] | None =
         "--trainer.logger", "pytorch_lightning.loggers.CSVLogger",
         "--trainer.logger.save_dir", str(out_dir), "--trainer.logger.name", "logs",
         "--trainer.logger.version", "0",
-        "--trainer.callbacks", "pytorch_lightning.callbacks.ModelCheckpoint",
-        "--trainer.callbacks.dirpath", str(out_dir / "checkpoints"),
-        "--trainer.callbacks.save_last", "true",
-        # Keep the best validation loss too: `train` evaluates those weights, not the last ones.
-        "--trainer.callbacks.monitor", "val/loss", "--trainer.callbacks.mode", "min",
     ]
     args += list(overrides or [])
     cli = build_cli(args, run=False)
+    _set_checkpointing(cli.trainer, out_dir / "checkpoints")
     return cli.model, cli.datamodule, cli.trainer
 
 
+def _set_checkpointing(trainer, dirpath: Path) -> None:
+    """Replace the trainer's checkpoint callbacks with the pipeline's two.
+
+    "best" keeps the weights `train` evaluates: the highest validation HR@K when the config adds a
+    RetrievalValidation callback, else the lowest validation loss. "last" rewrites last.ckpt after
+    every epoch for `--ckpt_path last` (Lightning's save_last on a monitored callback only rewrites
+    it when a new best is saved, so it could lag behind the final epoch).
+    """
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from genret.training.retrieval_validation import RetrievalValidation
+
+    selectors = [cb for cb in trainer.callbacks if isinstance(cb, RetrievalValidation)]
+    if len(selectors) > 1:
+        raise ValueError(f"a config may add one RetrievalValidation callback, found {len(selectors)}")
+    monitor, mode = (selectors[0].metric, "max") if selectors else ("val/loss", "min")
+    best = ModelCheckpoint(dirpath=dirpath, monitor=monitor, mode=mode)
+    last = ModelCheckpoint(dirpath=dirpath, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                           enable_version_counter=False)
+    # Checkpoint callbacks go last so they see every metric logged by the others; `best` comes
+    # first because trainer.checkpoint_callback (read by `train`) is the first of them.
+    trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, ModelCheckpoint)] + [best, last]
+
+
 def train(module, datamodule, trainer, out_dir: Path) -> tuple[Path, float]:
-    """Fit and write out_dir/model.ckpt (atomically) with the best-validation-loss weights.
+    """Fit and write out_dir/model.ckpt (atomically) with the best validation weights (see `_set_checkpointing`).
 
     Returns (checkpoint path, seconds of training)."""
     from genret.io import atomic_path
@@ -61,12 +81,13 @@ def train(module, datamodule, trainer, out_dir: Path) -> tuple[Path, float]:
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     seconds = time.perf_counter() - start
-    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-    if best and trainer.checkpoint_callback.best_model_score is not None:
+    selector = trainer.checkpoint_callback
+    best = getattr(selector, "best_model_path", "")
+    if best and selector.best_model_score is not None:
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
-        log.info("best validation loss %.4f at %s; evaluating those weights",
-                 float(trainer.checkpoint_callback.best_model_score), Path(best).name)
+        log.info("best %s %.4f at %s; evaluating those weights", selector.monitor,
+                 float(selector.best_model_score), Path(best).name)
     ckpt = out_dir / "model.ckpt"
     with atomic_path(ckpt) as tmp:
         trainer.save_checkpoint(tmp)
@@ -152,16 +173,27 @@ def popularity_metrics(datamodule, ks, max_users: int | None = None) -> dict[str
 
 def run_variant(config: str | Path, out_dir: Path, variant: str = "dualgr", data: str | None = None,
                 overrides: list[str] | None = None, ks=(5, 10, 20, 50, 100, 500), eval_batch_size: int = 64,
-                max_eval_users: int | None = None, kernel: str = "auto") -> dict[str, Any]:
+                max_eval_users: int | None = None, kernel: str = "auto", branch_merge: str = "sum",
+                checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Train one DualGR variant and evaluate it on valid and test. Returns a result dict; its
-    "test_ranks" holds each test user's target rank (-1: not listed) for paired comparisons."""
+    "test_ranks" holds each test user's target rank (-1: not listed) for paired comparisons.
+
+    With `checkpoint`, that trained model is evaluated instead (no training; "train_seconds" 0):
+    the same split and protocol, e.g. to re-score a run after a decoding change."""
     from genret.decoding.retriever import Retriever
     from genret.eval import ranking_metrics, target_ranks
 
     out_dir.mkdir(parents=True, exist_ok=True)
     module, dm, trainer = build(config, out_dir, overrides, VARIANTS[variant], data)
-    ckpt, seconds = train(module, dm, trainer, out_dir)
-    retriever = Retriever.from_checkpoint(ckpt, kernel=kernel)
+    if checkpoint is None:
+        ckpt, seconds = train(module, dm, trainer, out_dir)
+    else:
+        ckpt, seconds = Path(checkpoint), 0.0
+        dm.setup("fit")
+    retriever = Retriever.from_checkpoint(ckpt, kernel=kernel, branch_merge=branch_merge)
+    if not np.array_equal(retriever.item_ids, np.asarray(dm.log_all.item_ids)):
+        raise ValueError(f"{ckpt} was trained on another catalogue ({len(retriever.item_ids)} items) than "
+                         f"{dm.log_all.name} ({dm.n_items}); evaluate it on the data it was trained on")
     result: dict[str, Any] = {"model": variant, "checkpoint": str(ckpt), "train_seconds": seconds,
                               "dataset": dm.log_all.name, "sid_report": dm.sid_report, "datamodule": dm}
     for stage, key in (("valid", "val"), ("test", "test")):

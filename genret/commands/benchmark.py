@@ -7,6 +7,8 @@ with DBR, S2D and ENTP off), popularity, and the embedding retrievers kuaiformer
 w/o S2D, w/o ENTP) under the same split and prints the paper's Table 2 layout.
 `--sid-embeddings-from CONFIG` first trains that KuaiFormer / SASRec YAML on the same data and
 builds the generative model's SIDs from its item vectors; its time counts in the total.
+`--checkpoint CKPT` evaluates a trained DualGR instead of training one (e.g. to re-score a run with
+another `--branch-merge` or `--ks`).
 """
 
 from __future__ import annotations
@@ -30,13 +32,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--max-eval-users", type=int, default=None, help="evaluate on the first N users only")
     parser.add_argument("--kernel", default="auto", choices=("auto", "torch", "triton"))
+    parser.add_argument("--branch-merge", default="sum", choices=("sum", "max"),
+                        help="score of an item both DBR branches decode: sum of its probabilities, or the larger")
     parser.add_argument("--ks", default="5,10,20,50,100,500",
                         help="cut-offs; the beam is max(K) + a margin, so a smaller max(K) decodes faster")
     parser.add_argument("--sid-embeddings-from", metavar="CONFIG", default=None,
                         help="a KuaiFormer / SASRec YAML: train it first and build the SIDs from its item vectors")
     parser.add_argument("--sid-embeddings-epochs", type=int, default=None,
                         help="max_epochs for that model (default: its YAML's)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="evaluate this trained DualGR checkpoint instead of training (same split and protocol)")
     args, overrides = parser.parse_known_args(argv)
+    if args.checkpoint is not None:
+        if args.model not in ("dualgr", "tiger") or args.ablations or args.sid_embeddings_from:
+            parser.error("--checkpoint evaluates one DualGR / TIGER-style model: drop --ablations and "
+                         "--sid-embeddings-from, and use --model dualgr or tiger")
+        if not Path(args.checkpoint).is_file():
+            parser.error(f"--checkpoint {args.checkpoint} is not a file")
     if args.sid_embeddings_from is not None:
         if args.model not in ("dualgr", "tiger"):
             parser.error(f"--sid-embeddings-from builds SIDs, which --model {args.model} does not use")
@@ -101,7 +113,7 @@ def main(argv: list[str]) -> int:
         sub = out if variant == args.model else out / variant.replace("/", "").replace(" ", "_")
         res = pipeline.run_variant(args.config, sub, variant, data=args.data, overrides=overrides, ks=ks,
                                    eval_batch_size=args.eval_batch_size, max_eval_users=args.max_eval_users,
-                                   kernel=args.kernel)
+                                   kernel=args.kernel, branch_merge=args.branch_merge, checkpoint=args.checkpoint)
         dm = res.pop("datamodule")
         res["has_negatives"] = bool((dm.train_log.label == 0).any()) and dm.max_negatives > 0
         results[variant] = res
@@ -114,8 +126,9 @@ def main(argv: list[str]) -> int:
                             train_seconds=main_res["train_seconds"], device=pipeline.device_name(),
                             extra={"baselines": baselines, "sid_report": main_res["sid_report"],
                                    "total_seconds": time.perf_counter() - started,
-                                   "eval_users": args.max_eval_users or "all",
-                                   **({"sid_embeddings": sid_stage} if sid_stage else {})})
+                                   "eval_users": args.max_eval_users or "all", "branch_merge": args.branch_merge,
+                                   **({"sid_embeddings": sid_stage} if sid_stage else {}),
+                                   **({"evaluated_checkpoint": str(args.checkpoint)} if args.checkpoint else {})})
     report = write_report(out, metrics, train_log_csv=_latest_metrics_csv(out))
     print(format_metrics_table({args.model: main_res, **baselines}))
     if args.ablations:

@@ -54,6 +54,30 @@ class EvalSet:
         """(m,) int64 positive-history length of each example."""
         return np.diff(self.history_offsets)
 
+    def subset(self, indices: np.ndarray) -> "EvalSet":
+        """The examples at `indices` (any order; kept in increasing order, without repeats)."""
+        idx = np.unique(np.asarray(indices, dtype=np.int64))
+        if len(idx) and (idx[0] < 0 or idx[-1] >= len(self)):
+            raise IndexError(f"subset indices must lie in [0, {len(self)}), got {idx[0]}..{idx[-1]}")
+
+        def gather(offsets: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            lengths = np.diff(offsets)[idx]
+            new_offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=new_offsets[1:])
+            # Position of every kept entry in the old flat array: its run start + its place in the run.
+            starts = np.repeat(offsets[idx] - new_offsets[:-1], lengths)
+            return new_offsets, values[starts + np.arange(new_offsets[-1])]
+
+        history_offsets, history_items = gather(self.history_offsets, self.history_items)
+        history_rows = gather(self.history_offsets, self.history_rows)[1] if len(self.history_rows) \
+            else self.history_rows
+        neg_offsets, negatives = gather(self.history_negatives_offsets, self.history_negatives)
+        return EvalSet(users=self.users[idx], history_offsets=history_offsets, history_items=history_items,
+                       history_negatives_offsets=neg_offsets, history_negatives=negatives,
+                       targets=self.targets[idx], stage=self.stage,
+                       target_rows=self.target_rows[idx] if len(self.target_rows) else self.target_rows,
+                       history_rows=history_rows)
+
 
 @dataclass(eq=False)
 class LeaveOneOutSplit:

@@ -287,14 +287,19 @@ def _plot_metrics_vs_k(figure_class: Any, models: Mapping[str, Mapping[str, Any]
 
 def _plot_training(figure_class: Any, series: Mapping[str, list[tuple[float, float, float]]], path: Path) -> list[str]:
     # Losses (train and val) against step, validation metrics against epoch, the rest against step.
+    # Retrieval metrics (hr@ / ndcg@ / recall@, fractions) get their own panel: beside NLLs in nats
+    # they would be a flat line at the bottom.
     losses = [c for c in series if "loss" in c.lower()]
     validation = [c for c in series if c.lower().startswith("val") and c not in losses]
-    others = [c for c in series if c not in losses and c not in validation]
+    retrieval = [c for c in validation if any(m in c.lower() for m in ("hr@", "ndcg@", "recall@"))]
+    validation = [c for c in validation if c not in retrieval]
+    others = [c for c in series if c not in losses and c not in validation and c not in retrieval]
     panels = [
         (title, columns, by_epoch)
         for title, columns, by_epoch in (
             ("loss", losses, False),
             ("validation metrics", validation, True),
+            ("validation retrieval", retrieval, True),
             ("other logged values", others, False),
         )
         if columns

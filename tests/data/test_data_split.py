@@ -103,3 +103,21 @@ def test_equal_times_count_in_row_order():
     log = InteractionLog.from_raw("ties", user=[0, 0, 0, 0], item=[1, 2, 3, 4], time=[5, 5, 5, 5]).validate()
     test = leave_one_out(log).eval_set("test")
     assert raw(log, test.targets) == [4] and raw(log, test.history(0)) == [1, 2, 3]
+
+
+def test_eval_set_subset_keeps_each_example_whole():
+    log = hand_log()
+    full = leave_one_out(log).eval_set("test")
+    sub = full.subset([1])
+    assert sub.users.tolist() == [2] and sub.targets.tolist() == full.targets[1:].tolist()
+    assert sub.history(0).tolist() == full.history(1).tolist()
+    assert sub.negatives(0).tolist() == full.negatives(1).tolist()
+    assert sub.history_rows.tolist() == full.history_rows[full.history_offsets[1]:].tolist()
+    assert sub.target_rows.tolist() == full.target_rows[1:].tolist()
+    both = full.subset([1, 0, 1])  # order and repeats do not matter
+    assert both.users.tolist() == full.users.tolist()
+    assert both.history_items.tolist() == full.history_items.tolist()
+    assert both.history_negatives.tolist() == full.history_negatives.tolist()
+    assert len(full.subset([])) == 0
+    with pytest.raises(IndexError, match=r"lie in \[0, 2\)"):
+        full.subset([2])

@@ -142,3 +142,20 @@ def test_missing_training_log_is_noted_not_fatal(tmp_path):
     assert "does not exist" in text
     assert "TIGER" in text and "recall@5" in text and "n/a" in text  # TEST has no @5 metrics
     assert (tmp_path / "metrics_vs_k.png").is_file() and not (tmp_path / "training_curves.png").exists()
+
+
+def test_training_plot_gives_retrieval_metrics_their_own_panel(tmp_path):
+    """HR@K / NDCG@K (fractions) drawn beside NLLs (nats) would be a flat line at the bottom."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from genret.eval.report import _plot_training
+
+    series = {"train/loss": [(0, 0.0, 5.0)], "val/loss": [(9, 0.0, 4.0)], "val/nll_s1": [(9, 0.0, 3.0)],
+              "val/hr@10": [(9, 0.0, 0.1)], "val/ndcg@10": [(9, 0.0, 0.05)], "train/targets": [(0, 0.0, 900.0)]}
+    panels = _plot_training(Figure, series, tmp_path / "curves.png")
+    assert panels == ["loss", "validation metrics", "validation retrieval", "other logged values"]
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # Without retrieval metrics the panel is left out.
+    del series["val/hr@10"], series["val/ndcg@10"]
+    assert "validation retrieval" not in _plot_training(Figure, series, tmp_path / "curves2.png")

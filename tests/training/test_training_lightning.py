@@ -1,4 +1,4 @@
-"""Lightning training end to end on small synthetic data: fit, checkpoint, resume, retrieve, DDP."""
+"""Lightning training end to end on small synthetic data: fit, checkpoint selection, resume, retrieve, DDP."""
 
 import json
 import os
@@ -12,6 +12,7 @@ import yaml
 
 from genret import pipeline
 from genret.decoding.retriever import Retriever
+from genret.training.retrieval_validation import RetrievalValidation
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -75,6 +76,71 @@ def test_fit_checkpoint_retrieve_and_resume(tmp_path, tiny_args):
                                             tiny_args + ["--trainer.max_epochs", "2"])
     trainer2.fit(module2, datamodule=dm2, ckpt_path=str(out / "checkpoints" / "last.ckpt"))
     assert trainer2.current_epoch == 2
+
+
+# ---------------------------------------------------------------- checkpoint selection by decoded HR@K
+WITH_RETRIEVAL = ["--trainer.callbacks+", "genret.training.retrieval_validation.RetrievalValidation",
+                  "--trainer.callbacks.users", "80", "--trainer.callbacks.kernel", "torch"]
+
+
+def logged(out: Path, name: str) -> list[float]:
+    import csv
+
+    with open(out / "logs" / "version_0" / "metrics.csv") as f:
+        return [float(row[name]) for row in csv.DictReader(f) if row.get(name)]
+
+
+def test_selection_by_validation_hr_matches_an_independent_evaluation(tmp_path):
+    out = tmp_path / "run"
+    args = TINY + ["--data.sid.cache_dir", str(tmp_path / "cache"), "--trainer.max_epochs", "3", *WITH_RETRIEVAL]
+    module, dm, trainer = pipeline.build(ROOT / "configs" / "quickstart.yaml", out, args)
+    selector = next(cb for cb in trainer.callbacks if isinstance(cb, RetrievalValidation))
+    best_cb = trainer.checkpoint_callback
+    assert (best_cb.monitor, best_cb.mode) == ("val/hr@10", "max")
+    ckpt, _ = pipeline.train(module, dm, trainer, out)
+
+    hrs = logged(out, "val/hr@10")
+    assert len(hrs) == 3 and len(logged(out, "val/ndcg@10")) == 3
+    assert float(best_cb.best_model_score) == pytest.approx(max(hrs))
+    best_epoch = torch.load(best_cb.best_model_path, weights_only=False)["epoch"]
+    assert hrs[best_epoch] == max(hrs)
+
+    # The same users, decoded again from model.ckpt through the evaluation path, give the logged value.
+    sample, user_feats, history_side = selector._sample
+    assert len(sample) == 80 and len(set(sample.users.tolist())) == 80
+    r = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch")
+    again = pipeline.evaluate_retriever(r, sample, ks=(10,), user_feats=user_feats, history_side=history_side)
+    assert again["hr@10"] == pytest.approx(max(hrs), abs=1e-6)
+
+    # last.ckpt is the final epoch whatever the best one was.
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 2 and last["global_step"] == trainer.global_step
+
+
+def test_without_the_callback_the_lowest_validation_loss_is_kept(tmp_path):
+    out = tmp_path / "run"
+    args = TINY + ["--data.sid.cache_dir", str(tmp_path / "cache"), "--trainer.max_epochs", "2"]
+    module, dm, trainer = pipeline.build(ROOT / "configs" / "quickstart.yaml", out, args)
+    assert (trainer.checkpoint_callback.monitor, trainer.checkpoint_callback.mode) == ("val/loss", "min")
+    # The config's own ModelCheckpoint is replaced by the pipeline's best + last pair.
+    assert len(trainer.checkpoint_callbacks) == 2
+    pipeline.train(module, dm, trainer, out)
+    assert float(trainer.checkpoint_callback.best_model_score) == pytest.approx(min(logged(out, "val/loss")))
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+
+
+def test_two_selectors_and_bad_arguments_are_refused(tmp_path):
+    args = TINY + ["--data.sid.cache_dir", str(tmp_path / "cache"), *WITH_RETRIEVAL, *WITH_RETRIEVAL]
+    with pytest.raises(ValueError, match="one RetrievalValidation callback, found 2"):
+        pipeline.build(ROOT / "configs" / "quickstart.yaml", tmp_path / "run", args)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        RetrievalValidation(k=0)
+    with pytest.raises(ValueError, match="users must be >= 1 or None"):
+        RetrievalValidation(users=0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        RetrievalValidation(batch_size=0)
+    with pytest.raises(ValueError, match="branch_merge must be 'sum' or 'max'"):
+        RetrievalValidation(branch_merge="mean")
 
 
 def test_side_features_train_travel_in_the_checkpoint_and_feed_decoding(tmp_path, tiny_args):
@@ -186,6 +252,26 @@ def test_benchmark_ablations_print_table_2_and_skip_entp_without_negatives(tmp_p
     # Each trained variant has its own checkpoint; the skipped one has none.
     assert sorted(p.name for p in out.iterdir() if p.is_dir() and (p / "model.ckpt").is_file()) == [
         "tiger", "wo_DBR", "wo_S2D"]
+
+    # --checkpoint re-evaluates a trained model under the same split and protocol, without training.
+    again = tmp_path / "again"
+    common = ["--data", "synthetic:300x400", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--ks", "10,100",
+              "--max-eval-users", "50", "--kernel", "torch", *tiny_args, "--data.max_negatives", "0"]
+    assert main(["benchmark", "--model", "tiger", "--out", str(again), "--checkpoint",
+                 str(out / "tiger" / "model.ckpt"), *common]) == 0
+    rescored = json.loads((again / "metrics.json").read_text())
+    assert rescored["test"] == metrics["baselines"]["tiger"]["test"] and rescored["train_seconds"] == 0
+    assert rescored["evaluated_checkpoint"] == str(out / "tiger" / "model.ckpt")
+    assert not (again / "checkpoints").exists()
+    for bad in (["--model", "dualgr", "--ablations", "--checkpoint", str(out / "model.ckpt")],
+                ["--model", "sasrec", "--checkpoint", str(out / "model.ckpt")],
+                ["--model", "dualgr", "--checkpoint", str(tmp_path / "missing.ckpt")]):
+        with pytest.raises(SystemExit):
+            main(["benchmark", "--out", str(tmp_path / "bad"), *bad, *common])
+    other = [a if a != "synthetic:300x400" else "synthetic:300x500" for a in common]
+    with pytest.raises(ValueError, match="trained on another catalogue"):
+        main(["benchmark", "--model", "dualgr", "--out", str(tmp_path / "other"), "--checkpoint",
+              str(out / "model.ckpt"), *other])
 
 
 @pytest.mark.parametrize("name", ["quickstart", "dualgr_ml1m", "dualgr_amazon", "dualgr_kuairand", "dualgr_paper"])

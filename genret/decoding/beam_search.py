@@ -312,7 +312,8 @@ def sids_to_items(index, sids: torch.Tensor, scores: torch.Tensor, k: int) -> tu
 BRANCH_MERGES = ("sum", "max")
 
 
-def merge_topk(items: torch.Tensor, scores: torch.Tensor, k: int, combine: str = "max") -> tuple[torch.Tensor, torch.Tensor]:
+def merge_topk(items: torch.Tensor, scores: torch.Tensor, k: int,
+               combine: str = "max") -> tuple[torch.Tensor, torch.Tensor]:
     """Per user: one entry per distinct item, top k by score.
 
     combine="max": an item listed more than once keeps its best score (earlier position breaks ties).

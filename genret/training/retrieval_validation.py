@@ -75,14 +75,18 @@ class RetrievalValidation(pl.Callback):
             return
         from genret.decoding.retriever import Retriever
         from genret.eval import ranking_metrics
+        from genret.models.dualgr import DualGR
         from genret.pipeline import retriever_ranked_lists
 
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "split"):
             raise RuntimeError("RetrievalValidation needs genret's SequenceDataModule (trainer.datamodule)")
+        model = getattr(pl_module, "model", None)
+        if not isinstance(model, DualGR):
+            raise RuntimeError(f"RetrievalValidation beam-searches a DualGR; {type(pl_module).__name__} does not "
+                               "train one (embedding models are validated by their own top-K)")
         start = time.perf_counter()
         es, user_feats, history_side = self._sampled_eval_set(dm)
-        model = pl_module.model
         model.set_item_codes(torch.as_tensor(dm.codes))
         side = dm.side if len(dm.side) else None
         retriever = Retriever(model, dm.sid_index.to(model.bos.device), dm.log_all.item_ids, kernel=self.kernel,

@@ -281,6 +281,8 @@ def test_shipped_configs_parse(tmp_path, name):
     assert module.config.d_model % module.config.n_heads == 0
     assert dm.max_history >= module.config.long_window
     assert trainer.max_epochs >= 1
+    # The Amazon recipe keeps its epoch by decoded validation HR@10, the others by validation loss.
+    assert trainer.checkpoint_callback.monitor == ("val/hr@10" if name == "dualgr_amazon" else "val/loss")
 
 
 @pytest.mark.slow

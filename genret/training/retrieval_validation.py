@@ -44,8 +44,11 @@ class RetrievalValidation(pl.Callback):
             raise ValueError(f"RetrievalValidation users must be >= 1 or None (all), got {users}")
         if batch_size < 1:
             raise ValueError(f"RetrievalValidation batch_size must be >= 1, got {batch_size}")
-        if branch_merge not in ("sum", "max"):
-            raise ValueError(f"RetrievalValidation branch_merge must be 'sum' or 'max', got {branch_merge!r}")
+        from genret.decoding.beam_search import BRANCH_MERGES
+
+        if branch_merge not in BRANCH_MERGES:
+            raise ValueError(f"RetrievalValidation branch_merge must be {' or '.join(map(repr, BRANCH_MERGES))}, "
+                             f"got {branch_merge!r}")
         self.k = k
         self.users = users
         self.seed = seed
@@ -61,12 +64,14 @@ class RetrievalValidation(pl.Callback):
         return f"val/hr@{self.k}"
 
     def _sampled_eval_set(self, dm):
+        from genret.pipeline import user_features_for
+
         if self._sample is None or self._sample_of is not dm:
             es = dm.split.eval_set("valid")
             if self.users is not None and self.users < len(es):
                 rng = np.random.default_rng(self.seed)
                 es = es.subset(rng.choice(len(es), self.users, replace=False))
-            self._sample = (es, dm.user_feats[es.users], dm.history_side(es))
+            self._sample = (es, user_features_for(dm, es), dm.history_side(es))
             self._sample_of = dm
         return self._sample
 

@@ -1,7 +1,10 @@
 """DualGR training-step throughput (targets/s): all targets of a sequence in one pass vs one
 padded example per prefix (the slow toy version, on the batches' first users), in the same run;
 then genret's CPU dropout (genret/models/cpu_dropout.py) vs torch's `nn.Dropout` in the same model,
-alternating rounds on the same batches (nn.Dropout's draws were 16% of an ML-1M step on a CPU).
+alternating rounds on the same batches (nn.Dropout's draws were 16% of an ML-1M step on a CPU);
+then the loss in `--length-chunks` length-sorted pieces (`model.length_chunks`: same loss and
+gradient, less padding) vs one piece, and bfloat16 autocast vs float32, each alternating with its
+baseline on the same batches in the same run.
 
     python benchmarks/bench_train.py --config configs/dualgr_ml1m.yaml --data /path/to/ml-1m
     python benchmarks/bench_train.py                       # quickstart config, synthetic data
@@ -32,6 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--naive-steps", type=int, default=2)
     p.add_argument("--naive-users", type=int, default=16, help="users of each batch the per-prefix version sees")
     p.add_argument("--dropout-rounds", type=int, default=2, help="alternating rounds of the dropout comparison")
+    p.add_argument("--length-chunks", type=int, default=8, help="pieces per batch in the chunked-loss comparison")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of the chunk and bf16 comparisons")
     return p.parse_args(argv)
 
 
@@ -67,16 +72,20 @@ def first_users(batch, n):
     return TrainBatch(**{k: v[:n] for k, v in batch.__dict__.items()})
 
 
-def time_steps(model, batches, steps):
+def time_steps(model, batches, steps, dtype=None, chunks=1):
+    """Optimiser steps over `batches`; dtype: an autocast dtype (None: float32); chunks: see DualGR.loss."""
+    autocast = lambda: torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)  # noqa: E731
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
-    out = model.loss(batches[0])  # warm-up
+    with autocast():
+        out = model.loss(batches[0], chunks=chunks)  # warm-up
     out["loss"].backward()
     opt.zero_grad()
     targets = negatives = 0
     start = time.perf_counter()
     for i in range(steps):
-        out = model.loss(batches[i % len(batches)])
+        with autocast():
+            out = model.loss(batches[i % len(batches)], chunks=chunks)
         out["loss"].backward()
         opt.step()
         opt.zero_grad()
@@ -136,6 +145,28 @@ def main(argv=None) -> int:
     for name, sec in spent.items():
         print(f"{name:<20}: {sec / n_steps * 1e3:6.0f} ms/step  (dropout {cfg.dropout}, {n_steps} steps)")
     print(f"dropout speed-up: {spent['torch nn.Dropout'] / spent['genret CPU dropout']:.2f}x")
+
+    # The loss in length-sorted pieces vs one padded pass, same batches.
+    spent = {"one piece": 0.0, f"{args.length_chunks} pieces": 0.0}
+    for _ in range(args.rounds):
+        spent["one piece"] += time_steps(model, batches, args.steps)[0]
+        spent[f"{args.length_chunks} pieces"] += time_steps(model, batches, args.steps, chunks=args.length_chunks)[0]
+    real = sum(int((b.items >= 0).sum()) for b in batches) / sum(b.items.numel() for b in batches)
+    for name, sec in spent.items():
+        print(f"{name:<20}: {sec / (args.rounds * args.steps) * 1e3:6.0f} ms/step  ({real:.0%} of a batch's "
+              f"padded positions are real)")
+    print(f"length-chunk speed-up: {spent['one piece'] / spent[f'{args.length_chunks} pieces']:.2f}x")
+
+    # bfloat16 autocast (what `trainer.precision: bf16-mixed` does) vs float32, same batches.
+    spent = {"float32": 0.0, "bf16 autocast": 0.0}
+    for _ in range(args.rounds):
+        spent["float32"] += time_steps(model, batches, args.steps)[0]
+        spent["bf16 autocast"] += time_steps(model, batches, args.steps, dtype=torch.bfloat16)[0]
+    n_steps = args.rounds * args.steps
+    for name, sec in spent.items():
+        print(f"{name:<20}: {sec / n_steps * 1e3:6.0f} ms/step")
+    print(f"bf16 speed-up: {spent['float32'] / spent['bf16 autocast']:.2f}x "
+          f"(below 1 where this CPU lacks bf16 matrix units or the matrices are small)")
     return 0
 
 

@@ -281,6 +281,7 @@ class SequenceDataModule(pl.LightningDataModule):
             batch, device, dataloader_idx)
 
     def train_dataloader(self) -> DataLoader:
+        # Random batches: length-sorted ones train faster but worse (see DualGRModule.length_chunks).
         return DataLoader(_Rows(np.arange(len(self.train_users))), batch_size=self.batch_size, shuffle=True,
                           num_workers=self.num_workers,
                           collate_fn=self._collate(self.train_sequences, self.user_feats, False,
@@ -288,6 +289,9 @@ class SequenceDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         feats = self.user_feats[self.valid_users]
-        return DataLoader(_Rows(np.arange(len(self.valid_users))), batch_size=self.batch_size * 2,
-                          num_workers=self.num_workers,
-                          collate_fn=self._collate(self.valid_sequences, feats, True))
+        lengths = np.minimum(np.diff(self.valid_sequences.pos_offsets), self.max_history)
+        # Longest first, so each batch pads to its own rows: validation scores one target per user,
+        # so the epoch's loss is the same per-user mean in any order.
+        order = np.argsort(-lengths, kind="stable").tolist()
+        return DataLoader(_Rows(np.arange(len(self.valid_users))), batch_size=self.batch_size * 2, sampler=order,
+                          num_workers=self.num_workers, collate_fn=self._collate(self.valid_sequences, feats, True))

@@ -26,16 +26,24 @@ class DualGRModule(pl.LightningModule):
         lr: peak AdamW learning rate. weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up, then cosine decay to 10% over the trainer's total steps.
         use_item_id: add an item-id embedding to each action (off for pure-SID models).
+        length_chunks: run each batch as this many length-sorted pieces, each padded only to its own
+            longest sequence (DualGR.loss): same loss and gradient, less padded work where lengths are
+            skewed. The batches themselves stay random: batches of similar lengths train faster still
+            but worse (Beauty recipe, 28 epochs, best sampled validation HR@10 0.080 with random
+            batches, 0.065 with batches drawn from length-sorted pools of 50).
     """
 
     def __init__(self, config: DualGRConfig = DualGRConfig(), lr: float = 1e-3, weight_decay: float = 0.01,
-                 warmup_steps: int = 100, use_item_id: bool = True):
+                 warmup_steps: int = 100, use_item_id: bool = True, length_chunks: int = 1):
         super().__init__()
         self.config = dataclasses.replace(config)  # a copy: the default instance is shared
         self.lr = lr
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps
         self.use_item_id = use_item_id
+        if length_chunks < 1:
+            raise ValueError(f"length_chunks must be >= 1 (1 runs each batch in one piece), got {length_chunks}")
+        self.length_chunks = length_chunks
         self.save_hyperparameters()
         self.model: DualGR | None = None
         self.catalogue: dict[str, Any] | None = None
@@ -75,7 +83,7 @@ class DualGRModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def _shared_step(self, batch: TrainBatch, stage: str) -> torch.Tensor:
-        out = self.model.loss(batch)
+        out = self.model.loss(batch, chunks=self.length_chunks)
         size = batch.items.shape[0]
         self.log(f"{stage}/loss", out["loss"], prog_bar=True, batch_size=size)
         for level, nll in enumerate(out["nll_levels"]):

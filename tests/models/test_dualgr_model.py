@@ -194,3 +194,50 @@ def test_cross_rope_makes_the_order_of_actions_matter(rope):
     same = torch.allclose(last_target_logits(history + [2]), last_target_logits(history[::-1] + [2]), atol=1e-5)
     assert same != rope
     assert (model.rope_dims > 0) == rope
+
+
+def skewed_batch(seed=0) -> TrainBatch:
+    """Six users of lengths 12, 2, 7, 1, 12, 4 (left-aligned), negatives inside each user's span,
+    some slots invalid at either end, as gather_batch leaves them."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([12, 2, 7, 1, 12, 4])
+    B, T, N = len(lengths), 12, 5
+    item_codes = torch.randint(0, K, (N_ITEMS, L), generator=torch.Generator().manual_seed(99))
+    items = torch.randint(0, N_ITEMS, (B, T), generator=g)
+    items[torch.arange(T)[None, :] >= lengths[:, None]] = -1
+    neg_items = torch.randint(0, N_ITEMS, (B, N), generator=g)
+    neg_items[1, :] = -1
+    neg_items[3, 1:] = -1
+    neg_items[2, 0] = -1  # a leading invalid slot (a negative that fell before the window)
+    neg_pos = (torch.rand(B, N, generator=g) * (lengths[:, None] + 1)).long()
+    return TrainBatch(items=items, codes=item_codes[items.clamp(min=0)] * (items >= 0).unsqueeze(-1),
+                      user_feats=torch.randint(0, 4, (B, 1), generator=g),
+                      side=torch.zeros(B, T, 0, dtype=torch.long), neg_items=neg_items,
+                      neg_codes=item_codes[neg_items.clamp(min=0)] * (neg_items >= 0).unsqueeze(-1),
+                      neg_pos=neg_pos * (neg_items >= 0), loss_mask=items >= 0)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"encoder_blocks": 1, "last_action_query": True, "cross_rope": True},
+                                       {"use_dbr": False, "use_s2d": False}])
+def test_length_chunks_give_the_same_loss_and_gradient(overrides):
+    from genret.models.dualgr import split_by_length
+
+    torch.manual_seed(0)
+    model = DualGR(make_config(**overrides))  # dropout 0: the passes are comparable
+    batch = skewed_batch()
+    whole = model.loss(batch)
+    whole["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    for chunks in (2, 3, 6, 10):
+        model.zero_grad()
+        part = model.loss(batch, chunks=chunks)
+        for key in ("loss", "nll_levels", "neg_loss", "n_pos", "n_neg", "short_fraction"):
+            torch.testing.assert_close(part[key], whole[key], rtol=1e-5, atol=1e-6, msg=f"{key}, {chunks} chunks")
+        part["loss"].backward()
+        for name, g in grads.items():
+            torch.testing.assert_close(model.get_parameter(name).grad, g, rtol=1e-4, atol=1e-6,
+                                       msg=f"grad of {name}, {chunks} chunks")
+    pieces = split_by_length(batch, 3)
+    assert [tuple(p.items.shape) for p in pieces] == [(2, 12), (2, 7), (2, 2)]  # longest first, trimmed
+    assert [p.neg_items.shape[1] for p in pieces] == [5, 5, 1]
+    assert sum(int((p.items >= 0).sum()) for p in pieces) == int((batch.items >= 0).sum())

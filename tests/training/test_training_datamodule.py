@@ -97,3 +97,21 @@ def test_an_earlier_window_keeps_only_its_own_negatives():
                             ends=seq.pos_offsets[1:])
     for a, b in zip(same.__dict__.values(), explicit.__dict__.values()):
         assert torch.equal(a, b)
+
+
+
+def test_validation_batches_come_longest_first_and_cover_every_user_once(tmp_path):
+    from genret.training.datamodule import SequenceDataModule
+    from genret.training.semantic_ids import SIDConfig
+
+    sid = SIDConfig(codebook_size=8, n_iter=3, cache_dir=str(tmp_path))
+    dm = SequenceDataModule("synthetic:200x300", sid=sid, max_history=20, batch_size=16, max_negatives=4)
+    dm.setup("fit")
+    widths, targets = [], 0
+    for batch in dm.val_dataloader():
+        lengths = (batch.items >= 0).sum(1)
+        assert lengths.max() == batch.items.shape[1]  # padded to its own longest row only
+        widths.append(batch.items.shape[1])
+        targets += int(batch.loss_mask.sum())
+    assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1]
+    assert targets == len(dm.valid_users)

@@ -143,6 +143,13 @@ def test_two_selectors_and_bad_arguments_are_refused(tmp_path):
         RetrievalValidation(branch_merge="mean")
 
 
+def test_length_chunks_must_be_positive():
+    from genret.training.module import DualGRModule
+
+    with pytest.raises(ValueError, match="length_chunks must be >= 1"):
+        DualGRModule(length_chunks=0)
+
+
 def test_side_features_train_travel_in_the_checkpoint_and_feed_decoding(tmp_path, tiny_args):
     out = tmp_path / "side"
     args = tiny_args + ["--data.side_features", "[watch_frac, time_gap]", "--data.side_buckets", "6"]
@@ -206,9 +213,10 @@ def test_checkpoint_errors(tmp_path):
 
 
 def test_ddp_two_cpu_processes_gloo(tmp_path):
-    """Lightning's DDP strategy over 2 CPU processes (gloo) through the real CLI."""
+    """Lightning's DDP strategy over 2 CPU processes (gloo) through the real CLI (Lightning shards the
+    length-ordered validation sampler; the loss runs in length chunks)."""
     cmd = [sys.executable, "-m", "genret.cli", "train", "--config", str(ROOT / "configs" / "quickstart.yaml"),
-           *TINY, "--data.sid.cache_dir", str(tmp_path / "cache"),
+           *TINY, "--data.sid.cache_dir", str(tmp_path / "cache"), "--model.length_chunks", "3",
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
            "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false",
            "--trainer.callbacks", "pytorch_lightning.callbacks.ModelCheckpoint",

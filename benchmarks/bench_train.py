@@ -74,7 +74,9 @@ def first_users(batch, n):
 
 def time_steps(model, batches, steps, dtype=None, chunks=1):
     """Optimiser steps over `batches`; dtype: an autocast dtype (None: float32); chunks: see DualGR.loss."""
-    autocast = lambda: torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)  # noqa: E731
+    def autocast():
+        return torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
+
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     with autocast():

@@ -480,7 +480,8 @@ class DualGR(nn.Module):
 
         chunks > 1 runs the batch as that many length-sorted pieces (split_by_length), each padded
         only to its own longest sequence, and sums their terms: the same loss and gradient as one
-        pass, for a fraction of the padded work when lengths are skewed (Amazon 5-core)."""
+        pass, for a fraction of the padded work when lengths are skewed (Amazon 5-core). A given
+        `out` (one forward pass of the whole batch) is scored as it is."""
         if out is not None or chunks <= 1:
             return self._combine([self._loss_terms(batch, self(batch) if out is None else out)])
         return self._combine([self._loss_terms(piece, self(piece)) for piece in split_by_length(batch, chunks)])

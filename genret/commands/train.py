@@ -29,5 +29,9 @@ def build_cli(args: list[str], run: bool = True):
 
 
 def main(argv: list[str]) -> int:
+    import logging
+
+    # genret's own progress lines (the data summary, RetrievalValidation's per-epoch HR@K) go to the console.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     build_cli(argv)
     return 0

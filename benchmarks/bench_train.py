@@ -96,6 +96,19 @@ def time_steps(model, batches, steps, dtype=None, chunks=1):
     return time.perf_counter() - start, targets, negatives
 
 
+def alternate(variants, rounds, steps, note=""):
+    """Times each variant (name -> function running `steps` optimiser steps, returning seconds) in
+    alternating rounds, so drift in the machine's speed hits all alike; prints ms a step. Returns
+    the seconds spent per variant; the first variant is the baseline of the speed-up the caller prints."""
+    spent = dict.fromkeys(variants, 0.0)
+    for _ in range(rounds):
+        for name, run in variants.items():
+            spent[name] += run()
+    for name, sec in spent.items():
+        print(f"{name:<20}: {sec / (rounds * steps) * 1e3:6.0f} ms/step{note}")
+    return spent
+
+
 def with_torch_dropout(model):
     """A copy of `model` whose CPUFastDropout modules are torch's nn.Dropout (same p)."""
     import copy
@@ -137,36 +150,26 @@ def main(argv=None) -> int:
     slow = targets_n / seconds_n
     print(f"one example per prefix: {slow:10.0f} targets/s  ({seconds_n / args.naive_steps * 1e3:.0f} ms/step)")
     print(f"speed-up: {fast / slow:.1f}x")
-    # Dropout: alternate the two models so drift in the machine's speed hits both alike.
+    # Dropout: genret's vs torch's, in two otherwise identical models.
     twin = with_torch_dropout(model)
-    spent = {"genret CPU dropout": 0.0, "torch nn.Dropout": 0.0}
-    for _ in range(args.dropout_rounds):
-        for name, m in (("genret CPU dropout", model), ("torch nn.Dropout", twin)):
-            spent[name] += time_steps(m, batches, args.steps)[0]
     n_steps = args.dropout_rounds * args.steps
-    for name, sec in spent.items():
-        print(f"{name:<20}: {sec / n_steps * 1e3:6.0f} ms/step  (dropout {cfg.dropout}, {n_steps} steps)")
+    spent = alternate({"genret CPU dropout": lambda: time_steps(model, batches, args.steps)[0],
+                       "torch nn.Dropout": lambda: time_steps(twin, batches, args.steps)[0]},
+                      args.dropout_rounds, args.steps, f"  (dropout {cfg.dropout}, {n_steps} steps)")
     print(f"dropout speed-up: {spent['torch nn.Dropout'] / spent['genret CPU dropout']:.2f}x")
 
     # The loss in length-sorted pieces vs one padded pass, same batches.
-    spent = {"one piece": 0.0, f"{args.length_chunks} pieces": 0.0}
-    for _ in range(args.rounds):
-        spent["one piece"] += time_steps(model, batches, args.steps)[0]
-        spent[f"{args.length_chunks} pieces"] += time_steps(model, batches, args.steps, chunks=args.length_chunks)[0]
     real = sum(int((b.items >= 0).sum()) for b in batches) / sum(b.items.numel() for b in batches)
-    for name, sec in spent.items():
-        print(f"{name:<20}: {sec / (args.rounds * args.steps) * 1e3:6.0f} ms/step  ({real:.0%} of a batch's "
-              f"padded positions are real)")
-    print(f"length-chunk speed-up: {spent['one piece'] / spent[f'{args.length_chunks} pieces']:.2f}x")
+    pieces = f"{args.length_chunks} pieces"
+    spent = alternate({"one piece": lambda: time_steps(model, batches, args.steps)[0],
+                       pieces: lambda: time_steps(model, batches, args.steps, chunks=args.length_chunks)[0]},
+                      args.rounds, args.steps, f"  ({real:.0%} of a batch's padded positions are real)")
+    print(f"length-chunk speed-up: {spent['one piece'] / spent[pieces]:.2f}x")
 
     # bfloat16 autocast (what `trainer.precision: bf16-mixed` does) vs float32, same batches.
-    spent = {"float32": 0.0, "bf16 autocast": 0.0}
-    for _ in range(args.rounds):
-        spent["float32"] += time_steps(model, batches, args.steps)[0]
-        spent["bf16 autocast"] += time_steps(model, batches, args.steps, dtype=torch.bfloat16)[0]
-    n_steps = args.rounds * args.steps
-    for name, sec in spent.items():
-        print(f"{name:<20}: {sec / n_steps * 1e3:6.0f} ms/step")
+    spent = alternate({"float32": lambda: time_steps(model, batches, args.steps)[0],
+                       "bf16 autocast": lambda: time_steps(model, batches, args.steps, dtype=torch.bfloat16)[0]},
+                      args.rounds, args.steps)
     print(f"bf16 speed-up: {spent['float32'] / spent['bf16 autocast']:.2f}x "
           f"(below 1 where this CPU lacks bf16 matrix units or the matrices are small)")
     return 0

@@ -531,11 +531,9 @@ def split_by_length(batch: TrainBatch, chunks: int) -> list[TrainBatch]:
     neg_last = torch.where(neg_valid, torch.arange(1, neg_valid.shape[1] + 1, device=neg_valid.device), 0)
     neg_len = neg_last.max(1).values if neg_valid.shape[1] else torch.zeros_like(lengths)
     pieces = []
-    for rows in order.tensor_split(min(chunks, len(order))):
-        if len(rows) == 0:
-            continue
+    for rows in order.tensor_split(min(chunks, len(order))):  # never more pieces than rows: none is empty
         T = max(int(lengths[rows].max()), 1)
-        N = int(neg_len[rows].max()) if neg_valid.shape[1] else 0
+        N = int(neg_len[rows].max())
         pieces.append(TrainBatch(
             items=batch.items[rows, :T], codes=batch.codes[rows, :T], user_feats=batch.user_feats[rows],
             side=batch.side[rows, :T], neg_items=batch.neg_items[rows, :N], neg_codes=batch.neg_codes[rows, :N],

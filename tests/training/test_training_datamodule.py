@@ -99,7 +99,6 @@ def test_an_earlier_window_keeps_only_its_own_negatives():
         assert torch.equal(a, b)
 
 
-
 def test_validation_batches_come_longest_first_and_cover_every_user_once(tmp_path):
     from genret.training.datamodule import SequenceDataModule
     from genret.training.semantic_ids import SIDConfig

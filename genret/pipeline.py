@@ -56,7 +56,7 @@ def _set_checkpointing(trainer, dirpath: Path) -> None:
     every epoch for `--ckpt_path last` (Lightning's save_last on a monitored callback only rewrites
     it when a new best is saved, so it could lag behind the final epoch).
     """
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
 
     from genret.training.retrieval_validation import RetrievalValidation
 
@@ -68,14 +68,20 @@ def _set_checkpointing(trainer, dirpath: Path) -> None:
     last = ModelCheckpoint(dirpath=dirpath, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
                            enable_version_counter=False)
     # Checkpoint callbacks go last so they see every metric logged by the others; `best` comes
-    # first because trainer.checkpoint_callback (read by `train`) is the first of them.
-    trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, ModelCheckpoint)] + [best, last]
+    # first because trainer.checkpoint_callback (read by `train`) is the first of them. A weight
+    # averaging callback (EMA) swaps the averaged weights in when validation starts and out when it
+    # ends, so it goes after RetrievalValidation, whose decoding must still see the averaged ones.
+    averaging = [cb for cb in trainer.callbacks if isinstance(cb, WeightAveraging)]
+    others = [cb for cb in trainer.callbacks if not isinstance(cb, (ModelCheckpoint, WeightAveraging))]
+    trainer.callbacks = others + averaging + [best, last]
 
 
 def train(module, datamodule, trainer, out_dir: Path) -> tuple[Path, float]:
     """Fit and write out_dir/model.ckpt (atomically) with the best validation weights (see `_set_checkpointing`).
 
     Returns (checkpoint path, seconds of training)."""
+    from pytorch_lightning.callbacks import WeightAveraging
+
     from genret.io import atomic_path
 
     start = time.perf_counter()
@@ -88,6 +94,8 @@ def train(module, datamodule, trainer, out_dir: Path) -> tuple[Path, float]:
         module.load_state_dict(state)
         log.info("best %s %.4f at %s; evaluating those weights", selector.monitor,
                  float(selector.best_model_score), Path(best).name)
+    # A weight averaging callback would write its final average over the selected weights.
+    trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, WeightAveraging)]
     ckpt = out_dir / "model.ckpt"
     with atomic_path(ckpt) as tmp:
         trainer.save_checkpoint(tmp)

@@ -249,8 +249,10 @@ class DualGR(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_blocks))
         self.final_norm = nn.LayerNorm(d)
         self.heads = nn.ModuleList(nn.Linear(d, K) for _ in range(L))
-        # Every item's SID, for decoding from raw histories (set by set_item_codes; not trained).
-        self.register_buffer("item_codes", torch.zeros(0, L, dtype=torch.long), persistent=False)
+        # Every item's SID, for decoding from raw histories (set by set_item_codes; not trained). A plain
+        # attribute, not a buffer: weight averaging (EMA) averages buffers too, and would blend these
+        # integers; model_codes moves it to the decoding device on first use.
+        self.item_codes = torch.zeros(0, L, dtype=torch.long)
         self.apply(self._init_weights)
 
     def set_item_codes(self, codes: torch.Tensor) -> None:

@@ -117,6 +117,34 @@ def test_selection_by_validation_hr_matches_an_independent_evaluation(tmp_path):
     assert last["epoch"] == 2 and last["global_step"] == trainer.global_step
 
 
+def test_ema_weights_are_the_ones_validated_selected_and_saved(tmp_path):
+    from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    out = tmp_path / "run"
+    # EMA listed before RetrievalValidation: the pipeline must still order it after.
+    ema = ["--trainer.callbacks+", "pytorch_lightning.callbacks.EMAWeightAveraging",
+           "--trainer.callbacks.decay", "0.9"]
+    args = TINY + ["--data.sid.cache_dir", str(tmp_path / "cache"), "--trainer.max_epochs", "3",
+                   *ema, *WITH_RETRIEVAL]
+    module, dm, trainer = pipeline.build(ROOT / "configs" / "quickstart.yaml", out, args)
+    kinds = [type(cb) for cb in trainer.callbacks]
+    assert kinds.index(RetrievalValidation) < kinds.index(EMAWeightAveraging) < kinds.index(ModelCheckpoint)
+    selector = next(cb for cb in trainer.callbacks if isinstance(cb, RetrievalValidation))
+    ckpt, _ = pipeline.train(module, dm, trainer, out)
+
+    best = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
+    averaged, raw = best["state_dict"], best["current_model_state"]
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged)
+    saved = torch.load(ckpt, weights_only=False)
+    assert "current_model_state" not in saved
+    assert all(torch.equal(averaged[k], saved["state_dict"][k]) for k in averaged)
+    # The logged HR@10 of the kept epoch is the averaged weights' own, decoded again from model.ckpt.
+    sample, user_feats, history_side = selector._sample
+    r = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch")
+    again = pipeline.evaluate_retriever(r, sample, ks=(10,), user_feats=user_feats, history_side=history_side)
+    assert again["hr@10"] == pytest.approx(float(trainer.checkpoint_callback.best_model_score), abs=1e-6)
+
+
 def test_without_the_callback_the_lowest_validation_loss_is_kept(tmp_path):
     out = tmp_path / "run"
     args = TINY + ["--data.sid.cache_dir", str(tmp_path / "cache"), "--trainer.max_epochs", "2"]

@@ -287,27 +287,34 @@ def _plot_metrics_vs_k(figure_class: Any, models: Mapping[str, Mapping[str, Any]
 
 def _plot_training(figure_class: Any, series: Mapping[str, list[tuple[float, float, float]]], path: Path) -> list[str]:
     # Losses (train and val) against step, validation metrics against epoch, the rest against step.
-    # Retrieval metrics (hr@ / ndcg@ / recall@, fractions) get their own panel: beside NLLs in nats
-    # they would be a flat line at the bottom.
+    # Series share a panel only when they share a scale: retrieval metrics (fractions) beside NLLs in
+    # nats, or an NLL beside a count of targets, would be a flat line at the bottom.
     losses = [c for c in series if "loss" in c.lower()]
     validation = [c for c in series if c.lower().startswith("val") and c not in losses]
     retrieval = [c for c in validation if any(m in c.lower() for m in ("hr@", "ndcg@", "recall@"))]
     validation = [c for c in validation if c not in retrieval]
-    others = [c for c in series if c not in losses and c not in validation and c not in retrieval]
+    train_nll = [c for c in series if c.lower().startswith("train/nll")]
+    grouped = set(losses + validation + retrieval + train_nll)
+    others = [(c, [c], False) for c in series if c not in grouped]
     panels = [
         (title, columns, by_epoch)
         for title, columns, by_epoch in (
             ("loss", losses, False),
             ("validation metrics", validation, True),
             ("validation retrieval", retrieval, True),
-            ("other logged values", others, False),
+            ("training NLL by level", train_nll, False),
+            *others,
         )
         if columns
     ]
     if not panels:
         return []
-    figure = figure_class(figsize=(5 * len(panels), 4))
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    n_cols = min(len(panels), 4)
+    n_rows = math.ceil(len(panels) / n_cols)
+    figure = figure_class(figsize=(5 * n_cols, 4 * n_rows))
+    axes = figure.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     for ax, (title, columns, by_epoch) in zip(axes, panels):
         # Fall back to steps when the log has no epoch column.
         use_epoch = by_epoch and not any(math.isnan(epoch) for c in columns for _, epoch, _ in series[c])

@@ -144,17 +144,20 @@ def test_missing_training_log_is_noted_not_fatal(tmp_path):
     assert (tmp_path / "metrics_vs_k.png").is_file() and not (tmp_path / "training_curves.png").exists()
 
 
-def test_training_plot_gives_retrieval_metrics_their_own_panel(tmp_path):
-    """HR@K / NDCG@K (fractions) drawn beside NLLs (nats) would be a flat line at the bottom."""
+def test_training_plot_keeps_series_of_different_scales_apart(tmp_path):
+    """HR@K / NDCG@K (fractions) drawn beside NLLs (nats), or NLLs beside a count, would be a flat line."""
     pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
 
     from genret.eval.report import _plot_training
 
     series = {"train/loss": [(0, 0.0, 5.0)], "val/loss": [(9, 0.0, 4.0)], "val/nll_s1": [(9, 0.0, 3.0)],
-              "val/hr@10": [(9, 0.0, 0.1)], "val/ndcg@10": [(9, 0.0, 0.05)], "train/targets": [(0, 0.0, 900.0)]}
+              "val/hr@10": [(9, 0.0, 0.1)], "val/ndcg@10": [(9, 0.0, 0.05)], "train/targets": [(0, 0.0, 900.0)],
+              "train/nll_s1": [(0, 0.0, 3.5)], "train/nll_s2": [(0, 0.0, 2.5)], "train/short_fraction": [(0, 0.0, 0.4)]}
     panels = _plot_training(Figure, series, tmp_path / "curves.png")
-    assert panels == ["loss", "validation metrics", "validation retrieval", "other logged values"]
+    # A count of targets and a fraction get a panel each rather than squashing the NLLs.
+    assert panels == ["loss", "validation metrics", "validation retrieval", "training NLL by level",
+                      "train/targets", "train/short_fraction"]
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # Without retrieval metrics the panel is left out.
     del series["val/hr@10"], series["val/ndcg@10"]

@@ -62,6 +62,9 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from genret import pipeline
     from genret.eval import format_ablation_table, format_metrics_table, write_metrics, write_report
+    from genret.eval.report import code_version
+
+    code_version()  # recorded in metrics.json: the code this run starts with
 
     out = Path(args.out)
     try:

@@ -28,6 +28,9 @@ def main(argv: list[str]) -> int:
     from genret import pipeline
     from genret.decoding.retriever import Retriever
     from genret.eval import format_metrics_table, write_metrics, write_report
+    from genret.eval.report import code_version
+
+    code_version()  # recorded in metrics.json: the code this run starts with
 
     out = Path(args.out)
     overrides = list(args.overrides) + extra

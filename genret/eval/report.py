@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import datetime as _datetime
+import functools
 import math
 import re
 import subprocess
@@ -160,20 +161,24 @@ def format_ablation_table(rows: Mapping[str, Mapping[str, Any]], ranks: Mapping[
     return _render_table(header, body)
 
 
-def _git_commit() -> str:
-    # The commit of the checkout genret runs from; an installed wheel has none.
+@functools.cache
+def code_version() -> str:
+    """The commit of the checkout genret runs from, with "-dirty" when tracked files differ from it;
+    "unknown" for an installed wheel. Cached: a long command calls it when it starts, so the commit
+    recorded at the end is the code that ran, not whatever was committed meanwhile."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
+                              text=True, timeout=10)
+
     try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
+        head = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    commit = result.stdout.strip()
-    return commit if result.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else "unknown"
+    commit = head.stdout.strip()
+    if head.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40}", commit):
+        return "unknown"
+    return commit + "-dirty" if status.returncode == 0 and status.stdout.strip() else commit
 
 
 def write_metrics(
@@ -201,7 +206,7 @@ def write_metrics(
             the standard keys.
 
     Returns:
-        The dict written: model, dataset, commit (``git rev-parse HEAD`` or "unknown"), device,
+        The dict written: model, dataset, commit (see `code_version`), device,
         train_seconds, val, test, genret_version, artifact_version, created (UTC ISO 8601), + extra.
     """
     from genret import __version__
@@ -209,7 +214,7 @@ def write_metrics(
     record: dict[str, Any] = {
         "model": str(model),
         "dataset": str(dataset),
-        "commit": _git_commit(),
+        "commit": code_version(),
         "device": str(device),
         "train_seconds": float(train_seconds),
         "val": dict(metrics_val),

@@ -1,5 +1,7 @@
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from genret.eval import (
     write_metrics,
     write_report,
 )
+from genret.eval.report import code_version
 
 VAL = {"hr@10": 0.30, "ndcg@10": 0.17, "recall@10": 0.30, "hr@50": 0.55, "ndcg@50": 0.22, "n_users": 100}
 TEST = {"hr@10": 0.29, "ndcg@10": 0.17, "recall@10": 0.29, "hr@50": 0.54, "ndcg@50": 0.21, "n_users": 100}
@@ -45,7 +48,7 @@ def test_write_metrics_schema_and_atomicity(tmp_path):
         assert key in on_disk
     assert on_disk["test"]["hr@10"] == 0.29 and on_disk["val"]["n_users"] == 100
     assert on_disk["baselines"]["popularity"]["hr@50"] == 0.15
-    assert isinstance(on_disk["commit"], str) and on_disk["commit"]
+    assert on_disk["commit"] == code_version()
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temp files left
     with pytest.raises(ValueError, match="standard"):
         write_metrics(path, model="m", dataset="d", metrics_val={}, metrics_test={}, train_seconds=0,
@@ -142,6 +145,20 @@ def test_missing_training_log_is_noted_not_fatal(tmp_path):
     assert "does not exist" in text
     assert "TIGER" in text and "recall@5" in text and "n/a" in text  # TEST has no @5 metrics
     assert (tmp_path / "metrics_vs_k.png").is_file() and not (tmp_path / "training_curves.png").exists()
+
+
+def test_code_version_is_the_checkout_head_marked_dirty_when_tracked_files_differ():
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    except OSError:  # no git on this machine
+        head = None
+    if head is None or head.returncode != 0:
+        assert code_version() == "unknown"
+        return
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True).stdout.strip()
+    assert code_version() == head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def test_training_plot_keeps_series_of_different_scales_apart(tmp_path):

@@ -98,8 +98,6 @@ def _last_actions(full: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.T
 def model_codes(model: DualGR, items: torch.Tensor) -> torch.Tensor:
     """SIDs of dense item indices (the table the decoder was built with); padding gets 0s."""
     table = model.item_codes
-    if table.device != items.device:
-        table = model.item_codes = table.to(items.device)
     return table[items.clamp(min=0)] * (items >= 0).unsqueeze(-1)
 
 

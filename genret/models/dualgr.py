@@ -251,9 +251,15 @@ class DualGR(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(d, K) for _ in range(L))
         # Every item's SID, for decoding from raw histories (set by set_item_codes; not trained). A plain
         # attribute, not a buffer: weight averaging (EMA) averages buffers too, and would blend these
-        # integers; model_codes moves it to the decoding device on first use.
+        # integers. _apply still moves it with the model.
         self.item_codes = torch.zeros(0, L, dtype=torch.long)
         self.apply(self._init_weights)
+
+    def _apply(self, fn, recurse=True):
+        # .to(device) / .cuda() move the SID table too; dtype casts leave integer tensors alone.
+        super()._apply(fn, recurse)
+        self.item_codes = fn(self.item_codes)
+        return self
 
     def set_item_codes(self, codes: torch.Tensor) -> None:
         """codes (n_items, L) int64: the SID table the decoder maps history items through."""

@@ -160,6 +160,18 @@ def test_config_validation_errors():
         DualGR(make_config(context_dropout=1.0))
 
 
+def test_sid_table_moves_with_the_model_but_is_no_buffer():
+    model = DualGR(make_config())
+    codes = torch.randint(0, K, (N_ITEMS, L))
+    model.set_item_codes(codes)
+    # Not a buffer, so weight averaging (which averages buffers) never blends the integer codes.
+    assert all(b is not model.item_codes for b in model.buffers())
+    model.double()
+    assert model.item_codes.dtype == torch.long and torch.equal(model.item_codes, codes)
+    model.to("meta")
+    assert model.item_codes.device.type == "meta" and model.bos.device.type == "meta"
+
+
 def test_action_encoder_makes_tokens_depend_on_earlier_actions():
     """Without the encoder an action's context token is its own embedding; with it, the token of
     the newest action changes when an earlier action does (causality: see the test above)."""

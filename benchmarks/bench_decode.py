@@ -22,6 +22,7 @@ peak come from benchmarks/bench_kernels.py run at the same shapes (printed at th
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -99,7 +100,8 @@ def naive_decode(model, index, hist, beam: int, k: int):
     cfg = model.cfg
     U, L, K, dev = hist.n_users, cfg.n_levels, cfg.codebook_size, hist.items.device
     outs_items, outs_scores = [], []
-    for width in (cfg.long_window, cfg.short_window):
+    log_priors = (math.log1p(-model.short_prior), math.log(model.short_prior))  # as Retriever's default
+    for width, log_prior in zip((cfg.long_window, cfg.short_window), log_priors):
         window, window_side = _window(model, hist, width)
         full, full_side, _ = _sorted_by_bucket(model, *_window(model, hist, cfg.max_history))
         ctx_coarse = model.context(window, model_codes(model, window), hist.user_feats, window_side)
@@ -138,7 +140,7 @@ def naive_decode(model, index, hist, beam: int, k: int):
             scores = top.values
         items, item_scores = sids_to_items(index, prefix, scores, k)
         outs_items.append(items)
-        outs_scores.append(item_scores)
+        outs_scores.append(item_scores + log_prior)
     return merge_topk(torch.cat(outs_items, 1), torch.cat(outs_scores, 1), k, "sum")  # as Retriever's default
 
 

@@ -182,9 +182,10 @@ def popularity_metrics(datamodule, ks, max_users: int | None = None) -> dict[str
 def run_variant(config: str | Path, out_dir: Path, variant: str = "dualgr", data: str | None = None,
                 overrides: list[str] | None = None, ks=(5, 10, 20, 50, 100, 500), eval_batch_size: int = 64,
                 max_eval_users: int | None = None, kernel: str = "auto", branch_merge: str = "sum",
-                checkpoint: str | Path | None = None) -> dict[str, Any]:
+                checkpoint: str | Path | None = None, short_weight: float | None = None) -> dict[str, Any]:
     """Train one DualGR variant and evaluate it on valid and test. Returns a result dict; its
-    "test_ranks" holds each test user's target rank (-1: not listed) for paired comparisons.
+    "test_ranks" holds each test user's target rank (-1: not listed) for paired comparisons, and
+    "short_weight" the short DBR branch's weight in the merge (`short_weight`, else the model's prior).
 
     With `checkpoint`, that trained model is evaluated instead (no training; "train_seconds" 0):
     the same split and protocol, e.g. to re-score a run after a decoding change."""
@@ -198,12 +199,14 @@ def run_variant(config: str | Path, out_dir: Path, variant: str = "dualgr", data
     else:
         ckpt, seconds = Path(checkpoint), 0.0
         dm.setup("fit")
-    retriever = Retriever.from_checkpoint(ckpt, kernel=kernel, branch_merge=branch_merge)
+    retriever = Retriever.from_checkpoint(ckpt, kernel=kernel, branch_merge=branch_merge, short_weight=short_weight)
     if not np.array_equal(retriever.item_ids, np.asarray(dm.log_all.item_ids)):
         raise ValueError(f"{ckpt} was trained on another catalogue ({len(retriever.item_ids)} items) than "
                          f"{dm.log_all.name} ({dm.n_items}); evaluate it on the data it was trained on")
     result: dict[str, Any] = {"model": variant, "checkpoint": str(ckpt), "train_seconds": seconds,
                               "dataset": dm.log_all.name, "sid_report": dm.sid_report, "datamodule": dm}
+    if retriever.model.cfg.use_dbr:
+        result["short_weight"] = retriever.branch_weight
     for stage, key in (("valid", "val"), ("test", "test")):
         es = dm.split.eval_set(stage)
         ranked = retriever_ranked_lists(retriever, es, max(ks), eval_batch_size, desc=f"{variant} {stage}",

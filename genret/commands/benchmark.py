@@ -34,6 +34,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kernel", default="auto", choices=("auto", "torch", "triton"))
     parser.add_argument("--branch-merge", default="sum", choices=("sum", "max"),
                         help="score of an item both DBR branches decode: sum of its probabilities, or the larger")
+    parser.add_argument("--short-weight", type=float, default=None,
+                        help="the short DBR branch's weight in the merge, in (0, 1) (default: the trained "
+                             "model's routing prior; set it to re-score a checkpoint from before that was stored)")
     parser.add_argument("--ks", default="5,10,20,50,100,500",
                         help="cut-offs; the beam is max(K) + a margin, so a smaller max(K) decodes faster")
     parser.add_argument("--sid-embeddings-from", metavar="CONFIG", default=None,
@@ -43,6 +46,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--checkpoint", default=None,
                         help="evaluate this trained DualGR checkpoint instead of training (same split and protocol)")
     args, overrides = parser.parse_known_args(argv)
+    if args.short_weight is not None and not 0.0 < args.short_weight < 1.0:
+        parser.error(f"--short-weight is a probability in (0, 1), got {args.short_weight}")
     if args.checkpoint is not None:
         if args.model not in ("dualgr", "tiger") or args.ablations or args.sid_embeddings_from:
             parser.error("--checkpoint evaluates one DualGR / TIGER-style model: drop --ablations and "
@@ -116,7 +121,8 @@ def main(argv: list[str]) -> int:
         sub = out if variant == args.model else out / variant.replace("/", "").replace(" ", "_")
         res = pipeline.run_variant(args.config, sub, variant, data=args.data, overrides=overrides, ks=ks,
                                    eval_batch_size=args.eval_batch_size, max_eval_users=args.max_eval_users,
-                                   kernel=args.kernel, branch_merge=args.branch_merge, checkpoint=args.checkpoint)
+                                   kernel=args.kernel, branch_merge=args.branch_merge, checkpoint=args.checkpoint,
+                                   short_weight=args.short_weight)
         dm = res.pop("datamodule")
         res["has_negatives"] = bool((dm.train_log.label == 0).any()) and dm.max_negatives > 0
         results[variant] = res
@@ -130,6 +136,7 @@ def main(argv: list[str]) -> int:
                             extra={"baselines": baselines, "sid_report": main_res["sid_report"],
                                    "total_seconds": time.perf_counter() - started,
                                    "eval_users": args.max_eval_users or "all", "branch_merge": args.branch_merge,
+                                   **({"short_weight": main_res["short_weight"]} if "short_weight" in main_res else {}),
                                    **({"sid_embeddings": sid_stage} if sid_stage else {}),
                                    **({"evaluated_checkpoint": str(args.checkpoint)} if args.checkpoint else {})})
     report = write_report(out, metrics, train_log_csv=_latest_metrics_csv(out))

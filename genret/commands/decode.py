@@ -76,15 +76,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--branch-merge", default="sum", choices=("sum", "max"),
                         help="score of an item both DBR branches decode: the sum of its probabilities "
                              "(default) or the larger one")
+    parser.add_argument("--short-weight", type=float, default=None,
+                        help="the short DBR branch's weight in the merge, in (0, 1) (default: how often the "
+                             "gate chose the short branch in training, stored in the checkpoint)")
     parser.add_argument("--out", type=Path, default=None, help="output JSON lines (default: stdout)")
     args = parser.parse_args(argv)
+    if args.short_weight is not None and not 0.0 < args.short_weight < 1.0:
+        parser.error(f"--short-weight is a probability in (0, 1), got {args.short_weight}")
 
     from genret.decoding.retriever import Retriever
     from genret.io import atomic_path
 
     users, histories, sides = read_histories(args.histories)
     retriever = Retriever.from_checkpoint(args.checkpoint, kernel=args.kernel, beam_width=args.beam_width,
-                                          merge_branches=not args.no_merge, branch_merge=args.branch_merge)
+                                          merge_branches=not args.no_merge, branch_merge=args.branch_merge,
+                                          short_weight=args.short_weight)
     try:
         result = retriever.retrieve(histories, k=args.k, unknown=args.unknown, batch_size=args.batch_size,
                                     side=side_columns(retriever.side_features, histories, sides))

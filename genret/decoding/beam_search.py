@@ -8,12 +8,13 @@ Each step's self-attention over the SID prefix reuses cached keys/values. The be
 (log-softmax, + beam score, constraint mask, top-W) and the decode cross-attention go through
 genret.kernels' dispatchers, so the same code runs the PyTorch reference on CPU and the Triton
 kernels on CUDA. Finished SIDs expand to items through the SID index; the branches are merged
-(by default an item found by both scores the sum of its two probabilities) and the top k
-distinct items returned.
+(each weighted by its routing prior from training; by default an item found by both scores the
+sum of its two weighted probabilities) and the top k distinct items returned.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -354,27 +355,34 @@ def merge_topk(items: torch.Tensor, scores: torch.Tensor, k: int,
 
 @torch.no_grad()
 def retrieve_indices(model: DualGR, index, hist: Histories, k: int, beam_width: int | None = None,
-                     merge_branches: bool = True, kernel: str = "auto",
-                     branch_merge: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
+                     merge_branches: bool = True, kernel: str = "auto", branch_merge: str = "sum",
+                     short_weight: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k dense item indices per user: both DBR branches decoded and merged.
 
     With `merge_branches=False` (or DBR off in the model) only the long branch is decoded.
-    `branch_merge` scores an item both branches decode: "sum" of their probabilities (the
-    mixture's probability, with the branches weighted equally) or "max" of the two (see merge_topk).
+    Each branch's log-probabilities are first weighted by the branch's prior: `short_weight` for
+    the short one and 1 - `short_weight` for the long one (default: the model's `short_prior`, how
+    often the DBR gate routed a training target to the short window). `branch_merge` then scores
+    an item both branches decode: "sum" of its weighted probabilities (the mixture's probability)
+    or "max" of the two (see merge_topk).
     Returns items (U, k) int64 (-1 where the catalogue has fewer reachable items) and scores.
     """
     if branch_merge not in BRANCH_MERGES:
         raise ValueError(f"branch_merge must be one of {BRANCH_MERGES}, got {branch_merge!r}")
+    if short_weight is not None and not 0.0 < short_weight < 1.0:
+        raise ValueError(f"short_weight is the short branch's prior probability and must lie in (0, 1), "
+                         f"got {short_weight}; leave it unset to use the one the model learned in training")
     cfg = model.cfg
     beam_width = beam_width or k
-    branches = [cfg.long_window]
+    branches = [(cfg.long_window, 0.0)]  # (window, log prior); one branch alone keeps its own log-probs
     if merge_branches and cfg.use_dbr:
-        branches.append(cfg.short_window)
+        p_short = model.short_prior if short_weight is None else short_weight
+        branches = [(cfg.long_window, math.log1p(-p_short)), (cfg.short_window, math.log(p_short))]
     encoded = _encode_histories(model, hist)
     all_items, all_scores = [], []
-    for width in branches:
+    for width, log_prior in branches:
         sids, scores = decode_branch(model, index, hist, width, beam_width, kernel, encoded)
         items, item_scores = sids_to_items(index, sids, scores, k)
         all_items.append(items)
-        all_scores.append(item_scores)
+        all_scores.append(item_scores + log_prior)
     return merge_topk(torch.cat(all_items, 1), torch.cat(all_scores, 1), k, branch_merge)

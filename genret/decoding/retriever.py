@@ -38,17 +38,24 @@ class Retriever:
         kernel: "auto" (Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "torch", "triton".
         beam_width: beams per level (default: k of each call); must be >= k to fill k items.
         merge_branches: decode both DBR branches and merge them (off: long branch only).
-        branch_merge: how an item both branches decode is scored: "sum" of its two probabilities
-            (default; the branches as an equal mixture) or "max" (its better branch's score).
+        branch_merge: how an item both branches decode is scored: "sum" of its two weighted
+            probabilities (default; the branches' mixture) or "max" (its better branch's score).
+        short_weight: the short branch's weight in the merge, P(short) (the long one gets 1 - it).
+            Default: the model's `short_prior`, how often the DBR gate routed a training target to the
+            short window (0.5 for a checkpoint from before it was recorded).
         side_features: the bucket boundaries of the per-action side features the model was trained
             with (a checkpoint carries them); None when it uses none.
     """
 
     def __init__(self, model: DualGR, index, item_ids: Sequence[Any], kernel: str = "auto",
                  beam_width: int | None = None, merge_branches: bool = True,
-                 side_features: SideFeatureBuckets | None = None, branch_merge: str = "sum"):
+                 side_features: SideFeatureBuckets | None = None, branch_merge: str = "sum",
+                 short_weight: float | None = None):
         if branch_merge not in BRANCH_MERGES:
             raise ValueError(f"branch_merge must be one of {BRANCH_MERGES}, got {branch_merge!r}")
+        if short_weight is not None and not 0.0 < short_weight < 1.0:
+            raise ValueError(f"short_weight is the short DBR branch's prior probability and must lie in (0, 1), "
+                             f"got {short_weight}; leave it unset to use the one the model learned in training")
         if side_features is not None and len(side_features) != model.cfg.n_side_features:
             raise ValueError(f"the model embeds {model.cfg.n_side_features} side features but "
                              f"{len(side_features)} were given ({side_features.names})")
@@ -64,6 +71,12 @@ class Retriever:
         self.beam_width = beam_width
         self.merge_branches = merge_branches
         self.branch_merge = branch_merge
+        self.short_weight = short_weight
+
+    @property
+    def branch_weight(self) -> float:
+        """The short branch's weight this retriever merges with (the model's prior unless overridden)."""
+        return self.model.short_prior if self.short_weight is None else self.short_weight
 
     @property
     def device(self) -> torch.device:
@@ -180,7 +193,7 @@ class Retriever:
         """Dense-index version of `retrieve` (used by evaluation). Returns (U, k) items, scores."""
         return retrieve_indices(self.model, self.index, hist, k, beam_width=max(self.beam_width or k, 1),
                                 merge_branches=self.merge_branches, kernel=self.kernel,
-                                branch_merge=self.branch_merge)
+                                branch_merge=self.branch_merge, short_weight=self.short_weight)
 
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 500, unknown: str = "error",
                  batch_size: int = 64, side: dict[str, Sequence[Sequence[Any]]] | None = None) -> RetrievalResult:

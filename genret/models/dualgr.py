@@ -253,6 +253,11 @@ class DualGR(nn.Module):
         # attribute, not a buffer: weight averaging (EMA) averages buffers too, and would blend these
         # integers. _apply still moves it with the model.
         self.item_codes = torch.zeros(0, L, dtype=torch.long)
+        # DBR's routing prior P(short branch): how often the gate sent a training target to the short
+        # window, averaged over training steps. Decoding weighs the branches' lists by it, so their merge
+        # is the mixture sum_b P(b) p(item | b) the gate trained. Kept as (weighted sum, total weight) of
+        # an exponential average, so it is bias-corrected from the first step and zeros mean "unknown".
+        self.register_buffer("routing_stats", torch.zeros(2))
         self.apply(self._init_weights)
 
     def _apply(self, fn, recurse=True):
@@ -260,6 +265,27 @@ class DualGR(nn.Module):
         super()._apply(fn, recurse)
         self.item_codes = fn(self.item_codes)
         return self
+
+    ROUTING_MOMENTUM = 0.01  # an average over the last ~100 training steps
+
+    @torch.no_grad()
+    def record_routing(self, short_fraction: torch.Tensor) -> None:
+        """Fold one training batch's fraction of targets routed to the short branch into the prior."""
+        m = self.ROUTING_MOMENTUM
+        step = torch.stack([short_fraction.detach().float(), torch.ones((), device=short_fraction.device)])
+        self.routing_stats.mul_(1 - m).add_(step.to(self.routing_stats), alpha=m)
+
+    @property
+    def short_prior(self) -> float:
+        """P(short branch) from training, kept inside [0.01, 0.99]; 0.5 when unknown (no training steps
+        recorded, e.g. a checkpoint from before the prior existed)."""
+        weighted, total = self.routing_stats.tolist()
+        return 0.5 if total <= 0 else min(max(weighted / total, 0.01), 0.99)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the routing prior have no stats: zeros read as "unknown".
+        state_dict.setdefault(prefix + "routing_stats", torch.zeros(2))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_item_codes(self, codes: torch.Tensor) -> None:
         """codes (n_items, L) int64: the SID table the decoder maps history items through."""

@@ -5,7 +5,7 @@ import torch
 
 from genret.decoding.beam_search import (Histories, _context_rows, _encode_histories, _last_actions, _pack_context,
                                          _positions, _sorted_by_bucket, _window, decode_branch, merge_topk,
-                                         model_codes, retrieve_indices)
+                                         model_codes, retrieve_indices, sids_to_items)
 from genret.models.dualgr import DualGR, DualGRConfig, TrainBatch
 from genret.tokenizers import SIDIndex
 
@@ -144,6 +144,31 @@ def test_retrieve_returns_k_distinct_items_even_for_empty_history():
     assert (scores >= max_scores - 1e-6).all() and items.shape == by_max.shape
     with pytest.raises(ValueError, match="branch_merge must be one of"):
         retrieve_indices(model, index, histories([[1]]), k=5, kernel="torch", branch_merge="mean")
+
+
+def test_branches_merge_as_a_mixture_weighted_by_the_routing_prior():
+    model, index, codes = make_model()
+    hist = histories([[1, 2, 3, 9, 10, 11, 13, 17], [4, 5]])
+    # A beam of 64 enumerates all 40 items, so each branch's probability of every item is known.
+    p = []
+    for width in (model.cfg.long_window, model.cfg.short_window):
+        sids, scores = decode_branch(model, index, hist, width, beam_width=64, kernel="torch")
+        items, item_scores = sids_to_items(index, sids, scores, N_ITEMS)
+        assert (items >= 0).all()
+        p.append(torch.zeros(2, N_ITEMS).scatter(1, items, item_scores.exp()))
+    for w in (0.2, 0.5, 0.9):
+        items, scores = retrieve_indices(model, index, hist, k=N_ITEMS, beam_width=64, kernel="torch", short_weight=w)
+        mixture = (1 - w) * p[0] + w * p[1]
+        torch.testing.assert_close(scores.exp(), mixture.gather(1, items), rtol=1e-4, atol=1e-6)
+        assert (scores[:, :-1] >= scores[:, 1:]).all()
+    # Unset, the weight is the prior the model recorded in training.
+    model.routing_stats.copy_(torch.tensor([0.8, 1.0]))
+    default = retrieve_indices(model, index, hist, k=10, kernel="torch")
+    explicit = retrieve_indices(model, index, hist, k=10, kernel="torch", short_weight=0.8)
+    assert torch.equal(default[0], explicit[0]) and torch.equal(default[1], explicit[1])
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="must lie in"):
+            retrieve_indices(model, index, hist, k=5, kernel="torch", short_weight=bad)
 
 
 def test_merge_topk_keeps_best_score_per_item():

@@ -172,6 +172,28 @@ def test_sid_table_moves_with_the_model_but_is_no_buffer():
     assert model.item_codes.device.type == "meta" and model.bos.device.type == "meta"
 
 
+def test_routing_prior_averages_the_recorded_fractions_and_old_checkpoints_read_as_equal():
+    model = DualGR(make_config())
+    assert model.short_prior == 0.5  # nothing recorded: the branches weigh the same
+    legacy_state = {k: v for k, v in model.state_dict().items() if k != "routing_stats"}
+    model.record_routing(torch.tensor(0.2))
+    assert model.short_prior == pytest.approx(0.2)  # bias-corrected: one step is not pulled towards zero
+    model.record_routing(torch.tensor(0.4))
+    m = DualGR.ROUTING_MOMENTUM
+    assert model.short_prior == pytest.approx((0.2 * (1 - m) + 0.4) / ((1 - m) + 1))
+    for _ in range(2000):
+        model.record_routing(torch.tensor(0.7))
+    assert model.short_prior == pytest.approx(0.7, abs=1e-4)  # float32 sums
+    copy = DualGR(make_config())
+    copy.load_state_dict(model.state_dict())  # the prior travels in the state dict (and checkpoints)
+    assert copy.short_prior == model.short_prior
+    copy.load_state_dict(legacy_state)  # a checkpoint from before the prior: strict load, prior unknown
+    assert copy.short_prior == 0.5
+    for _ in range(2000):
+        model.record_routing(torch.tensor(1.0))
+    assert model.short_prior == 0.99  # kept off 0 and 1: neither branch's list is ever dropped
+
+
 def test_action_encoder_makes_tokens_depend_on_earlier_actions():
     """Without the encoder an action's context token is its own embedding; with it, the token of
     the newest action changes when an earlier action does (causality: see the test above)."""

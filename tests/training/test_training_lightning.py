@@ -45,6 +45,9 @@ def test_fit_checkpoint_retrieve_and_resume(tmp_path, tiny_args):
 
     r = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch")
     assert len(r.item_ids) == dm.n_items
+    # Training recorded how often DBR's gate chose the short branch; the merge weighs the branches by it.
+    weighted, total = saved_state["model.routing_stats"].tolist()
+    assert total > 0 and r.branch_weight == pytest.approx(weighted / total)
     histories = [[r.item_ids[0], r.item_ids[3]], []]
     res = r.retrieve(histories, k=15)
     assert [len(items) for items in res.items] == [15, 15]
@@ -66,6 +69,13 @@ def test_fit_checkpoint_retrieve_and_resume(tmp_path, tiny_args):
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [row["user"] for row in rows] == [0, "u7"] and all(len(row["items"]) == 7 for row in rows)
     assert rows[0]["items"] == r.retrieve(histories[:1], k=7).items[0]
+    assert main(["decode", "--checkpoint", str(ckpt), "--histories", str(lines), "--k", "7", "--kernel", "torch",
+                 "--short-weight", "0.9", "--out", str(tmp_path / "short.jsonl")]) == 0
+    short = json.loads((tmp_path / "short.jsonl").read_text().splitlines()[0])
+    expect = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch", short_weight=0.9).retrieve(histories[:1], k=7)
+    assert short["items"] == expect.items[0]
+    with pytest.raises(SystemExit):
+        main(["decode", "--checkpoint", str(ckpt), "--histories", str(lines), "--short-weight", "1.5"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text("[1, 2\n")
     with pytest.raises(SystemExit, match="bad.jsonl:1: not valid JSON"):

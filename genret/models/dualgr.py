@@ -254,9 +254,11 @@ class DualGR(nn.Module):
         # integers. _apply still moves it with the model.
         self.item_codes = torch.zeros(0, L, dtype=torch.long)
         # DBR's routing prior P(short branch): how often the gate sent a training target to the short
-        # window, averaged over training steps. Decoding weighs the branches' lists by it, so their merge
-        # is the mixture sum_b P(b) p(item | b) the gate trained. Kept as (weighted sum, total weight) of
-        # an exponential average, so it is bias-corrected from the first step and zeros mean "unknown".
+        # window, among the targets whose two windows differ (where they do not, both branches decode
+        # the same list and the weight is moot). Decoding weighs the branches' lists by it, so their
+        # merge is the mixture sum_b P(b) p(item | b) the gate trained. Kept as exponential averages of
+        # the two counts per training step (short, windows differ): their ratio needs no bias
+        # correction, and zeros mean "unknown".
         self.register_buffer("routing_stats", torch.zeros(2))
         self.apply(self._init_weights)
 
@@ -269,18 +271,19 @@ class DualGR(nn.Module):
     ROUTING_MOMENTUM = 0.01  # an average over the last ~100 training steps
 
     @torch.no_grad()
-    def record_routing(self, short_fraction: torch.Tensor) -> None:
-        """Fold one training batch's fraction of targets routed to the short branch into the prior."""
+    def record_routing(self, n_short: torch.Tensor, n_split: torch.Tensor) -> None:
+        """Fold one training batch into the prior: n_short targets routed to the short window out of
+        n_split whose two windows differ."""
         m = self.ROUTING_MOMENTUM
-        step = torch.stack([short_fraction.detach().float(), torch.ones((), device=short_fraction.device)])
+        step = torch.stack([torch.as_tensor(n_short).detach(), torch.as_tensor(n_split).detach()])
         self.routing_stats.mul_(1 - m).add_(step.to(self.routing_stats), alpha=m)
 
     @property
     def short_prior(self) -> float:
-        """P(short branch) from training, kept inside [0.01, 0.99]; 0.5 when unknown (no training steps
-        recorded, e.g. a checkpoint from before the prior existed)."""
-        weighted, total = self.routing_stats.tolist()
-        return 0.5 if total <= 0 else min(max(weighted / total, 0.01), 0.99)
+        """P(short branch | the windows differ) from training, kept inside [0.01, 0.99]; 0.5 when unknown
+        (no such target recorded, e.g. a checkpoint from before the prior existed)."""
+        short, split = self.routing_stats.tolist()
+        return 0.5 if split <= 0 else min(max(short / split, 0.01), 0.99)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints written before the routing prior have no stats: zeros read as "unknown".
@@ -538,8 +541,13 @@ class DualGR(nn.Module):
             p1 = out["neg_logits"].float().softmax(-1).gather(-1, batch.neg_codes[..., :1]).squeeze(-1)
             p1 = p1.clamp(cfg.eps, 1 - cfg.eps)
             neg_sum = (-cfg.alpha * torch.log1p(-p1) * neg_valid).sum()
+        # Targets whose two DBR windows hold different actions: more actions before them than the short
+        # window (left-aligned sequences: a target's index is its history length). Elsewhere both
+        # branches see the same actions, so the gate's tie-break to "long" says nothing about them.
+        positions = torch.arange(valid.shape[1], device=valid.device)
+        split = valid & (positions > cfg.short_window) if cfg.long_window > cfg.short_window else torch.zeros_like(valid)
         return {"level_nll": torch.stack(level_nll), "neg_sum": neg_sum, "n_pos": valid.sum(), "n_neg": n_neg,
-                "n_short": (out["choose_short"] & valid).sum()}
+                "n_short": (out["choose_short"] & valid).sum(), "n_split": split.sum()}
 
     @staticmethod
     def _combine(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -552,6 +560,8 @@ class DualGR(nn.Module):
             "n_pos": n_pos,
             "n_neg": n_neg,
             "short_fraction": total["n_short"].float() / n_pos.clamp(min=1),
+            "n_short": total["n_short"],
+            "n_split": total["n_split"],
         }
 
 

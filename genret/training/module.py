@@ -92,7 +92,7 @@ class DualGRModule(pl.LightningModule):
             self.log("train/neg_loss", out["neg_loss"], batch_size=size)
             self.log("train/short_fraction", out["short_fraction"], batch_size=size)
             if self.model.cfg.use_dbr:
-                self.model.record_routing(out["short_fraction"])
+                self.model.record_routing(out["n_short"], out["n_split"])
             self.log("train/targets", out["n_pos"].float(), batch_size=size, reduce_fx="sum")
         return out["loss"]
 

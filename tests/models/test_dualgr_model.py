@@ -172,17 +172,19 @@ def test_sid_table_moves_with_the_model_but_is_no_buffer():
     assert model.item_codes.device.type == "meta" and model.bos.device.type == "meta"
 
 
-def test_routing_prior_averages_the_recorded_fractions_and_old_checkpoints_read_as_equal():
+def test_routing_prior_averages_the_recorded_counts_and_old_checkpoints_read_as_equal():
     model = DualGR(make_config())
     assert model.short_prior == 0.5  # nothing recorded: the branches weigh the same
     legacy_state = {k: v for k, v in model.state_dict().items() if k != "routing_stats"}
-    model.record_routing(torch.tensor(0.2))
-    assert model.short_prior == pytest.approx(0.2)  # bias-corrected: one step is not pulled towards zero
-    model.record_routing(torch.tensor(0.4))
+    model.record_routing(torch.tensor(2), torch.tensor(10))
+    assert model.short_prior == pytest.approx(0.2)  # a ratio of averages: one step is not pulled towards zero
+    model.record_routing(torch.tensor(12), torch.tensor(30))  # batches count by their targets
     m = DualGR.ROUTING_MOMENTUM
-    assert model.short_prior == pytest.approx((0.2 * (1 - m) + 0.4) / ((1 - m) + 1))
+    assert model.short_prior == pytest.approx((2 * (1 - m) + 12) / (10 * (1 - m) + 30))
+    model.record_routing(torch.tensor(0), torch.tensor(0))  # a batch without split targets changes little
+    assert model.short_prior == pytest.approx((2 * (1 - m) + 12) / (10 * (1 - m) + 30))
     for _ in range(2000):
-        model.record_routing(torch.tensor(0.7))
+        model.record_routing(torch.tensor(7), torch.tensor(10))
     assert model.short_prior == pytest.approx(0.7, abs=1e-4)  # float32 sums
     copy = DualGR(make_config())
     copy.load_state_dict(model.state_dict())  # the prior travels in the state dict (and checkpoints)
@@ -190,8 +192,20 @@ def test_routing_prior_averages_the_recorded_fractions_and_old_checkpoints_read_
     copy.load_state_dict(legacy_state)  # a checkpoint from before the prior: strict load, prior unknown
     assert copy.short_prior == 0.5
     for _ in range(2000):
-        model.record_routing(torch.tensor(1.0))
+        model.record_routing(torch.tensor(10), torch.tensor(10))
     assert model.short_prior == 0.99  # kept off 0 and 1: neither branch's list is ever dropped
+
+
+def test_routing_counts_only_targets_whose_windows_differ():
+    # short_window 4: a target with more than 4 actions before it is the first whose windows differ.
+    batch = make_batch(T=12)  # rows of 12, 12 and 9 positives
+    out = DualGR(make_config()).loss(batch, chunks=2)
+    assert out["n_split"].item() == 7 + 7 + 4  # positions 5.. of each row
+    forward = DualGR(make_config())(batch)
+    assert out["n_short"].item() <= out["n_split"].item()
+    # Where the windows hold the same actions the gate ties, and a tie goes to the long branch.
+    assert not forward["choose_short"][:, :5].any()
+    assert DualGR(make_config(short_window=24)).loss(batch)["n_split"].item() == 0  # one window: nothing to split
 
 
 def test_action_encoder_makes_tokens_depend_on_earlier_actions():

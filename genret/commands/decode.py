@@ -78,7 +78,7 @@ def main(argv: list[str]) -> int:
                              "(default) or the larger one")
     parser.add_argument("--short-weight", type=float, default=None,
                         help="the short DBR branch's weight in the merge, in (0, 1) (default: how often the "
-                             "gate chose the short branch in training, stored in the checkpoint)")
+                             "gate chose the short branch in training, stored in the checkpoint; 0.5 if absent)")
     parser.add_argument("--out", type=Path, default=None, help="output JSON lines (default: stdout)")
     args = parser.parse_args(argv)
     if args.short_weight is not None and not 0.0 < args.short_weight < 1.0:

@@ -362,9 +362,9 @@ def retrieve_indices(model: DualGR, index, hist: Histories, k: int, beam_width: 
     With `merge_branches=False` (or DBR off in the model) only the long branch is decoded.
     Each branch's log-probabilities are first weighted by the branch's prior: `short_weight` for
     the short one and 1 - `short_weight` for the long one (default: the model's `short_prior`, how
-    often the DBR gate routed a training target to the short window). `branch_merge` then scores
-    an item both branches decode: "sum" of its weighted probabilities (the mixture's probability)
-    or "max" of the two (see merge_topk).
+    often the DBR gate routed a training target to the short window where the two windows differ).
+    `branch_merge` then scores an item both branches decode: "sum" of its weighted probabilities
+    (the mixture's probability) or "max" of the two (see merge_topk).
     Returns items (U, k) int64 (-1 where the catalogue has fewer reachable items) and scores.
     """
     if branch_merge not in BRANCH_MERGES:

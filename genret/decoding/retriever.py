@@ -42,7 +42,7 @@ class Retriever:
             probabilities (default; the branches' mixture) or "max" (its better branch's score).
         short_weight: the short branch's weight in the merge, P(short) (the long one gets 1 - it).
             Default: the model's `short_prior`, how often the DBR gate routed a training target to the
-            short window (0.5 for a checkpoint from before it was recorded).
+            short window where the two windows differ (0.5 for a checkpoint from before it was recorded).
         side_features: the bucket boundaries of the per-action side features the model was trained
             with (a checkpoint carries them); None when it uses none.
     """

@@ -545,7 +545,7 @@ class DualGR(nn.Module):
         # window (left-aligned sequences: a target's index is its history length). Elsewhere both
         # branches see the same actions, so the gate's tie-break to "long" says nothing about them.
         positions = torch.arange(valid.shape[1], device=valid.device)
-        split = valid & (positions > cfg.short_window) if cfg.long_window > cfg.short_window else torch.zeros_like(valid)
+        split = valid & (positions > cfg.short_window) & (cfg.long_window > cfg.short_window)
         return {"level_nll": torch.stack(level_nll), "neg_sum": neg_sum, "n_pos": valid.sum(), "n_neg": n_neg,
                 "n_short": (out["choose_short"] & valid).sum(), "n_split": split.sum()}
 

@@ -72,7 +72,8 @@ def test_fit_checkpoint_retrieve_and_resume(tmp_path, tiny_args):
     assert main(["decode", "--checkpoint", str(ckpt), "--histories", str(lines), "--k", "7", "--kernel", "torch",
                  "--short-weight", "0.9", "--out", str(tmp_path / "short.jsonl")]) == 0
     short = json.loads((tmp_path / "short.jsonl").read_text().splitlines()[0])
-    expect = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch", short_weight=0.9).retrieve(histories[:1], k=7)
+    weighted = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch", short_weight=0.9)
+    expect = weighted.retrieve(histories[:1], k=7)
     assert short["items"] == expect.items[0]
     with pytest.raises(SystemExit):
         main(["decode", "--checkpoint", str(ckpt), "--histories", str(lines), "--short-weight", "1.5"])

@@ -22,7 +22,6 @@ peak come from benchmarks/bench_kernels.py run at the same shapes (printed at th
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import subprocess
 import sys
@@ -94,13 +93,13 @@ def histories(args):
 @torch.no_grad()
 def naive_decode(model, index, hist, beam: int, k: int):
     """The unfused, cache-free baseline: see the module docstring."""
-    from genret.decoding.beam_search import _bucket_ranges, _sorted_by_bucket, _window, merge_topk, model_codes, \
-        sids_to_items
+    from genret.decoding.beam_search import _bucket_ranges, _sorted_by_bucket, _window, branch_log_priors, merge_topk, \
+        model_codes, sids_to_items
 
     cfg = model.cfg
     U, L, K, dev = hist.n_users, cfg.n_levels, cfg.codebook_size, hist.items.device
     outs_items, outs_scores = [], []
-    log_priors = (math.log1p(-model.short_prior), math.log(model.short_prior))  # as Retriever's default
+    log_priors = branch_log_priors(model)  # as Retriever's default
     for width, log_prior in zip((cfg.long_window, cfg.short_window), log_priors):
         window, window_side = _window(model, hist, width)
         full, full_side, _ = _sorted_by_bucket(model, *_window(model, hist, cfg.max_history))

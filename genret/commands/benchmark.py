@@ -46,8 +46,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--checkpoint", default=None,
                         help="evaluate this trained DualGR checkpoint instead of training (same split and protocol)")
     args, overrides = parser.parse_known_args(argv)
-    if args.short_weight is not None and not 0.0 < args.short_weight < 1.0:
-        parser.error(f"--short-weight is a probability in (0, 1), got {args.short_weight}")
+    from genret.decoding.beam_search import check_short_weight
+
+    try:
+        check_short_weight(args.short_weight)
+    except ValueError as err:
+        parser.error(f"--short-weight: {err}")
     if args.checkpoint is not None:
         if args.model not in ("dualgr", "tiger") or args.ablations or args.sid_embeddings_from:
             parser.error("--checkpoint evaluates one DualGR / TIGER-style model: drop --ablations and "

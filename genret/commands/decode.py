@@ -81,8 +81,12 @@ def main(argv: list[str]) -> int:
                              "gate chose the short branch in training, stored in the checkpoint; 0.5 if absent)")
     parser.add_argument("--out", type=Path, default=None, help="output JSON lines (default: stdout)")
     args = parser.parse_args(argv)
-    if args.short_weight is not None and not 0.0 < args.short_weight < 1.0:
-        parser.error(f"--short-weight is a probability in (0, 1), got {args.short_weight}")
+    from genret.decoding.beam_search import check_short_weight
+
+    try:
+        check_short_weight(args.short_weight)
+    except ValueError as err:
+        parser.error(f"--short-weight: {err}")
 
     from genret.decoding.retriever import Retriever
     from genret.io import atomic_path

@@ -313,6 +313,20 @@ def sids_to_items(index, sids: torch.Tensor, scores: torch.Tensor, k: int) -> tu
 BRANCH_MERGES = ("sum", "max")
 
 
+def check_short_weight(short_weight: float | None) -> None:
+    """A given short-branch weight must be a probability strictly inside (0, 1); None means the model's prior."""
+    if short_weight is not None and not 0.0 < short_weight < 1.0:
+        raise ValueError(f"short_weight is the short DBR branch's prior probability and must lie in (0, 1), "
+                         f"got {short_weight}; leave it unset to use the one the model learned in training")
+
+
+def branch_log_priors(model: DualGR, short_weight: float | None = None) -> tuple[float, float]:
+    """(log P(long), log P(short)) the merge adds to each branch's scores: `short_weight` or the model's prior."""
+    check_short_weight(short_weight)
+    p_short = model.short_prior if short_weight is None else short_weight
+    return math.log1p(-p_short), math.log(p_short)
+
+
 def merge_topk(items: torch.Tensor, scores: torch.Tensor, k: int,
                combine: str = "max") -> tuple[torch.Tensor, torch.Tensor]:
     """Per user: one entry per distinct item, top k by score.
@@ -369,15 +383,12 @@ def retrieve_indices(model: DualGR, index, hist: Histories, k: int, beam_width: 
     """
     if branch_merge not in BRANCH_MERGES:
         raise ValueError(f"branch_merge must be one of {BRANCH_MERGES}, got {branch_merge!r}")
-    if short_weight is not None and not 0.0 < short_weight < 1.0:
-        raise ValueError(f"short_weight is the short branch's prior probability and must lie in (0, 1), "
-                         f"got {short_weight}; leave it unset to use the one the model learned in training")
+    check_short_weight(short_weight)
     cfg = model.cfg
     beam_width = beam_width or k
     branches = [(cfg.long_window, 0.0)]  # (window, log prior); one branch alone keeps its own log-probs
     if merge_branches and cfg.use_dbr:
-        p_short = model.short_prior if short_weight is None else short_weight
-        branches = [(cfg.long_window, math.log1p(-p_short)), (cfg.short_window, math.log(p_short))]
+        branches = list(zip((cfg.long_window, cfg.short_window), branch_log_priors(model, short_weight)))
     encoded = _encode_histories(model, hist)
     all_items, all_scores = [], []
     for width, log_prior in branches:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from genret.data.side_features import SideFeatureBuckets
-from genret.decoding.beam_search import BRANCH_MERGES, Histories, retrieve_indices
+from genret.decoding.beam_search import BRANCH_MERGES, Histories, check_short_weight, retrieve_indices
 from genret.io import ARTIFACT_VERSION
 from genret.models.dualgr import DualGR, DualGRConfig
 
@@ -53,9 +53,7 @@ class Retriever:
                  short_weight: float | None = None):
         if branch_merge not in BRANCH_MERGES:
             raise ValueError(f"branch_merge must be one of {BRANCH_MERGES}, got {branch_merge!r}")
-        if short_weight is not None and not 0.0 < short_weight < 1.0:
-            raise ValueError(f"short_weight is the short DBR branch's prior probability and must lie in (0, 1), "
-                             f"got {short_weight}; leave it unset to use the one the model learned in training")
+        check_short_weight(short_weight)
         if side_features is not None and len(side_features) != model.cfg.n_side_features:
             raise ValueError(f"the model embeds {model.cfg.n_side_features} side features but "
                              f"{len(side_features)} were given ({side_features.names})")

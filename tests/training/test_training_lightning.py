@@ -330,6 +330,9 @@ def test_shipped_configs_parse(tmp_path, name):
     assert trainer.max_epochs >= 1
     # The Amazon recipe keeps its epoch by decoded validation HR@10, the others by validation loss.
     assert trainer.checkpoint_callback.monitor == ("val/hr@10" if name == "dualgr_amazon" else "val/loss")
+    # The two real-data recipes validate, keep and save an exponential average of the weights.
+    averaged = any(type(cb).__name__ == "EMAWeightAveraging" for cb in trainer.callbacks)
+    assert averaged == (name in ("dualgr_ml1m", "dualgr_amazon"))
 
 
 @pytest.mark.slow

@@ -93,8 +93,9 @@ def histories(args):
 @torch.no_grad()
 def naive_decode(model, index, hist, beam: int, k: int):
     """The unfused, cache-free baseline: see the module docstring."""
-    from genret.decoding.beam_search import _bucket_ranges, _sorted_by_bucket, _window, branch_log_priors, merge_topk, \
+    from genret.decoding.beam_search import _bucket_ranges, _sorted_by_bucket, _window, branch_log_priors, \
         model_codes, sids_to_items
+    from genret.decoding.topk import distinct_topk
 
     cfg = model.cfg
     U, L, K, dev = hist.n_users, cfg.n_levels, cfg.codebook_size, hist.items.device
@@ -140,7 +141,7 @@ def naive_decode(model, index, hist, beam: int, k: int):
         items, item_scores = sids_to_items(index, prefix, scores, k)
         outs_items.append(items)
         outs_scores.append(item_scores + log_prior)
-    return merge_topk(torch.cat(outs_items, 1), torch.cat(outs_scores, 1), k, "sum")  # as Retriever's default
+    return distinct_topk(torch.cat(outs_items, 1), torch.cat(outs_scores, 1), k, "sum")  # as Retriever's default
 
 
 def timed(fn, device, repeats):

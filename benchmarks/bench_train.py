@@ -1,6 +1,6 @@
 """DualGR training-step throughput (targets/s): all targets of a sequence in one pass vs one
 padded example per prefix (the slow toy version, on the batches' first users), in the same run;
-then genret's CPU dropout (genret/models/cpu_dropout.py) vs torch's `nn.Dropout` in the same model,
+then genret's CPU dropout (genret/models/layers.py) vs torch's `nn.Dropout` in the same model,
 alternating rounds on the same batches (nn.Dropout's draws were 16% of an ML-1M step on a CPU);
 then the loss in `--length-chunks` length-sorted pieces (`model.length_chunks`: same loss and
 gradient, less padding) vs one piece, and bfloat16 autocast vs float32, each alternating with its
@@ -113,7 +113,7 @@ def with_torch_dropout(model):
     """A copy of `model` whose CPUFastDropout modules are torch's nn.Dropout (same p)."""
     import copy
 
-    from genret.models.cpu_dropout import CPUFastDropout
+    from genret.models.layers import CPUFastDropout
 
     twin = copy.deepcopy(model)
     for parent in twin.modules():
@@ -125,10 +125,12 @@ def with_torch_dropout(model):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from genret import pipeline
+    from genret.families import family_for_config
+    from genret.training.run import build
 
     overrides = ["--trainer.enable_progress_bar", "false"]
-    module, dm, _ = pipeline.build(args.config, Path("/tmp/genret-bench-train"), overrides, data=args.data)
+    module, dm, _ = build(family_for_config(args.config), args.config, Path("/tmp/genret-bench-train"), overrides,
+                          data=args.data)
     dm.setup("fit")
     module.build(n_levels=dm.sid.n_levels, codebook_size=dm.sid.codebook_size, n_items=dm.n_items,
                  user_feature_cardinalities=dm.user_feature_cardinalities, max_history=dm.max_history)

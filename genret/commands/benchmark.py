@@ -1,47 +1,47 @@
 """`genret benchmark --model dualgr --data PATH --config configs/<name>.yaml --out DIR`
 
 Fits the tokenizer (cached), trains, evaluates leave-one-out with full ranking on valid and test,
-and writes DIR/metrics.json and DIR/report.md (plots beside it). Models: dualgr, tiger (DualGR
-with DBR, S2D and ENTP off), popularity, and the embedding retrievers kuaiformer and sasrec
-(exact top-K over all items). `--ablations` trains every Table-2 variant (w/o DBR,
-w/o S2D, w/o ENTP) under the same split and prints the paper's Table 2 layout.
-`--sid-embeddings-from CONFIG` first trains that KuaiFormer / SASRec YAML on the same data and
-builds the generative model's SIDs from its item vectors; its time counts in the total.
+and writes DIR/metrics.json and DIR/report.md (plots beside it). Models: the registered families
+(genret.families): dualgr, tiger (DualGR with DBR, S2D and ENTP off), the embedding retrievers
+kuaiformer and sasrec (exact top-K over all items), and popularity. `--ablations` trains every
+Table-2 variant (w/o DBR, w/o S2D, w/o ENTP) under the same split and prints the paper's Table 2
+layout. `--sid_embeddings_from CONFIG` first trains that KuaiFormer / SASRec YAML on the same data
+and builds the generative model's SIDs from its item vectors; its time counts in the total.
 `--checkpoint CKPT` evaluates a trained DualGR instead of training one (e.g. to re-score a run with
-another `--branch-merge` or `--ks`).
+another `--branch_merge` or `--ks`). Under several processes (Lightning DDP, or `torchrun`) the
+evaluation is shared across them and rank 0 writes the results.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
 
-MODELS = ("dualgr", "tiger", "popularity", "kuaiformer", "sasrec")
+from genret.commands.arguments import Parser
+from genret.families import FAMILIES
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="genret benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="dualgr", choices=MODELS)
+    parser = Parser(prog="genret benchmark", description=__doc__)
+    parser.add_argument("--model", default="dualgr", choices=tuple(FAMILIES))
     parser.add_argument("--data", required=True, help="data folder (ml-1m, P5 Amazon, KuaiRand), table, or synthetic")
     parser.add_argument("--config", required=True, help="YAML, e.g. configs/dualgr_ml1m.yaml")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--ablations", action="store_true", help="also train w/o DBR, w/o S2D, w/o ENTP, TIGER")
-    parser.add_argument("--eval-batch-size", type=int, default=64)
-    parser.add_argument("--max-eval-users", type=int, default=None, help="evaluate on the first N users only")
+    parser.add_argument("--eval_batch_size", type=int, default=64)
+    parser.add_argument("--max_eval_users", type=int, default=None, help="evaluate on the first N users only")
     parser.add_argument("--kernel", default="auto", choices=("auto", "torch", "triton"))
-    parser.add_argument("--branch-merge", default="sum", choices=("sum", "max"),
+    parser.add_argument("--branch_merge", default="sum", choices=("sum", "max"),
                         help="score of an item both DBR branches decode: sum of its probabilities, or the larger")
-    parser.add_argument("--short-weight", type=float, default=None,
+    parser.add_argument("--short_weight", type=float, default=None,
                         help="the short DBR branch's weight in the merge, in (0, 1) (default: the trained "
                              "model's routing prior; set it to re-score a checkpoint from before that was stored)")
     parser.add_argument("--ks", default="5,10,20,50,100,500",
                         help="cut-offs; the beam is max(K) + a margin, so a smaller max(K) decodes faster")
-    parser.add_argument("--sid-embeddings-from", metavar="CONFIG", default=None,
+    parser.add_argument("--sid_embeddings_from", metavar="CONFIG", default=None,
                         help="a KuaiFormer / SASRec YAML: train it first and build the SIDs from its item vectors")
-    parser.add_argument("--sid-embeddings-epochs", type=int, default=None,
+    parser.add_argument("--sid_embeddings_epochs", type=int, default=None,
                         help="max_epochs for that model (default: its YAML's)")
     parser.add_argument("--checkpoint", default=None,
                         help="evaluate this trained DualGR checkpoint instead of training (same split and protocol)")
@@ -51,27 +51,32 @@ def main(argv: list[str]) -> int:
     try:
         check_short_weight(args.short_weight)
     except ValueError as err:
-        parser.error(f"--short-weight: {err}")
+        parser.error(f"--short_weight: {err}")
     if args.checkpoint is not None:
         if args.model not in ("dualgr", "tiger") or args.ablations or args.sid_embeddings_from:
             parser.error("--checkpoint evaluates one DualGR / TIGER-style model: drop --ablations and "
-                         "--sid-embeddings-from, and use --model dualgr or tiger")
+                         "--sid_embeddings_from, and use --model dualgr or tiger")
         if not Path(args.checkpoint).is_file():
             parser.error(f"--checkpoint {args.checkpoint} is not a file")
     if args.sid_embeddings_from is not None:
         if args.model not in ("dualgr", "tiger"):
-            parser.error(f"--sid-embeddings-from builds SIDs, which --model {args.model} does not use")
+            parser.error(f"--sid_embeddings_from builds SIDs, which --model {args.model} does not use")
         if not Path(args.sid_embeddings_from).is_file():
-            parser.error(f"--sid-embeddings-from {args.sid_embeddings_from} is not a file; pass a KuaiFormer / "
+            parser.error(f"--sid_embeddings_from {args.sid_embeddings_from} is not a file; pass a KuaiFormer / "
                          "SASRec YAML such as configs/sasrec_ml1m.yaml")
         if any(arg.split("=")[0] == "--data.sid.embeddings" for arg in overrides):
-            parser.error("--sid-embeddings-from and --data.sid.embeddings both choose the SID embeddings; pass one")
+            parser.error("--sid_embeddings_from and --data.sid.embeddings both choose the SID embeddings; pass one")
     elif args.sid_embeddings_epochs is not None:
-        parser.error("--sid-embeddings-epochs needs --sid-embeddings-from")
+        parser.error("--sid_embeddings_epochs needs --sid_embeddings_from")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from genret import pipeline
+    from genret.eval import benchmark as runs
     from genret.eval import format_ablation_table, format_metrics_table, write_metrics, write_report
+    from genret.eval.distributed import init_from_env, is_main_process
     from genret.eval.report import code_version
+    from genret.families import get_family
+
+    init_from_env()  # a torchrun launch: join its process group before anything is evaluated
+    family = get_family(args.model)
 
     code_version()  # recorded in metrics.json: the code this run starts with
 
@@ -81,31 +86,34 @@ def main(argv: list[str]) -> int:
     except ValueError:
         parser.error(f"--ks must be comma-separated integers, got {args.ks!r}")
     started = time.perf_counter()
-    if args.model == "popularity":
-        _, dm, _ = pipeline.build(args.config, out, overrides, data=args.data)
+    if family.kind == "counts":
+        from genret.families import family_for_config
+        from genret.training.run import build
+
+        # The data module of the config's own family defines the split the baseline is scored on.
+        _, dm, _ = build(family_for_config(args.config), args.config, out, overrides, data=args.data)
         dm.setup("fit")
-        pop = pipeline.popularity_metrics(dm, ks)
-        metrics = write_metrics(out / "metrics.json", model="popularity", dataset=dm.log_all.name,
-                                metrics_val=pop["val"], metrics_test=pop["test"], train_seconds=0.0,
-                                device=pipeline.device_name())
-        write_report(out, metrics)
-        print(format_metrics_table({"popularity": pop}))
+        pop = runs.popularity_metrics(dm, ks)
+        if is_main_process():
+            metrics = write_metrics(out / "metrics.json", model="popularity", dataset=dm.log_all.name,
+                                    metrics_val=pop["val"], metrics_test=pop["test"], train_seconds=0.0,
+                                    device=runs.device_name())
+            write_report(out, metrics)
+            print(format_metrics_table({"popularity": pop}))
         return 0
 
-    if args.model in ("kuaiformer", "sasrec"):
-        from genret.training.kuaiformer_module import run_embedding_benchmark
-
-        res = run_embedding_benchmark(args.config, out, data=args.data, overrides=overrides, ks=ks,
-                                      model_name=args.model)
+    if family.kind == "embedding":
+        res = runs.run_embedding(args.model, args.config, out, data=args.data, overrides=overrides, ks=ks)
         dm = res.pop("datamodule")
-        baselines = {"popularity": pipeline.popularity_metrics(dm, ks)}
-        metrics = write_metrics(out / "metrics.json", model=args.model, dataset=res["dataset"],
-                                metrics_val=res["val"], metrics_test=res["test"],
-                                train_seconds=res["train_seconds"], device=pipeline.device_name(),
-                                extra={"baselines": baselines, "total_seconds": time.perf_counter() - started})
-        report = write_report(out, metrics, train_log_csv=_latest_metrics_csv(out))
-        print(format_metrics_table({args.model: res, **baselines}))
-        print(f"[genret] wrote {out / 'metrics.json'} and {report} in {time.perf_counter() - started:.0f} s")
+        baselines = {"popularity": runs.popularity_metrics(dm, ks)}
+        if is_main_process():
+            metrics = write_metrics(out / "metrics.json", model=args.model, dataset=res["dataset"],
+                                    metrics_val=res["val"], metrics_test=res["test"],
+                                    train_seconds=res["train_seconds"], device=runs.device_name(),
+                                    extra={"baselines": baselines, "total_seconds": time.perf_counter() - started})
+            report = write_report(out, metrics, train_log_csv=_latest_metrics_csv(out))
+            print(format_metrics_table({args.model: res, **baselines}))
+            print(f"[genret] wrote {out / 'metrics.json'} and {report} in {time.perf_counter() - started:.0f} s")
         return 0
 
     sid_stage = None
@@ -123,7 +131,7 @@ def main(argv: list[str]) -> int:
             results[variant] = dict(results["dualgr"], note="identical to dualgr: no exposure negatives")
             continue
         sub = out if variant == args.model else out / variant.replace("/", "").replace(" ", "_")
-        res = pipeline.run_variant(args.config, sub, variant, data=args.data, overrides=overrides, ks=ks,
+        res = runs.run_generative(args.config, sub, variant, data=args.data, overrides=overrides, ks=ks,
                                    eval_batch_size=args.eval_batch_size, max_eval_users=args.max_eval_users,
                                    kernel=args.kernel, branch_merge=args.branch_merge, checkpoint=args.checkpoint,
                                    short_weight=args.short_weight)
@@ -131,12 +139,14 @@ def main(argv: list[str]) -> int:
         res["has_negatives"] = bool((dm.train_log.label == 0).any()) and dm.max_negatives > 0
         results[variant] = res
     main_res = results[args.model]
-    baselines = {"popularity": pipeline.popularity_metrics(dm, ks, max_users=args.max_eval_users)}
+    baselines = {"popularity": runs.popularity_metrics(dm, ks, max_users=args.max_eval_users)}
     baselines.update({name: {k: r[k] for k in ("val", "test", "train_seconds", "note") if k in r}
                       for name, r in results.items() if name != args.model})
+    if not is_main_process():
+        return 0
     metrics = write_metrics(out / "metrics.json", model=args.model, dataset=main_res["dataset"],
                             metrics_val=main_res["val"], metrics_test=main_res["test"],
-                            train_seconds=main_res["train_seconds"], device=pipeline.device_name(),
+                            train_seconds=main_res["train_seconds"], device=runs.device_name(),
                             extra={"baselines": baselines, "sid_report": main_res["sid_report"],
                                    "total_seconds": time.perf_counter() - started,
                                    "eval_users": args.max_eval_users or "all", "branch_merge": args.branch_merge,
@@ -154,13 +164,13 @@ def main(argv: list[str]) -> int:
 
 def _train_sid_embedding_model(args, out: Path, ks) -> dict:
     """Train the embedding model that supplies the SIDs' item vectors; returns what metrics.json keeps of it."""
-    from genret.training.kuaiformer_module import run_embedding_benchmark
+    from genret.eval.benchmark import run_embedding
+    from genret.families import family_for_config
 
     config = Path(args.sid_embeddings_from)
     overrides = [] if args.sid_embeddings_epochs is None else ["--trainer.max_epochs", str(args.sid_embeddings_epochs)]
     print(f"[genret] training {config} for the SID item vectors (its time counts in the total)")
-    res = run_embedding_benchmark(str(config), out, data=args.data, overrides=overrides, ks=ks,
-                                  model_name=config.stem)
+    res = run_embedding(family_for_config(config).name, str(config), out, data=args.data, overrides=overrides, ks=ks)
     return {"config": str(config), "checkpoint": res["checkpoint"], "train_seconds": res["train_seconds"],
             "max_epochs_override": args.sid_embeddings_epochs, "test": res["test"]}
 

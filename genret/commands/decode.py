@@ -9,10 +9,11 @@ Output: one JSON object per input line,
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+from genret.commands.arguments import Parser
 
 
 def read_histories(path: Path) -> tuple[list, list, list]:
@@ -62,21 +63,19 @@ def side_columns(names: list[str], histories: list, sides: list) -> dict[str, li
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="genret decode", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="genret decode", description=__doc__)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--histories", required=True, type=Path, help="JSON lines file")
     parser.add_argument("--k", type=int, default=500)
-    parser.add_argument("--beam-width", type=int, default=None, help="default: k")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--beam_width", type=int, default=None, help="default: k")
+    parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--kernel", default="auto", choices=("auto", "torch", "triton"))
     parser.add_argument("--unknown", default="error", choices=("error", "drop"),
                         help="an item id missing from the catalogue: fail (default) or drop it with a warning")
-    parser.add_argument("--no-merge", action="store_true", help="decode the long DBR branch only")
-    parser.add_argument("--branch-merge", default="sum", choices=("sum", "max"),
+    parser.add_argument("--branch_merge", default="sum", choices=("sum", "max"),
                         help="score of an item both DBR branches decode: the sum of its probabilities "
                              "(default) or the larger one")
-    parser.add_argument("--short-weight", type=float, default=None,
+    parser.add_argument("--short_weight", type=float, default=None,
                         help="the short DBR branch's weight in the merge, in (0, 1) (default: how often the "
                              "gate chose the short branch in training, stored in the checkpoint; 0.5 if absent)")
     parser.add_argument("--out", type=Path, default=None, help="output JSON lines (default: stdout)")
@@ -86,15 +85,14 @@ def main(argv: list[str]) -> int:
     try:
         check_short_weight(args.short_weight)
     except ValueError as err:
-        parser.error(f"--short-weight: {err}")
+        parser.error(f"--short_weight: {err}")
 
-    from genret.decoding.retriever import Retriever
+    from genret.families import load_retriever
     from genret.io import atomic_path
 
     users, histories, sides = read_histories(args.histories)
-    retriever = Retriever.from_checkpoint(args.checkpoint, kernel=args.kernel, beam_width=args.beam_width,
-                                          merge_branches=not args.no_merge, branch_merge=args.branch_merge,
-                                          short_weight=args.short_weight)
+    retriever = load_retriever(args.checkpoint, kernel=args.kernel, beam_width=args.beam_width,
+                               branch_merge=args.branch_merge, short_weight=args.short_weight)
     try:
         result = retriever.retrieve(histories, k=args.k, unknown=args.unknown, batch_size=args.batch_size,
                                     side=side_columns(retriever.side_features, histories, sides))
@@ -110,3 +108,4 @@ def main(argv: list[str]) -> int:
             tmp.write_text(text)
         print(f"wrote {len(lines)} results to {args.out}", file=sys.stderr)
     return 0
+

@@ -15,8 +15,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--checkpoint", required=True, help="model.ckpt written by a kuaiformer / sasrec run")
     parser.add_argument("--out", required=True, help="output .npy path")
     args = parser.parse_args(argv)
-    from genret.training.kuaiformer_module import export_item_embeddings
+    import numpy as np
 
-    vectors = export_item_embeddings(args.checkpoint, args.out)
+    from genret.io import atomic_path
+    from genret.training.embedding_module import checkpoint_item_vectors
+
+    vectors, _ = checkpoint_item_vectors(args.checkpoint)
+    with atomic_path(args.out) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, vectors)
     print(f"[genret] wrote {args.out}: {vectors.shape[0]:,} items x {vectors.shape[1]} float32")
     return 0

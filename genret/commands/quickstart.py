@@ -7,26 +7,26 @@ runs/quickstart/{metrics.json, report.md, plots, model.ckpt}.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
+
+from genret.commands.arguments import Parser
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="genret quickstart", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="genret quickstart", description=__doc__)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML (default: configs/quickstart.yaml)")
     parser.add_argument("--out", default="runs/quickstart", help="output folder")
-    parser.add_argument("--no-baseline-training", action="store_true",
+    parser.add_argument("--no_baseline_training", action="store_true",
                         help="skip training the TIGER-style baseline (popularity is always evaluated)")
     parser.add_argument("overrides", nargs="*", help="extra LightningCLI overrides, e.g. --trainer.max_epochs=1")
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from genret import pipeline
     from genret.decoding.retriever import Retriever
+    from genret.eval import benchmark as runs
     from genret.eval import format_metrics_table, write_metrics, write_report
     from genret.eval.report import code_version
 
@@ -40,12 +40,12 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     print(f"[genret] quickstart: config {args.config} -> {out}/", flush=True)
     print("[genret] 1/3 tokenize + train DualGR", flush=True)
-    main_result = pipeline.run_variant(args.config, out, "dualgr", overrides=overrides, ks=ks)
+    main_result = runs.run_generative(args.config, out, "dualgr", overrides=overrides, ks=ks)
     dm = main_result.pop("datamodule")
     print("[genret] 2/3 baselines: popularity" + ("" if args.no_baseline_training else " and TIGER-style"), flush=True)
-    baselines = {"popularity": pipeline.popularity_metrics(dm, ks)}
+    baselines = {"popularity": runs.popularity_metrics(dm, ks)}
     if not args.no_baseline_training:
-        tiger = pipeline.run_variant(args.config, out / "tiger", "tiger", overrides=overrides, ks=ks)
+        tiger = runs.run_generative(args.config, out / "tiger", "tiger", overrides=overrides, ks=ks)
         tiger.pop("datamodule")
         baselines["tiger"] = {k: tiger[k] for k in ("val", "test", "train_seconds")}
 
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
 
     metrics = write_metrics(out / "metrics.json", model="dualgr", dataset=main_result["dataset"],
                             metrics_val=main_result["val"], metrics_test=main_result["test"],
-                            train_seconds=main_result["train_seconds"], device=pipeline.device_name(),
+                            train_seconds=main_result["train_seconds"], device=runs.device_name(),
                             extra={"baselines": baselines, "sid_report": main_result["sid_report"],
                                    "total_seconds": time.perf_counter() - started})
     report = write_report(out, metrics, baselines={k: v for k, v in baselines.items()},

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from genret.decoding.topk import distinct_topk
 from genret.kernels import beam_step, decode_cross_attention
 from genret.models.dualgr import DualGR
 
@@ -183,21 +184,13 @@ def _decoder_step(model: DualGR, x: torch.Tensor, cache: _PrefixCache, ctx: _Con
                   key_lo: torch.Tensor, key_hi: torch.Tensor, kernel: str) -> torch.Tensor:
     """One new prefix token per beam through every block. x (U, W, d) -> hidden (U, W, d)."""
     U, W, _ = x.shape
+    target_positions = ctx.lengths.unsqueeze(1).expand(U, W)
     for b, block in enumerate(model.blocks):
-        h = block.norm_self(x)
-        q = block.self_attn.project_q(h)  # (U, W, H, Dh)
-        k_new, v_new = block.self_attn.project_kv(h)
-        k, v = cache.extend(b, k_new, v_new)  # (U, W, n, H, Dh), n <= n_levels
-        # One query over at most n_levels keys: an explicit softmax. SDPA's tiled kernels spent 64x64
-        # tiles on it (1.3 ms a call at 32 users x 256 beams on an H100, a third of the decode).
-        scores = torch.einsum("uwhd,uwnhd->uwhn", q, k).float() * q.shape[-1] ** -0.5
-        att = torch.einsum("uwhn,uwnhd->uwhd", scores.softmax(-1).to(v.dtype), v)
-        x = x + block.self_attn.out(att.reshape(U, W, -1))
-        h = block.norm_cross(x)
-        qc = model.position_queries(block.cross_attn.project_q(h), ctx.lengths.unsqueeze(1).expand(U, W))
-        out = decode_cross_attention(qc, ctx.keys[b], ctx.values[b], ctx.seg_offsets, key_lo, key_hi,
-                                     n_always=1, kernel=kernel)
-        x = x + block.cross_attn.out(out.reshape(U, W, -1))
+        x = block.cached_self_attention(x, lambda k, v: cache.extend(b, k, v))
+        x = block.cross_attention(
+            x, lambda q: decode_cross_attention(q, ctx.keys[b], ctx.values[b], ctx.seg_offsets, key_lo, key_hi,
+                                                n_always=1, kernel=kernel),
+            lambda q: model.position_queries(q, target_positions))
         x = block.ffn_residual(x)
     return model.final_norm(x)
 
@@ -321,64 +314,24 @@ def check_short_weight(short_weight: float | None) -> None:
 
 
 def branch_log_priors(model: DualGR, short_weight: float | None = None) -> tuple[float, float]:
-    """(log P(long), log P(short)) the merge adds to each branch's scores: `short_weight` or the model's prior."""
+    """(log P(long), log P(short)) the merge adds to each branch's scores: `short_weight`, else the model's."""
     check_short_weight(short_weight)
-    p_short = model.short_prior if short_weight is None else short_weight
-    return math.log1p(-p_short), math.log(p_short)
-
-
-def merge_topk(items: torch.Tensor, scores: torch.Tensor, k: int,
-               combine: str = "max") -> tuple[torch.Tensor, torch.Tensor]:
-    """Per user: one entry per distinct item, top k by score.
-
-    combine="max": an item listed more than once keeps its best score (earlier position breaks ties).
-    combine="sum": its scores (log-probabilities) are summed as probabilities, log(sum(exp)), so an
-    item both DBR branches decode ranks by the mixture's probability rather than by one branch's.
-    items/scores (U, M) with -1 / -inf padding -> (U, k) each, -1 / -inf where fewer exist.
-    """
-    if combine not in BRANCH_MERGES:
-        raise ValueError(f"combine must be one of {BRANCH_MERGES}, got {combine!r}")
-    U, M = items.shape
-    # Order by score desc, then position: a stable sort of position-ordered data by -score.
-    order = torch.sort(-scores, dim=1, stable=True).indices
-    items_s, scores_s = items.gather(1, order), scores.gather(1, order)
-    # Within equal items, the first in this order is the best: mark later copies.
-    by_item = torch.sort(items_s, dim=1, stable=True)
-    same_as_prev = F.pad(by_item.values[:, 1:] == by_item.values[:, :-1], (1, 0), value=False)
-    duplicate = torch.zeros_like(same_as_prev).scatter(1, by_item.indices, same_as_prev)
-    listed = (items_s >= 0) & torch.isfinite(scores_s)
-    if combine == "sum" and M:
-        # Runs of equal items in item order, numbered per user and mapped back to score order.
-        run = torch.zeros_like(by_item.indices).scatter(1, by_item.indices, (~same_as_prev).long().cumsum(1) - 1)
-        s = scores_s.masked_fill(~listed, float("-inf"))
-        peak = torch.full_like(s, float("-inf")).scatter_reduce(1, run, s, "amax").gather(1, run)
-        shifted = torch.where(listed, (s - peak).exp(), torch.zeros_like(s))  # <= 1: no overflow
-        total = torch.zeros_like(s).scatter_add(1, run, shifted).gather(1, run)
-        scores_s = torch.where(listed, peak + total.log(), scores_s)
-    scores_s = scores_s.masked_fill(duplicate | ~listed, float("-inf"))
-    kk = min(k, M)
-    # A stable descending sort keeps the score-then-position order among the survivors.
-    order2 = torch.sort(-scores_s, dim=1, stable=True).indices[:, :kk]
-    top_items, top_scores = items_s.gather(1, order2), scores_s.gather(1, order2)
-    top_items = top_items.masked_fill(~torch.isfinite(top_scores), -1)
-    if kk < k:
-        top_items = F.pad(top_items, (0, k - kk), value=-1)
-        top_scores = F.pad(top_scores, (0, k - kk), value=float("-inf"))
-    return top_items, top_scores
+    short_weight = model.short_weight if short_weight is None else short_weight
+    return math.log1p(-short_weight), math.log(short_weight)
 
 
 @torch.no_grad()
 def retrieve_indices(model: DualGR, index, hist: Histories, k: int, beam_width: int | None = None,
-                     merge_branches: bool = True, kernel: str = "auto", branch_merge: str = "sum",
+                     kernel: str = "auto", branch_merge: str = "sum",
                      short_weight: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k dense item indices per user: both DBR branches decoded and merged.
 
-    With `merge_branches=False` (or DBR off in the model) only the long branch is decoded.
-    Each branch's log-probabilities are first weighted by the branch's prior: `short_weight` for
-    the short one and 1 - `short_weight` for the long one (default: the model's `short_prior`, how
-    often the DBR gate routed a training target to the short window where the two windows differ).
+    With DBR off in the model only the long branch is decoded. Each branch's log-probabilities are
+    first weighted by the branch's prior: `short_weight` for the short one and 1 - `short_weight`
+    for the long one (default: the model's `short_weight`, how often the DBR gate routed a training
+    target to the short window where the two windows differ).
     `branch_merge` then scores an item both branches decode: "sum" of its weighted probabilities
-    (the mixture's probability) or "max" of the two (see merge_topk).
+    (the mixture's probability) or "max" of the two (see genret.decoding.topk.distinct_topk).
     Returns items (U, k) int64 (-1 where the catalogue has fewer reachable items) and scores.
     """
     if branch_merge not in BRANCH_MERGES:
@@ -387,7 +340,7 @@ def retrieve_indices(model: DualGR, index, hist: Histories, k: int, beam_width: 
     cfg = model.cfg
     beam_width = beam_width or k
     branches = [(cfg.long_window, 0.0)]  # (window, log prior); one branch alone keeps its own log-probs
-    if merge_branches and cfg.use_dbr:
+    if cfg.use_dbr:
         branches = list(zip((cfg.long_window, cfg.short_window), branch_log_priors(model, short_weight)))
     encoded = _encode_histories(model, hist)
     all_items, all_scores = [], []
@@ -396,4 +349,4 @@ def retrieve_indices(model: DualGR, index, hist: Histories, k: int, beam_width: 
         items, item_scores = sids_to_items(index, sids, scores, k)
         all_items.append(items)
         all_scores.append(item_scores + log_prior)
-    return merge_topk(torch.cat(all_items, 1), torch.cat(all_scores, 1), k, branch_merge)
+    return distinct_topk(torch.cat(all_items, 1), torch.cat(all_scores, 1), k, branch_merge)

@@ -12,7 +12,6 @@ import torch
 
 from genret.data.side_features import SideFeatureBuckets
 from genret.decoding.beam_search import BRANCH_MERGES, Histories, check_short_weight, retrieve_indices
-from genret.io import ARTIFACT_VERSION
 from genret.models.dualgr import DualGR, DualGRConfig
 
 
@@ -37,18 +36,17 @@ class Retriever:
         item_ids: raw id of each dense item index.
         kernel: "auto" (Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "torch", "triton".
         beam_width: beams per level (default: k of each call); must be >= k to fill k items.
-        merge_branches: decode both DBR branches and merge them (off: long branch only).
         branch_merge: how an item both branches decode is scored: "sum" of its two weighted
             probabilities (default; the branches' mixture) or "max" (its better branch's score).
         short_weight: the short branch's weight in the merge, P(short) (the long one gets 1 - it).
-            Default: the model's `short_prior`, how often the DBR gate routed a training target to the
-            short window where the two windows differ (0.5 for a checkpoint from before it was recorded).
+            Default: the model's own `short_weight`, how often the DBR gate routed a training target
+            to the short window where the two windows differ.
         side_features: the bucket boundaries of the per-action side features the model was trained
             with (a checkpoint carries them); None when it uses none.
     """
 
     def __init__(self, model: DualGR, index, item_ids: Sequence[Any], kernel: str = "auto",
-                 beam_width: int | None = None, merge_branches: bool = True,
+                 beam_width: int | None = None,
                  side_features: SideFeatureBuckets | None = None, branch_merge: str = "sum",
                  short_weight: float | None = None):
         if branch_merge not in BRANCH_MERGES:
@@ -67,14 +65,9 @@ class Retriever:
         self._item_index = {raw: i for i, raw in enumerate(self.item_ids.tolist())}
         self.kernel = kernel
         self.beam_width = beam_width
-        self.merge_branches = merge_branches
         self.branch_merge = branch_merge
-        self.short_weight = short_weight
-
-    @property
-    def branch_weight(self) -> float:
-        """The short branch's weight this retriever merges with (the model's prior unless overridden)."""
-        return self.model.short_prior if self.short_weight is None else self.short_weight
+        # The short DBR branch's weight this retriever merges with: the model's unless overridden.
+        self.short_weight = model.short_weight if short_weight is None else short_weight
 
     @property
     def device(self) -> torch.device:
@@ -85,25 +78,12 @@ class Retriever:
         """Load a checkpoint written by `genret train` / `genret quickstart` (tokenizer, SID index
         and raw item ids travel inside it)."""
         from genret.tokenizers import SIDIndex
+        from genret.training.checkpoint import load_checkpoint, model_state
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist; train one with `genret train --config ...`")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        try:
-            # Our own checkpoint format holds plain Python containers next to tensors.
-            ckpt = torch.load(path, map_location=device, weights_only=False)
-        except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to a user
-            raise RuntimeError(f"cannot read checkpoint {path}: {err}") from err
-        extra = ckpt.get("genret") if isinstance(ckpt, dict) else None
-        if extra is None:
-            raise RuntimeError(f"{path} is not a genret checkpoint (no 'genret' entry)")
-        if extra.get("version") != ARTIFACT_VERSION:
-            raise RuntimeError(f"{path} has genret format version {extra.get('version')}; this genret reads "
-                               f"version {ARTIFACT_VERSION}")
+        ckpt, extra = load_checkpoint(path, device, family="dualgr")
         model = DualGR(DualGRConfig(**extra["config"]))
-        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        model.load_state_dict(state)
+        model.load_state_dict(model_state(ckpt))
         catalogue = extra["catalogue"]
         model.set_item_codes(catalogue["codes"])
         model.to(device)
@@ -125,72 +105,18 @@ class Retriever:
         side: per feature name, one list of raw values per history, aligned with its items (None
         or NaN = missing); bucketised with the checkpoint's boundaries. See `retrieve`.
         """
-        if unknown not in ("error", "drop"):
-            raise ValueError(f"unknown must be 'error' or 'drop', got {unknown!r}")
-        side_rows = self._side_rows(histories, side)
-        dense, lengths, dropped, kept_side = [], [], [], []
-        for u, history in enumerate(histories):
-            row = []
-            for j, raw in enumerate(history):
-                idx = self._item_index.get(raw)
-                if idx is None and isinstance(raw, str) and raw.lstrip("-").isdigit():
-                    idx = self._item_index.get(int(raw))  # JSON users often quote integer ids
-                if idx is None:
-                    if unknown == "error":
-                        raise ValueError(
-                            f"item id {raw!r} in history {u} is not in the catalogue of {len(self.item_ids):,} "
-                            f"items; pass unknown='drop' to skip unknown items")
-                    dropped.append(raw)
-                    continue
-                row.append(idx)
-                if side_rows is not None:
-                    kept_side.append(side_rows[u][j])
-            dense.extend(row)
-            lengths.append(len(row))
-        if dropped:
-            warnings.warn(f"dropped {len(dropped)} unknown item id(s), e.g. {dropped[:3]}", stacklevel=2)
-        offsets = torch.tensor(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]), device=self.device)
+        offsets, dense, side_rows = dense_histories(histories, self._item_index, unknown, self.side, side)
         n_fields = len(self.model.user_embeddings)
-        feats = torch.zeros(len(lengths), n_fields, dtype=torch.long, device=self.device)
+        feats = torch.zeros(len(offsets) - 1, n_fields, dtype=torch.long, device=self.device)
         if user_feats is not None:
             feats = torch.as_tensor(user_feats, dtype=torch.long, device=self.device)
-        side_tensor = None
-        if side_rows is not None:
-            side_tensor = torch.as_tensor(np.asarray(kept_side, np.int64).reshape(len(dense), len(self.side)),
-                                          device=self.device)
-        return Histories(offsets, torch.tensor(dense, dtype=torch.long, device=self.device), feats, side_tensor)
-
-    def _side_rows(self, histories, side) -> list[np.ndarray] | None:
-        """Per history, (len, S) bucket ids; None when the model has no side features or none were given."""
-        if self.side is None:
-            if side:
-                raise ValueError(f"this model was trained without side features; got {sorted(side)}")
-            return None
-        if side is None:
-            warnings.warn(f"the model was trained with side features {self.side.names}; without them every action "
-                          f"uses the 'missing' bucket and retrieval may be less accurate", stacklevel=3)
-            return None
-        missing = [name for name in self.side.names if name not in side]
-        extra = sorted(set(side) - set(self.side.names))
-        if missing or extra:
-            raise ValueError(f"side must map exactly the model's features {self.side.names}; missing {missing}, "
-                             f"unexpected {extra} (use None values for unknown entries)")
-        rows = []
-        for u, history in enumerate(histories):
-            columns = []
-            for f, name in enumerate(self.side.names):
-                if u >= len(side[name]) or len(side[name][u]) != len(history):
-                    got = len(side[name][u]) if u < len(side[name]) else "no"
-                    raise ValueError(f"side[{name!r}][{u}] has {got} values but history {u} has "
-                                     f"{len(history)} items; give one value per item (None = missing)")
-                columns.append(self.side.bucketise(f, list(side[name][u])))
-            rows.append(np.stack(columns, 1) if columns else np.zeros((len(history), 0), np.int64))
-        return rows
+        return Histories(torch.as_tensor(offsets, device=self.device), torch.as_tensor(dense, device=self.device),
+                         feats, None if side_rows is None else torch.as_tensor(side_rows, device=self.device))
 
     def retrieve_indices(self, hist: Histories, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense-index version of `retrieve` (used by evaluation). Returns (U, k) items, scores."""
         return retrieve_indices(self.model, self.index, hist, k, beam_width=max(self.beam_width or k, 1),
-                                merge_branches=self.merge_branches, kernel=self.kernel,
+                                kernel=self.kernel,
                                 branch_merge=self.branch_merge, short_weight=self.short_weight)
 
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 500, unknown: str = "error",
@@ -208,10 +134,7 @@ class Retriever:
                 previous action (`genret.data.side_features.time_gaps(timestamps)` computes it).
                 Omitted: every action is "missing" (with a warning).
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if k > len(self.item_ids):
-            raise ValueError(f"k={k} exceeds the catalogue of {len(self.item_ids):,} items")
+        check_retrieve_args(k, batch_size, len(self.item_ids))
         items_out: list[list[Any]] = []
         scores_out: list[list[float]] = []
         for start in range(0, len(histories), batch_size):
@@ -223,3 +146,75 @@ class Retriever:
                 items_out.append(self.item_ids[row_items[keep]].tolist())
                 scores_out.append(row_scores[keep].astype(float).tolist())
         return RetrievalResult(items_out, scores_out)
+
+
+def check_retrieve_args(k: int, batch_size: int, n_items: int) -> None:
+    """The checks every family's `retrieve` makes on its list length and batch size."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k > n_items:
+        raise ValueError(f"k={k} exceeds the catalogue of {n_items:,} items")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def dense_histories(histories: Sequence[Sequence[Any]], item_index: dict, unknown: str = "error",
+                    buckets: SideFeatureBuckets | None = None,
+                    side: dict[str, Sequence[Sequence[Any]]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Raw item-id histories -> CSR dense indices: offsets (U + 1,), items (N,) and, when the model
+    embeds side features and they are given, their buckets (N, S); unknown ids raise or are dropped."""
+    if unknown not in ("error", "drop"):
+        raise ValueError(f"unknown must be 'error' or 'drop', got {unknown!r}")
+    side_rows = _side_rows(histories, buckets, side)
+    dense, lengths, dropped, kept_side = [], [], [], []
+    for u, history in enumerate(histories):
+        row = []
+        for j, raw in enumerate(history):
+            idx = item_index.get(raw)
+            if idx is None and isinstance(raw, str) and raw.lstrip("-").isdigit():
+                idx = item_index.get(int(raw))  # JSON users often quote integer ids
+            if idx is None:
+                if unknown == "error":
+                    raise ValueError(
+                        f"item id {raw!r} in history {u} is not in the catalogue of {len(item_index):,} "
+                        f"items; pass unknown='drop' to skip unknown items")
+                dropped.append(raw)
+                continue
+            row.append(idx)
+            if side_rows is not None:
+                kept_side.append(side_rows[u][j])
+        dense.extend(row)
+        lengths.append(len(row))
+    if dropped:
+        warnings.warn(f"dropped {len(dropped)} unknown item id(s), e.g. {dropped[:3]}", stacklevel=3)
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
+    kept = None if side_rows is None else np.asarray(kept_side, np.int64).reshape(len(dense), len(buckets))
+    return offsets, np.asarray(dense, np.int64), kept
+
+
+def _side_rows(histories, buckets: SideFeatureBuckets | None, side) -> list[np.ndarray] | None:
+    """Per history, (len, S) bucket ids; None when the model has no side features or none were given."""
+    if buckets is None:
+        if side:
+            raise ValueError(f"this model was trained without side features; got {sorted(side)}")
+        return None
+    if side is None:
+        warnings.warn(f"the model was trained with side features {buckets.names}; without them every action "
+                      f"uses the 'missing' bucket and retrieval may be less accurate", stacklevel=4)
+        return None
+    missing = [name for name in buckets.names if name not in side]
+    extra = sorted(set(side) - set(buckets.names))
+    if missing or extra:
+        raise ValueError(f"side must map exactly the model's features {buckets.names}; missing {missing}, "
+                         f"unexpected {extra} (use None values for unknown entries)")
+    rows = []
+    for u, history in enumerate(histories):
+        columns = []
+        for f, name in enumerate(buckets.names):
+            if u >= len(side[name]) or len(side[name][u]) != len(history):
+                got = len(side[name][u]) if u < len(side[name]) else "no"
+                raise ValueError(f"side[{name!r}][{u}] has {got} values but history {u} has "
+                                 f"{len(history)} items; give one value per item (None = missing)")
+            columns.append(buckets.bucketise(f, list(side[name][u])))
+        rows.append(np.stack(columns, 1) if columns else np.zeros((len(history), 0), np.int64))
+    return rows

@@ -1,8 +1,6 @@
-"""Evaluation: leave-one-out ranking metrics, baselines, exact embedding top-K, reports."""
+"""Evaluation: leave-one-out ranking metrics, benchmark runs, validation callbacks, reports."""
 
-from genret.eval.embedding_topk import exact_topk
 from genret.eval.metrics import DEFAULT_KS, paired_hit_difference, ranking_metrics, target_ranks
-from genret.eval.popularity import PopularityRecommender
 from genret.eval.report import (
     format_ablation_table,
     format_metrics_table,
@@ -13,8 +11,6 @@ from genret.eval.report import (
 
 __all__ = [
     "DEFAULT_KS",
-    "PopularityRecommender",
-    "exact_topk",
     "format_ablation_table",
     "format_metrics_table",
     "paired_hit_difference",

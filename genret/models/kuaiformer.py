@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genret.models.layers import Attention, rotary
+
 READOUTS = ("query_tokens", "last_position")
 POSITIONS = ("learned", "rope", "none")
 
@@ -42,9 +44,7 @@ class KuaiFormerConfig:
     n_layers: int = 2
     d_ffn: int = 0  # SwiGLU hidden width; 0 = 4 * d_model
     dropout: float = 0.2  # on tokens and residual branches
-    attention_dropout: float = 0.0  # on attention weights; it forces SDPA's slow unfused path on CPU (~30x)
     positions: str = "learned"  # "learned" (indexed by recency, as SASRec's left-padded table), "rope", "none"
-    rope_base: float = 10000.0
     n_interests: int = 4  # k
     readout: str = "query_tokens"  # or "last_position" (SASRec; needs n_interests = 1)
     compression: bool = True  # adaptive item compression (section 2.3)
@@ -53,12 +53,10 @@ class KuaiFormerConfig:
     middle_group_size: int = 16  # items per middle-part group
     middle_groups: int = 5
     item_mlp: bool = True  # eq. 5; off = the raw id embedding is the token (SASRec; no features allowed)
-    item_mlp_residual: bool = True  # t = x + MLP([x; f]): keeps the token in the scoring space of x (see tokens())
     feature_dim: int = 16  # embedding width of each side / item feature
     item_feature_widths: list[int] = field(default_factory=list)  # ids per item, per item feature (from the data)
     item_feature_cardinalities: list[int] = field(default_factory=list)  # (from the data)
     side_cardinalities: list[int] = field(default_factory=list)  # per-row bucketised features (from the data)
-    normalize: bool = False  # cosine scores: unit-norm user and item vectors
 
     @property
     def compressed_span(self) -> int:
@@ -115,39 +113,6 @@ class KuaiFormerConfig:
 
 
 # ---------------------------------------------------------------------------------------- blocks
-def rope_tables(n_positions: int, head_dim: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables for rotary positions: each (n_positions, head_dim // 2) float32."""
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.arange(n_positions, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, S, Dh) by position; cos/sin are (S, Dh / 2)."""
-    first, second = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention through torch SDPA with an explicit boolean mask."""
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
-        super().__init__()
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.out = nn.Linear(d_model, d_model, bias=False)
-        self.dropout = dropout
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None):
-        B, S, D = x.shape
-        q, k, v = self.qkv(x).view(B, S, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, H, S, Dh)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(B, S, D))
-
-
 class SwiGLU(nn.Module):
     def __init__(self, d_model: int, hidden: int):
         super().__init__()
@@ -162,21 +127,26 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     """Llama block: x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)). The mask decides causal or not."""
 
-    def __init__(self, d_model: int, n_heads: int, ffn_width: int, dropout: float, attention_dropout: float = 0.0):
+    def __init__(self, d_model: int, n_heads: int, ffn_width: int, dropout: float):
         super().__init__()
         self.attn_norm = nn.RMSNorm(d_model, eps=1e-6)
-        self.attn = SelfAttention(d_model, n_heads, attention_dropout)
+        self.attn = Attention(d_model, n_heads, bias=False)
         self.ffn_norm = nn.RMSNorm(d_model, eps=1e-6)
         self.ffn = SwiGLU(d_model, ffn_width)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope=None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x), mask, rope))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, S, d), mask (B, S, S) bool (True = may attend), positions (S,) for rotary positions or None."""
+        h = self.attn_norm(x)
+        q, (k, v) = self.attn.project_q(h), self.attn.project_kv(h)
+        if positions is not None:
+            q, k = rotary(q, positions, self.attn.head_dim), rotary(k, positions, self.attn.head_dim)
+        x = x + self.drop(self.attn.attend(q, k, v, mask))
         return x + self.drop(self.ffn(self.ffn_norm(x)))
 
 
 def attention_mask(valid: torch.Tensor, causal: bool) -> torch.Tensor:
-    """Boolean SDPA mask (B, 1, S, S), True = may attend.
+    """Boolean attention mask (B, S, S), True = may attend.
 
     A token attends to valid keys (at or before it when `causal`) and always to itself, so padding
     rows are never fully masked (SDPA would return NaN); valid tokens never see padding.
@@ -185,7 +155,7 @@ def attention_mask(valid: torch.Tensor, causal: bool) -> torch.Tensor:
     allowed = valid[:, None, :].expand(-1, S, -1)
     if causal:
         allowed = allowed & torch.ones(S, S, dtype=torch.bool, device=valid.device).tril()
-    return (allowed | torch.eye(S, dtype=torch.bool, device=valid.device))[:, None]
+    return allowed | torch.eye(S, dtype=torch.bool, device=valid.device)
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -213,11 +183,11 @@ class KuaiFormer(nn.Module):
         if c.item_mlp:
             width = d + c.feature_dim * (len(c.item_feature_cardinalities) + len(c.side_cardinalities))
             self.item_mlp = nn.Sequential(nn.Linear(width, 2 * d), nn.SiLU(), nn.Linear(2 * d, d))
-        self.group_encoder = Block(d, c.n_heads, c.ffn_width, c.dropout, c.attention_dropout) if c.compression else None
+        self.group_encoder = Block(d, c.n_heads, c.ffn_width, c.dropout) if c.compression else None
         self.position_embedding = nn.Embedding(c.sequence_tokens, d) if c.positions == "learned" else None
         self.query_tokens = nn.Parameter(torch.randn(c.n_interests, d) * 0.02) if c.readout == "query_tokens" else None
         self.blocks = nn.ModuleList(
-            Block(d, c.n_heads, c.ffn_width, c.dropout, c.attention_dropout) for _ in range(c.n_layers))
+            Block(d, c.n_heads, c.ffn_width, c.dropout) for _ in range(c.n_layers))
         self.final_norm = nn.RMSNorm(d, eps=1e-6)
         self.dropout = nn.Dropout(c.dropout)
         self.apply(self._init_weights)
@@ -246,7 +216,7 @@ class KuaiFormer(nn.Module):
 
     # ---------------------------------------------------------------------------------- tokens
     def tokens(self, items: torch.Tensor, side: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 5: t_i = MLP([x_i; f_i]), by default with a skip, t_i = x_i + MLP([x_i; f_i]).
+        """Eq. 5 with a skip: t_i = x_i + MLP([x_i; f_i]).
 
         The skip keeps the input token in the space of the id embedding that also scores items
         (eq. 10), as SASRec's tied embeddings do; without it the model must learn that link and,
@@ -289,9 +259,7 @@ class KuaiFormer(nn.Module):
             count = (ids > 0).sum(-1, keepdim=True).clamp(min=1)
             parts.append(embedding(ids).sum(-2) / count)  # mean over the item's ids
         parts += [embedding(ids) for embedding, ids in zip(self.side_embeddings, reversed(side_ids))]
-        unique_tokens = self.item_mlp(torch.cat(parts, dim=-1))  # (U, d)
-        if self.config.item_mlp_residual:
-            unique_tokens = unique_tokens + parts[0]
+        unique_tokens = self.item_mlp(torch.cat(parts, dim=-1)) + parts[0]  # (U, d)
         x = unique_tokens.new_zeros(*items.shape, unique_tokens.shape[-1])
         return x.index_put((valid,), unique_tokens[inverse]), valid
 
@@ -369,11 +337,9 @@ class KuaiFormer(nn.Module):
             valid = torch.cat([valid, valid.new_ones(B, c.n_interests)], dim=1)
         x = self.dropout(x)
         mask = attention_mask(valid, causal=True)
-        rope = None
-        if c.positions == "rope":
-            rope = rope_tables(x.shape[1], c.d_model // c.n_heads, c.rope_base, device=x.device)
+        positions = torch.arange(x.shape[1], device=x.device) if c.positions == "rope" else None
         for block in self.blocks:
-            x = block(x, mask, rope)
+            x = block(x, mask, positions)
         return self.final_norm(x), T
 
     def user_vectors(self, items: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
@@ -387,8 +353,7 @@ class KuaiFormer(nn.Module):
     def interests(self, hidden: torch.Tensor, n_sequence_tokens: int) -> torch.Tensor:
         """Read the (B, k, d) interests from `encode`'s output."""
         T = n_sequence_tokens
-        users = hidden[:, T:] if self.query_tokens is not None else hidden[:, T - 1:T]
-        return F.normalize(users, dim=-1) if self.config.normalize else users
+        return hidden[:, T:] if self.query_tokens is not None else hidden[:, T - 1:T]
 
     def latest_item_states(self, hidden: torch.Tensor, n_sequence_tokens: int, items: torch.Tensor,
                            targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -411,7 +376,6 @@ class KuaiFormer(nn.Module):
         following = torch.cat([current[:, 1:], targets[:, None]], dim=1)
         states = hidden[:, n_sequence_tokens - latest:n_sequence_tokens]
         valid = current >= 0
-        states = F.normalize(states, dim=-1) if self.config.normalize else states
         return states[valid][:, None], following[valid]
 
     def position_vectors(self, items: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
@@ -424,12 +388,11 @@ class KuaiFormer(nn.Module):
             raise ValueError("position_vectors needs readout='last_position' and compression off "
                              "(per-position targets do not exist for query tokens or compressed groups)")
         hidden, _ = self.encode(items, side)
-        return F.normalize(hidden, dim=-1) if self.config.normalize else hidden
+        return hidden
 
     def item_vectors(self) -> torch.Tensor:
         """Item side of the score, x in eq. 10 (the id embedding table): (n_items, d) float."""
-        weight = self.item_embedding.weight
-        return F.normalize(weight, dim=-1) if self.config.normalize else weight
+        return self.item_embedding.weight
 
 
 # ---------------------------------------------------------------------------------------- scores and losses

@@ -167,14 +167,13 @@ def item_embeddings_for(log_all, train_log, cfg: SIDConfig) -> tuple[np.ndarray,
 
 def _checkpoint_item_vectors(path: Path, log_all) -> tuple[np.ndarray, str]:
     """Item vectors of a KuaiFormer / SASRec checkpoint, aligned with `log_all`'s dense items."""
-    from genret.training.kuaiformer_module import checkpoint_item_vectors
+    from genret.training.embedding_module import checkpoint_item_vectors
 
-    vectors, extra = checkpoint_item_vectors(path)
-    trained_ids = list(extra["catalogue"]["item_ids"])
+    vectors, trained_ids = checkpoint_item_vectors(path)
     if trained_ids != log_all.item_ids.tolist():
         raise ValueError(f"{path} was trained on a catalogue of {len(trained_ids):,} items that is not the one of "
                          f"{log_all.name!r} ({log_all.n_items:,} items, or another order); train it on the same data")
-    return vectors, f"item vectors of {extra.get('model', 'kuaiformer')} checkpoint {path}"
+    return vectors, f"item vectors of the embedding model checkpoint {path}"
 
 
 TITLE_CACHE_FORMAT = "all-MiniLM-L6-v2/normalized/1"  # part of the cache key: a new model or layout misses

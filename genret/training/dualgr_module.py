@@ -8,9 +8,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from genret.io import ARTIFACT_VERSION
 from genret.models.dualgr import DualGR, DualGRConfig, TrainBatch
-from genret.training.schedule import warmup_cosine
+from genret.training.checkpoint import genret_entry, read_entry
+from genret.training.optim import adamw, warmup_cosine
 
 
 class DualGRModule(pl.LightningModule):
@@ -103,32 +103,17 @@ class DualGRModule(pl.LightningModule):
         self._shared_step(batch, "val")
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            (no_decay if p.ndim < 2 or "embedding" in name or "norm" in name else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
+        opt = adamw(self.model, self.lr, self.weight_decay)
         return {"optimizer": opt,
                 "lr_scheduler": warmup_cosine(opt, self.warmup_steps, self.trainer.estimated_stepping_batches)}
 
     # ------------------------------------------------------------------ checkpoint contents
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["genret"] = {
-            "version": ARTIFACT_VERSION,
-            "model": "dualgr",
-            "config": dataclasses.asdict(self.config),
-            "catalogue": self.catalogue,
-        }
+        checkpoint["genret"] = genret_entry("dualgr", dataclasses.asdict(self.config), self.catalogue)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        extra = checkpoint.get("genret")
-        if extra is None:
-            raise RuntimeError("this checkpoint was not written by genret's DualGRModule (no 'genret' entry)")
-        if extra.get("version") != ARTIFACT_VERSION:
-            raise RuntimeError(
-                f"checkpoint format version {extra.get('version')} is not supported by this genret "
-                f"(expects {ARTIFACT_VERSION}); retrain or use the matching genret release")
-        self.catalogue = extra["catalogue"]
+        entry = read_entry(checkpoint, "checkpoint", family="dualgr")
+        self.catalogue = entry["catalogue"]
         if self.model is None:
-            self.config = DualGRConfig(**extra["config"])
+            self.config = DualGRConfig(**entry["config"])
             self.model = DualGR(self.config)

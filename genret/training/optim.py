@@ -1,4 +1,4 @@
-"""The learning-rate schedule every genret model trains with."""
+"""The optimiser and learning-rate schedule every genret model trains with."""
 
 from __future__ import annotations
 
@@ -26,3 +26,13 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)):
+    """AdamW with weight decay on the weight matrices only: biases, norms and embedding tables are
+    left undecayed (decaying an embedding row pulls rarely seen items towards zero)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "embedding" in name or "norm" in name else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)

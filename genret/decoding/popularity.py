@@ -53,6 +53,8 @@ class PopularityRecommender:
                 raise ValueError(f"train_log.label has shape {label.shape} but item has {items.shape}")
             items = items[label == 1]
         self.counts_ = np.bincount(items, minlength=n_items).astype(np.int64)
+        ids = getattr(train_log, "item_ids", None)
+        self.item_ids = np.asarray(ids) if ids is not None else np.arange(n_items)
         # Stable sort on -count: equal counts keep index order.
         self.order_ = np.argsort(-self.counts_, kind="stable").astype(np.int64)
         self.n_items_ = n_items
@@ -128,3 +130,52 @@ class PopularityRecommender:
         out = np.full((m, k), -1, dtype=np.int64)
         out[:, : items.shape[1]] = np.where(valid, items, -1)
         return out
+
+    # ------------------------------------------------------------------ the family's serving interface
+    side_features: list[str] = []  # popularity reads no per-action features
+
+    def retrieve(self, histories: Any, k: int = 100, unknown: str = "error", batch_size: int = 4096,
+                 side: Any = None):
+        """Top-k most popular raw item ids per history, the history's own items skipped; scores are
+        training counts. Same signature as every family's retriever (side features are not used)."""
+        from genret.decoding.retriever import RetrievalResult, check_retrieve_args, dense_histories
+
+        check_retrieve_args(k, batch_size, self.n_items_)
+        offsets, dense, _ = dense_histories(histories, {raw: i for i, raw in enumerate(self.item_ids.tolist())},
+                                            unknown)
+        ranked = self.recommend(_Histories(offsets, dense), k)
+        items = [self.item_ids[row[row >= 0]].tolist() for row in ranked]
+        scores = [self.counts_[row[row >= 0]].astype(float).tolist() for row in ranked]
+        return RetrievalResult(items, scores)
+
+    def save(self, path: Any) -> None:
+        """Write the fitted counts as a versioned JSON artifact (atomically)."""
+        from genret.io import ARTIFACT_VERSION, write_json
+
+        write_json(path, {"version": ARTIFACT_VERSION, "family": "popularity",
+                          "item_ids": self.item_ids.tolist(), "counts": self.counts_.tolist()})
+
+    @classmethod
+    def from_checkpoint(cls, path: Any, **_: Any) -> "PopularityRecommender":
+        """Load what `save` wrote."""
+        import json
+        from pathlib import Path
+
+        from genret.io import ARTIFACT_VERSION
+
+        state = json.loads(Path(path).read_text())
+        if state.get("family") != "popularity" or state.get("version") != ARTIFACT_VERSION:
+            raise RuntimeError(f"{path} is not a genret popularity artifact of version {ARTIFACT_VERSION}")
+        rec = cls()
+        rec.counts_ = np.asarray(state["counts"], np.int64)
+        rec.order_ = np.argsort(-rec.counts_, kind="stable").astype(np.int64)
+        rec.n_items_ = len(rec.counts_)
+        rec.item_ids = np.asarray(state["item_ids"])
+        return rec
+
+
+class _Histories:
+    """The CSR fields `recommend` reads, for histories given as raw ids."""
+
+    def __init__(self, offsets: np.ndarray, items: np.ndarray):
+        self.history_offsets, self.history_items = offsets, items

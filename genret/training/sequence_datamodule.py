@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from genret.data.side_features import SideFeatureBuckets
 from genret.models.dualgr import TrainBatch
+from genret.training.loaders import IndexDataset
 from genret.training.semantic_ids import SIDConfig, fit_semantic_ids
 
 log = logging.getLogger(__name__)
@@ -166,19 +167,6 @@ def training_windows(pos_offsets: np.ndarray, max_history: int, mode: str) -> tu
     return users, pos_offsets[users + 1] - newest_first * max_history
 
 
-class _Rows(Dataset):
-    """Indices only; the collate function gathers a whole batch at once."""
-
-    def __init__(self, rows: np.ndarray):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> int:
-        return int(self.rows[i])
-
-
 class SequenceDataModule(pl.LightningDataModule):
     """Loads a data set, splits it leave-one-out, gives items semantic IDs, serves batches.
 
@@ -282,7 +270,7 @@ class SequenceDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # Random batches: length-sorted ones train faster but worse (see DualGRModule.length_chunks).
-        return DataLoader(_Rows(np.arange(len(self.train_users))), batch_size=self.batch_size, shuffle=True,
+        return DataLoader(IndexDataset(len(self.train_users)), batch_size=self.batch_size, shuffle=True,
                           num_workers=self.num_workers,
                           collate_fn=self._collate(self.train_sequences, self.user_feats, False,
                                                    (self.train_users, self.train_ends)))
@@ -293,5 +281,5 @@ class SequenceDataModule(pl.LightningDataModule):
         # Longest first, so each batch pads to its own rows: validation scores one target per user,
         # so the epoch's loss is the same per-user mean in any order.
         order = np.argsort(-lengths, kind="stable").tolist()
-        return DataLoader(_Rows(np.arange(len(self.valid_users))), batch_size=self.batch_size * 2, sampler=order,
+        return DataLoader(IndexDataset(len(self.valid_users)), batch_size=self.batch_size * 2, sampler=order,
                           num_workers=self.num_workers, collate_fn=self._collate(self.valid_sequences, feats, True))

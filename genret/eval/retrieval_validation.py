@@ -4,7 +4,7 @@ The validation loss is the NLL of the target's SID under teacher forcing. On spa
 tracking what serving returns: on Amazon Beauty the level-1 NLL rises from the third epoch while
 Recall@10 of the decoded list keeps improving for many more. This callback measures the list
 itself, so `genret benchmark` can keep the checkpoint with the best validation HR@K instead of the
-lowest loss (add it under `trainer.callbacks` in a config; the pipeline then monitors its metric).
+lowest loss (add it under `trainer.callbacks` in a config; the run then keeps the epoch by its metric).
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ import time
 import numpy as np
 import pytorch_lightning as pl
 import torch
+
+from genret.eval.metrics import ranking_metrics
+from genret.eval.ranked_lists import retriever_ranked_lists, user_features_for
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +62,11 @@ class RetrievalValidation(pl.Callback):
         self._sample_of = None  # the data module the sample was drawn from
 
     @property
-    def metric(self) -> str:
-        """The name checkpoint selection monitors (higher is better)."""
+    def selection_metric(self) -> str:
+        """The metric the run keeps the best epoch by (higher is better; see genret.training.run)."""
         return f"val/hr@{self.k}"
 
     def _sampled_eval_set(self, dm):
-        from genret.pipeline import user_features_for
 
         if self._sample is None or self._sample_of is not dm:
             es = dm.split.eval_set("valid")
@@ -79,9 +81,7 @@ class RetrievalValidation(pl.Callback):
         if trainer.sanity_checking:
             return
         from genret.decoding.retriever import Retriever
-        from genret.eval import ranking_metrics
         from genret.models.dualgr import DualGR
-        from genret.pipeline import retriever_ranked_lists
 
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "split"):
@@ -100,8 +100,9 @@ class RetrievalValidation(pl.Callback):
                                         history_side=history_side, desc="validation retrieval")
         metrics = ranking_metrics(ranked, es.targets, (self.k,))
         hr, ndcg = metrics[f"hr@{self.k}"], metrics[f"ndcg@{self.k}"]
-        # Every rank decodes the same users with the same weights; sync_dist only averages equal values.
-        pl_module.log(self.metric, hr, prog_bar=True, batch_size=len(es), sync_dist=True)
+        # The ranks share the users' batches and all get every list, so every rank logs the same
+        # value; sync_dist only averages equal values.
+        pl_module.log(self.selection_metric, hr, prog_bar=True, batch_size=len(es), sync_dist=True)
         pl_module.log(f"val/ndcg@{self.k}", ndcg, batch_size=len(es), sync_dist=True)
         log.info("epoch %d: validation HR@%d %.4f, NDCG@%d %.4f on %d users (%.0f s)", trainer.current_epoch,
                  self.k, hr, self.k, ndcg, len(es), time.perf_counter() - start)

@@ -1,0 +1,131 @@
+"""The runs behind `genret benchmark` and `genret quickstart`: train a family (through
+genret.training.run), evaluate it leave-one-out with full ranking on valid and test, and return
+what metrics.json and the report need. One function per kind of family (see genret.families).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genret.eval.metrics import ranking_metrics, target_ranks
+from genret.eval.ranked_lists import retriever_ranked_lists, user_features_for
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KS = (5, 10, 20, 50, 100, 500)
+
+# Ablations of the DualGR paper's Table 2: result name -> model-config overrides on top of the family's.
+ABLATIONS: dict[str, dict[str, bool]] = {
+    "dualgr": {},
+    "w/o DBR": {"use_dbr": False},
+    "w/o S2D": {"use_s2d": False},
+    "w/o ENTP": {"use_entp": False},
+    "tiger": {"use_dbr": False, "use_s2d": False, "use_entp": False},
+}
+
+
+def _config_overrides(overrides: dict[str, Any]) -> list[str]:
+    args = []
+    for key, value in overrides.items():
+        args += [f"--model.config.{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return args
+
+
+def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", data: str | None = None,
+                   overrides: list[str] | None = None, ks=DEFAULT_KS, eval_batch_size: int = 64,
+                   max_eval_users: int | None = None, kernel: str = "auto", branch_merge: str = "sum",
+                   checkpoint: str | Path | None = None, short_weight: float | None = None) -> dict[str, Any]:
+    """Train one DualGR variant (a family, or an ABLATIONS name) and evaluate it on valid and test.
+
+    Returns a result dict; its "test_ranks" holds each test user's target rank (-1: not listed) for
+    paired comparisons, and "short_weight" the short DBR branch's weight in the merge (`short_weight`,
+    else the model's routing prior). With `checkpoint`, that trained model is evaluated instead (no
+    training; "train_seconds" 0): the same split and protocol, e.g. to re-score a run after a
+    decoding change.
+    """
+    from genret.decoding.retriever import Retriever
+    from genret.training.run import build, fit
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    extra = _config_overrides(ABLATIONS.get(variant, {}))
+    family = variant if variant in ("dualgr", "tiger") else "dualgr"
+    module, dm, trainer = build(family, config, out_dir, extra + list(overrides or []), data)
+    if checkpoint is None:
+        ckpt, seconds = fit(module, dm, trainer, out_dir)
+    else:
+        ckpt, seconds = Path(checkpoint), 0.0
+        dm.setup("fit")
+    retriever = Retriever.from_checkpoint(ckpt, kernel=kernel, branch_merge=branch_merge, short_weight=short_weight)
+    if not np.array_equal(retriever.item_ids, np.asarray(dm.log_all.item_ids)):
+        raise ValueError(f"{ckpt} was trained on another catalogue ({len(retriever.item_ids)} items) than "
+                         f"{dm.log_all.name} ({dm.n_items}); evaluate it on the data it was trained on")
+    result: dict[str, Any] = {"model": variant, "checkpoint": str(ckpt), "train_seconds": seconds,
+                              "dataset": dm.log_all.name, "sid_report": dm.sid_report, "datamodule": dm}
+    if retriever.model.cfg.use_dbr:
+        result["short_weight"] = retriever.short_weight
+    for stage, key in (("valid", "val"), ("test", "test")):
+        es = dm.split.eval_set(stage)
+        ranked = retriever_ranked_lists(retriever, es, max(ks), eval_batch_size, desc=f"{variant} {stage}",
+                                        max_users=max_eval_users, user_feats=user_features_for(dm, es),
+                                        history_side=dm.history_side(es))
+        targets = es.targets[:len(ranked)]
+        result[key] = ranking_metrics(ranked, targets, ks)
+    result["test_ranks"] = target_ranks(ranked, targets)
+    return result
+
+
+def run_embedding(family: str, config: str | Path, out_dir: Path, data: str | None = None,
+                  overrides: list[str] | None = None, ks=DEFAULT_KS) -> dict[str, Any]:
+    """Train KuaiFormer / SASRec from a YAML and evaluate it leave-one-out with full ranking.
+
+    Returns:
+        {"model", "dataset", "train_seconds", "val", "test", "checkpoint", "datamodule"}; val / test
+        are `ranking_metrics` dicts (exact top-K over all items, history excluded); "datamodule" is
+        the set-up data module (its split / train_log serve baselines such as popularity).
+    """
+    from genret.decoding.embedding_retriever import EmbeddingRetriever
+    from genret.training.run import build, fit
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    module, dm, trainer = build(family, config, out_dir, overrides, data)
+    checkpoint, train_seconds = fit(module, dm, trainer, out_dir)
+    retriever = EmbeddingRetriever(module.model, dm.log_all.item_ids, side=dm.side)
+    result: dict[str, Any] = {"model": family, "dataset": dm.log_all.name, "train_seconds": train_seconds,
+                              "checkpoint": str(checkpoint)}
+    for stage, key in (("valid", "val"), ("test", "test")):
+        ranked = retriever.ranked_lists(dm, stage, max(ks))
+        result[key] = ranking_metrics(ranked, dm.eval_sets[stage].targets, ks)
+    result["datamodule"] = dm
+    log.info("%s on %s: test hr@10 %.4f ndcg@10 %.4f, %.0f s training", family, result["dataset"],
+             result["test"].get("hr@10", float("nan")), result["test"].get("ndcg@10", float("nan")), train_seconds)
+    return result
+
+
+def popularity_metrics(datamodule, ks, max_users: int | None = None) -> dict[str, dict[str, Any]]:
+    """Popularity baseline on valid and test; `max_users` keeps the same first users as the
+    models it is compared with (`genret benchmark --max_eval_users`)."""
+    from genret.decoding.popularity import PopularityRecommender
+
+    pop = PopularityRecommender().fit(datamodule.train_log)
+    out = {}
+    for stage in ("valid", "test"):
+        es = datamodule.split.eval_set(stage)
+        m = len(es) if max_users is None else min(len(es), max_users)
+        ranked = pop.recommend(es, max(ks))[:m]
+        out["val" if stage == "valid" else "test"] = ranking_metrics(ranked, es.targets[:m], ks)
+    return out
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    import os
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"

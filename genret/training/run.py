@@ -1,0 +1,128 @@
+"""A training run: build it from a YAML, keep the best epoch through Lightning's callbacks, fit, and
+write DIR/model.ckpt. `genret train` and `genret benchmark` both run training through here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def build(family, config: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
+          data: str | None = None, log_to_out_dir: bool = True):
+    """(module, datamodule, trainer) of `family` from a YAML, checkpointing into out_dir/checkpoints.
+
+    Args:
+        family: a `genret.families.Family` or its name.
+        config: the YAML. out_dir: the run's folder (Lightning's default_root_dir).
+        overrides: LightningCLI arguments applied last, e.g. ["--trainer.max_epochs", "3"].
+        data: the data set, overriding the YAML's data.data.
+        log_to_out_dir: log with a CSVLogger to out_dir/logs/version_0 (what the benchmark report
+            reads) instead of the YAML's loggers.
+    """
+    from genret.training.cli import build_cli
+
+    out_dir = Path(out_dir)
+    args = ["--config", str(config)]
+    if data is not None:
+        args += ["--data.data", str(data)]
+    args += ["--trainer.default_root_dir", str(out_dir)]
+    if log_to_out_dir:
+        args += ["--trainer.logger", "pytorch_lightning.loggers.CSVLogger",
+                 "--trainer.logger.save_dir", str(out_dir), "--trainer.logger.name", "logs",
+                 "--trainer.logger.version", "0"]
+    cli = build_cli(family, args + list(overrides or []))
+    add_family_callbacks(cli.trainer, family)
+    set_checkpointing(cli.trainer, out_dir / "checkpoints", cli.model)
+    return cli.model, cli.datamodule, cli.trainer
+
+
+def add_family_callbacks(trainer, family) -> None:
+    """The callbacks the family's registry entry says every run needs (e.g. an embedding model's
+    validation by exact ranking), unless the config lists them already."""
+    from genret.families import get_family, load_class
+
+    family = get_family(family) if isinstance(family, str) else family
+    for path in family.callbacks:
+        cls = load_class(path)
+        if not any(isinstance(cb, cls) for cb in trainer.callbacks):
+            trainer.callbacks.append(cls())
+
+
+def selection(trainer, module) -> tuple[str, str]:
+    """(metric, mode) that picks the epoch to keep: a callback's `selection_metric` (e.g.
+    RetrievalValidation's decoded HR@K), else the module's `selection` attribute, else val/loss."""
+    chosen = [cb for cb in trainer.callbacks if getattr(cb, "selection_metric", None)]
+    if len(chosen) > 1:
+        raise ValueError(f"a config may add one callback that selects the epoch, found {len(chosen)}: "
+                         f"{[type(cb).__name__ for cb in chosen]}")
+    if chosen:
+        return chosen[0].selection_metric, "max"
+    return getattr(module, "selection", ("val/loss", "min"))
+
+
+def set_checkpointing(trainer, dirpath: Path, module) -> None:
+    """Replace the trainer's checkpoint callbacks with the run's two (and early stopping, when the
+    module asks for it with a `patience`).
+
+    "best" keeps the weights the run ends with (see `selection`). "last" rewrites last.ckpt after
+    every epoch for `--ckpt_path DIR/checkpoints/last.ckpt` (Lightning's save_last on a monitored
+    callback only rewrites it when a new best is saved, so it could lag behind the final epoch).
+    """
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, WeightAveraging
+
+    monitor, mode = selection(trainer, module)
+    best = ModelCheckpoint(dirpath=dirpath, monitor=monitor, mode=mode)
+    last = ModelCheckpoint(dirpath=dirpath, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                           enable_version_counter=False)
+    # Checkpoint callbacks go last so they see every metric logged by the others; `best` comes
+    # first because trainer.checkpoint_callback (read by `fit`) is the first of them. A weight
+    # averaging callback (EMA) swaps the averaged weights in when validation starts and out when it
+    # ends, so it goes after the callbacks that validate (RetrievalValidation must decode the averaged ones).
+    averaging = [cb for cb in trainer.callbacks if isinstance(cb, WeightAveraging)]
+    others = [cb for cb in trainer.callbacks if not isinstance(cb, (ModelCheckpoint, WeightAveraging))]
+    patience = getattr(module, "patience", None)
+    if patience is not None and not any(isinstance(cb, EarlyStopping) for cb in others):
+        # strict=False: a partial validation (limit_val_batches) logs no ranking metric to compare.
+        others.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience, strict=False))
+    trainer.callbacks = others + averaging + [best, last]
+
+
+def fit(module, datamodule, trainer, out_dir: str | Path, ckpt_path: str | None = None) -> tuple[Path, float]:
+    """Fit, load the kept epoch's weights and write out_dir/model.ckpt (atomically).
+
+    Returns (checkpoint path, seconds of training)."""
+    from pytorch_lightning.callbacks import WeightAveraging
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    seconds = time.perf_counter() - start
+    selector = trainer.checkpoint_callback
+    best = getattr(selector, "best_model_path", "")
+    if best and selector.best_model_score is not None:
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+        log.info("best %s %.4f at %s; keeping those weights", selector.monitor,
+                 float(selector.best_model_score), Path(best).name)
+    # A weight averaging callback would write its final average over the selected weights.
+    trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, WeightAveraging)]
+    ckpt = Path(out_dir) / "model.ckpt"
+    # Every rank calls save_checkpoint (it ends in a barrier) but only rank 0 writes, to a fixed
+    # temporary name, then renames it over model.ckpt: readers see the old file or the whole new one.
+    tmp = ckpt.with_name(".model.ckpt.tmp")
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, ckpt)
+    finally:
+        if trainer.is_global_zero:
+            tmp.unlink(missing_ok=True)
+    trainer.strategy.barrier("genret model.ckpt")
+    return ckpt, seconds

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from genret.decoding.beam_search import (Histories, _context_rows, _encode_histories, _last_actions, _pack_context,
-                                         _positions, _sorted_by_bucket, _window, decode_branch, merge_topk,
+                                         _positions, _sorted_by_bucket, _window, decode_branch,
                                          model_codes, retrieve_indices, sids_to_items)
 from genret.models.dualgr import DualGR, DualGRConfig, TrainBatch
+from genret.decoding.topk import distinct_topk
 from genret.tokenizers import SIDIndex
 
 K, L, N_ITEMS = 8, 3, 40
@@ -171,15 +172,15 @@ def test_branches_merge_as_a_mixture_weighted_by_the_routing_prior():
             retrieve_indices(model, index, hist, k=5, kernel="torch", short_weight=bad)
 
 
-def test_merge_topk_keeps_best_score_per_item():
+def test_distinct_topk_keeps_best_score_per_item():
     items = torch.tensor([[5, 3, 5, 7, -1, 3]])
     scores = torch.tensor([[-1.0, -0.5, -0.2, -3.0, float("-inf"), -2.0]])
-    top, s = merge_topk(items, scores, 4)
+    top, s = distinct_topk(items, scores, 4)
     assert top.tolist() == [[5, 3, 7, -1]]
     torch.testing.assert_close(s[0, :3], torch.tensor([-0.2, -0.5, -3.0]))
 
 
-def test_merge_topk_sum_adds_the_probabilities_of_an_item_listed_twice():
+def test_distinct_topk_sum_adds_the_probabilities_of_an_item_listed_twice():
     log = torch.log
     # Item 4 in both branches at p = 0.3 each (0.6 in all) beats item 9 at 0.5 in one branch.
     items = torch.tensor([[9, 4, 2, -1], [1, 2, 3, 4]])
@@ -187,17 +188,17 @@ def test_merge_topk_sum_adds_the_probabilities_of_an_item_listed_twice():
     scores = log(torch.tensor([[0.5, 0.3, 0.01, 0.0], [0.4, 0.3, 0.2, 0.1]]))
     more_scores = log(torch.tensor([[0.3, 0.2, 0.02, 0.05], [0.04, 0.03, 0.02, 0.01]]))
     both, both_s = torch.cat([items, more], 1), torch.cat([scores, more_scores], 1)
-    top, s = merge_topk(both, both_s, 5, combine="sum")
+    top, s = distinct_topk(both, both_s, 5, combine="sum")
     assert top[0].tolist() == [4, 9, 8, 2, -1]
     torch.testing.assert_close(s[0, :4].exp(), torch.tensor([0.6, 0.55, 0.2, 0.03]))
     assert s[0, 4] == float("-inf")
     # No item in common: the same list and scores as "max".
-    assert torch.equal(merge_topk(both[1:], both_s[1:], 8, "sum")[0], merge_topk(both[1:], both_s[1:], 8, "max")[0])
-    torch.testing.assert_close(merge_topk(both[1:], both_s[1:], 8, "sum")[1], merge_topk(both[1:], both_s[1:], 8)[1])
-    top_max, _ = merge_topk(both, both_s, 5, combine="max")
+    assert torch.equal(distinct_topk(both[1:], both_s[1:], 8, "sum")[0], distinct_topk(both[1:], both_s[1:], 8, "max")[0])
+    torch.testing.assert_close(distinct_topk(both[1:], both_s[1:], 8, "sum")[1], distinct_topk(both[1:], both_s[1:], 8)[1])
+    top_max, _ = distinct_topk(both, both_s, 5, combine="max")
     assert top_max[0].tolist() == [9, 4, 8, 2, -1]
     with pytest.raises(ValueError, match="combine must be one of"):
-        merge_topk(both, both_s, 5, combine="mean")
+        distinct_topk(both, both_s, 5, combine="mean")
 
 
 def test_triton_path_returns_the_same_items_as_the_reference():

@@ -172,28 +172,28 @@ def test_sid_table_moves_with_the_model_but_is_no_buffer():
     assert model.item_codes.device.type == "meta" and model.bos.device.type == "meta"
 
 
-def test_routing_prior_averages_the_recorded_counts_and_old_checkpoints_read_as_equal():
+def test_routing_prior_averages_the_recorded_counts_and_travels_in_the_state_dict():
     model = DualGR(make_config())
-    assert model.short_prior == 0.5  # nothing recorded: the branches weigh the same
-    legacy_state = {k: v for k, v in model.state_dict().items() if k != "routing_stats"}
+    assert model.short_weight == 0.5  # nothing recorded: the branches weigh the same
     model.record_routing(torch.tensor(2), torch.tensor(10))
-    assert model.short_prior == pytest.approx(0.2)  # a ratio of averages: one step is not pulled towards zero
+    assert model.short_weight == pytest.approx(0.2)  # a ratio of averages: one step is not pulled towards zero
     model.record_routing(torch.tensor(12), torch.tensor(30))  # batches count by their targets
     m = DualGR.ROUTING_MOMENTUM
-    assert model.short_prior == pytest.approx((2 * (1 - m) + 12) / (10 * (1 - m) + 30))
+    assert model.short_weight == pytest.approx((2 * (1 - m) + 12) / (10 * (1 - m) + 30))
     model.record_routing(torch.tensor(0), torch.tensor(0))  # a batch without split targets changes little
-    assert model.short_prior == pytest.approx((2 * (1 - m) + 12) / (10 * (1 - m) + 30))
+    assert model.short_weight == pytest.approx((2 * (1 - m) + 12) / (10 * (1 - m) + 30))
     for _ in range(2000):
         model.record_routing(torch.tensor(7), torch.tensor(10))
-    assert model.short_prior == pytest.approx(0.7, abs=1e-4)  # float32 sums
+    assert model.short_weight == pytest.approx(0.7, abs=1e-4)  # float32 sums
     copy = DualGR(make_config())
     copy.load_state_dict(model.state_dict())  # the prior travels in the state dict (and checkpoints)
-    assert copy.short_prior == model.short_prior
-    copy.load_state_dict(legacy_state)  # a checkpoint from before the prior: strict load, prior unknown
-    assert copy.short_prior == 0.5
+    assert copy.short_weight == model.short_weight
+    legacy_state = {k: v for k, v in model.state_dict().items() if k != "routing_stats"}
+    with pytest.raises(RuntimeError, match="routing_stats"):  # a state dict without the prior is refused
+        copy.load_state_dict(legacy_state)
     for _ in range(2000):
         model.record_routing(torch.tensor(10), torch.tensor(10))
-    assert model.short_prior == 0.99  # kept off 0 and 1: neither branch's list is ever dropped
+    assert model.short_weight == 0.99  # kept off 0 and 1: neither branch's list is ever dropped
 
 
 def test_routing_counts_only_targets_whose_windows_differ():

@@ -63,7 +63,7 @@ def test_left_padding_does_not_change_user_vectors():
 
 def test_mask_lets_query_tokens_see_the_sequence_and_earlier_queries_only():
     valid = torch.tensor([[False, True, True, True, True, True, True]])  # 1 pad, 3 items, 3 queries
-    mask = attention_mask(valid, causal=True)[0, 0]
+    mask = attention_mask(valid, causal=True)[0]
     queries = range(4, 7)
     for q in queries:
         assert mask[q, 1:4].all(), "a query token sees every sequence token"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from genret.data import InteractionLog
-from genret.training.datamodule import UserSequences, gather_batch, training_windows
+from genret.training.sequence_datamodule import UserSequences, gather_batch, training_windows
 
 
 def hand_log():
@@ -100,7 +100,7 @@ def test_an_earlier_window_keeps_only_its_own_negatives():
 
 
 def test_validation_batches_come_longest_first_and_cover_every_user_once(tmp_path):
-    from genret.training.datamodule import SequenceDataModule
+    from genret.training.sequence_datamodule import SequenceDataModule
     from genret.training.semantic_ids import SIDConfig
 
     sid = SIDConfig(codebook_size=8, n_iter=3, cache_dir=str(tmp_path))

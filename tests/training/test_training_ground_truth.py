@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from genret import pipeline
-from genret.training.datamodule import gather_batch
+from genret.eval.ranked_lists import evaluate_retriever
+from genret.training.run import build, fit
+from genret.training.sequence_datamodule import gather_batch
 from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -38,10 +39,10 @@ def _train_both(tmp_path_factory):
     out = {}
     for name, entp in (("entp", "true"), ("ntp", "false")):
         tmp = tmp_path_factory.mktemp(name)
-        module, dm, trainer = pipeline.build(CONFIGS / "quickstart.yaml", tmp,
+        module, dm, trainer = build("dualgr", CONFIGS / "quickstart.yaml", tmp,
                                              ARGS + ["--model.config.use_entp", entp,
                                                      "--data.sid.cache_dir", str(tmp / "cache")])
-        pipeline.train(module, dm, trainer, tmp)
+        fit(module, dm, trainer, tmp)
         out[name] = (module.model.eval(), dm)
     return out
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 
-from genret import pipeline
+from genret.eval.ranked_lists import evaluate_retriever
+from genret.training.run import build, fit
 from genret.decoding.retriever import Retriever
-from genret.training.retrieval_validation import RetrievalValidation
+from genret.eval.retrieval_validation import RetrievalValidation
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -31,8 +32,8 @@ def tiny_args(tmp_path):
 
 def test_fit_checkpoint_retrieve_and_resume(tmp_path, tiny_args):
     out = tmp_path / "run"
-    module, dm, trainer = pipeline.build(ROOT / "configs" / "quickstart.yaml", out, tiny_args)
-    ckpt, seconds = pipeline.train(module, dm, trainer, out)
+    module, dm, trainer = build("dualgr", ROOT / "configs" / "quickstart.yaml", out, tiny_args)
+    ckpt, seconds = fit(module, dm, trainer, out)
     assert ckpt.is_file() and seconds > 0
     assert (out / "logs" / "version_0" / "metrics.csv").is_file()
     assert (out / "checkpoints" / "last.ckpt").is_file()
@@ -47,7 +48,7 @@ def test_fit_checkpoint_retrieve_and_resume(tmp_path, tiny_args):
     assert len(r.item_ids) == dm.n_items
     # Training recorded how often DBR's gate chose the short branch; the merge weighs the branches by it.
     weighted, total = saved_state["model.routing_stats"].tolist()
-    assert total > 0 and r.branch_weight == pytest.approx(weighted / total)
+    assert total > 0 and r.short_weight == pytest.approx(weighted / total)
     histories = [[r.item_ids[0], r.item_ids[3]], []]
     res = r.retrieve(histories, k=15)
     assert [len(items) for items in res.items] == [15, 15]
@@ -83,14 +84,14 @@ def test_fit_checkpoint_retrieve_and_resume(tmp_path, tiny_args):
         main(["decode", "--checkpoint", str(ckpt), "--histories", str(bad)])
 
     # Resume from the last checkpoint for one more epoch.
-    module2, dm2, trainer2 = pipeline.build(ROOT / "configs" / "quickstart.yaml", tmp_path / "resumed",
+    module2, dm2, trainer2 = build("dualgr", ROOT / "configs" / "quickstart.yaml", tmp_path / "resumed",
                                             tiny_args + ["--trainer.max_epochs", "2"])
     trainer2.fit(module2, datamodule=dm2, ckpt_path=str(out / "checkpoints" / "last.ckpt"))
     assert trainer2.current_epoch == 2
 
 
 # ---------------------------------------------------------------- checkpoint selection by decoded HR@K
-WITH_RETRIEVAL = ["--trainer.callbacks+", "genret.training.retrieval_validation.RetrievalValidation",
+WITH_RETRIEVAL = ["--trainer.callbacks+", "genret.eval.retrieval_validation.RetrievalValidation",
                   "--trainer.callbacks.users", "80", "--trainer.callbacks.kernel", "torch"]
 
 
@@ -104,11 +105,11 @@ def logged(out: Path, name: str) -> list[float]:
 def test_selection_by_validation_hr_matches_an_independent_evaluation(tmp_path):
     out = tmp_path / "run"
     args = TINY + ["--data.sid.cache_dir", str(tmp_path / "cache"), "--trainer.max_epochs", "3", *WITH_RETRIEVAL]
-    module, dm, trainer = pipeline.build(ROOT / "configs" / "quickstart.yaml", out, args)
+    module, dm, trainer = build("dualgr", ROOT / "configs" / "quickstart.yaml", out, args)
     selector = next(cb for cb in trainer.callbacks if isinstance(cb, RetrievalValidation))
     best_cb = trainer.checkpoint_callback
     assert (best_cb.monitor, best_cb.mode) == ("val/hr@10", "max")
-    ckpt, _ = pipeline.train(module, dm, trainer, out)
+    ckpt, _ = fit(module, dm, trainer, out)
 
     hrs = logged(out, "val/hr@10")
     assert len(hrs) == 3 and len(logged(out, "val/ndcg@10")) == 3
@@ -120,7 +121,7 @@ def test_selection_by_validation_hr_matches_an_independent_evaluation(tmp_path):
     sample, user_feats, history_side = selector._sample
     assert len(sample) == 80 and len(set(sample.users.tolist())) == 80
     r = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch")
-    again = pipeline.evaluate_retriever(r, sample, ks=(10,), user_feats=user_feats, history_side=history_side)
+    again = evaluate_retriever(r, sample, ks=(10,), user_feats=user_feats, history_side=history_side)
     assert again["hr@10"] == pytest.approx(max(hrs), abs=1e-6)
 
     # last.ckpt is the final epoch whatever the best one was.
@@ -132,16 +133,16 @@ def test_ema_weights_are_the_ones_validated_selected_and_saved(tmp_path):
     from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
 
     out = tmp_path / "run"
-    # EMA listed before RetrievalValidation: the pipeline must still order it after.
+    # EMA listed before RetrievalValidation: the run must still order it after.
     ema = ["--trainer.callbacks+", "pytorch_lightning.callbacks.EMAWeightAveraging",
            "--trainer.callbacks.decay", "0.9"]
     args = TINY + ["--data.sid.cache_dir", str(tmp_path / "cache"), "--trainer.max_epochs", "3",
                    *ema, *WITH_RETRIEVAL]
-    module, dm, trainer = pipeline.build(ROOT / "configs" / "quickstart.yaml", out, args)
+    module, dm, trainer = build("dualgr", ROOT / "configs" / "quickstart.yaml", out, args)
     kinds = [type(cb) for cb in trainer.callbacks]
     assert kinds.index(RetrievalValidation) < kinds.index(EMAWeightAveraging) < kinds.index(ModelCheckpoint)
     selector = next(cb for cb in trainer.callbacks if isinstance(cb, RetrievalValidation))
-    ckpt, _ = pipeline.train(module, dm, trainer, out)
+    ckpt, _ = fit(module, dm, trainer, out)
 
     best = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
     averaged, raw = best["state_dict"], best["current_model_state"]
@@ -152,26 +153,26 @@ def test_ema_weights_are_the_ones_validated_selected_and_saved(tmp_path):
     # The logged HR@10 of the kept epoch is the averaged weights' own, decoded again from model.ckpt.
     sample, user_feats, history_side = selector._sample
     r = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch")
-    again = pipeline.evaluate_retriever(r, sample, ks=(10,), user_feats=user_feats, history_side=history_side)
+    again = evaluate_retriever(r, sample, ks=(10,), user_feats=user_feats, history_side=history_side)
     assert again["hr@10"] == pytest.approx(float(trainer.checkpoint_callback.best_model_score), abs=1e-6)
 
 
 def test_without_the_callback_the_lowest_validation_loss_is_kept(tmp_path):
     out = tmp_path / "run"
     args = TINY + ["--data.sid.cache_dir", str(tmp_path / "cache"), "--trainer.max_epochs", "2"]
-    module, dm, trainer = pipeline.build(ROOT / "configs" / "quickstart.yaml", out, args)
+    module, dm, trainer = build("dualgr", ROOT / "configs" / "quickstart.yaml", out, args)
     assert (trainer.checkpoint_callback.monitor, trainer.checkpoint_callback.mode) == ("val/loss", "min")
-    # The config's own ModelCheckpoint is replaced by the pipeline's best + last pair.
+    # The config's own ModelCheckpoint is replaced by the run's best + last pair.
     assert len(trainer.checkpoint_callbacks) == 2
-    pipeline.train(module, dm, trainer, out)
+    fit(module, dm, trainer, out)
     assert float(trainer.checkpoint_callback.best_model_score) == pytest.approx(min(logged(out, "val/loss")))
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
 
 
 def test_two_selectors_and_bad_arguments_are_refused(tmp_path):
     args = TINY + ["--data.sid.cache_dir", str(tmp_path / "cache"), *WITH_RETRIEVAL, *WITH_RETRIEVAL]
-    with pytest.raises(ValueError, match="one RetrievalValidation callback, found 2"):
-        pipeline.build(ROOT / "configs" / "quickstart.yaml", tmp_path / "run", args)
+    with pytest.raises(ValueError, match="one callback that selects the epoch, found 2"):
+        build("dualgr", ROOT / "configs" / "quickstart.yaml", tmp_path / "run", args)
     with pytest.raises(ValueError, match="k must be >= 1"):
         RetrievalValidation(k=0)
     with pytest.raises(ValueError, match="users must be >= 1 or None"):
@@ -183,7 +184,7 @@ def test_two_selectors_and_bad_arguments_are_refused(tmp_path):
 
 
 def test_length_chunks_must_be_positive():
-    from genret.training.module import DualGRModule
+    from genret.training.dualgr_module import DualGRModule
 
     with pytest.raises(ValueError, match="length_chunks must be >= 1"):
         DualGRModule(length_chunks=0)
@@ -192,12 +193,12 @@ def test_length_chunks_must_be_positive():
 def test_side_features_train_travel_in_the_checkpoint_and_feed_decoding(tmp_path, tiny_args):
     out = tmp_path / "side"
     args = tiny_args + ["--data.side_features", "[watch_frac, time_gap]", "--data.side_buckets", "6"]
-    module, dm, trainer = pipeline.build(ROOT / "configs" / "quickstart.yaml", out, args)
+    module, dm, trainer = build("dualgr", ROOT / "configs" / "quickstart.yaml", out, args)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch.side.shape[-1] == 2 and batch.side.max() <= 6
     assert ((batch.side[..., 0] > 0) == (batch.items >= 0)).all()  # every positive has a watch fraction
-    ckpt, _ = pipeline.train(module, dm, trainer, out)
+    ckpt, _ = fit(module, dm, trainer, out)
     assert module.model.cfg.n_side_features == 2 and module.model.cfg.side_buckets == 6
 
     r = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch")
@@ -219,7 +220,7 @@ def test_side_features_train_travel_in_the_checkpoint_and_feed_decoding(tmp_path
 
     # Evaluation passes each history action's buckets.
     es = dm.split.eval_set("test")
-    with_side = pipeline.evaluate_retriever(r, es, ks=(10,), max_users=40, history_side=dm.history_side(es))
+    with_side = evaluate_retriever(r, es, ks=(10,), max_users=40, history_side=dm.history_side(es))
     assert dm.history_side(es).shape == (len(es.history_items), 2)
     assert 0.0 <= with_side["hr@10"] <= 1.0
 
@@ -253,18 +254,23 @@ def test_checkpoint_errors(tmp_path):
 
 def test_ddp_two_cpu_processes_gloo(tmp_path):
     """Lightning's DDP strategy over 2 CPU processes (gloo) through the real CLI (Lightning shards the
-    length-ordered validation sampler; the loss runs in length chunks)."""
+    length-ordered validation sampler; the loss runs in length chunks). Rank 0 alone writes
+    model.ckpt; the config's own ModelCheckpoint is replaced by the run's best + last pair."""
+    out = tmp_path / "run"
     cmd = [sys.executable, "-m", "genret.cli", "train", "--config", str(ROOT / "configs" / "quickstart.yaml"),
            *TINY, "--data.sid.cache_dir", str(tmp_path / "cache"), "--model.length_chunks", "3",
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-           "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false",
+           "--trainer.default_root_dir", str(out), "--trainer.logger", "false",
            "--trainer.callbacks", "pytorch_lightning.callbacks.ModelCheckpoint",
            "--trainer.callbacks.dirpath", str(tmp_path / "ckpt"), "--trainer.callbacks.save_last", "true"]
     env = dict(os.environ, PL_TORCH_DISTRIBUTED_BACKEND="gloo", OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world_size: 2" in (proc.stdout + proc.stderr) or "MEMBER: 2/2" in (proc.stdout + proc.stderr)
-    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file() and not (tmp_path / "ckpt").exists()
+    assert f"kept weights in {out / 'model.ckpt'}" in proc.stdout
+    assert not list(out.glob(".model.ckpt*"))  # no temporary file left behind
+    assert Retriever.from_checkpoint(out / "model.ckpt", device="cpu").item_ids.size == 400
 
 
 def test_train_help_lists_config_keys(capsys):
@@ -324,7 +330,7 @@ def test_benchmark_ablations_print_table_2_and_skip_entp_without_negatives(tmp_p
 @pytest.mark.parametrize("name", ["quickstart", "dualgr_ml1m", "dualgr_amazon", "dualgr_kuairand", "dualgr_paper"])
 def test_shipped_configs_parse(tmp_path, name):
     """Every shipped DualGR YAML is valid for the CLI (keys, types); data is not loaded here."""
-    module, dm, trainer = pipeline.build(ROOT / "configs" / f"{name}.yaml", tmp_path)
+    module, dm, trainer = build("dualgr", ROOT / "configs" / f"{name}.yaml", tmp_path)
     assert module.config.d_model % module.config.n_heads == 0
     assert dm.max_history >= module.config.long_window
     assert trainer.max_epochs >= 1

@@ -8,17 +8,14 @@ import torch
 import yaml
 
 from genret.data import leave_one_out, load_dataset
-from genret.eval import PopularityRecommender, ranking_metrics
-from genret.training.kuaiformer_module import (
-    KuaiFormerDataModule,
-    build,
-    export_item_embeddings,
-    gather_windows,
-    item_feature_table,
-    load_kuaiformer,
-    rank_items,
-    run_embedding_benchmark,
-)
+from genret.decoding.embedding_retriever import EmbeddingRetriever, rank_items
+from genret.decoding.popularity import PopularityRecommender
+from genret.eval.benchmark import run_embedding
+from genret.eval.metrics import ranking_metrics
+from genret.families import family_for_config
+from genret.training.embedding_datamodule import KuaiFormerDataModule, gather_windows, item_feature_table
+from genret.training.embedding_module import checkpoint_item_vectors, load_kuaiformer
+from genret.training.run import build
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHIPPED = ["sasrec_ml1m.yaml", "sasrec_amazon.yaml", "kuaiformer_ml1m.yaml", "kuaiformer_amazon.yaml"]
@@ -26,7 +23,7 @@ SHIPPED = ["sasrec_ml1m.yaml", "sasrec_amazon.yaml", "kuaiformer_ml1m.yaml", "ku
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_load(name, tmp_path):
-    module, dm, trainer = build(CONFIGS / name, tmp_path)
+    module, dm, trainer = build(family_for_config(name), CONFIGS / name, tmp_path)
     config = module.config
     if name.startswith("sasrec"):
         # SASRec = KuaiFormer with one interest at the last position, no compression, full softmax.
@@ -112,25 +109,30 @@ def test_tiny_sasrec_beats_popularity_and_exports(tmp_path, one_thread):
          "loss": "full_softmax", "logq_correction": False, "lr": 0.005},
         {"max_len": 50, "targets": "every_position", "batch_size": 64}, epochs=10)
     out = tmp_path / "run"
-    result = run_embedding_benchmark(str(config), out, ks=(10, 20), model_name="sasrec")
+    result = run_embedding("sasrec", str(config), out, ks=(10, 20))
     popularity = _popularity_hr10(leave_one_out(load_dataset("synthetic:300x400")))
     assert result["model"] == "sasrec" and result["dataset"] == "synthetic"
     assert result["test"]["n_users"] == 300
     assert result["test"]["hr@10"] > popularity + 0.05, (result["test"], popularity)
-    assert sorted(p.name for p in out.iterdir()) == ["logs", "model.ckpt"]
-
-    vectors = export_item_embeddings(result["checkpoint"], tmp_path / "items.npy")
-    saved = np.load(tmp_path / "items.npy")
-    assert saved.dtype == np.float32 and saved.shape == (400, 32)
-    assert np.array_equal(saved, vectors)
-    model, extra = load_kuaiformer(result["checkpoint"])
-    assert np.array_equal(saved, model.item_vectors().detach().numpy())
-    assert len(extra["catalogue"]["item_ids"]) == 400
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "logs", "model.ckpt"]
+    assert (out / "checkpoints" / "last.ckpt").is_file()
 
     from genret.commands.export_embeddings import main
 
-    assert main(["--checkpoint", result["checkpoint"], "--out", str(tmp_path / "cli.npy")]) == 0
-    assert np.array_equal(np.load(tmp_path / "cli.npy"), saved)
+    assert main(["--checkpoint", result["checkpoint"], "--out", str(tmp_path / "items.npy")]) == 0
+    saved = np.load(tmp_path / "items.npy")
+    assert saved.dtype == np.float32 and saved.shape == (400, 32)
+    vectors, item_ids = checkpoint_item_vectors(result["checkpoint"])
+    assert np.array_equal(saved, vectors) and len(item_ids) == 400
+    model, entry = load_kuaiformer(result["checkpoint"])
+    assert np.array_equal(saved, model.item_vectors().detach().numpy())
+    assert entry["family"] == "kuaiformer"
+
+    # The family's retriever serves raw ids from the checkpoint, and its lists are the evaluated ones.
+    retriever = EmbeddingRetriever.from_checkpoint(result["checkpoint"], device="cpu")
+    got = retriever.retrieve([[retriever.item_ids[0], retriever.item_ids[3]], []], k=5)
+    assert [len(row) for row in got.items] == [5, 5] and all(len(set(row)) == 5 for row in got.items)
+    assert got.scores[0] == sorted(got.scores[0], reverse=True)
 
     # The checkpoint itself can feed the tokenizer: same vectors, and a foreign catalogue is refused.
     from genret.training.semantic_ids import SIDConfig, item_embeddings_for
@@ -153,7 +155,7 @@ def test_tiny_kuaiformer_trains_with_every_part_on(tmp_path, one_thread):
          "loss": "sampled_softmax", "label_smoothing": 0.05, "lr": 0.005, "position_loss_weight": 1.0},
         {"max_len": 24, "targets": "cut_points", "cuts_per_user": 4, "batch_size": 64,
          "item_features": ["category", "subcategory"], "side_features": ["watch_frac"]}, epochs=6)
-    result = run_embedding_benchmark(str(config), tmp_path / "run", ks=(10,), model_name="kuaiformer")
+    result = run_embedding("kuaiformer", str(config), tmp_path / "run", ks=(10,))
     popularity = _popularity_hr10(leave_one_out(load_dataset("synthetic:300x400")))
     assert result["test"]["hr@10"] > popularity + 0.03, (result["test"], popularity)
     model, _ = load_kuaiformer(result["checkpoint"])
@@ -168,7 +170,7 @@ def test_datamodule_errors_name_the_missing_feature():
 
 def test_in_batch_loss_with_more_rows_than_candidates_uses_shared_rows():
     from genret.models.kuaiformer import KuaiFormer, KuaiFormerConfig
-    from genret.training.kuaiformer_module import KuaiFormerModule
+    from genret.training.embedding_module import KuaiFormerModule
 
     config = KuaiFormerConfig(n_items=6, d_model=4, n_heads=1, n_layers=1, compression=False, max_len=8)
     module = KuaiFormerModule(config, max_in_batch_candidates=3)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from genret.models.cpu_dropout import CPUFastDropout, cpu_drop_mask
+from genret.models.layers import CPUFastDropout, cpu_drop_mask
 from genret.models.dualgr import DualGR, DualGRConfig
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from genret.eval import exact_topk
+from genret.decoding.exact_topk import exact_topk
 
 HAS_FAISS = importlib.util.find_spec("faiss") is not None
 

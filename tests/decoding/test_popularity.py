@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from genret.eval import PopularityRecommender
+from genret.decoding.popularity import PopularityRecommender
 
 
 @dataclass
@@ -61,7 +61,7 @@ def test_k_beyond_catalogue_pads(fitted):
 
 
 def test_matches_per_user_reference_on_random_data(monkeypatch):
-    import genret.eval.popularity as popularity
+    import genret.decoding.popularity as popularity
 
     monkeypatch.setattr(popularity, "_MAX_MASK_ELEMENTS", 500)  # force many user chunks
     rng = np.random.default_rng(1)

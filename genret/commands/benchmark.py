@@ -35,8 +35,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--branch_merge", default="sum", choices=("sum", "max"),
                         help="score of an item both DBR branches decode: sum of its probabilities, or the larger")
     parser.add_argument("--short_weight", type=float, default=None,
-                        help="the short DBR branch's weight in the merge, in (0, 1) (default: the trained "
-                             "model's routing prior; set it to re-score a checkpoint from before that was stored)")
+                        help="the short DBR branch's weight in the merge, in (0, 1) (default: the one the model "
+                             "recorded in training, how often its gate chose the short branch)")
     parser.add_argument("--ks", default="5,10,20,50,100,500",
                         help="cut-offs; the beam is max(K) + a margin, so a smaller max(K) decodes faster")
     parser.add_argument("--sid_embeddings_from", metavar="CONFIG", default=None,

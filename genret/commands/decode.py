@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
                              "(default) or the larger one")
     parser.add_argument("--short_weight", type=float, default=None,
                         help="the short DBR branch's weight in the merge, in (0, 1) (default: how often the "
-                             "gate chose the short branch in training, stored in the checkpoint; 0.5 if absent)")
+                             "gate chose the short branch in training, stored in the checkpoint)")
     parser.add_argument("--out", type=Path, default=None, help="output JSON lines (default: stdout)")
     args = parser.parse_args(argv)
     from genret.decoding.beam_search import check_short_weight

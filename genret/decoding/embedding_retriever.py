@@ -86,31 +86,6 @@ class EmbeddingRetriever:
         catalogue = entry["catalogue"]
         return cls(model, catalogue["item_ids"], SideFeatureBuckets.from_state_dict(catalogue["side_features"]))
 
-    @torch.no_grad()
-    def ranked_lists(self, datamodule, stage: str, k: int) -> np.ndarray:
-        """(m, k) leave-one-out lists of an evaluation split (history excluded), best first, -1 padded.
-        Under several processes each computes a share of the user vectors (genret.eval.distributed)."""
-        from tqdm.auto import tqdm
-
-        from genret.eval.distributed import map_batches
-
-        es = datamodule.eval_sets[stage]
-        rows = np.arange(len(es))
-        size = datamodule.eval_batch_size
-        progress = tqdm(total=-(-len(es) // size), desc=f"user vectors ({stage})", unit="batch", disable=None)
-
-        def vectors(start: int) -> np.ndarray:
-            batch = datamodule.eval_batch(stage, rows[start:start + size])
-            out = self.model.user_vectors(batch["items"].to(self.device), batch["side"].to(self.device))
-            progress.update()
-            return out.float().cpu().numpy()
-
-        parts = map_batches(list(range(0, len(es), size)), vectors)
-        progress.close()
-        users = torch.from_numpy(np.concatenate([parts[start] for start in sorted(parts)]))
-        return rank_items(users, self.model.item_vectors().float(), k,
-                          exclude=(es.history_offsets, es.history_items), device=self.device)
-
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 100, unknown: str = "error",
                  batch_size: int = 256, side: dict[str, Sequence[Sequence[Any]]] | None = None) -> RetrievalResult:
         """Top-k distinct raw item ids per history (best first), scored by max_j x^T u_j.

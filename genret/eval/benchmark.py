@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from genret.eval.metrics import ranking_metrics, target_ranks
-from genret.eval.ranked_lists import retriever_ranked_lists, user_features_for
+from genret.eval.ranked_lists import embedding_ranked_lists, retriever_ranked_lists, user_features_for
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def run_embedding(family: str, config: str | Path, out_dir: Path, data: str | No
     result: dict[str, Any] = {"model": family, "dataset": dm.log_all.name, "train_seconds": train_seconds,
                               "checkpoint": str(checkpoint)}
     for stage, key in (("valid", "val"), ("test", "test")):
-        ranked = retriever.ranked_lists(dm, stage, max(ks))
+        ranked = embedding_ranked_lists(retriever, dm, stage, max(ks))
         result[key] = ranking_metrics(ranked, dm.eval_sets[stage].targets, ks)
     result["datamodule"] = dm
     log.info("%s on %s: test hr@10 %.4f ndcg@10 %.4f, %.0f s training", family, result["dataset"],

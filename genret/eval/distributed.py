@@ -7,10 +7,13 @@ exactly what one process would: every batch is the same batch, scored by the sam
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Callable
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def world() -> tuple[int, int]:
@@ -37,6 +40,8 @@ def is_main_process() -> bool:
 def map_batches(starts: list[int], score: Callable[[int], np.ndarray]) -> dict[int, np.ndarray]:
     """{start: score(start)} for every batch start, each computed on one rank and shared with all."""
     rank, size = world()
+    if size > 1:
+        log.info("rank %d of %d: scoring %d of %d batches", rank, size, len(starts[rank::size]), len(starts))
     mine = {start: score(start) for start in starts[rank::size]}
     if size == 1:
         return mine

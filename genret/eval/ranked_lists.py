@@ -1,4 +1,5 @@
-"""Leave-one-out ranked lists of a generative retriever (beam search), and their metrics."""
+"""Leave-one-out ranked lists of a generative retriever (beam search) or an embedding model (exact
+top-K), and their metrics."""
 
 from __future__ import annotations
 
@@ -75,6 +76,32 @@ def retriever_ranked_lists(retriever, eval_set, k_max: int, batch_size: int = 64
     for start, rows in lists.items():
         ranked[start:start + len(rows)] = rows
     return ranked
+
+
+@torch.no_grad()
+def embedding_ranked_lists(retriever, datamodule, stage: str, k: int) -> np.ndarray:
+    """(m, k) leave-one-out lists of an embedding model (`genret.decoding.EmbeddingRetriever`) for an
+    evaluation split of its data module, history excluded, best first, -1 padded. Under several
+    processes each computes a share of the user vectors and all rank every user."""
+    from genret.decoding.embedding_retriever import rank_items
+
+    es = datamodule.eval_sets[stage]
+    rows = np.arange(len(es))
+    size = datamodule.eval_batch_size
+    model, device = retriever.model, retriever.device
+    progress = tqdm(total=-(-len(es) // size), desc=f"user vectors ({stage})", unit="batch", disable=None)
+
+    def vectors(start: int) -> np.ndarray:
+        batch = datamodule.eval_batch(stage, rows[start:start + size])
+        out = model.user_vectors(batch["items"].to(device), batch["side"].to(device))
+        progress.update()
+        return out.float().cpu().numpy()
+
+    parts = map_batches(list(range(0, len(es), size)), vectors)
+    progress.close()
+    users = torch.from_numpy(np.concatenate([parts[start] for start in sorted(parts)]))
+    return rank_items(users, model.item_vectors().float(), k, exclude=(es.history_offsets, es.history_items),
+                      device=device)
 
 
 def user_features_for(datamodule, eval_set) -> np.ndarray:

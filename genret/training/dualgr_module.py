@@ -102,6 +102,9 @@ class DualGRModule(pl.LightningModule):
     def validation_step(self, batch: TrainBatch, batch_idx: int) -> None:
         self._shared_step(batch, "val")
 
+    def test_step(self, batch: TrainBatch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
     def configure_optimizers(self):
         opt = adamw(self.model, self.lr, self.weight_decay)
         return {"optimizer": opt,

@@ -257,3 +257,6 @@ class KuaiFormerDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")

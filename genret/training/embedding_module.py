@@ -193,6 +193,9 @@ class KuaiFormerModule(pl.LightningModule):
         """The batch's user vectors (B, k, d); genret.eval.embedding_validation ranks them at the epoch's end."""
         return self.model.user_vectors(batch["items"], batch["side"]).float().cpu()
 
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.validation_step(batch, batch_idx)
+
     @property
     def selection(self) -> tuple[str, str]:
         """The metric, and its better direction, that picks the epoch the run keeps."""

@@ -231,18 +231,21 @@ class SequenceDataModule(pl.LightningDataModule):
             self.user_feature_cardinalities = []
         self.train_users, self.train_ends = training_windows(self.train_sequences.pos_offsets, self.max_history,
                                                             self.train_windows)
-        valid = self.split.eval_set("valid")
-        # Validation sequences = history + target; only the target is scored.
-        m = len(valid)
-        hist_len = np.diff(valid.history_offsets)
-        offsets = valid.history_offsets + np.arange(m + 1)
-        rows = np.empty(offsets[-1], np.int64)
-        rows[np.arange(len(valid.history_rows)) + np.repeat(np.arange(m), hist_len)] = valid.history_rows
-        rows[offsets[1:] - 1] = valid.target_rows
-        self.valid_sequences = UserSequences.from_histories(offsets, self.log_all.item[rows], self.side_codes[rows])
-        self.valid_users = valid.users
+        self.valid_sequences, self.valid_users = self._eval_sequences("valid")
+        self.test_sequences, self.test_users = self._eval_sequences("test")
         self._ready = True
         log.info("data %s: %s", self.log_all.name, self.log_all.summary())
+
+    def _eval_sequences(self, stage: str) -> tuple[UserSequences, np.ndarray]:
+        """Evaluation sequences = history + target (only the target is scored), and their users."""
+        es = self.split.eval_set(stage)
+        m = len(es)
+        hist_len = np.diff(es.history_offsets)
+        offsets = es.history_offsets + np.arange(m + 1)
+        rows = np.empty(offsets[-1], np.int64)
+        rows[np.arange(len(es.history_rows)) + np.repeat(np.arange(m), hist_len)] = es.history_rows
+        rows[offsets[1:] - 1] = es.target_rows
+        return UserSequences.from_histories(offsets, self.log_all.item[rows], self.side_codes[rows]), es.users
 
     @property
     def n_items(self) -> int:
@@ -276,10 +279,16 @@ class SequenceDataModule(pl.LightningDataModule):
                                                    (self.train_users, self.train_ends)))
 
     def val_dataloader(self) -> DataLoader:
-        feats = self.user_feats[self.valid_users]
-        lengths = np.minimum(np.diff(self.valid_sequences.pos_offsets), self.max_history)
-        # Longest first, so each batch pads to its own rows: validation scores one target per user,
+        return self._eval_dataloader(self.valid_sequences, self.valid_users)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_dataloader(self.test_sequences, self.test_users)
+
+    def _eval_dataloader(self, sequences: UserSequences, users: np.ndarray) -> DataLoader:
+        feats = self.user_feats[users]
+        lengths = np.minimum(np.diff(sequences.pos_offsets), self.max_history)
+        # Longest first, so each batch pads to its own rows: evaluation scores one target per user,
         # so the epoch's loss is the same per-user mean in any order.
         order = np.argsort(-lengths, kind="stable").tolist()
-        return DataLoader(IndexDataset(len(self.valid_users)), batch_size=self.batch_size * 2, sampler=order,
-                          num_workers=self.num_workers, collate_fn=self._collate(self.valid_sequences, feats, True))
+        return DataLoader(IndexDataset(len(users)), batch_size=self.batch_size * 2, sampler=order,
+                          num_workers=self.num_workers, collate_fn=self._collate(sequences, feats, True))

@@ -24,3 +24,40 @@ def test_unknown_command_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         main(["tokenise"])
     assert "unknown command 'tokenise'" in capsys.readouterr().err
+
+
+def test_flags_take_underscores_and_the_old_hyphens():
+    from genret.commands.arguments import Parser
+
+    parser = Parser(prog="genret x")
+    parser.add_argument("--eval_batch_size", type=int, default=64)
+    parser.add_argument("--max_eval_users", type=int, default=None)
+    args, rest = parser.parse_known_args(["--eval-batch-size", "8", "--max_eval_users=5", "--trainer.max_epochs", "1"])
+    assert (args.eval_batch_size, args.max_eval_users) == (8, 5)
+    assert rest == ["--trainer.max_epochs", "1"]  # LightningCLI's keys pass through untouched
+    args, _ = parser.parse_known_args(["--max-eval-users=7"])
+    assert args.max_eval_users == 7
+
+
+TINY = ["--data.data", "synthetic:200x300", "--data.max_history", "20", "--data.batch_size", "32",
+        "--data.sid.codebook_size", "8", "--data.sid.n_iter", "5", "--model.config.d_model", "16",
+        "--model.config.n_heads", "2", "--model.config.n_blocks", "1", "--model.config.d_ffn", "32",
+        "--model.config.long_window", "20", "--model.config.short_window", "4", "--trainer.max_epochs", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
+
+
+def test_train_fit_writes_model_and_last_then_validate_and_test_read_them(tmp_path, capsys):
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    out = tmp_path / "run"
+    args = ["--config", str(config), *TINY, "--data.sid.cache_dir", str(tmp_path / "cache"),
+            "--trainer.default_root_dir", str(out)]
+    assert main(["train", *args]) == 0  # fit is the default subcommand
+    printed = capsys.readouterr().out
+    assert f"kept weights in {out / 'model.ckpt'}" in printed and str(out / "checkpoints" / "last.ckpt") in printed
+    assert (out / "model.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    assert main(["train", "validate", *args]) == 0  # scores DIR/model.ckpt by default
+    assert main(["train", "test", *args, "--ckpt_path", str(out / "checkpoints" / "last.ckpt")]) == 0
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["train", "validate", *args, "--ckpt_path", str(tmp_path / "missing.ckpt")])

@@ -128,7 +128,14 @@ def test_tiny_sasrec_beats_popularity_and_exports(tmp_path, one_thread):
     assert np.array_equal(saved, model.item_vectors().detach().numpy())
     assert entry["family"] == "kuaiformer"
 
-    # The family's retriever serves raw ids from the checkpoint, and its lists are the evaluated ones.
+    # `genret train test` scores the kept weights on the test users through the same exact ranking.
+    from genret.cli import main as cli
+
+    assert cli(["train", "test", "--config", str(config), "--ckpt_path", result["checkpoint"],
+                "--trainer.default_root_dir", str(tmp_path / "test_run"), "--trainer.logger", "false",
+                "--trainer.enable_progress_bar", "false"]) == 0
+
+    # The family's retriever serves raw ids from the checkpoint.
     retriever = EmbeddingRetriever.from_checkpoint(result["checkpoint"], device="cpu")
     got = retriever.retrieve([[retriever.item_ids[0], retriever.item_ids[3]], []], k=5)
     assert [len(row) for row in got.items] == [5, 5] and all(len(set(row)) == 5 for row in got.items)

@@ -262,11 +262,16 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
            "--trainer.default_root_dir", str(out), "--trainer.logger", "false",
            "--trainer.callbacks", "pytorch_lightning.callbacks.ModelCheckpoint",
-           "--trainer.callbacks.dirpath", str(tmp_path / "ckpt"), "--trainer.callbacks.save_last", "true"]
+           "--trainer.callbacks.dirpath", str(tmp_path / "ckpt"), "--trainer.callbacks.save_last", "true",
+           "--trainer.callbacks+", "genret.eval.retrieval_validation.RetrievalValidation",
+           "--trainer.callbacks.batch_size", "64", "--trainer.callbacks.kernel", "torch"]
     env = dict(os.environ, PL_TORCH_DISTRIBUTED_BACKEND="gloo", OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "world_size: 2" in (proc.stdout + proc.stderr) or "MEMBER: 2/2" in (proc.stdout + proc.stderr)
+    log = proc.stdout + proc.stderr
+    assert "world_size: 2" in log or "MEMBER: 2/2" in log
+    # The decoded validation is shared: 300 users in 5 batches of 64, 3 on rank 0 and 2 on rank 1.
+    assert "rank 0 of 2: scoring 3 of 5 batches" in log and "rank 1 of 2: scoring 2 of 5 batches" in log
     assert (out / "checkpoints" / "last.ckpt").is_file() and not (tmp_path / "ckpt").exists()
     assert f"kept weights in {out / 'model.ckpt'}" in proc.stdout
     assert not list(out.glob(".model.ckpt*"))  # no temporary file left behind

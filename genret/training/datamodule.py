@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from genret.data.side_features import SideFeatureBuckets
 from genret.models.dualgr import TrainBatch
-from genret.training.semantic_ids import SIDConfig, fit_semantic_ids
+from genret.tokenizers.semantic_ids import SIDConfig, fit_semantic_ids
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,17 @@ def training_windows(pos_offsets: np.ndarray, max_history: int, mode: str) -> tu
     return users, pos_offsets[users + 1] - newest_first * max_history
 
 
+def checkpoint_item_vectors_with_ids(path) -> tuple[np.ndarray, list]:
+    """A KuaiFormer / SASRec checkpoint's item vectors and the raw item ids of its catalogue.
+
+    The tokenizer stage reads `.ckpt` item vectors through this (it must not import training code).
+    """
+    from genret.training.kuaiformer_module import checkpoint_item_vectors
+
+    vectors, extra = checkpoint_item_vectors(path)
+    return vectors, list(extra["catalogue"]["item_ids"])
+
+
 class _Rows(Dataset):
     """Indices only; the collate function gathers a whole batch at once."""
 
@@ -230,7 +241,7 @@ class SequenceDataModule(pl.LightningDataModule):
         self.split = leave_one_out(self.log_all)
         self.train_log = self.split.train
         self.tokenizer, self.codes, self.sid_index, self.sid_report = fit_semantic_ids(
-            self.log_all, self.train_log, self.sid)
+            self.log_all, self.train_log, self.sid, checkpoint_vectors=checkpoint_item_vectors_with_ids)
         # Side-feature boundaries come from the training positives only (no peeking at targets).
         self.side = SideFeatureBuckets.fit(self.train_log, self.side_features, self.side_buckets)
         self.side_codes = self.side.transform(self.log_all)  # (rows of log_all, S)

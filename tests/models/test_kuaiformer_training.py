@@ -133,14 +133,18 @@ def test_tiny_sasrec_beats_popularity_and_exports(tmp_path, one_thread):
     assert np.array_equal(np.load(tmp_path / "cli.npy"), saved)
 
     # The checkpoint itself can feed the tokenizer: same vectors, and a foreign catalogue is refused.
-    from genret.training.semantic_ids import SIDConfig, item_embeddings_for
+    from genret.tokenizers.semantic_ids import SIDConfig, item_embeddings_for
+    from genret.training.datamodule import checkpoint_item_vectors_with_ids
 
     log_ = load_dataset("synthetic:300x400")
-    emb, source = item_embeddings_for(log_, log_, SIDConfig(embeddings=result["checkpoint"]))
+    cfg = SIDConfig(embeddings=result["checkpoint"])
+    emb, source = item_embeddings_for(log_, log_, cfg, checkpoint_vectors=checkpoint_item_vectors_with_ids)
     assert np.array_equal(emb, saved) and "checkpoint" in source
     other = load_dataset("synthetic:300x500")
     with pytest.raises(ValueError, match="not the one of 'synthetic'"):
-        item_embeddings_for(other, other, SIDConfig(embeddings=result["checkpoint"]))
+        item_embeddings_for(other, other, cfg, checkpoint_vectors=checkpoint_item_vectors_with_ids)
+    with pytest.raises(ValueError, match="no checkpoint reader was given"):
+        item_embeddings_for(log_, log_, cfg)
 
 
 @pytest.mark.slow

@@ -4,12 +4,8 @@ import numpy as np
 import pytest
 
 from genret.data.interactions import InteractionLog
-from genret.training.semantic_ids import (
-    SIDConfig,
-    collaborative_item_embeddings,
-    item_embeddings_for,
-    sequential_item_embeddings,
-)
+from genret.tokenizers.item_vectors import collaborative_item_embeddings, sequential_item_embeddings
+from genret.tokenizers.semantic_ids import SIDConfig, item_embeddings_for
 
 N_GROUPS, GROUP_SIZE = 4, 10
 

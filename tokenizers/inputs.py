@@ -54,16 +54,18 @@ def check_2d(X: Any, name: str) -> tuple[Any, int, int]:
         except (TypeError, ValueError) as err:
             raise type(err)(f"{name} must hold real numbers; its object values do not convert: {err}") from err
     if X.ndim != 2:
-        hint = " (one row per item: use X.reshape(1, -1) for a single item)" if X.ndim == 1 else ""
+        hint = ". Reshape your data: one row per item, X.reshape(1, -1) for a single item" if X.ndim == 1 else ""
         raise ValueError(f"{name} must be 2-D of shape (n_items, dim); got {X.ndim}-D of shape {tuple(X.shape)}{hint}")
     n, d = int(X.shape[0]), int(X.shape[1])
-    if n == 0 or d == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(X.shape)}")
-    dtype_ok = (
-        X.dtype.is_floating_point or not (X.dtype.is_complex or X.dtype == torch.bool)
-        if isinstance(X, torch.Tensor)
-        else X.dtype.kind in "fiu"
-    )
+    # The wording of these two and of complex data follows scikit-learn's, which its checks look for.
+    if n == 0:
+        raise ValueError(f"{name} is empty: 0 sample(s) (shape={tuple(X.shape)}) while a minimum of 1 is required.")
+    if d == 0:
+        raise ValueError(f"{name} is empty: 0 feature(s) (shape={tuple(X.shape)}) while a minimum of 1 is required.")
+    is_complex = X.dtype.is_complex if isinstance(X, torch.Tensor) else X.dtype.kind == "c"
+    if is_complex:
+        raise ValueError(f"{name} must hold real numbers; got dtype {X.dtype}: Complex data not supported")
+    dtype_ok = X.dtype != torch.bool if isinstance(X, torch.Tensor) else X.dtype.kind in "fiu"
     if not dtype_ok:
         raise ValueError(f"{name} must hold real numbers; got dtype {X.dtype}")
     return X, n, d

@@ -200,7 +200,6 @@ class RQKMeans(TransformerMixin, BaseEstimator):
         self.n_features_in_ = dim
         self.n_fit_samples_ = n_fit
         self.n_empty_reseeded_ = reseeded
-        self._device_codebooks = None
         return self
 
     # ------------------------------------------------------------------ encode / decode
@@ -287,15 +286,11 @@ class RQKMeans(TransformerMixin, BaseEstimator):
     def _codebooks_on(self, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per level: centroids (K, d) and the transposed augmented codebook (d + 1, K_pad) on `device`.
 
-        Cached until the device or the codebooks_ object changes.
+        Built per call, not cached on the estimator: scikit-learn estimators keep transform free of
+        side effects, and this costs milliseconds against an encode of any real batch.
         """
-        cached = getattr(self, "_device_codebooks", None)
-        if cached is not None and cached[0] == device and cached[1] is self.codebooks_:
-            return cached[2], cached[3]
         books = [self.codebooks_[level].to(device) for level in range(int(self.n_levels))]
-        books_aug_t = [augmented_codebook_t(c) for c in books]
-        self._device_codebooks = (device, self.codebooks_, books, books_aug_t)
-        return books, books_aug_t
+        return books, [augmented_codebook_t(c) for c in books]
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
@@ -337,7 +332,6 @@ class RQKMeans(TransformerMixin, BaseEstimator):
             tok.n_empty_reseeded_ = [int(v) for v in payload["n_empty_reseeded"]]
         except (KeyError, TypeError, ValueError) as err:
             raise ArtifactError(f"{path} is not a valid RQKMeans file: {err}") from err
-        tok._device_codebooks = None
         if device is not None:
             tok.device = device
         return tok

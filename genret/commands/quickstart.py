@@ -12,13 +12,17 @@ import logging
 import time
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+from genret.configs import config_path
+
+# The copy installed with the package (genret.configs), so the command works from any folder.
+DEFAULT_CONFIG = config_path("quickstart.yaml")
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="genret quickstart", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML (default: configs/quickstart.yaml)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="YAML (default: the quickstart.yaml shipped with genret)")
     parser.add_argument("--out", default="runs/quickstart", help="output folder")
     parser.add_argument("--no-baseline-training", action="store_true",
                         help="skip training the TIGER-style baseline (popularity is always evaluated)")

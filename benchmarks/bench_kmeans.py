@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def rq_fit() -> RQKMeans:
         return RQKMeans(
-            n_levels=1, codebook_size=args.k, n_iter=args.n_iter, random_state=args.seed, device=args.device, init="random"
+            n_levels=1, codebook_size=args.k, n_iter=args.n_iter, random_state=args.seed, device=args.device,
+            init="random",
         ).fit(X)
 
     # name -> (fit function, inertia of the fitted model, note)

@@ -96,7 +96,8 @@ def item_embeddings_for(log_all, train_log, cfg: SIDConfig,
     path = Path(choice)
     if not path.is_file():
         raise ValueError(
-            f"embeddings={choice!r} is neither auto/dataset/collaborative/sequential/titles nor an existing .npy / .ckpt file"
+            f"embeddings={choice!r} is neither auto/dataset/collaborative/sequential/titles "
+            "nor an existing .npy / .ckpt file"
         )
     if path.suffix == ".ckpt":
         return checkpoint_item_vectors(path, log_all, checkpoint_vectors), f"item vectors of checkpoint {path}"

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from genret.tokenizers import RQKMeans
-from genret.tokenizers.rq_kmeans import random_init_indices
+from genret.tokenizers.kmeans import random_init_indices
 
 
 def make_data(n: int, d: int, seed: int) -> np.ndarray:
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def rq_fit() -> RQKMeans:
         return RQKMeans(
-            n_levels=1, codebook_size=args.k, n_iter=args.n_iter, seed=args.seed, device=args.device, init="random"
+            n_levels=1, codebook_size=args.k, n_iter=args.n_iter, random_state=args.seed, device=args.device,
+            init="random",
         ).fit(X)
 
     # name -> (fit function, inertia of the fitted model, note)

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from genret import __version__
+
 # name -> (module, one-line help). Modules are imported only when their subcommand runs.
 COMMANDS = {
     "tokenize": ("genret.commands.tokenize", "fit the RQ-KMeans tokenizer on item embeddings"),
@@ -22,11 +24,15 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="genret", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"genret {__version__}")  # listed in --help
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
+        return 0
+    if argv[0] == "--version":
+        print(f"genret {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from genret.tokenizers.rq_kmeans import RQKMeans, _as_codes, _augment, _check_2d
+from genret.tokenizers.inputs import as_codes, augment, check_2d
+from genret.tokenizers.rq_kmeans import RQKMeans, check_fitted
 
 __all__ = ["codebook_report", "format_report"]
 
@@ -34,12 +35,12 @@ def codebook_report(
           "overall": n_sids (distinct full SIDs), unique_path_fraction (items whose SID no other
             item has), largest_collision (most items on one SID), mean_items_per_sid.
     """
-    tok._check_fitted("codebook_report")
-    n_rows, dim = _check_2d(X, "X")
+    check_fitted(tok, "codebook_report")
+    X, n_rows, dim = check_2d(X, "X")
     if dim != tok.n_features_in_:
         raise ValueError(f"X has {dim} features per row but the tokenizer was fitted on {tok.n_features_in_}")
     L, K = int(tok.n_levels), int(tok.codebook_size)
-    codes_np = tok.encode(X) if codes is None else _as_codes(codes, L, K, "codes").numpy()
+    codes_np = tok.encode(X) if codes is None else as_codes(codes, L, K, "codes").numpy()
     if codes_np.shape[0] != n_rows:
         raise ValueError(f"codes has {codes_np.shape[0]} rows but X has {n_rows}")
 
@@ -95,7 +96,7 @@ def _reconstruction_sums(tok: RQKMeans, X: Any, codes: np.ndarray, dim: int) -> 
     step = 65536
     for start in range(0, X.shape[0], step):
         stop = min(start + step, X.shape[0])
-        x = _augment(X[start:stop], dim, torch.device("cpu"))[:, :dim].double()
+        x = augment(X[start:stop], dim, torch.device("cpu"))[:, :dim].double()
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"X has NaN or inf in rows {start}..{stop - 1}; drop or impute them")
         sum_sq += float((x * x).sum())

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from genret.tokenizers.rq_kmeans import ArtifactError, _as_codes, load_artifact, save_artifact
+from genret.tokenizers.artifacts import ArtifactError, load_artifact, save_artifact
+from genret.tokenizers.inputs import as_codes
 
 __all__ = ["SIDIndex"]
 
@@ -133,7 +134,7 @@ class SIDIndex:
         if n_levels < 1:
             shape = tuple(getattr(codes, "shape", ()))
             raise ValueError(f"codes must have shape (n_items, n_levels >= 1); got {shape}")
-        codes_t = _as_codes(codes, n_levels, K, "codes")
+        codes_t = as_codes(codes, n_levels, K, "codes")
         N = codes_t.shape[0]
         if N == 0:
             raise ValueError("codes is empty: an index needs at least one item")

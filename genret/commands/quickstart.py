@@ -12,18 +12,24 @@ import time
 from pathlib import Path
 
 from genret.commands.arguments import Parser
+from genret.configs import config_path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+# The copy installed with the package (genret.configs), so the command works from any folder.
+DEFAULT_CONFIG = config_path("quickstart.yaml")
 
 
 def main(argv: list[str]) -> int:
-    parser = Parser(prog="genret quickstart", description=__doc__)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML (default: configs/quickstart.yaml)")
+    parser = Parser(prog="genret quickstart", description=__doc__,
+                    epilog="Any other arguments are LightningCLI overrides, passed on in order, "
+                           "e.g. --trainer.max_epochs 1 or --trainer.max_epochs=1.")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="YAML (default: the quickstart.yaml shipped with genret)")
     parser.add_argument("--out", default="runs/quickstart", help="output folder")
     parser.add_argument("--no_baseline_training", action="store_true",
                         help="skip training the TIGER-style baseline (popularity is always evaluated)")
-    parser.add_argument("overrides", nargs="*", help="extra LightningCLI overrides, e.g. --trainer.max_epochs=1")
-    args, extra = parser.parse_known_args(argv)
+    # No positional for the overrides: argparse would take the value of "--trainer.max_epochs 1" as
+    # a positional and put it before its flag; unknown arguments alone keep their order.
+    args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from genret.decoding.retriever import Retriever
     from genret.eval import benchmark as runs
@@ -33,7 +39,6 @@ def main(argv: list[str]) -> int:
     code_version()  # recorded in metrics.json: the code this run starts with
 
     out = Path(args.out)
-    overrides = list(args.overrides) + extra
     # Up to K=100 here: the beam must be >= K, and K=500 would make the quickstart's evaluation
     # dominate its ten-minute budget on two CPU cores (`genret benchmark` goes to 500).
     ks = (5, 10, 20, 50, 100)

@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
             n_levels=args.levels,
             codebook_size=args.codebook_size,
             n_iter=args.n_iter,
-            seed=args.seed,
+            random_state=args.seed,
             device=args.device,
             sample_size=args.sample_size,
             chunk_size=args.chunk_size,

@@ -178,7 +178,7 @@ class EncoderBlock(nn.Module):
 
 @dataclass
 class TrainBatch:
-    """One batch of users, every positive of each sequence a target (see genret.training.datamodule).
+    """One batch of users, every positive of each sequence a target (see genret.training.sequence_datamodule).
 
     items:      (B, T) int64 positive item indices in time order, -1 = padding
     codes:      (B, T, L) int64 SIDs of those items (0 where padded)

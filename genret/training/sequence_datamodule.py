@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader
 
 from genret.data.side_features import SideFeatureBuckets
 from genret.models.dualgr import TrainBatch
+from genret.tokenizers.semantic_ids import SIDConfig, fit_semantic_ids
+from genret.training.embedding_module import checkpoint_item_vectors
 from genret.training.loaders import IndexDataset
-from genret.training.semantic_ids import SIDConfig, fit_semantic_ids
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ class SequenceDataModule(pl.LightningDataModule):
         self.split = leave_one_out(self.log_all)
         self.train_log = self.split.train
         self.tokenizer, self.codes, self.sid_index, self.sid_report = fit_semantic_ids(
-            self.log_all, self.train_log, self.sid)
+            self.log_all, self.train_log, self.sid, checkpoint_vectors=checkpoint_item_vectors)
         # Side-feature boundaries come from the training positives only (no peeking at targets).
         self.side = SideFeatureBuckets.fit(self.train_log, self.side_features, self.side_buckets)
         self.side_codes = self.side.transform(self.log_all)  # (rows of log_all, S)

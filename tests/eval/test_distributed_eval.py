@@ -18,11 +18,11 @@ def test_benchmark_on_two_gloo_processes_matches_one(tmp_path):
               str(ROOT / "configs" / "quickstart.yaml"), "--ks", "10,50", "--kernel", "torch",
               "--eval_batch_size", "16", *TINY, "--data.sid.cache_dir", str(tmp_path / "cache")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    one = subprocess.run([sys.executable, "-m", "genret.cli", *common, "--out", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "genret", *common, "--out", str(tmp_path / "one")],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "genret.cli", *common, "--out", str(tmp_path / "two"),
+                          "-m", "genret", *common, "--out", str(tmp_path / "two"),
                           "--checkpoint", str(tmp_path / "one" / "model.ckpt")],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]

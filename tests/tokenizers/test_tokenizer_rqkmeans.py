@@ -8,9 +8,9 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from genret.io import ARTIFACT_VERSION
+from genret.tokenizers.artifacts import RQKMEANS_ARTIFACT_VERSION as ARTIFACT_VERSION
 from genret.tokenizers import ArtifactError, ArtifactNotFoundError, NotFittedError, RQKMeans, SIDIndex
-from genret.tokenizers.rq_kmeans import random_init_indices
+from genret.tokenizers.kmeans import random_init_indices
 
 
 def blobs(n: int = 600, d: int = 8, n_blobs: int = 12, seed: int = 0) -> np.ndarray:
@@ -26,7 +26,7 @@ def X() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def fitted(X) -> RQKMeans:
-    return RQKMeans(n_levels=3, codebook_size=16, n_iter=8, seed=0, device="cpu").fit(X)
+    return RQKMeans(n_levels=3, codebook_size=16, n_iter=8, random_state=0, device="cpu").fit(X)
 
 
 def test_fit_encode_decode_shapes_and_ranges(X, fitted):
@@ -54,7 +54,7 @@ def test_encode_residual_norm_is_distance_to_reconstruction(X, fitted):
 @pytest.mark.parametrize("K", [16, 300])  # 300: the padded two-stage argmin path
 def test_level_one_matches_sklearn_lloyd_from_the_same_start(K):
     X = blobs(n=2000, d=12, n_blobs=40, seed=1)
-    tok = RQKMeans(n_levels=1, codebook_size=K, n_iter=6, seed=3, device="cpu").fit(X)
+    tok = RQKMeans(n_levels=1, codebook_size=K, n_iter=6, random_state=3, device="cpu").fit(X)
     init = X[random_init_indices(2000, K, 3, 0)]
     km = KMeans(K, init=init, n_init=1, max_iter=6, tol=0, algorithm="lloyd").fit(X)
     assert tok.inertia_[0] == pytest.approx(km.inertia_, rel=1e-4)
@@ -63,16 +63,16 @@ def test_level_one_matches_sklearn_lloyd_from_the_same_start(K):
 
 
 def test_same_seed_same_codebooks_other_seed_differs(X):
-    a = RQKMeans(n_levels=2, codebook_size=16, n_iter=5, seed=7, device="cpu").fit(X)
-    b = RQKMeans(n_levels=2, codebook_size=16, n_iter=5, seed=7, device="cpu").fit(X)
-    c = RQKMeans(n_levels=2, codebook_size=16, n_iter=5, seed=8, device="cpu").fit(X)
+    a = RQKMeans(n_levels=2, codebook_size=16, n_iter=5, random_state=7, device="cpu").fit(X)
+    b = RQKMeans(n_levels=2, codebook_size=16, n_iter=5, random_state=7, device="cpu").fit(X)
+    c = RQKMeans(n_levels=2, codebook_size=16, n_iter=5, random_state=8, device="cpu").fit(X)
     assert torch.equal(a.codebooks_, b.codebooks_) and a.inertia_ == b.inertia_
     assert not torch.equal(a.codebooks_, c.codebooks_)
 
 
 def test_kmeans_parallel_init_is_deterministic_and_fits(X):
-    a = RQKMeans(n_levels=2, codebook_size=16, n_iter=3, seed=1, init="kmeans||", device="cpu").fit(X)
-    b = RQKMeans(n_levels=2, codebook_size=16, n_iter=3, seed=1, init="kmeans||", device="cpu").fit(X)
+    a = RQKMeans(n_levels=2, codebook_size=16, n_iter=3, random_state=1, init="kmeans||", device="cpu").fit(X)
+    b = RQKMeans(n_levels=2, codebook_size=16, n_iter=3, random_state=1, init="kmeans||", device="cpu").fit(X)
     assert torch.equal(a.codebooks_, b.codebooks_)
     assert np.unique(a.encode(X)[:, 0]).size == 16
 
@@ -103,11 +103,11 @@ def test_encode_streams_in_chunks_identically(X, fitted):
 
 
 def test_fit_is_the_same_with_one_thread_or_many(X):
-    many = RQKMeans(n_levels=2, codebook_size=16, n_iter=4, seed=2, chunk_size=50, device="cpu").fit(X)
+    many = RQKMeans(n_levels=2, codebook_size=16, n_iter=4, random_state=2, chunk_size=50, device="cpu").fit(X)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = RQKMeans(n_levels=2, codebook_size=16, n_iter=4, seed=2, chunk_size=50, device="cpu").fit(X)
+        one = RQKMeans(n_levels=2, codebook_size=16, n_iter=4, random_state=2, chunk_size=50, device="cpu").fit(X)
     finally:
         torch.set_num_threads(threads)
     assert torch.get_num_threads() == threads
@@ -223,7 +223,7 @@ def test_empty_clusters_are_reseeded_on_duplicated_points():
     # the repeated point, all but one of which end up empty.
     heavy = np.repeat(rng.normal(size=(1, 4)), 400, axis=0)
     X = np.concatenate([heavy, rng.normal(size=(40, 4)) * 5]).astype(np.float32)
-    tok = RQKMeans(n_levels=1, codebook_size=24, n_iter=10, seed=0, device="cpu")
+    tok = RQKMeans(n_levels=1, codebook_size=24, n_iter=10, random_state=0, device="cpu")
     init_rows = random_init_indices(len(X), 24, 0, 0)
     assert (init_rows < 400).sum() >= 2  # the crafted start really has duplicate centroids
     tok.fit(X)
@@ -233,7 +233,7 @@ def test_empty_clusters_are_reseeded_on_duplicated_points():
 
 def test_fewer_distinct_points_than_codes_leaves_the_rest_empty_without_failing():
     X = np.repeat(np.eye(5, dtype=np.float32), 8, axis=0)  # 40 rows, 5 distinct points
-    tok = RQKMeans(n_levels=1, codebook_size=8, n_iter=5, seed=0, device="cpu").fit(X)
+    tok = RQKMeans(n_levels=1, codebook_size=8, n_iter=5, random_state=0, device="cpu").fit(X)
     codes = tok.encode(X)
     assert np.unique(codes).size == 5
     assert tok.inertia_[0] == pytest.approx(0.0, abs=1e-6)
@@ -248,7 +248,7 @@ def test_recovers_a_planted_two_level_hierarchy():
     top = np.repeat(np.arange(n_top), n_sub * per)
     sub = np.tile(np.repeat(np.arange(n_sub), per), n_top)
     X = (top_centers[top] + sub_offsets[sub] + rng.normal(size=(len(top), d)) * 0.1).astype(np.float32)
-    tok = RQKMeans(n_levels=2, codebook_size=8, n_iter=10, seed=0, init="kmeans||", device="cpu").fit(X)
+    tok = RQKMeans(n_levels=2, codebook_size=8, n_iter=10, random_state=0, init="kmeans||", device="cpu").fit(X)
     codes = tok.encode(X)
     for level, truth in ((0, top), (1, sub)):
         # Agreement up to a permutation: each true group maps to one code, and the map is one-to-one.
@@ -259,12 +259,12 @@ def test_recovers_a_planted_two_level_hierarchy():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_fit_matches_cpu_encode(X):
-    tok = RQKMeans(n_levels=2, codebook_size=16, n_iter=5, seed=0, device="cuda").fit(X)
+    tok = RQKMeans(n_levels=2, codebook_size=16, n_iter=5, random_state=0, device="cuda").fit(X)
     assert tok.codebooks_.device.type == "cpu"  # fitted state lives on the CPU
     codes = tok.encode(X)
     cpu = RQKMeans.__new__(RQKMeans)
     cpu.__dict__.update(tok.__dict__)
     cpu.device, cpu._device_codebooks = "cpu", None
     assert (cpu.encode(X) == codes).mean() > 0.99  # equal up to float near-ties
-    cpu_fit = RQKMeans(n_levels=2, codebook_size=16, n_iter=5, seed=0, device="cpu").fit(X)
+    cpu_fit = RQKMeans(n_levels=2, codebook_size=16, n_iter=5, random_state=0, device="cpu").fit(X)
     assert tok.inertia_[0] == pytest.approx(cpu_fit.inertia_[0], rel=1e-3)

@@ -12,7 +12,7 @@ from genret.tokenizers import RQKMeans, spread_last_level
 
 
 def _fitted(X: np.ndarray, K: int, levels: int = 2) -> RQKMeans:
-    return RQKMeans(n_levels=levels, codebook_size=K, n_iter=10, seed=0).fit(X)
+    return RQKMeans(n_levels=levels, codebook_size=K, n_iter=10, random_state=0).fit(X)
 
 
 def _hand_tokenizer(level1: list[float], last: list[float]) -> RQKMeans:

@@ -142,14 +142,17 @@ def test_tiny_sasrec_beats_popularity_and_exports(tmp_path, one_thread):
     assert got.scores[0] == sorted(got.scores[0], reverse=True)
 
     # The checkpoint itself can feed the tokenizer: same vectors, and a foreign catalogue is refused.
-    from genret.training.semantic_ids import SIDConfig, item_embeddings_for
+    from genret.tokenizers.semantic_ids import SIDConfig, item_embeddings_for
 
     log_ = load_dataset("synthetic:300x400")
-    emb, source = item_embeddings_for(log_, log_, SIDConfig(embeddings=result["checkpoint"]))
+    cfg = SIDConfig(embeddings=result["checkpoint"])
+    emb, source = item_embeddings_for(log_, log_, cfg, checkpoint_vectors=checkpoint_item_vectors)
     assert np.array_equal(emb, saved) and "checkpoint" in source
     other = load_dataset("synthetic:300x500")
     with pytest.raises(ValueError, match="not the one of 'synthetic'"):
-        item_embeddings_for(other, other, SIDConfig(embeddings=result["checkpoint"]))
+        item_embeddings_for(other, other, cfg, checkpoint_vectors=checkpoint_item_vectors)
+    with pytest.raises(ValueError, match="no checkpoint reader was given"):
+        item_embeddings_for(log_, log_, cfg)
 
 
 @pytest.mark.slow

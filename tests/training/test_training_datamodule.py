@@ -100,8 +100,8 @@ def test_an_earlier_window_keeps_only_its_own_negatives():
 
 
 def test_validation_batches_come_longest_first_and_cover_every_user_once(tmp_path):
+    from genret.tokenizers.semantic_ids import SIDConfig
     from genret.training.sequence_datamodule import SequenceDataModule
-    from genret.training.semantic_ids import SIDConfig
 
     sid = SIDConfig(codebook_size=8, n_iter=3, cache_dir=str(tmp_path))
     dm = SequenceDataModule("synthetic:200x300", sid=sid, max_history=20, batch_size=16, max_negatives=4)

@@ -4,12 +4,8 @@ import numpy as np
 import pytest
 
 from genret.data.interactions import InteractionLog
-from genret.training.semantic_ids import (
-    SIDConfig,
-    collaborative_item_embeddings,
-    item_embeddings_for,
-    sequential_item_embeddings,
-)
+from genret.tokenizers.item_vectors import collaborative_item_embeddings, sequential_item_embeddings
+from genret.tokenizers.semantic_ids import SIDConfig, item_embeddings_for
 
 N_GROUPS, GROUP_SIZE = 4, 10
 
@@ -81,3 +77,25 @@ def test_sid_config_selects_sequential_embeddings_from_the_training_positives():
     assert emb.shape == (N_GROUPS * GROUP_SIZE, 8)
     assert "sequential" in source and "window 3" in source
     assert group_separation(emb) > 0.5
+
+
+def test_checkpoint_vectors_come_from_the_injected_reader_and_must_match_the_catalogue(tmp_path):
+    users, items = blocked_sequences(n_users=10)
+    log = InteractionLog.from_raw("blocks", users, items)
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"read only by the reader below")
+    cfg = SIDConfig(embeddings=str(ckpt))
+    vectors = np.random.default_rng(0).normal(size=(log.n_items, 4))
+    read_paths = []
+
+    def reader(path):
+        read_paths.append(path)
+        return vectors, log.item_ids.tolist()
+
+    emb, source = item_embeddings_for(log, log, cfg, checkpoint_vectors=reader)
+    assert read_paths == [ckpt] and emb.dtype == np.float32 and np.allclose(emb, vectors)
+    assert "checkpoint" in source
+    with pytest.raises(ValueError, match="no checkpoint reader was given.*export-embeddings"):
+        item_embeddings_for(log, log, cfg)
+    with pytest.raises(ValueError, match=f"catalogue of {log.n_items - 1:,} items that is not the one of 'blocks'"):
+        item_embeddings_for(log, log, cfg, checkpoint_vectors=lambda path: (vectors[1:], log.item_ids[1:]))

@@ -3,7 +3,7 @@
 import numpy as np
 
 import genret.tokenizers.text_embeddings as text_embeddings
-from genret.training.semantic_ids import title_embeddings
+from genret.tokenizers.item_vectors import title_embeddings
 
 
 def counting_embedder(monkeypatch):

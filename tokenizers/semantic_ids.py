@@ -1,0 +1,146 @@
+"""From a data set to semantic IDs: pick item vectors, fit (or reuse) RQ-KMeans, build the index."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from genret.tokenizers.item_vectors import (
+    CheckpointVectors,
+    checkpoint_item_vectors,
+    collaborative_item_embeddings,
+    npy_item_vectors,
+    sequential_item_embeddings,
+    title_embeddings,
+)
+from genret.tokenizers.report import codebook_report
+from genret.tokenizers.rq_kmeans import RQKMeans
+from genret.tokenizers.sid_index import SIDIndex
+from genret.tokenizers.unique_codes import spread_last_level
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SIDConfig", "fit_semantic_ids", "item_embeddings_for"]
+
+
+@dataclass
+class SIDConfig:
+    """How items get their semantic IDs.
+
+    embeddings: "auto" (the data set's own item embeddings when it has them, e.g. the synthetic
+        content vectors, else collaborative ones), "collaborative" (truncated SVD of the training
+        user-item matrix), "sequential" (truncated SVD of the positive PMI of items that
+        follow each other within `sequence_window` actions in the training sequences: item2vec's
+        objective solved in closed form), "titles" (sentence embeddings of item titles; needs genret[text]), a
+        path to an (n_items, d) .npy file in the data set's dense item order, or a KuaiFormer /
+        SASRec checkpoint (.ckpt from `genret benchmark --model sasrec`) whose item vectors are used
+        after checking that it was trained on the same catalogue.
+    seed: RQ-KMeans' random_state, and the seed of the SVD item vectors.
+    unique_sids: re-assign the last code inside each shared prefix so distinct items get distinct
+        SIDs where the codebook allows (genret.tokenizers.spread_last_level); off keeps the greedy
+        RQ-KMeans codes, whose colliding items the decoder can only return as a fixed-order block.
+    """
+
+    n_levels: int = 3
+    codebook_size: int = 256
+    n_iter: int = 20
+    embeddings: str = "auto"
+    embedding_dim: int = 64  # for collaborative and sequential embeddings
+    sequence_window: int = 5  # for sequential embeddings: how many later actions count as an item's context
+    seed: int = 0
+    unique_sids: bool = True
+    cache_dir: str | None = "runs/cache"  # fitted tokenizers are reused across runs; None = no cache
+
+
+def item_embeddings_for(log_all, train_log, cfg: SIDConfig,
+                        checkpoint_vectors: CheckpointVectors | None = None) -> tuple[np.ndarray, str]:
+    """The item vectors `cfg.embeddings` names.
+
+    Args:
+        log_all: the whole data set (catalogue, titles, item embeddings).
+        train_log: its training split (collaborative and sequential vectors see only this).
+        cfg: the SID settings.
+        checkpoint_vectors: reads a .ckpt's item vectors and catalogue item ids; needed only when
+            cfg.embeddings is a checkpoint (this stage cannot import training code itself).
+
+    Returns:
+        embeddings (n_items, d) float32, and a short description of where they came from.
+    """
+    choice = cfg.embeddings
+    if choice == "auto":
+        choice = "dataset" if getattr(log_all, "item_embeddings", None) is not None else "collaborative"
+    if choice == "dataset":
+        if log_all.item_embeddings is None:
+            raise ValueError(f"data set {log_all.name!r} has no item embeddings; use embeddings: collaborative")
+        return np.asarray(log_all.item_embeddings, np.float32), "dataset item embeddings"
+    if choice == "collaborative":
+        positive = train_log.label == 1
+        emb = collaborative_item_embeddings(train_log.user[positive], train_log.item[positive],
+                                            train_log.n_users, train_log.n_items, cfg.embedding_dim, cfg.seed)
+        return emb, f"collaborative SVD ({emb.shape[1]}-d) of the training split"
+    if choice == "sequential":
+        positive = train_log.label == 1
+        emb = sequential_item_embeddings(train_log.user[positive], train_log.item[positive], train_log.n_items,
+                                         cfg.embedding_dim, cfg.sequence_window, cfg.seed)
+        return emb, f"sequential PPMI SVD ({emb.shape[1]}-d, window {cfg.sequence_window}) of the training split"
+    if choice == "titles":
+        if not log_all.item_titles:
+            raise ValueError(f"data set {log_all.name!r} has no item titles; use embeddings: collaborative")
+        emb = title_embeddings(list(log_all.item_titles), log_all.name, cfg.cache_dir)
+        return emb, "title sentence embeddings (all-MiniLM-L6-v2)"
+    path = Path(choice)
+    if not path.is_file():
+        raise ValueError(
+            f"embeddings={choice!r} is neither auto/dataset/collaborative/sequential/titles "
+            "nor an existing .npy / .ckpt file"
+        )
+    if path.suffix == ".ckpt":
+        return checkpoint_item_vectors(path, log_all, checkpoint_vectors), f"item vectors of checkpoint {path}"
+    return npy_item_vectors(path, log_all), f"embeddings from {path}"
+
+
+def fit_semantic_ids(log_all, train_log, cfg: SIDConfig, progress: bool = True,
+                     checkpoint_vectors: CheckpointVectors | None = None):
+    """Fit RQ-KMeans on item vectors (cached on disk by content hash) and build the SID index.
+
+    Args:
+        log_all, train_log, cfg, checkpoint_vectors: as in `item_embeddings_for`.
+        progress: show a progress bar while fitting.
+
+    Returns:
+        tokenizer (RQKMeans), codes (n_items, L) int64 numpy, index (SIDIndex), report (dict).
+    """
+    embeddings, source = item_embeddings_for(log_all, train_log, cfg, checkpoint_vectors)
+    K = cfg.codebook_size
+    if K > embeddings.shape[0]:
+        raise ValueError(
+            f"codebook_size={K} exceeds the {embeddings.shape[0]} items of {log_all.name!r}; "
+            f"a codebook larger than the catalogue is meaningless: use codebook_size <= {embeddings.shape[0] // 4}"
+        )
+    key = hashlib.sha1(embeddings.tobytes() + json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    cache = Path(cfg.cache_dir) / f"rqkmeans-{log_all.name}-{key}.pt" if cfg.cache_dir else None
+    tokenizer = None
+    if cache is not None and cache.is_file():
+        try:
+            tokenizer = RQKMeans.load(cache)
+            log.info("reusing tokenizer %s", cache)
+        except (RuntimeError, ValueError) as err:  # a stale or corrupt cache is refitted, not fatal
+            log.warning("ignoring cached tokenizer %s: %s", cache, err)
+    if tokenizer is None:
+        tokenizer = RQKMeans(n_levels=cfg.n_levels, codebook_size=K, n_iter=cfg.n_iter, random_state=cfg.seed,
+                             verbose=progress)
+        tokenizer.fit(embeddings)
+        if cache is not None:
+            tokenizer.save(cache)
+    codes, residual = tokenizer.encode(embeddings, return_residual_norm=True)
+    if cfg.unique_sids:
+        codes, residual = spread_last_level(tokenizer, embeddings, codes)
+    index = SIDIndex.build(codes, K, residual_norm=residual)
+    report = codebook_report(tokenizer, embeddings, codes=codes)
+    report["embedding_source"] = source
+    return tokenizer, codes, index, report

@@ -6,8 +6,10 @@ LightningModule and a LightningDataModule (genret/training), and a retriever wit
 names those classes by import path, so importing the registry costs nothing; a new family is new
 files and one entry, never a new branch in every command.
 
-`kind` says how `genret benchmark` evaluates a family: "generative" (beam search over SIDs),
-"embedding" (exact top-K over item vectors) or "counts" (no training: popularity).
+`kind` says what a family is: "generative" (beam search over SIDs; `genret benchmark` runs it,
+with the paper's ablations, through genret.eval.benchmark.run_generative), "embedding" (exact
+top-K over item vectors) or "counts" (no training: popularity); every non-generative family names
+its benchmark run in `benchmark`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ class Family:
     checkpoint_family: str | None = None  # the name its checkpoints carry (several families can share one)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # model.config keys set on top of the YAML
     callbacks: tuple[str, ...] = ()  # Lightning callbacks every run of the family needs, "module:Class"
+    # `genret benchmark`'s run for the family, "module:function" (family name, config, out_dir, data=,
+    # overrides=, ks=) -> result dict (see genret.eval.benchmark.run_embedding); generative families
+    # run through genret.eval.benchmark.run_generative, which also serves the ablations.
+    benchmark: str | None = None
 
     def module_class(self) -> type:
         return load_class(self._require(self.module, "LightningModule"))
@@ -51,7 +57,7 @@ _DUALGR = dict(kind="generative", retriever="genret.decoding.retriever:Retriever
 _EMBEDDING = dict(kind="embedding", retriever="genret.decoding.embedding_retriever:EmbeddingRetriever",
                   module="genret.training.embedding_module:KuaiFormerModule",
                   datamodule="genret.training.embedding_datamodule:KuaiFormerDataModule",
-                  checkpoint_family="kuaiformer",
+                  checkpoint_family="kuaiformer", benchmark="genret.eval.benchmark:run_embedding",
                   callbacks=("genret.eval.embedding_validation:EmbeddingValidation",))
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -61,7 +67,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("kuaiformer", "KuaiFormer: multi-interest embedding retriever, exact top-K", **_EMBEDDING),
     Family("sasrec", "SASRec: KuaiFormer's one-interest, last-position setting, exact top-K", **_EMBEDDING),
     Family("popularity", "most popular training items (a baseline)", kind="counts",
-           retriever="genret.decoding.popularity:PopularityRecommender"),
+           retriever="genret.decoding.popularity:PopularityRecommender",
+           benchmark="genret.eval.benchmark:run_popularity"),
 )}
 
 

@@ -98,3 +98,10 @@ def test_stages_import_only_the_stages_before_them():
     for path in (ROOT / "genret").rglob("*.py"):
         if "commands" not in path.parts and path.name not in ("cli.py", "__main__.py"):  # the entry points
             assert not any(n.startswith("genret.commands") or n == "genret.cli" for n in _imports(path)), path
+
+
+@pytest.mark.parametrize("name", [n for n, f in FAMILIES.items() if f.kind != "generative"])
+def test_every_other_family_names_its_benchmark_run(name):
+    from genret.families import load_class
+
+    assert callable(load_class(get_family(name).benchmark))

@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     from genret.eval import format_ablation_table, format_metrics_table, write_metrics, write_report
     from genret.eval.distributed import init_from_env, is_main_process
     from genret.eval.report import code_version
-    from genret.families import get_family
+    from genret.families import get_family, load_class
 
     init_from_env()  # a torchrun launch: join its process group before anything is evaluated
     family = get_family(args.model)
@@ -86,31 +86,17 @@ def main(argv: list[str]) -> int:
     except ValueError:
         parser.error(f"--ks must be comma-separated integers, got {args.ks!r}")
     started = time.perf_counter()
-    if family.kind == "counts":
-        from genret.families import family_for_config
-        from genret.training.run import build
-
-        # The data module of the config's own family defines the split the baseline is scored on.
-        _, dm, _ = build(family_for_config(args.config), args.config, out, overrides, data=args.data)
-        dm.setup("fit")
-        pop = runs.popularity_metrics(dm, ks)
-        if is_main_process():
-            metrics = write_metrics(out / "metrics.json", model="popularity", dataset=dm.log_all.name,
-                                    metrics_val=pop["val"], metrics_test=pop["test"], train_seconds=0.0,
-                                    device=runs.device_name())
-            write_report(out, metrics)
-            print(format_metrics_table({"popularity": pop}))
-        return 0
-
-    if family.kind == "embedding":
-        res = runs.run_embedding(args.model, args.config, out, data=args.data, overrides=overrides, ks=ks)
+    if family.kind != "generative":
+        # Every other family runs through the benchmark function its registry entry names.
+        res = load_class(family.benchmark)(args.model, args.config, out, data=args.data, overrides=overrides, ks=ks)
         dm = res.pop("datamodule")
-        baselines = {"popularity": runs.popularity_metrics(dm, ks)}
+        baselines = {} if args.model == "popularity" else {"popularity": runs.popularity_metrics(dm, ks)}
         if is_main_process():
             metrics = write_metrics(out / "metrics.json", model=args.model, dataset=res["dataset"],
                                     metrics_val=res["val"], metrics_test=res["test"],
                                     train_seconds=res["train_seconds"], device=runs.device_name(),
-                                    extra={"baselines": baselines, "total_seconds": time.perf_counter() - started})
+                                    extra={"baselines": baselines, "total_seconds": time.perf_counter() - started,
+                                           **res.get("extra", {})})
             report = write_report(out, metrics, train_log_csv=_latest_metrics_csv(out))
             print(format_metrics_table({args.model: res, **baselines}))
             print(f"[genret] wrote {out / 'metrics.json'} and {report} in {time.perf_counter() - started:.0f} s")

@@ -86,7 +86,9 @@ def run_embedding(family: str, config: str | Path, out_dir: Path, data: str | No
     Returns:
         {"model", "dataset", "train_seconds", "val", "test", "checkpoint", "datamodule"}; val / test
         are `ranking_metrics` dicts (exact top-K over all items, history excluded); "datamodule" is
-        the set-up data module (its split / train_log serve baselines such as popularity).
+        the set-up data module (its split / train_log serve baselines such as popularity). Every
+        family's benchmark function (genret.families' `benchmark`) returns this shape; an optional
+        "extra" dict is written into metrics.json as it is.
     """
     from genret.decoding.embedding_retriever import EmbeddingRetriever
     from genret.training.run import build, fit
@@ -105,6 +107,18 @@ def run_embedding(family: str, config: str | Path, out_dir: Path, data: str | No
     log.info("%s on %s: test hr@10 %.4f ndcg@10 %.4f, %.0f s training", family, result["dataset"],
              result["test"].get("hr@10", float("nan")), result["test"].get("ndcg@10", float("nan")), train_seconds)
     return result
+
+
+def run_popularity(family: str, config: str | Path, out_dir: Path, data: str | None = None,
+                   overrides: list[str] | None = None, ks=DEFAULT_KS) -> dict[str, Any]:
+    """The popularity baseline on the split of the config's own family (its data module); no training."""
+    from genret.families import family_for_config
+    from genret.training.run import build
+
+    _, dm, _ = build(family_for_config(config), config, out_dir, overrides, data)
+    dm.setup("fit")
+    return {"model": family, "dataset": dm.log_all.name, "train_seconds": 0.0, **popularity_metrics(dm, ks),
+            "datamodule": dm}
 
 
 def popularity_metrics(datamodule, ks, max_users: int | None = None) -> dict[str, dict[str, Any]]:

@@ -61,3 +61,22 @@ def test_train_fit_writes_model_and_last_then_validate_and_test_read_them(tmp_pa
     assert main(["train", "test", *args, "--ckpt_path", str(out / "checkpoints" / "last.ckpt")]) == 0
     with pytest.raises(SystemExit, match="does not exist"):
         main(["train", "validate", *args, "--ckpt_path", str(tmp_path / "missing.ckpt")])
+
+
+def test_benchmark_popularity_runs_through_its_registry_entry(tmp_path):
+    import json
+    from pathlib import Path
+
+    from genret.data import leave_one_out, load_dataset
+    from genret.decoding.popularity import PopularityRecommender
+    from genret.eval.metrics import ranking_metrics
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    assert main(["benchmark", "--model", "popularity", "--data", "synthetic:200x300", "--config", str(config),
+                 "--out", str(tmp_path / "pop"), "--ks", "10,20", "--data.sid.cache_dir", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "pop" / "metrics.json").read_text())
+    split = leave_one_out(load_dataset("synthetic:200x300"))
+    es = split.eval_set("test")
+    expected = ranking_metrics(PopularityRecommender().fit(split.train).recommend(es, 20), es.targets, (10, 20))
+    assert metrics["model"] == "popularity" and metrics["test"]["hr@10"] == expected["hr@10"]
+    assert metrics["baselines"] == {}

@@ -12,9 +12,13 @@ import sys
 
 
 class Parser(argparse.ArgumentParser):
-    def __init__(self, *args, **kwargs):
+    """argparse with genret's flag style. `renamed` maps old flag names to their current ones
+    (e.g. {"--levels": "--n_levels"}), so scripts written against an older spelling keep working."""
+
+    def __init__(self, *args, renamed: dict[str, str] | None = None, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
+        self.renamed = dict(renamed or {})
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
@@ -22,6 +26,8 @@ class Parser(argparse.ArgumentParser):
 
         def underscored(arg: str) -> str:
             name, eq, value = arg.partition("=")
+            if name in self.renamed:
+                return self.renamed[name] + eq + value
             if name.startswith("--") and name not in known:
                 alias = "--" + name[2:].replace("-", "_")
                 if alias in known:

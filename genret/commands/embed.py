@@ -9,26 +9,24 @@ generator does) and otherwise embeds the item titles with all-MiniLM-L6-v2 (need
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from genret.commands.arguments import Parser
 from genret.io import atomic_path
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="genret embed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser() -> Parser:
+    parser = Parser(prog="genret embed", description=__doc__)
     parser.add_argument("--data", required=True, help="data set path or name, as genret.data.load_dataset takes it")
     parser.add_argument("--out", required=True, help="output .npy file, (n_items, d) float32")
     parser.add_argument("--source", default="auto", choices=["auto", "titles", "embeddings"],
                         help="auto: the data set's embeddings if it has them, else its titles")
-    parser.add_argument("--batch-size", type=int, default=256, help="titles per encoder batch")
+    parser.add_argument("--batch_size", type=int, default=256, help="titles per encoder batch")
     parser.add_argument("--device", default="auto", help="text encoder device: auto, cpu, cuda, ...")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return parser
 
 

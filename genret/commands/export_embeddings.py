@@ -6,12 +6,11 @@ e.g. as collaborative embeddings for the RQ-KMeans tokenizer.
 
 from __future__ import annotations
 
-import argparse
+from genret.commands.arguments import Parser
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="genret export-embeddings", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="genret export-embeddings", description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="model.ckpt written by a kuaiformer / sasrec run")
     parser.add_argument("--out", required=True, help="output .npy path")
     args = parser.parse_args(argv)

@@ -1,42 +1,41 @@
 """`genret tokenize`: fit RQ-KMeans on item embeddings and write the tokenizer, codes, SID index and report.
 
-    genret tokenize --embeddings items.npy --out runs/tok [--levels 3 --codebook-size 8192 --n-iter 20
-                    --sample-size N --seed 0 --device auto --keep-collisions]
+    genret tokenize --embeddings items.npy --out runs/tok [--n_levels 3 --codebook_size 8192 --n_iter 20
+                    --sample_size N --seed 0 --device auto --keep_collisions]
 
 Writes OUT/tokenizer.pt (RQKMeans.save), OUT/codes.npy ((N, L) int64), OUT/sid_index.pt
 (SIDIndex.save; items inside a shared SID ordered by distance to its reconstruction) and
 OUT/report.json (codebook_report), then prints the report table. Items that share a SID are
 spread over their prefix's free last codes (genret.tokenizers.spread_last_level) unless
---keep-collisions is given.
+--keep_collisions is given.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from genret.commands.arguments import Parser
 from genret.io import atomic_path, write_json
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="genret tokenize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser() -> Parser:
+    # The flags carry the names of the training config's data.sid keys (n_levels, codebook_size, n_iter).
+    parser = Parser(prog="genret tokenize", description=__doc__, renamed={"--levels": "--n_levels"})
     parser.add_argument("--embeddings", required=True, help="(N, d) float .npy file, row i = item i")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
-    parser.add_argument("--levels", type=int, default=3, help="SID length L (default 3)")
-    parser.add_argument("--codebook-size", type=int, default=8192, help="codes per level K (default 8192)")
-    parser.add_argument("--n-iter", type=int, default=20, help="Lloyd iterations per level (default 20)")
-    parser.add_argument("--sample-size", type=int, default=None, help="fit on this many random rows (default: all)")
+    parser.add_argument("--n_levels", type=int, default=3, help="SID length L (default 3)")
+    parser.add_argument("--codebook_size", type=int, default=8192, help="codes per level K (default 8192)")
+    parser.add_argument("--n_iter", type=int, default=20, help="Lloyd iterations per level (default 20)")
+    parser.add_argument("--sample_size", type=int, default=None, help="fit on this many random rows (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--init", default="random", choices=["random", "kmeans||"])
-    parser.add_argument("--chunk-size", type=int, default=None, help="rows per distance chunk (default: automatic)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parser.add_argument("--keep-collisions", action="store_true",
+    parser.add_argument("--chunk_size", type=int, default=None, help="rows per distance chunk (default: automatic)")
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--keep_collisions", action="store_true",
                         help="keep the greedy codes (items with near-identical embeddings share a SID)")
     return parser
 
@@ -73,7 +72,7 @@ def main(argv: list[str]) -> int:
     try:
         X = load_embeddings(args.embeddings)
         tok = RQKMeans(
-            n_levels=args.levels,
+            n_levels=args.n_levels,
             codebook_size=args.codebook_size,
             n_iter=args.n_iter,
             random_state=args.seed,

@@ -27,8 +27,8 @@ def embeddings_file(tmp_path):
 def test_tokenize_end_to_end(tmp_path, embeddings_file, capsys):
     path, X = embeddings_file
     out = tmp_path / "tok"
-    argv = ["tokenize", "--embeddings", str(path), "--out", str(out), "--levels", "2", "--codebook-size", "16",
-            "--n-iter", "5", "--device", "cpu", "--no-progress", "--keep-collisions"]
+    argv = ["tokenize", "--embeddings", str(path), "--out", str(out), "--n_levels", "2", "--codebook_size", "16",
+            "--n_iter", "5", "--device", "cpu", "--no_progress", "--keep_collisions"]
     assert genret_main(argv) == 0
     printed = capsys.readouterr().out
     assert "unique-path fraction" in printed and "16/16" in printed
@@ -52,6 +52,7 @@ def test_tokenize_end_to_end(tmp_path, embeddings_file, capsys):
 
 def test_tokenize_spreads_collisions_by_default(tmp_path, embeddings_file):
     path, X = embeddings_file
+    # The older spellings (--levels, hyphens) still work.
     base = ["tokenize", "--embeddings", str(path), "--levels", "2", "--codebook-size", "16",
             "--n-iter", "5", "--device", "cpu", "--no-progress"]
     assert genret_main(base + ["--out", str(tmp_path / "spread")]) == 0

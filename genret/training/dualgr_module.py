@@ -28,9 +28,8 @@ class DualGRModule(pl.LightningModule):
         use_item_id: add an item-id embedding to each action (off for pure-SID models).
         length_chunks: run each batch as this many length-sorted pieces, each padded only to its own
             longest sequence (DualGR.loss): same loss and gradient, less padded work where lengths are
-            skewed. The batches themselves stay random: batches of similar lengths train faster still
-            but worse (Beauty recipe, 28 epochs, best sampled validation HR@10 0.080 with random
-            batches, 0.065 with batches drawn from length-sorted pools of 50).
+            skewed. The batches themselves stay random: batches of similar lengths trained faster
+            still but worse on Beauty (docs/experiments/2026-11-27-cpu-training-speed.md).
     """
 
     def __init__(self, config: DualGRConfig = DualGRConfig(), lr: float = 1e-3, weight_decay: float = 0.01,

@@ -38,3 +38,16 @@ def test_quickstart_needs_no_optional_logger():
     # tensorboard is an optional extra: the default config must run without it.
     loggers = yaml.safe_load(config_path("quickstart.yaml").read_text())["trainer"]["logger"]
     assert [entry["class_path"] for entry in loggers] == ["pytorch_lightning.loggers.CSVLogger"]
+
+
+def test_each_shipped_config_trains_into_its_own_folder():
+    """`genret train` resumes from DIR/checkpoints/last.ckpt: two recipes sharing DIR would resume each
+    other's runs, and none may share the quickstart command's own output folder."""
+    import yaml
+
+    from genret.configs import config_names, config_path
+
+    roots = {name: yaml.safe_load(config_path(name).read_text())["trainer"]["default_root_dir"]
+             for name in config_names()}
+    assert len(set(roots.values())) == len(roots), roots
+    assert "runs/quickstart" not in roots.values()

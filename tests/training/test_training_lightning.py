@@ -162,7 +162,7 @@ def test_without_the_callback_the_lowest_validation_loss_is_kept(tmp_path):
     args = TINY + ["--data.sid.cache_dir", str(tmp_path / "cache"), "--trainer.max_epochs", "2"]
     module, dm, trainer = build("dualgr", ROOT / "configs" / "quickstart.yaml", out, args)
     assert (trainer.checkpoint_callback.monitor, trainer.checkpoint_callback.mode) == ("val/loss", "min")
-    # The config's own ModelCheckpoint is replaced by the run's best + last pair.
+    # The run's best + last pair (a config's own ModelCheckpoint would be replaced: see the DDP test).
     assert len(trainer.checkpoint_callbacks) == 2
     fit(module, dm, trainer, out)
     assert float(trainer.checkpoint_callback.best_model_score) == pytest.approx(min(logged(out, "val/loss")))

@@ -36,6 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=30.0, help="most seconds per concurrency level")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--history-length", type=int, default=20)
+    p.add_argument("--kernel", default="auto", choices=("auto", "torch", "triton"), help="decode kernels, both sides")
     p.add_argument("--threads", type=int, default=1, help="torch threads, in the server and the in-process baseline")
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
@@ -73,7 +74,8 @@ def time_in_process(retriever, histories: list[list], k: int, users: int, calls:
         latencies.append(time.perf_counter() - t0)
         i += 1
     p50, p99 = percentiles(latencies)
-    return {"calls": len(latencies), "p50_ms": p50, "p99_ms": p99, "users_per_s": users * len(latencies) / sum(latencies)}
+    return {"calls": len(latencies), "p50_ms": p50, "p99_ms": p99,
+            "users_per_s": users * len(latencies) / sum(latencies)}
 
 
 async def load_level(url: str, clients: int, histories: list[list], k: int, max_requests: int,
@@ -143,13 +145,13 @@ def main(argv=None) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = genret_command() + ["serve", "--checkpoint", args.checkpoint, "--port", str(port),
-                              "--threads", str(args.threads), "--max-batch-size", str(args.max_batch_size),
-                              "--max-wait-ms", str(args.max_wait_ms)]
+                              "--threads", str(args.threads), "--kernel", args.kernel,
+                              "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     try:
         wait_ready(url, server)
-        retriever = load_retriever(args.checkpoint, "cpu")
+        retriever = load_retriever(args.checkpoint, "cpu", kernel=args.kernel)
         rng = np.random.default_rng(args.seed)
         ids = retriever.item_ids
         histories = [ids[rng.choice(len(ids), args.history_length, replace=False)].tolist() for _ in range(256)]
@@ -184,8 +186,9 @@ def main(argv=None) -> int:
             r = asyncio.run(load_level(url, clients, histories, args.k, args.requests, args.seconds))
             after = batch_stats(url)
             per_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
+            ratio = r["requests_per_s"] / baseline["users_per_s"]
             print(f"| {clients} | {r['requests']} | {r['errors']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                  f"{r['requests_per_s']:.1f} | {per_batch:.1f} | {r['requests_per_s'] / baseline['users_per_s']:.2f}x |",
+                  f"{r['requests_per_s']:.1f} | {per_batch:.1f} | {ratio:.2f}x |",
                   flush=True)
     finally:
         server.terminate()

@@ -14,7 +14,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="genret export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, type=Path, help="a .ckpt written by genret train / quickstart")
-    parser.add_argument("--out", required=True, type=Path, help="output directory (an earlier export there is replaced)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output directory (an earlier export there is replaced)")
     args = parser.parse_args(argv)
     try:
         from genret.decoding.export import export_checkpoint

@@ -19,6 +19,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--kernel", default="auto", choices=("auto", "torch", "triton"),
+                        help="decode kernels: auto = Triton on CUDA (or under TRITON_INTERPRET=1), else PyTorch")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads for decoding (default 1: on a 2-core box one thread answered a "
                              "single-user request faster than two; see the serving notes)")
@@ -47,7 +49,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = create_app(args.checkpoint, device=args.device, max_batch_size=args.max_batch_size,
+    app = create_app(args.checkpoint, device=args.device, kernel=args.kernel, max_batch_size=args.max_batch_size,
                      max_wait_ms=args.max_wait_ms, max_k=args.max_k, max_histories=args.max_histories)
     uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
     return 0

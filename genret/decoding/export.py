@@ -142,8 +142,9 @@ def read_export(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RuntimeError(f"{path / CONFIG_FILE} is not valid JSON ({err})") from None
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
-        raise RuntimeError(f"{path / CONFIG_FILE} is not a genret export config (format "
-                           f"{config.get('format') if isinstance(config, dict) else None!r}, expected {EXPORT_FORMAT!r})")
+        found = config.get("format") if isinstance(config, dict) else None
+        raise RuntimeError(f"{path / CONFIG_FILE} is not a genret export config (format {found!r}, "
+                           f"expected {EXPORT_FORMAT!r})")
     _check_version(path, config.get("version"))
     device = str(device)
     try:

@@ -185,8 +185,8 @@ class Retriever:
         missing = [name for name in self.side.names if name not in side]
         extra = sorted(set(side) - set(self.side.names))
         if missing or extra:
-            raise requests.RequestError(f"side must map exactly the model's features {self.side.names}; missing {missing}, "
-                             f"unexpected {extra} (use None values for unknown entries)")
+            raise requests.RequestError(f"side must map exactly the model's features {self.side.names}; "
+                                        f"missing {missing}, unexpected {extra} (use None values for unknown entries)")
         rows = []
         for u, history in enumerate(histories):
             columns = []

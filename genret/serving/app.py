@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,7 +82,7 @@ def _merge_columns(payloads: list[dict], name: str) -> dict[str, list] | None:
 
 def create_app(checkpoint: str | Path | None = None, *, device: str | None = "cpu", max_batch_size: int = 32,
                max_wait_ms: float = 2.0, max_k: int = 1000, max_histories: int = 256,
-               loader: Callable[..., Any] = load_retriever, retriever: Any = None) -> FastAPI:
+               loader: Callable[..., Any] = load_retriever, retriever: Any = None, **load_kwargs: Any) -> FastAPI:
     """The serving app.
 
     Args:
@@ -93,6 +94,7 @@ def create_app(checkpoint: str | Path | None = None, *, device: str | None = "cp
         max_histories: the most histories one request may carry.
         loader: path, device -> retriever (see genret.serving's docstring for the interface).
         retriever: an already loaded retriever to serve instead of `checkpoint`.
+        load_kwargs: passed to `loader` on every load (e.g. kernel="torch").
     """
     state = _State()
     metrics = ServerMetrics()
@@ -115,7 +117,7 @@ def create_app(checkpoint: str | Path | None = None, *, device: str | None = "cp
     batcher = DynamicBatcher(run_batch, max_batch_size, max_wait_ms, on_batch=metrics.observe_batch)
 
     async def load(path: str | Path) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(None, loader, path, device)
+        return await asyncio.get_running_loop().run_in_executor(None, partial(loader, path, device, **load_kwargs))
 
     async def initial_load() -> None:
         try:
@@ -176,7 +178,8 @@ def create_app(checkpoint: str | Path | None = None, *, device: str | None = "cp
         try:
             body = await read_json(request)
             if not isinstance(body, dict):
-                raise RequestError(f"the request body must be a JSON object with 'histories', got {type(body).__name__}")
+                raise RequestError(f"the request body must be a JSON object with 'histories', "
+                                   f"got {type(body).__name__}")
             extra = sorted(set(body) - set(RETRIEVE_FIELDS))
             if extra:
                 raise RequestError(f"unexpected fields {extra}; a request may hold {list(RETRIEVE_FIELDS)}")

@@ -7,10 +7,8 @@ import stat
 
 import numpy as np
 import pytest
-import torch
 
 from genret.cli import main
-from genret.decoding.beam_search import Histories
 from genret.decoding.requests import RequestError, UnknownItemError
 from genret.decoding.retriever import Retriever
 from genret.io import write_text

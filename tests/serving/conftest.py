@@ -30,12 +30,12 @@ def server(tmp_path):
     second = tiny.write_tiny_checkpoint(tmp_path / "second.ckpt", seed=5, n_items=50, first_id=500)
     load_delay = {"seconds": 0.0}
 
-    def loader(path, device):
+    def loader(path, device, **kwargs):
         time.sleep(load_delay["seconds"])  # lets a test hold a reload open while requests run
-        return load_retriever(path, device, kernel="torch")
+        return load_retriever(path, device, **kwargs)
 
     app = create_app(first, device="cpu", max_wait_ms=30, max_batch_size=32, max_k=30, max_histories=64,
-                     loader=loader)
+                     loader=loader, kernel="torch")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -121,3 +121,15 @@ def test_reload_swaps_the_catalogue_and_a_failed_reload_keeps_the_old_model(serv
     assert answer["items"] == server.reference(export).retrieve([[500, 501]], k=5).items
     assert server.client.get("/ready").json()["model_version"] == new
     assert 'genret_reloads_total{outcome="failed"} 2.0' in server.client.get("/metrics").text
+
+
+def test_serve_without_the_extra_says_what_to_install(monkeypatch, tmp_path):
+    import sys
+
+    from genret.cli import main
+
+    (tmp_path / "model.ckpt").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if the extra were not installed
+    monkeypatch.delitem(sys.modules, "genret.serving.app", raising=False)
+    with pytest.raises(SystemExit, match=r"pip install 'genret\[serve\]'"):
+        main(["serve", "--checkpoint", str(tmp_path / "model.ckpt")])

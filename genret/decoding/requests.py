@@ -30,14 +30,15 @@ class UnknownItemError(RequestError):
     """A history names an item id the catalogue does not hold, with unknown="error" (a server answers 422)."""
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer, numpy's included, but not a bool."""
     # bool is an int subclass, and True == 1 would silently look up item 1.
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def check_k(k: Any, n_items: int) -> int:
     """k must be an integer in [1, n_items]; returns it as a Python int."""
-    if not _is_int(k):
+    if not is_int(k):
         raise RequestError(f"k must be an integer number of items, got {k!r} ({type(k).__name__})")
     if not 1 <= k <= n_items:
         raise RequestError(f"k must lie in [1, {n_items:,}] (the catalogue holds {n_items:,} items), got {k}")
@@ -46,7 +47,7 @@ def check_k(k: Any, n_items: int) -> int:
 
 def check_batch_size(batch_size: Any) -> int:
     """batch_size (users decoded together) must be a positive integer."""
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise RequestError(f"batch_size must be a positive integer (users decoded together), got {batch_size!r}")
     return int(batch_size)
 
@@ -80,7 +81,7 @@ def check_histories(histories: Any) -> list[list[Any]]:
                                f"e.g. [[12, 7, 3]] for one user")
         row = []
         for j, raw in enumerate(history):
-            if _is_int(raw):
+            if is_int(raw):
                 row.append(int(raw))
             elif isinstance(raw, str):
                 row.append(raw)
@@ -189,7 +190,7 @@ def user_feature_matrix(user_features: Any, names: Sequence[str], cardinalities:
             for u, value in enumerate(values):
                 if value is None:
                     continue
-                if not _is_int(value) or not 0 <= value < cardinalities[f]:
+                if not is_int(value) or not 0 <= value < cardinalities[f]:
                     raise RequestError(f"user_features[{name!r}][{u}] must be an integer id in "
                                        f"[0, {cardinalities[f]}) (0 = unknown), got {value!r}")
                 out[u, f] = int(value)

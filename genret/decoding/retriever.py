@@ -60,7 +60,7 @@ class Retriever:
                  beam_width: int | None = None, merge_branches: bool = True,
                  side_features: SideFeatureBuckets | None = None, branch_merge: str = "sum",
                  short_weight: float | None = None, user_feature_names: Sequence[str] | None = None):
-        if beam_width is not None and (not requests._is_int(beam_width) or beam_width < 1):
+        if beam_width is not None and (not requests.is_int(beam_width) or beam_width < 1):
             raise ValueError(f"beam_width must be a positive integer (or None for the list length), got {beam_width!r}")
         if branch_merge not in BRANCH_MERGES:
             raise ValueError(f"branch_merge must be one of {BRANCH_MERGES}, got {branch_merge!r}")
@@ -278,8 +278,9 @@ class Retriever:
         out_items = np.where(keep >= 0, np.take_along_axis(items, keep.clip(min=0), 1), -1)
         out_scores = np.where(keep >= 0, np.take_along_axis(scores, keep.clip(min=0), 1), -np.inf)
         # Histories that filled more than the margin: decode again, long enough to hold k unseen items.
-        retry = [u for u in np.flatnonzero(short) if k + len(set(dense[u])) > requests.request_size(k, n_items, True)]
-        if retry:
+        decoded = requests.request_size(k, n_items, True)
+        retry = [u for u in np.flatnonzero(short) if k + len(set(dense[u])) > decoded]
+        if retry and decoded < n_items:
             size = min(k + max(len(set(dense[u])) for u in retry), n_items)
             sub = self._subset(hist, retry)
             more_items, more_scores = (t.cpu().numpy() for t in self.retrieve_indices(sub, size))

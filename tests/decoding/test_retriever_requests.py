@@ -30,6 +30,12 @@ def test_seen_items_are_excluded_and_k_still_come_back(retriever):
     assert set(raw.items[0]) & set(histories[0])  # without exclusion the history comes back
     # Only 15 unseen items exist for the first user: all of them, no padding.
     assert len(retriever.retrieve([ids[:25]], k=20).items[0]) == 15
+    # 35 seen items fill the first k + 20 = 25 decoded: decoded again, longer, k still come back.
+    sizes = []
+    decode = retriever.retrieve_indices
+    retriever.retrieve_indices = lambda hist, k: sizes.append(k) or decode(hist, k)
+    long = retriever.retrieve([ids[:35]], k=5)
+    assert sorted(long.items[0]) == ids[35:] and sizes == [25, 40]
 
 
 def test_served_lists_equal_the_evaluated_lists(retriever):

@@ -54,8 +54,13 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         with torch.serialization.safe_globals(_safe_globals()):
             ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to a user
-        raise RuntimeError(f"cannot read checkpoint {path} (loaded with weights_only=True, so objects other than "
-                           f"tensors and plain containers are refused): {err}") from err
+        # torch's own message suggests weights_only=False; keep only its diagnosis.
+        boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+        parts = [p.strip() for p in str(err).split("\n\n") if p.strip() and not p.strip().startswith(boilerplate)]
+        detail = " ".join(parts).replace("WeightsUnpickler error: ", "") or str(err).strip().splitlines()[0]
+        raise RuntimeError(f"cannot read checkpoint {path}: not a PyTorch checkpoint, or one holding objects other "
+                           f"than tensors and plain containers, which genret refuses to unpickle because that "
+                           f"could run code (weights_only=True: {detail})") from None
     extra = ckpt.get("genret") if isinstance(ckpt, dict) else None
     if extra is None:
         raise RuntimeError(f"{path} is not a genret checkpoint (no 'genret' entry)")

@@ -133,3 +133,23 @@ def test_serve_without_the_extra_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.delitem(sys.modules, "genret.serving.app", raising=False)
     with pytest.raises(SystemExit, match=r"pip install 'genret\[serve\]'"):
         main(["serve", "--checkpoint", str(tmp_path / "model.ckpt")])
+
+
+def test_a_checkpoint_that_fails_at_start_up_is_reported_and_a_reload_recovers(tmp_path, server):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from genret.serving.app import create_app
+
+    (tmp_path / "broken.ckpt").write_bytes(b"garbage")
+    with TestClient(create_app(tmp_path / "broken.ckpt", kernel="torch")) as client:
+        deadline = time.time() + 30
+        while (ready := client.get("/ready")).json()["error"] == "loading" and time.time() < deadline:
+            time.sleep(0.05)
+        assert ready.status_code == 503 and "cannot read checkpoint" in ready.json()["error"]
+        retrieve = client.post("/retrieve", json={"histories": [[100]]})
+        assert retrieve.status_code == 503 and "no model is loaded" in retrieve.json()["error"]
+        assert client.get("/health").status_code == 200
+        assert client.post("/reload", json={"checkpoint": str(server.first)}).status_code == 200
+        assert client.post("/retrieve", json={"histories": [[100]], "k": 3}).status_code == 200

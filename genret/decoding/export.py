@@ -14,6 +14,7 @@ directory, where `extra` is the checkpoint's "genret" entry: {"version", "model"
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -51,7 +52,9 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train one with `genret train --config ...`")
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        # safe_globals arrived in torch 2.5; before it the allowlist is empty (plain-dict checkpoints load).
+        allow = getattr(torch.serialization, "safe_globals", None)
+        with allow(_safe_globals()) if allow else contextlib.nullcontext():
             ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to a user
         # torch's own message suggests weights_only=False; keep only its diagnosis.

@@ -120,14 +120,15 @@ def create_app(checkpoint: str | Path | None = None, *, device: str | None = "cp
         return await asyncio.get_running_loop().run_in_executor(None, partial(loader, path, device, **load_kwargs))
 
     async def initial_load() -> None:
-        try:
-            state.retriever = await load(checkpoint)
-            state.checkpoint = str(checkpoint)
-            log.info("serving %s (%s, %d items)", checkpoint, state.retriever.model_version,
-                     len(state.retriever.item_ids))
-        except Exception as err:  # noqa: BLE001 - reported by /ready; a /reload can still fix it
-            state.load_error = f"{type(err).__name__}: {err}"
-            log.error("could not load %s: %s", checkpoint, state.load_error)
+        async with state.reload_lock:  # a /reload sent meanwhile waits, then wins
+            try:
+                state.retriever = await load(checkpoint)
+                state.checkpoint = str(checkpoint)
+                log.info("serving %s (%s, %d items)", checkpoint, state.retriever.model_version,
+                         len(state.retriever.item_ids))
+            except Exception as err:  # noqa: BLE001 - reported by /ready; a /reload can still fix it
+                state.load_error = f"{type(err).__name__}: {err}"
+                log.error("could not load %s: %s", checkpoint, state.load_error)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -46,6 +46,14 @@ def test_side_features_travel_in_the_export(tmp_path, make_tiny_ckpt):
 
 
 def test_checkpoints_load_without_pickled_code(tmp_path, tiny_ckpt):
+    from genret.models.dualgr import DualGRConfig
+
+    # A module built in Python pickles its DualGRConfig in the hyper-parameters: allowlisted.
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["hyper_parameters"] = {"config": DualGRConfig(d_model=32), "lr": 1e-3}
+    torch.save(ckpt, tmp_path / "with_config.ckpt")
+    Retriever.from_checkpoint(tmp_path / "with_config.ckpt", device="cpu")
+
     class Payload:
         def __reduce__(self):
             return (os.system, ("echo pwned",))

@@ -149,12 +149,11 @@ def drop_seen(items: np.ndarray, histories: Sequence[Sequence[int]], k: int) -> 
         keep_idx (U, k) int64 column indices into `items` of the first k unseen entries (-1 where fewer);
         short (U,) bool, True where fewer than k unseen items were listed.
     """
-    U, M = items.shape
+    U = items.shape[0]
     keep_idx = np.full((U, k), -1, np.int64)
     short = np.zeros(U, bool)
     for u in range(U):
-        seen = set(histories[u])
-        cols = [j for j in range(M) if items[u, j] >= 0 and items[u, j] not in seen][:k]
+        cols = np.flatnonzero((items[u] >= 0) & ~np.isin(items[u], histories[u]))[:k]
         keep_idx[u, :len(cols)] = cols
         short[u] = len(cols) < k
     return keep_idx, short

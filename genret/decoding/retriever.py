@@ -248,16 +248,17 @@ class Retriever:
         unknown = requests.check_unknown(unknown)
         batch_size = requests.check_batch_size(batch_size)
         exclude_seen = requests.check_flag(exclude_seen, "exclude_seen")
-        if side is not None and not isinstance(side, dict):
-            raise requests.RequestError(f"side must map feature names to lists of values per history, got "
-                                        f"{type(side).__name__}")
+        if side is not None and not (isinstance(side, dict) and all(
+                isinstance(v, (list, tuple)) and len(v) == len(histories) for v in side.values())):
+            raise requests.RequestError(f"side must map each feature name to a list with one list of values per "
+                                        f"history ({len(histories)}), got {side!r:.200}")
         feats = requests.user_feature_matrix(user_features, self.user_feature_names,
                                              self.model.cfg.user_feature_cardinalities, len(histories))
         items_out: list[list[Any]] = []
         scores_out: list[list[float]] = []
         for start in range(0, len(histories), batch_size):
             stop = start + batch_size
-            chunk = None if side is None else {name: list(values)[start:stop] for name, values in side.items()}
+            chunk = None if side is None else {name: values[start:stop] for name, values in side.items()}
             hist, dense = self._encode(histories[start:stop], unknown, feats[start:stop], chunk)
             items, scores = self._decode(hist, dense, k, exclude_seen)
             for row_items, row_scores in zip(items, scores):

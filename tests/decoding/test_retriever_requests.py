@@ -85,6 +85,8 @@ def test_user_features_reach_the_model(retriever):
     (dict(histories=[[100.0]]), r"histories\[0\]\[0\] must be an item id"),
     (dict(histories="100"), "histories must be a list of histories"),
     (dict(side={"rating": [[1]]}), "trained without side features"),
+    (dict(side={"rating": 5}), "side must map each feature name to a list with one list of values per history"),
+    (dict(side=[[1]]), "side must map each feature name"),
 ])
 def test_bad_arguments_name_themselves(retriever, kwargs, message):
     args = dict(histories=[[100, 101]], k=5) | kwargs

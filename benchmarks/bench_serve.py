@@ -9,7 +9,8 @@ server's thread setting (and, with --thread-sweep, at 1 and 2 torch threads, one
 a call). Then, per concurrency level, that many asyncio httpx clients each send one-user requests
 (a history of --history-length items drawn from the catalogue with a fixed seed) back to back,
 until the level has sent --requests requests or run --seconds seconds. The client shares the CPU
-with the server: on a small machine its own cost is part of what is measured.
+with the server: on a small machine its own cost is part of what is measured, so each level also
+prints the CPU the server and the client used (100% = one core busy for the level's duration).
 """
 
 from __future__ import annotations
@@ -119,6 +120,15 @@ def batch_stats(url: str) -> tuple[float, float]:
     return (float(total.group(1)) if total else 0.0), (float(count.group(1)) if count else 0.0)
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_ready(url: str, server: subprocess.Popen, limit_s: float = 120) -> None:
     import httpx
 
@@ -179,16 +189,21 @@ def main(argv=None) -> int:
         print(f"\ngenret serve over HTTP (one user a request; at most {args.requests} requests or "
               f"{args.seconds:.0f} s a level):")
         print("| clients | requests | errors | p50 ms | p99 ms | requests/s | requests per batch | "
-              "vs in-process users/s |")
-        print("|---|---|---|---|---|---|---|---|")
+              "vs in-process users/s | server CPU | client CPU |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for clients in levels:
             before = batch_stats(url)
+            server_cpu, client_cpu, wall = process_cpu_seconds(server.pid), time.process_time(), time.perf_counter()
             r = asyncio.run(load_level(url, clients, histories, args.k, args.requests, args.seconds))
+            wall = time.perf_counter() - wall
+            client_cpu = (time.process_time() - client_cpu) / wall
+            server_cpu = None if server_cpu is None else (process_cpu_seconds(server.pid) - server_cpu) / wall
             after = batch_stats(url)
             per_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
             ratio = r["requests_per_s"] / baseline["users_per_s"]
+            server_text = "n/a" if server_cpu is None else f"{server_cpu:.0%}"
             print(f"| {clients} | {r['requests']} | {r['errors']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                  f"{r['requests_per_s']:.1f} | {per_batch:.1f} | {ratio:.2f}x |",
+                  f"{r['requests_per_s']:.1f} | {per_batch:.1f} | {ratio:.2f}x | {server_text} | {client_cpu:.0%} |",
                   flush=True)
     finally:
         server.terminate()

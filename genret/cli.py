@@ -18,6 +18,8 @@ COMMANDS = {
     "export-embeddings": ("genret.commands.export_embeddings",
                           "write a KuaiFormer/SASRec checkpoint's item embeddings as .npy (for tokenize)"),
     "quickstart": ("genret.commands.quickstart", "the whole pipeline on the synthetic default"),
+    "serve": ("genret.commands.serve", "serve a checkpoint's retriever over HTTP (needs genret[serve])"),
+    "export": ("genret.commands.export", "write a checkpoint as safetensors + JSON, loadable without pickle"),
 }
 
 

@@ -95,21 +95,21 @@ def load_class(path: str) -> type:
 
 
 def load_retriever(path: str | Path, **options: Any):
-    """The retriever of whichever family wrote the checkpoint at `path`.
+    """The retriever of whichever family wrote the checkpoint (or `genret export` directory) at `path`.
 
     `options` go to its `from_checkpoint`; those it does not take (a beam width for an embedding
     model) are left out, so one call serves every family.
     """
     import inspect
 
-    from genret.training.checkpoint import load_checkpoint
+    from genret.decoding.export import artifact_family
 
-    _, entry = load_checkpoint(path)
+    name = artifact_family(path)
     for family in FAMILIES.values():
-        if family.checkpoint_family == entry["family"]:
+        if family.checkpoint_family == name:
             cls = family.retriever_class()
             params = inspect.signature(cls.from_checkpoint).parameters
             if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
                 options = {k: v for k, v in options.items() if k in params}
             return cls.from_checkpoint(path, **options)
-    raise RuntimeError(f"{path} holds a {entry['family']!r} model, which no registered family serves")
+    raise RuntimeError(f"{path} holds a {name!r} model, which no registered family serves")

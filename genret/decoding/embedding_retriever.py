@@ -3,6 +3,7 @@ max-over-interests score (kuaiformer.txt eq. 10)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 from genret.data.side_features import SideFeatureBuckets
+from genret.decoding import requests
 from genret.decoding.retriever import RetrievalResult
 from genret.models.kuaiformer import KuaiFormer, max_interest_scores
 
@@ -65,7 +67,7 @@ class EmbeddingRetriever:
         self.model = model.eval()
         self.item_ids = np.asarray(item_ids)
         self.side = side if side is not None and len(side) else None
-        self._item_index = {raw: i for i, raw in enumerate(self.item_ids.tolist())}
+        self._item_index = requests.item_lookup(self.item_ids)
 
     @property
     def side_features(self) -> list[str]:
@@ -86,36 +88,49 @@ class EmbeddingRetriever:
         catalogue = entry["catalogue"]
         return cls(model, catalogue["item_ids"], SideFeatureBuckets.from_state_dict(catalogue["side_features"]))
 
+    @torch.no_grad()
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 100, unknown: str = "error",
-                 batch_size: int = 256, side: dict[str, Sequence[Sequence[Any]]] | None = None) -> RetrievalResult:
-        """Top-k distinct raw item ids per history (best first), scored by max_j x^T u_j.
-
-        Args as `genret.Retriever.retrieve`; the window is the last `max_len` items of each history.
+                 batch_size: int = 256, side: dict[str, Sequence[Sequence[Any]]] | None = None,
+                 exclude_seen: bool = True, user_features: Any = None) -> RetrievalResult:
+        """Top-k distinct raw item ids per history (best first), scored by max_j x^T u_j over the
+        whole catalogue. Arguments as `genret.Retriever.retrieve` (the request checks are shared:
+        genret.decoding.requests); the window is the last `max_len` items of each history. The
+        model embeds no static user features, so `user_features` must be None.
         """
-        from genret.decoding.retriever import check_retrieve_args, dense_histories
-
-        check_retrieve_args(k, batch_size, len(self.item_ids))
-        offsets, dense, side_rows = dense_histories(histories, self._item_index, unknown, self.side, side)
-        max_len = self.model.config.max_len
+        histories = requests.check_histories(histories)
+        k = requests.check_k(k, len(self.item_ids))
+        batch_size = requests.check_batch_size(batch_size)
+        exclude_seen = requests.check_flag(exclude_seen, "exclude_seen")
+        if user_features is not None:
+            raise requests.RequestError("this model embeds no user features; leave user_features unset")
+        buckets = requests.side_rows(histories, self.side, side)
+        dense, kept, dropped = requests.encode_histories(histories, self._item_index, requests.check_unknown(unknown))
+        if dropped:
+            warnings.warn(f"dropped {len(dropped)} unknown item id(s), e.g. {dropped[:3]}", stacklevel=2)
+        max_len, n_side = self.model.config.max_len, len(self.side_features)
+        item_vectors = self.model.item_vectors().float()
         items_out, scores_out = [], []
-        with torch.no_grad():
-            for start in range(0, len(offsets) - 1, batch_size):
-                stop = min(start + batch_size, len(offsets) - 1)
-                ends = offsets[start + 1:stop + 1]
-                lengths = np.minimum(ends - offsets[start:stop], max_len)
-                T = max(int(lengths.max(initial=0)), 1)
-                # Right-aligned windows (the newest item last), left-padded with -1: KuaiFormer's layout.
-                window = np.full((stop - start, T), -1, np.int64)
-                window_side = np.zeros((stop - start, T, len(self.side or [])), np.int64)
-                for u, (end, n) in enumerate(zip(ends, lengths)):
-                    window[u, T - n:] = dense[end - n:end]
-                    if side_rows is not None:
-                        window_side[u, T - n:] = side_rows[end - n:end]
-                users = self.model.user_vectors(torch.from_numpy(window).to(self.device),
-                                                torch.from_numpy(window_side).to(self.device))
-                scores = max_interest_scores(users.float(), self.model.item_vectors().float())
-                top_scores, top_items = scores.topk(k, dim=1)
-                for row_items, row_scores in zip(top_items.cpu().numpy(), top_scores.cpu().numpy()):
-                    items_out.append(self.item_ids[row_items].tolist())
-                    scores_out.append(row_scores.astype(float).tolist())
+        for start in range(0, len(dense), batch_size):
+            rows = range(start, min(start + batch_size, len(dense)))
+            T = max([min(len(dense[u]), max_len) for u in rows] + [1])
+            # Right-aligned windows (the newest item last), left-padded with -1: KuaiFormer's layout.
+            window = np.full((len(rows), T), -1, np.int64)
+            window_side = np.zeros((len(rows), T, n_side), np.int64)
+            for r, u in enumerate(rows):
+                n = min(len(dense[u]), max_len)
+                if n:
+                    window[r, T - n:] = dense[u][-n:]
+                    if buckets is not None:
+                        window_side[r, T - n:] = buckets[u][kept[u]][-n:]
+            users = self.model.user_vectors(torch.from_numpy(window).to(self.device),
+                                            torch.from_numpy(window_side).to(self.device))
+            scores = max_interest_scores(users.float(), item_vectors)  # (B, n_items)
+            if exclude_seen:
+                for r, u in enumerate(rows):
+                    scores[r, dense[u]] = float("-inf")
+            top_scores, top_items = scores.topk(k, dim=1)
+            for row_items, row_scores in zip(top_items.cpu().numpy(), top_scores.cpu().numpy()):
+                keep = np.isfinite(row_scores)  # fewer unseen items than k
+                items_out.append(self.item_ids[row_items[keep]].tolist())
+                scores_out.append(row_scores[keep].astype(float).tolist())
         return RetrievalResult(items_out, scores_out)

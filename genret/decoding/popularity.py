@@ -135,15 +135,22 @@ class PopularityRecommender:
     side_features: list[str] = []  # popularity reads no per-action features
 
     def retrieve(self, histories: Any, k: int = 100, unknown: str = "error", batch_size: int = 4096,
-                 side: Any = None):
-        """Top-k most popular raw item ids per history, the history's own items skipped; scores are
-        training counts. Same signature as every family's retriever (side features are not used)."""
-        from genret.decoding.retriever import RetrievalResult, check_retrieve_args, dense_histories
+                 side: Any = None, exclude_seen: bool = True, user_features: Any = None):
+        """Top-k most popular raw item ids per history (the history's own items skipped unless
+        `exclude_seen` is off); scores are training counts. The same request as every family's
+        retriever (genret.decoding.requests); side and user features are not used."""
+        from genret.decoding import requests
+        from genret.decoding.retriever import RetrievalResult
 
-        check_retrieve_args(k, batch_size, self.n_items_)
-        offsets, dense, _ = dense_histories(histories, {raw: i for i, raw in enumerate(self.item_ids.tolist())},
-                                            unknown)
-        ranked = self.recommend(_Histories(offsets, dense), k)
+        histories = requests.check_histories(histories)
+        k = requests.check_k(k, self.n_items_)
+        requests.check_batch_size(batch_size)
+        exclude_seen = requests.check_flag(exclude_seen, "exclude_seen")
+        dense, _, _ = requests.encode_histories(histories, requests.item_lookup(self.item_ids),
+                                                requests.check_unknown(unknown))
+        offsets = np.concatenate([[0], np.cumsum([len(row) for row in dense])]).astype(np.int64)
+        flat = np.asarray([i for row in dense for i in row], np.int64)
+        ranked = self.recommend(_Histories(offsets, flat), k, exclude_history=exclude_seen)
         items = [self.item_ids[row[row >= 0]].tolist() for row in ranked]
         scores = [self.counts_[row[row >= 0]].astype(float).tolist() for row in ranked]
         return RetrievalResult(items, scores)

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 from genret.data.side_features import SideFeatureBuckets
+from genret.decoding import requests
 from genret.decoding.beam_search import BRANCH_MERGES, Histories, check_short_weight, retrieve_indices
+from genret.decoding.export import artifact_version, read_artifact
 from genret.models.dualgr import DualGR, DualGRConfig
 
 
@@ -35,7 +37,8 @@ class Retriever:
         index: the SIDIndex every decoded SID is constrained to.
         item_ids: raw id of each dense item index.
         kernel: "auto" (Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "torch", "triton".
-        beam_width: beams per level (default: k of each call); must be >= k to fill k items.
+        beam_width: beams per level (default: the list length each call decodes). A width below
+            that length is widened to it, so k items always come back.
         branch_merge: how an item both branches decode is scored: "sum" of its two weighted
             probabilities (default; the branches' mixture) or "max" (its better branch's score).
         short_weight: the short branch's weight in the merge, P(short) (the long one gets 1 - it).
@@ -43,12 +46,21 @@ class Retriever:
             to the short window where the two windows differ.
         side_features: the bucket boundaries of the per-action side features the model was trained
             with (a checkpoint carries them); None when it uses none.
+        user_feature_names: the names of the static user fields the model embeds, in order (the keys
+            of `retrieve(user_features=...)`); default "user_feature_0", ...
+
+    Attributes:
+        item_ids: (n_items,) raw id of each dense item index.
+        model_version: what was loaded: a content hash from `from_checkpoint`
+            (`genret.decoding.export.artifact_version`), "in-memory" for a Retriever built directly.
     """
 
     def __init__(self, model: DualGR, index, item_ids: Sequence[Any], kernel: str = "auto",
                  beam_width: int | None = None,
                  side_features: SideFeatureBuckets | None = None, branch_merge: str = "sum",
-                 short_weight: float | None = None):
+                 short_weight: float | None = None, user_feature_names: Sequence[str] | None = None):
+        if beam_width is not None and (not requests.is_int(beam_width) or beam_width < 1):
+            raise ValueError(f"beam_width must be a positive integer (or None for the list length), got {beam_width!r}")
         if branch_merge not in BRANCH_MERGES:
             raise ValueError(f"branch_merge must be one of {BRANCH_MERGES}, got {branch_merge!r}")
         check_short_weight(short_weight)
@@ -62,7 +74,13 @@ class Retriever:
         self.side = side_features
         self.index = index
         self.item_ids = np.asarray(item_ids)
-        self._item_index = {raw: i for i, raw in enumerate(self.item_ids.tolist())}
+        self._item_index = requests.item_lookup(self.item_ids)
+        n_fields = len(model.cfg.user_feature_cardinalities)
+        self.user_feature_names = list(user_feature_names or [f"user_feature_{f}" for f in range(n_fields)])
+        if len(self.user_feature_names) != n_fields:
+            raise ValueError(f"the model embeds {n_fields} user features but {len(self.user_feature_names)} names "
+                             f"were given ({self.user_feature_names})")
+        self.model_version = "in-memory"
         self.kernel = kernel
         self.beam_width = beam_width
         self.branch_merge = branch_merge
@@ -76,21 +94,30 @@ class Retriever:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, **kwargs) -> "Retriever":
         """Load a checkpoint written by `genret train` / `genret quickstart` (tokenizer, SID index
-        and raw item ids travel inside it)."""
+        and raw item ids travel inside it), or a directory written by `genret export`.
+
+        A `.ckpt` is read with `torch.load(weights_only=True)` and an export directory with
+        safetensors + JSON, so neither runs code from the file.
+        """
         from genret.tokenizers import SIDIndex
-        from genret.training.checkpoint import load_checkpoint, model_state
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        ckpt, extra = load_checkpoint(path, device, family="dualgr")
+        state, extra = read_artifact(path, device, family="dualgr")
         model = DualGR(DualGRConfig(**extra["config"]))
-        model.load_state_dict(model_state(ckpt))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise RuntimeError(f"the weights in {path} do not fit its model config: {err}") from None
         catalogue = extra["catalogue"]
         model.set_item_codes(catalogue["codes"])
         model.to(device)
         index = SIDIndex.from_state_dict(catalogue["sid_index"]).to(device)
         side = catalogue.get("side_features")
         side = SideFeatureBuckets.from_state_dict(side) if side and side["names"] else None
-        return cls(model, index, catalogue["item_ids"], side_features=side, **kwargs)
+        kwargs.setdefault("user_feature_names", catalogue.get("user_feature_names") or None)
+        retriever = cls(model, index, catalogue["item_ids"], side_features=side, **kwargs)
+        retriever.model_version = artifact_version(path)
+        return retriever
 
     @property
     def side_features(self) -> list[str]:
@@ -98,123 +125,141 @@ class Retriever:
         return list(self.side.names) if self.side is not None else []
 
     def encode_histories(self, histories: Sequence[Sequence[Any]], unknown: str = "error",
-                         user_feats: np.ndarray | None = None,
+                         user_feats: Any = None,
                          side: dict[str, Sequence[Sequence[Any]]] | None = None) -> Histories:
         """Raw item-id sequences (oldest first) -> dense CSR Histories on the model's device.
 
+        user_feats: static user features, as `retrieve(user_features=...)` takes them.
         side: per feature name, one list of raw values per history, aligned with its items (None
         or NaN = missing); bucketised with the checkpoint's boundaries. See `retrieve`.
+
+        Raises:
+            RequestError (a ValueError): a malformed argument. UnknownItemError: an unknown id with
+            unknown="error".
         """
-        offsets, dense, side_rows = dense_histories(histories, self._item_index, unknown, self.side, side)
-        n_fields = len(self.model.user_embeddings)
-        feats = torch.zeros(len(offsets) - 1, n_fields, dtype=torch.long, device=self.device)
-        if user_feats is not None:
-            feats = torch.as_tensor(user_feats, dtype=torch.long, device=self.device)
-        return Histories(torch.as_tensor(offsets, device=self.device), torch.as_tensor(dense, device=self.device),
-                         feats, None if side_rows is None else torch.as_tensor(side_rows, device=self.device))
+        return self._encode(requests.check_histories(histories), unknown, user_feats, side)[0]
+
+    def _encode(self, histories: list[list[Any]], unknown: str, user_feats: Any, side
+                ) -> tuple[Histories, list[list[int]]]:
+        """Checked histories -> (Histories, per history its dense item indices)."""
+        side_rows = self._side_rows(histories, side)
+        dense, kept, dropped = requests.encode_histories(histories, self._item_index, unknown)
+        if dropped:
+            warnings.warn(f"dropped {len(dropped)} unknown item id(s), e.g. {dropped[:3]}", stacklevel=3)
+        flat = [i for row in dense for i in row]
+        offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(row) for row in dense], dtype=np.int64)]),
+                               device=self.device)
+        feats = requests.user_feature_matrix(user_feats, self.user_feature_names,
+                                             self.model.cfg.user_feature_cardinalities, len(dense))
+        side_tensor = None
+        if side_rows is not None:
+            # Keep the side values of the items that survived `unknown="drop"`.
+            kept_side = [side_rows[u][j] for u, positions in enumerate(kept) for j in positions]
+            side_tensor = torch.as_tensor(np.asarray(kept_side, np.int64).reshape(len(flat), len(self.side)),
+                                          device=self.device)
+        hist = Histories(offsets, torch.tensor(flat, dtype=torch.long, device=self.device),
+                         torch.as_tensor(feats, device=self.device), side_tensor)
+        return hist, dense
+
+    def _side_rows(self, histories, side) -> list[np.ndarray] | None:
+        """Per history, (len, S) bucket ids; None when the model has no side features or none were given."""
+        return requests.side_rows(histories, self.side, side)
 
     def retrieve_indices(self, hist: Histories, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dense-index version of `retrieve` (used by evaluation). Returns (U, k) items, scores."""
-        return retrieve_indices(self.model, self.index, hist, k, beam_width=max(self.beam_width or k, 1),
+        """Dense-index version of `retrieve` (used by evaluation): no exclusion. Returns (U, k) items,
+        scores. The beam is `beam_width`, widened to k when narrower."""
+        return retrieve_indices(self.model, self.index, hist, k, beam_width=max(self.beam_width or k, k),
                                 kernel=self.kernel,
                                 branch_merge=self.branch_merge, short_weight=self.short_weight)
 
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 500, unknown: str = "error",
-                 batch_size: int = 64, side: dict[str, Sequence[Sequence[Any]]] | None = None) -> RetrievalResult:
+                 batch_size: int = 64, side: dict[str, Sequence[Sequence[Any]]] | None = None, *,
+                 exclude_seen: bool = True, user_features: Any = None) -> RetrievalResult:
         """Top-k distinct raw item ids per history (best first), with their scores.
 
+        The interface every family's retriever offers (and `genret serve` relies on).
+
         Args:
-            histories: one sequence of raw item ids per user, oldest first (may be empty).
-            k: items per user; at most the catalogue size.
-            unknown: "error" (ValueError naming the id) or "drop" (skip with a warning).
-            batch_size: users decoded together.
+            histories: a list with one list of raw item ids per user, oldest first (may be empty).
+            k: items per user, an integer in [1, catalogue size].
+            unknown: "error" (UnknownItemError naming the id) or "drop" (skip with a warning).
+            batch_size: users decoded together, a positive integer.
             side: the per-action side features the model was trained with (`self.side_features`),
                 raw values, e.g. {"rating": [[5, 3], [4]]} for two histories of 2 and 1 items;
                 None / NaN entries are "missing". For "time_gap" pass the time since the
                 previous action (`genret.data.side_features.time_gaps(timestamps)` computes it).
                 Omitted: every action is "missing" (with a warning).
+            exclude_seen: leave out items already in the user's history, as evaluation does. The
+                list is then decoded k + 20 long (evaluation's margin), so it equals the evaluated
+                list; a user whose history fills more than the margin is decoded again, k + its
+                history long, so k items still come back unless fewer than k unseen items exist.
+            user_features: static user fields (`self.user_feature_names`) as categorical ids
+                (0 = unknown): {name: one id per history}, or an (U, F) int array. Omitted: unknown.
+
+        Returns:
+            RetrievalResult: items[u] (<= k raw ids; fewer only when the catalogue holds fewer
+            reachable unseen items) and scores[u] (their log-probabilities, descending).
+
+        Raises:
+            RequestError (a ValueError): an argument is malformed, naming it.
+            UnknownItemError (a RequestError): an unknown id with unknown="error".
         """
-        check_retrieve_args(k, batch_size, len(self.item_ids))
+        histories = requests.check_histories(histories)
+        n_items = len(self.item_ids)
+        k = requests.check_k(k, n_items)
+        unknown = requests.check_unknown(unknown)
+        batch_size = requests.check_batch_size(batch_size)
+        exclude_seen = requests.check_flag(exclude_seen, "exclude_seen")
+        if side is not None and not (isinstance(side, dict) and all(
+                isinstance(v, (list, tuple)) and len(v) == len(histories) for v in side.values())):
+            raise requests.RequestError(f"side must map each feature name to a list with one list of values per "
+                                        f"history ({len(histories)}), got {side!r:.200}")
+        feats = requests.user_feature_matrix(user_features, self.user_feature_names,
+                                             self.model.cfg.user_feature_cardinalities, len(histories))
         items_out: list[list[Any]] = []
         scores_out: list[list[float]] = []
         for start in range(0, len(histories), batch_size):
-            chunk = None if side is None else {name: values[start:start + batch_size] for name, values in side.items()}
-            hist = self.encode_histories(histories[start:start + batch_size], unknown=unknown, side=chunk)
-            items, scores = self.retrieve_indices(hist, k)
-            for row_items, row_scores in zip(items.cpu().numpy(), scores.cpu().numpy()):
+            stop = start + batch_size
+            chunk = None if side is None else {name: values[start:stop] for name, values in side.items()}
+            hist, dense = self._encode(histories[start:stop], unknown, feats[start:stop], chunk)
+            items, scores = self._decode(hist, dense, k, exclude_seen)
+            for row_items, row_scores in zip(items, scores):
                 keep = row_items >= 0
                 items_out.append(self.item_ids[row_items[keep]].tolist())
                 scores_out.append(row_scores[keep].astype(float).tolist())
         return RetrievalResult(items_out, scores_out)
 
+    def _decode(self, hist: Histories, dense: list[list[int]], k: int, exclude_seen: bool
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(U, k) dense items (-1 padded) and scores, seen items removed when asked."""
+        n_items = len(self.item_ids)
+        items, scores = (t.cpu().numpy() for t in self.retrieve_indices(
+            hist, requests.request_size(k, n_items, exclude_seen)))
+        if not exclude_seen:
+            return items, scores
+        keep, short = requests.drop_seen(items, dense, k)
+        out_items = np.where(keep >= 0, np.take_along_axis(items, keep.clip(min=0), 1), -1)
+        out_scores = np.where(keep >= 0, np.take_along_axis(scores, keep.clip(min=0), 1), -np.inf)
+        # Histories that filled more than the margin: decode again, long enough to hold k unseen items.
+        decoded = requests.request_size(k, n_items, True)
+        retry = [u for u in np.flatnonzero(short) if k + len(set(dense[u])) > decoded]
+        if retry and decoded < n_items:
+            size = min(k + max(len(set(dense[u])) for u in retry), n_items)
+            sub = self._subset(hist, retry)
+            more_items, more_scores = (t.cpu().numpy() for t in self.retrieve_indices(sub, size))
+            keep2, _ = requests.drop_seen(more_items, [dense[u] for u in retry], k)
+            out_items[retry] = np.where(keep2 >= 0, np.take_along_axis(more_items, keep2.clip(min=0), 1), -1)
+            out_scores[retry] = np.where(keep2 >= 0, np.take_along_axis(more_scores, keep2.clip(min=0), 1), -np.inf)
+        return out_items, out_scores
 
-def check_retrieve_args(k: int, batch_size: int, n_items: int) -> None:
-    """The checks every family's `retrieve` makes on its list length and batch size."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if k > n_items:
-        raise ValueError(f"k={k} exceeds the catalogue of {n_items:,} items")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-
-
-def dense_histories(histories: Sequence[Sequence[Any]], item_index: dict, unknown: str = "error",
-                    buckets: SideFeatureBuckets | None = None,
-                    side: dict[str, Sequence[Sequence[Any]]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Raw item-id histories -> CSR dense indices: offsets (U + 1,), items (N,) and, when the model
-    embeds side features and they are given, their buckets (N, S); unknown ids raise or are dropped."""
-    if unknown not in ("error", "drop"):
-        raise ValueError(f"unknown must be 'error' or 'drop', got {unknown!r}")
-    side_rows = _side_rows(histories, buckets, side)
-    dense, lengths, dropped, kept_side = [], [], [], []
-    for u, history in enumerate(histories):
-        row = []
-        for j, raw in enumerate(history):
-            idx = item_index.get(raw)
-            if idx is None and isinstance(raw, str) and raw.lstrip("-").isdigit():
-                idx = item_index.get(int(raw))  # JSON users often quote integer ids
-            if idx is None:
-                if unknown == "error":
-                    raise ValueError(
-                        f"item id {raw!r} in history {u} is not in the catalogue of {len(item_index):,} "
-                        f"items; pass unknown='drop' to skip unknown items")
-                dropped.append(raw)
-                continue
-            row.append(idx)
-            if side_rows is not None:
-                kept_side.append(side_rows[u][j])
-        dense.extend(row)
-        lengths.append(len(row))
-    if dropped:
-        warnings.warn(f"dropped {len(dropped)} unknown item id(s), e.g. {dropped[:3]}", stacklevel=3)
-    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
-    kept = None if side_rows is None else np.asarray(kept_side, np.int64).reshape(len(dense), len(buckets))
-    return offsets, np.asarray(dense, np.int64), kept
-
-
-def _side_rows(histories, buckets: SideFeatureBuckets | None, side) -> list[np.ndarray] | None:
-    """Per history, (len, S) bucket ids; None when the model has no side features or none were given."""
-    if buckets is None:
-        if side:
-            raise ValueError(f"this model was trained without side features; got {sorted(side)}")
-        return None
-    if side is None:
-        warnings.warn(f"the model was trained with side features {buckets.names}; without them every action "
-                      f"uses the 'missing' bucket and retrieval may be less accurate", stacklevel=4)
-        return None
-    missing = [name for name in buckets.names if name not in side]
-    extra = sorted(set(side) - set(buckets.names))
-    if missing or extra:
-        raise ValueError(f"side must map exactly the model's features {buckets.names}; missing {missing}, "
-                         f"unexpected {extra} (use None values for unknown entries)")
-    rows = []
-    for u, history in enumerate(histories):
-        columns = []
-        for f, name in enumerate(buckets.names):
-            if u >= len(side[name]) or len(side[name][u]) != len(history):
-                got = len(side[name][u]) if u < len(side[name]) else "no"
-                raise ValueError(f"side[{name!r}][{u}] has {got} values but history {u} has "
-                                 f"{len(history)} items; give one value per item (None = missing)")
-            columns.append(buckets.bucketise(f, list(side[name][u])))
-        rows.append(np.stack(columns, 1) if columns else np.zeros((len(history), 0), np.int64))
-    return rows
+    @staticmethod
+    def _subset(hist: Histories, users: list[int]) -> Histories:
+        """The rows `users` of a CSR batch."""
+        offsets = hist.offsets.cpu().tolist()
+        take = [i for u in users for i in range(offsets[u], offsets[u + 1])]
+        lengths = [offsets[u + 1] - offsets[u] for u in users]
+        device = hist.items.device
+        take_t = torch.tensor(take, dtype=torch.long, device=device)
+        return Histories(torch.tensor([0] + np.cumsum(lengths).tolist(), dtype=torch.long, device=device),
+                         hist.items[take_t], hist.user_feats[torch.tensor(users, device=device)],
+                         None if hist.side is None else hist.side[take_t])

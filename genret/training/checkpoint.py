@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import contextlib
+
 import torch
 
 # Bump when the entry's layout or a family's state dict changes; readers refuse other versions.
@@ -47,17 +49,42 @@ def read_entry(checkpoint: Any, where: str, family: str | None = None) -> dict[s
     return entry
 
 
+def _safe_globals() -> list:
+    # A checkpoint from DualGRModule(config=DualGRConfig(...)) built in Python pickles the config
+    # dataclass in its hyper-parameters (LightningCLI writes a plain dict instead); allowlisting that
+    # one plain dataclass keeps torch.load(weights_only=True), which refuses any other class.
+    from genret.models.dualgr import DualGRConfig
+    from genret.models.kuaiformer import KuaiFormerConfig
+
+    return [DualGRConfig, KuaiFormerConfig]
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                     family: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read a checkpoint file: (the whole checkpoint dict, its checked "genret" entry)."""
+    """Read a checkpoint file: (the whole checkpoint dict, its checked "genret" entry).
+
+    Loaded with `torch.load(weights_only=True)`: tensors, plain containers and the allowlisted
+    config dataclasses only, so a checkpoint from elsewhere cannot run code.
+
+    Raises:
+        FileNotFoundError: no such file. RuntimeError: unreadable, foreign, of another version or family.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train one with `genret train --config ...`")
     try:
-        # Lightning checkpoints hold plain Python containers (hyper-parameters, loop state) beside tensors.
-        checkpoint = torch.load(path, map_location=device, weights_only=False)
+        # safe_globals arrived in torch 2.5; before it the allowlist is empty (plain-dict checkpoints load).
+        allow = getattr(torch.serialization, "safe_globals", None)
+        with allow(_safe_globals()) if allow else contextlib.nullcontext():
+            checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to a user
-        raise RuntimeError(f"cannot read checkpoint {path}: {err}") from err
+        # torch's own message suggests weights_only=False; keep only its diagnosis.
+        boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+        parts = [p.strip() for p in str(err).split("\n\n") if p.strip() and not p.strip().startswith(boilerplate)]
+        detail = " ".join(parts).replace("WeightsUnpickler error: ", "") or str(err).strip().splitlines()[0]
+        raise RuntimeError(f"cannot read checkpoint {path}: not a PyTorch checkpoint, or one holding objects other "
+                           f"than tensors and plain containers, which genret refuses to unpickle because that "
+                           f"could run code (weights_only=True: {detail})") from None
     return checkpoint, read_entry(checkpoint, str(path), family)
 
 

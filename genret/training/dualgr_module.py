@@ -66,6 +66,8 @@ class DualGRModule(pl.LightningModule):
             "sid_index": dm.sid_index.state_dict(),
             "dataset": dm.log_all.name,
             "side_features": dm.side.state_dict(),  # the decode API bucketises raw values with these
+            # The keys of `retrieve(user_features=...)`, one per user embedding table.
+            "user_feature_names": list(dm.log_all.user_feature_names) if dm.user_feature_cardinalities else [],
         }
 
     def build(self, **data_facts) -> DualGR:

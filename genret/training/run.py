@@ -9,7 +9,6 @@ import os
 import time
 from pathlib import Path
 
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +99,15 @@ def fit(module, datamodule, trainer, out_dir: str | Path, ckpt_path: str | None 
     Returns (checkpoint path, seconds of training)."""
     from pytorch_lightning.callbacks import WeightAveraging
 
+    from genret.training.checkpoint import load_checkpoint
+
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
     selector = trainer.checkpoint_callback
     best = getattr(selector, "best_model_path", "")
     if best and selector.best_model_score is not None:
-        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
+        module.load_state_dict(load_checkpoint(best)[0]["state_dict"])
         log.info("best %s %.4f at %s; keeping those weights", selector.monitor,
                  float(selector.best_model_score), Path(best).name)
     # A weight averaging callback would write its final average over the selected weights.

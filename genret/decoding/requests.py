@@ -1,0 +1,243 @@
+"""Checks and encodings every family's retriever applies to a retrieval request.
+
+A retriever of any family (DualGR's beam search, an embedding model's exact top-K) takes the same
+request: raw item-id histories, k, how to treat unknown ids, optional static user features, and
+whether items the user has already seen may come back. These functions turn that request into
+dense indices with errors that name the argument at fault, and filter seen items from a ranked
+list the way evaluation does. `RequestError` (HTTP 400) and `UnknownItemError` (HTTP 422) let a
+server tell a malformed request from one that names an item the catalogue does not hold.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+UNKNOWN_POLICIES = ("error", "drop")
+
+# Extra list slots decoded when seen items are excluded, as `genret.eval.ranked_lists.evaluate_retriever`
+# (history_margin=20) does: with the same margin a served list equals the evaluated one.
+HISTORY_MARGIN = 20
+
+
+class RequestError(ValueError):
+    """A retrieval argument is malformed or out of range (a server answers 400)."""
+
+
+class UnknownItemError(RequestError):
+    """A history names an item id the catalogue does not hold, with unknown="error" (a server answers 422)."""
+
+
+def is_int(value: Any) -> bool:
+    """An integer, numpy's included, but not a bool."""
+    # bool is an int subclass, and True == 1 would silently look up item 1.
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def check_k(k: Any, n_items: int) -> int:
+    """k must be an integer in [1, n_items]; returns it as a Python int."""
+    if not is_int(k):
+        raise RequestError(f"k must be an integer number of items, got {k!r} ({type(k).__name__})")
+    if not 1 <= k <= n_items:
+        raise RequestError(f"k must lie in [1, {n_items:,}] (the catalogue holds {n_items:,} items), got {k}")
+    return int(k)
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """batch_size (users decoded together) must be a positive integer."""
+    if not is_int(batch_size) or batch_size < 1:
+        raise RequestError(f"batch_size must be a positive integer (users decoded together), got {batch_size!r}")
+    return int(batch_size)
+
+
+def check_unknown(unknown: Any) -> str:
+    if unknown not in UNKNOWN_POLICIES:
+        raise RequestError(f"unknown must be one of {UNKNOWN_POLICIES}, got {unknown!r}")
+    return unknown
+
+
+def check_flag(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise RequestError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
+def check_histories(histories: Any) -> list[list[Any]]:
+    """histories: a list of histories, each a list of raw item ids (ints or strings), oldest first.
+
+    A flat list of ids (one history without its brackets) is refused rather than read as many
+    one-item histories. Returns the histories as lists of Python ints / strings.
+    """
+    if isinstance(histories, (str, bytes, Mapping)) or not isinstance(histories, (Sequence, np.ndarray)):
+        raise RequestError(f"histories must be a list of histories (lists of item ids), got {type(histories).__name__}")
+    out = []
+    for u, history in enumerate(histories):
+        if isinstance(history, np.ndarray):
+            history = history.tolist()
+        if isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Sequence):
+            raise RequestError(f"histories[{u}] must be a list of item ids, got {history!r}; pass a list of lists, "
+                               f"e.g. [[12, 7, 3]] for one user")
+        row = []
+        for j, raw in enumerate(history):
+            if is_int(raw):
+                row.append(int(raw))
+            elif isinstance(raw, str):
+                row.append(raw)
+            else:
+                raise RequestError(f"histories[{u}][{j}] must be an item id (an int or a string), got {raw!r} "
+                                   f"({type(raw).__name__})")
+        out.append(row)
+    return out
+
+
+def item_lookup(item_ids: Sequence[Any]) -> dict[Any, int]:
+    """raw id -> dense index, over Python scalars so numpy and JSON ids hash alike."""
+    return {raw: i for i, raw in enumerate(np.asarray(item_ids).tolist())}
+
+
+def encode_histories(histories: Sequence[Sequence[Any]], item_index: Mapping[Any, int], unknown: str = "error"
+                     ) -> tuple[list[list[int]], list[list[int]], list[Any]]:
+    """Raw ids -> dense indices (histories from `check_histories`).
+
+    A string of digits also matches an integer id (JSON users often quote them).
+
+    Returns:
+        dense: per history, its known items' dense indices (oldest first);
+        kept: per history, the positions of those items in the raw history (to keep side values aligned);
+        dropped: the unknown raw ids skipped (empty unless unknown="drop").
+
+    Raises:
+        UnknownItemError: an unknown id with unknown="error", naming it and its history.
+    """
+    check_unknown(unknown)
+    dense, kept, dropped = [], [], []
+    for u, history in enumerate(histories):
+        row, positions = [], []
+        for j, raw in enumerate(history):
+            idx = item_index.get(raw)
+            if idx is None and isinstance(raw, str) and raw.lstrip("-").isdigit():
+                idx = item_index.get(int(raw))
+            if idx is None:
+                if unknown == "error":
+                    raise UnknownItemError(f"item id {raw!r} in history {u} is not in the catalogue of "
+                                           f"{len(item_index):,} items; pass unknown='drop' to skip unknown items")
+                dropped.append(raw)
+                continue
+            row.append(idx)
+            positions.append(j)
+        dense.append(row)
+        kept.append(positions)
+    return dense, kept, dropped
+
+
+def request_size(k: int, n_items: int, exclude_seen: bool) -> int:
+    """How many items to decode so that k remain after seen items are removed, as evaluation does."""
+    return min(k + (HISTORY_MARGIN if exclude_seen else 0), n_items)
+
+
+def drop_seen(items: np.ndarray, histories: Sequence[Sequence[int]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each user's history items from its ranked list, keeping the order of the rest.
+
+    Args:
+        items: (U, M) int64 dense item indices, best first, -1 padded.
+        histories: U lists of dense indices.
+        k: list length to return.
+
+    Returns:
+        keep_idx (U, k) int64 column indices into `items` of the first k unseen entries (-1 where fewer);
+        short (U,) bool, True where fewer than k unseen items were listed.
+    """
+    U = items.shape[0]
+    keep_idx = np.full((U, k), -1, np.int64)
+    short = np.zeros(U, bool)
+    for u in range(U):
+        cols = np.flatnonzero((items[u] >= 0) & ~np.isin(items[u], histories[u]))[:k]
+        keep_idx[u, :len(cols)] = cols
+        short[u] = len(cols) < k
+    return keep_idx, short
+
+
+def user_feature_matrix(user_features: Any, names: Sequence[str], cardinalities: Sequence[int],
+                        n_users: int) -> np.ndarray:
+    """Static user features -> (n_users, F) int64 categorical ids, 0 = unknown.
+
+    Args:
+        user_features: None (all unknown); a mapping {name: one id per user} (None = unknown, a
+            field left out is unknown for every user); or an (n_users, F) array in `names` order.
+        names: the F fields the model embeds; cardinalities: their sizes (ids lie in [0, size)).
+        n_users: number of histories in the request.
+    """
+    F = len(names)
+    out = np.zeros((n_users, F), np.int64)
+    if user_features is None:
+        return out
+    if isinstance(user_features, Mapping):
+        extra = sorted(set(user_features) - set(names))
+        if extra:
+            raise RequestError(f"user_features {extra} are not fields this model embeds "
+                               f"({list(names) or 'none'})")
+        for f, name in enumerate(names):
+            values = user_features.get(name)
+            if values is None:
+                continue
+            if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, (Sequence, np.ndarray)) \
+                    or len(values) != n_users:
+                raise RequestError(f"user_features[{name!r}] must be a list with one id per history "
+                                   f"({n_users}), got {values!r}")
+            for u, value in enumerate(values):
+                if value is None:
+                    continue
+                if not is_int(value) or not 0 <= value < cardinalities[f]:
+                    raise RequestError(f"user_features[{name!r}][{u}] must be an integer id in "
+                                       f"[0, {cardinalities[f]}) (0 = unknown), got {value!r}")
+                out[u, f] = int(value)
+        return out
+    array = np.asarray(user_features)
+    if array.shape != (n_users, F) or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
+        raise RequestError(f"user_features must be a {{name: ids}} mapping or an integer array of shape "
+                           f"({n_users}, {F}); got shape {array.shape}, dtype {array.dtype}")
+    for f in range(F):
+        bad = (array[:, f] < 0) | (array[:, f] >= cardinalities[f])
+        if bad.any():
+            raise RequestError(f"user_features column {f} ({names[f]!r}) must hold ids in [0, {cardinalities[f]}), "
+                               f"got {array[bad.argmax(), f]}")
+    return array.astype(np.int64)
+
+
+def side_rows(histories: Sequence[Sequence[Any]], buckets, side: Any) -> list[np.ndarray] | None:
+    """Raw per-action side values -> per history, (len, S) bucket ids (`buckets`: the model's
+    SideFeatureBuckets, None when it embeds none); None when the model has none or none were given."""
+    if side is not None and not isinstance(side, dict):
+        raise RequestError(f"side must map feature names to lists of values per history, got "
+                           f"{type(side).__name__}")
+    if buckets is None:
+        if side:
+            raise RequestError(f"this model was trained without side features; got {sorted(side)}")
+        return None
+    if side is None:
+        warnings.warn(f"the model was trained with side features {buckets.names}; without them every action "
+                      f"uses the 'missing' bucket and retrieval may be less accurate", stacklevel=4)
+        return None
+    missing = [name for name in buckets.names if name not in side]
+    extra = sorted(set(side) - set(buckets.names))
+    if missing or extra:
+        raise RequestError(f"side must map exactly the model's features {buckets.names}; "
+                           f"missing {missing}, unexpected {extra} (use None values for unknown entries)")
+    rows = []
+    for u, history in enumerate(histories):
+        columns = []
+        for f, name in enumerate(buckets.names):
+            values = side[name][u] if isinstance(side[name], (list, tuple)) and u < len(side[name]) else None
+            if not isinstance(values, (list, tuple)) or len(values) != len(history):
+                got = len(values) if isinstance(values, (list, tuple)) else "no"
+                raise RequestError(f"side[{name!r}][{u}] has {got} values but history {u} has "
+                                   f"{len(history)} items; give one value per item (None = missing)")
+            if not all(v is None or (isinstance(v, (int, float, np.number)) and not isinstance(v, bool))
+                       for v in values):
+                raise RequestError(f"side[{name!r}][{u}] must hold numbers or None, got {list(values)}")
+            columns.append(buckets.bucketise(f, list(values)))
+        rows.append(np.stack(columns, 1) if columns else np.zeros((len(history), 0), np.int64))
+    return rows

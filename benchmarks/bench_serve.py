@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     url = f"http://127.0.0.1:{port}"
     cmd = genret_command() + ["serve", "--checkpoint", args.checkpoint, "--port", str(port),
                               "--threads", str(args.threads), "--kernel", args.kernel,
-                              "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
+                              "--max_batch_size", str(args.max_batch_size), "--max_wait_ms", str(args.max_wait_ms)]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     try:

@@ -5,14 +5,14 @@ catalogue (SID index, item ids, feature buckets), which `Retriever.from_checkpoi
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from genret.commands.arguments import Parser
+
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="genret export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="genret export", description=__doc__)
     parser.add_argument("--checkpoint", required=True, type=Path, help="a .ckpt written by genret train / quickstart")
     parser.add_argument("--out", required=True, type=Path,
                         help="output directory (an earlier export there is replaced)")

@@ -7,14 +7,14 @@ Needs the serving extra: pip install 'genret[serve]'.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
+from genret.commands.arguments import Parser
+
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="genret serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="genret serve", description=__doc__)
     parser.add_argument("--checkpoint", required=True, type=Path, help="a .ckpt or a genret export directory")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
@@ -24,18 +24,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads for decoding (default 1: on a 2-core box one thread answered a "
                              "single-user request faster than two; see the serving notes)")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="most histories decoded together")
-    parser.add_argument("--max-wait-ms", type=float, default=2.0,
+    parser.add_argument("--max_batch_size", type=int, default=32, help="most histories decoded together")
+    parser.add_argument("--max_wait_ms", type=float, default=2.0,
                         help="longest a batch waits for more requests after its first one")
-    parser.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for")
-    parser.add_argument("--max-histories", type=int, default=256, help="most histories in one request")
-    parser.add_argument("--access-log", action="store_true", help="log every request (off: it costs latency)")
+    parser.add_argument("--max_k", type=int, default=1000, help="largest k a request may ask for")
+    parser.add_argument("--max_histories", type=int, default=256, help="most histories in one request")
+    parser.add_argument("--access_log", action="store_true", help="log every request (off: it costs latency)")
     args = parser.parse_args(argv)
     for name in ("threads", "max_batch_size", "max_k", "max_histories"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+            parser.error(f"--{name} must be >= 1")
     if args.max_wait_ms < 0:
-        parser.error("--max-wait-ms must be >= 0")
+        parser.error("--max_wait_ms must be >= 0")
     if not args.checkpoint.exists():
         parser.error(f"--checkpoint {args.checkpoint} does not exist")
     try:

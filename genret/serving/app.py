@@ -193,7 +193,7 @@ def create_app(checkpoint: str | Path | None = None, *, device: str | None = "cp
             n_items = len(current.item_ids)
             k = check_k(body.get("k", 10), n_items)
             if k > max_k:
-                raise RequestError(f"k must lie in [1, {min(max_k, n_items):,}] (this server's --max-k is {max_k}), "
+                raise RequestError(f"k must lie in [1, {min(max_k, n_items):,}] (this server's --max_k is {max_k}), "
                                    f"got {k}")
             payload = {
                 "histories": histories, "k": k,

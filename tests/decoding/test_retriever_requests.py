@@ -148,6 +148,6 @@ def test_decode_cli_keeps_an_earlier_output_unless_it_succeeds(tiny_ckpt, tmp_pa
     with pytest.raises(SystemExit, match="holds no histories; nothing written"):
         main(["decode", "--checkpoint", str(tiny_ckpt), "--histories", str(empty), "--out", str(out)])
     assert out.read_text() == before
-    assert main(args + ["--include-seen", "--out", str(out)]) == 0
+    assert main(args + ["--include_seen", "--out", str(out)]) == 0
     assert json.loads(out.read_text().splitlines()[0])["items"] == \
         retriever.retrieve([[100, 101]], k=5, exclude_seen=False, user_features={"segment": [2]}).items[0]

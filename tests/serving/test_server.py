@@ -32,7 +32,7 @@ BAD = [
     (b'{"histories": [[true]]}', 400, r"histories\[0\]\[0\] must be an item id"),
     (b'{"histories": [[100]], "k": 2.5}', 400, "k must be an integer"),
     (b'{"histories": [[100]], "k": 0}', 400, r"k must lie in \[1, 40\]"),
-    (b'{"histories": [[100]], "k": 31}', 400, "--max-k is 30"),
+    (b'{"histories": [[100]], "k": 31}', 400, "--max_k is 30"),
     (b'{"histories": [[100]], "unknown": "skip"}', 400, "unknown must be one of"),
     (b'{"histories": [[100]], "exclude_seen": "no"}', 400, "exclude_seen must be true or false"),
     (b'{"histories": [[100]], "user_features": {"segment": [9]}}', 400, r"must be an integer id in \[0, 3\)"),

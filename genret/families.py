@@ -25,7 +25,7 @@ class Family:
     name: str
     summary: str
     kind: str
-    retriever: str  # "module:Class" with from_checkpoint / retrieve
+    retriever: str  # "module:Class": from_checkpoint / retrieve / item_ids / side_features / model_version
     module: str | None = None  # LightningModule, "module:Class"
     datamodule: str | None = None  # LightningDataModule, "module:Class"
     checkpoint_family: str | None = None  # the name its checkpoints carry (several families can share one)

@@ -47,6 +47,7 @@ def test_popularity_serves_raw_ids_through_the_family_interface(tmp_path):
     assert got.scores[1] == sorted(got.scores[1], reverse=True)
     pop.save(tmp_path / "pop.json")
     again = type(pop).from_checkpoint(tmp_path / "pop.json")
+    assert again.model_version.startswith("sha256:")
     assert again.retrieve([history], k=5).items == pop.retrieve([history], k=5).items
     with pytest.raises(ValueError, match="not in the catalogue"):
         pop.retrieve([["no-such-item"]], k=5)

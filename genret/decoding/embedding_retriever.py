@@ -68,6 +68,7 @@ class EmbeddingRetriever:
         self.item_ids = np.asarray(item_ids)
         self.side = side if side is not None and len(side) else None
         self._item_index = requests.item_lookup(self.item_ids)
+        self.model_version = "in-memory"  # a content hash when loaded from a file
 
     @property
     def side_features(self) -> list[str]:
@@ -84,9 +85,13 @@ class EmbeddingRetriever:
         from genret.training.embedding_module import load_kuaiformer
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        from genret.decoding.export import artifact_version
+
         model, entry = load_kuaiformer(path, device)
         catalogue = entry["catalogue"]
-        return cls(model, catalogue["item_ids"], SideFeatureBuckets.from_state_dict(catalogue["side_features"]))
+        retriever = cls(model, catalogue["item_ids"], SideFeatureBuckets.from_state_dict(catalogue["side_features"]))
+        retriever.model_version = artifact_version(path)
+        return retriever
 
     @torch.no_grad()
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 100, unknown: str = "error",

@@ -133,6 +133,7 @@ class PopularityRecommender:
 
     # ------------------------------------------------------------------ the family's serving interface
     side_features: list[str] = []  # popularity reads no per-action features
+    model_version = "in-memory"  # a content hash when loaded from a file
 
     def retrieve(self, histories: Any, k: int = 100, unknown: str = "error", batch_size: int = 4096,
                  side: Any = None, exclude_seen: bool = True, user_features: Any = None):
@@ -178,6 +179,9 @@ class PopularityRecommender:
         rec.order_ = np.argsort(-rec.counts_, kind="stable").astype(np.int64)
         rec.n_items_ = len(rec.counts_)
         rec.item_ids = np.asarray(state["item_ids"])
+        from genret.decoding.export import artifact_version
+
+        rec.model_version = artifact_version(path)
         return rec
 
 

@@ -137,9 +137,19 @@ def test_tiny_sasrec_beats_popularity_and_exports(tmp_path, one_thread):
 
     # The family's retriever serves raw ids from the checkpoint.
     retriever = EmbeddingRetriever.from_checkpoint(result["checkpoint"], device="cpu")
+    assert retriever.model_version.startswith("sha256:")
     got = retriever.retrieve([[retriever.item_ids[0], retriever.item_ids[3]], []], k=5)
     assert [len(row) for row in got.items] == [5, 5] and all(len(set(row)) == 5 for row in got.items)
     assert got.scores[0] == sorted(got.scores[0], reverse=True)
+    assert not set(got.items[0]) & {retriever.item_ids[0], retriever.item_ids[3]}  # seen items left out
+    # `genret decode` picks the family's retriever from the checkpoint (the beam options do not apply).
+    import json
+
+    lines = tmp_path / "users.jsonl"
+    lines.write_text(json.dumps([int(retriever.item_ids[0]), int(retriever.item_ids[3])]) + "\n")
+    assert cli(["decode", "--checkpoint", result["checkpoint"], "--histories", str(lines), "--k", "5",
+                "--out", str(tmp_path / "out.jsonl")]) == 0
+    assert json.loads((tmp_path / "out.jsonl").read_text())["items"] == got.items[0]
 
     # The checkpoint itself can feed the tokenizer: same vectors, and a foreign catalogue is refused.
     from genret.tokenizers.semantic_ids import SIDConfig, item_embeddings_for

@@ -79,10 +79,14 @@ def main(argv: list[str]) -> int:
         seeds = seed_list(args.seeds, args.config, overrides)
     except ValueError as err:
         parser.error(f"--seeds: {err}")
+    if len(seeds) > 1 and (args.checkpoint or args.model not in ("dualgr", "tiger")):
+        parser.error("--seeds trains DualGR / TIGER-style runs once per seed: use --model dualgr or tiger, "
+                     "without --checkpoint")
     sweep = None
     if args.sweep is not None:
-        if args.ablations or args.checkpoint:
-            parser.error("--sweep trains one model per value: drop --ablations and --checkpoint")
+        if args.ablations or args.checkpoint or args.model not in ("dualgr", "tiger"):
+            parser.error("--sweep trains one DualGR / TIGER-style model per value: use --model dualgr or tiger, "
+                         "without --ablations and --checkpoint")
         try:
             sweep = parse_sweep(args.sweep)
         except ValueError as err:

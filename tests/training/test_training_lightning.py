@@ -332,7 +332,8 @@ def test_benchmark_ablations_print_table_2_and_skip_entp_without_negatives(tmp_p
               str(out / "model.ckpt"), *other])
 
 
-@pytest.mark.parametrize("name", ["quickstart", "dualgr_ml1m", "dualgr_amazon", "dualgr_kuairand", "dualgr_paper"])
+@pytest.mark.parametrize("name", ["quickstart", "dualgr_ml1m", "dualgr_amazon", "dualgr_kuairand", "dualgr_paper",
+                                  "dualgr_ml1m_ablation"])
 def test_shipped_configs_parse(tmp_path, name):
     """Every shipped DualGR YAML is valid for the CLI (keys, types); data is not loaded here."""
     module, dm, trainer = build("dualgr", ROOT / "configs" / f"{name}.yaml", tmp_path)
@@ -425,7 +426,9 @@ def test_benchmark_sweep_reports_validation_only(tmp_path, tiny_args, capsys):
         assert ckpt["hyper_parameters"]["config"]["short_window"] == int(value)
     assert "validation only" in (out / "report.md").read_text()
     for bad in (["--sweep", "short_window=2,8"], ["--sweep", "model.config.short_window=2"],
-                ["--sweep", "model.config.short_window=2,8", "--ablations"]):
+                ["--sweep", "model.config.short_window=2,8", "--ablations"],
+                ["--sweep", "model.config.short_window=2,8", "--model", "sasrec"],
+                ["--seeds", "2", "--model", "popularity"], ["--seeds", "0,0"], ["--seeds", "0"]):
         with pytest.raises(SystemExit):
             main(["benchmark", "--data", "synthetic:300x400", "--config", str(ROOT / "configs" / "quickstart.yaml"),
                   "--out", str(tmp_path / "bad"), *bad, *tiny_args])

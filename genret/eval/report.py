@@ -450,7 +450,7 @@ def write_report(
         lines += ["## Semantic IDs", "",
                   f"- unique-path fraction: {overall['unique_path_fraction']:.4f} (items whose SID no other item has)",
                   f"- distinct SIDs: {overall['n_sids']} for {metrics['sid_report'].get('n_items', '?')} items; "
-                  f"largest collision: {overall['largest_collision']} items", ""]
+                  f"largest collision: {overall['largest_collision']} item(s) on one SID", ""]
     for title, body in sections:
         lines += [f"## {title}", "", body, ""]
 

@@ -291,7 +291,6 @@ def _run_sweep(args, sweep: tuple[str, list[str]], seeds: list[int], overrides: 
                                        short_weight=args.short_weight, seed=None if len(seeds) == 1 else seed,
                                        stages=("valid",))
             dm = res.pop("datamodule")
-            res["test"] = res["val"]  # summarize_ablations reads both; only validation was measured
             runs_by_seed[seed][value] = res
     summary = summarize_ablations(runs_by_seed, reference=values[0])
     rows = {value: {"val": v["val"], "paired_val": v.get("paired_val"), "train_seconds": v["train_seconds"]}

@@ -36,13 +36,15 @@ def summarize_ablations(runs: Mapping[int, Mapping[str, Mapping[str, Any]]], ref
 
     Args:
         runs: seed -> variant -> result of `genret.eval.benchmark.run_generative` ("val", "test",
-            "val_ranks", "test_ranks", "train_seconds", optional "note"). Every seed must hold the
-            same variants, evaluated on the same users (the benchmark keeps the split fixed).
+            "val_ranks", "test_ranks", "train_seconds", optional "note"; a run that read validation
+            only has no "test"). Every seed must hold the same variants, evaluated on the same users
+            (the benchmark keeps the split fixed).
         reference: the variant the paired differences are taken against (the full model).
 
     Returns:
         {"seeds": [...], "reference": name, "paired_method": text, "variants": {name: {"val", "test"
-        ({"mean", "sd", "n_users"}), "per_seed": {seed: {"val", "test"}}, "train_seconds": [...],
+        ({"mean", "sd", "n_users"}; the stages every seed measured), "per_seed": {seed: {"val", "test"}},
+        "train_seconds": [...],
         "paired_test" / "paired_val": {"hr@K": paired_hit_difference_over_seeds(...)} (absent for the
         reference), "note" (when a seed's run says one)}}}.
     """
@@ -62,17 +64,17 @@ def summarize_ablations(runs: Mapping[int, Mapping[str, Mapping[str, Any]]], ref
                            "variants": {}}
     for name in variants:
         per = [runs[s][name] for s in seeds]
-        entry: dict[str, Any] = {
-            "val": _mean_sd([r["val"] for r in per]),
-            "test": _mean_sd([r["test"] for r in per]),
-            "per_seed": {str(s): {"val": dict(r["val"]), "test": dict(r["test"])} for s, r in zip(seeds, per)},
-            "train_seconds": [float(r.get("train_seconds", 0.0)) for r in per],
-        }
+        stages = [key for key in ("val", "test") if all(key in r for r in per)]  # a sweep measures "val" only
+        if not stages:
+            raise ValueError(f"variant {name!r} has neither validation nor test metrics in every seed")
+        entry: dict[str, Any] = {key: _mean_sd([r[key] for r in per]) for key in stages}
+        entry["per_seed"] = {str(s): {key: dict(r[key]) for key in stages} for s, r in zip(seeds, per)}
+        entry["train_seconds"] = [float(r.get("train_seconds", 0.0)) for r in per]
         notes = sorted({r["note"] for r in per if r.get("note")})
         if notes:
             entry["note"] = "; ".join(notes)
         if name != reference:
-            for stage in ("test", "val"):
+            for stage in stages:
                 key = f"{stage}_ranks"
                 if all(key in r for r in per) and all(key in runs[s][reference] for s in seeds):
                     ks = sorted(int(m.group(2)) for n in entry[stage]["mean"] if (m := _METRIC.fullmatch(n))

@@ -77,8 +77,14 @@ def test_summary_means_sds_and_paired_columns():
 
 def test_one_seed_has_no_sd_and_a_sweep_table_reads_validation():
     rng = np.random.default_rng(3)
-    summary = summarize_ablations({0: {"4": _run(rng), "16": _run(rng)}}, reference="4")
+
+    def validation_only():
+        run = _run(rng)
+        return {k: v for k, v in run.items() if not k.startswith("test")}
+
+    summary = summarize_ablations({0: {"4": validation_only(), "16": validation_only()}}, reference="4")
     assert summary["variants"]["16"]["val"]["sd"]["hr@10"] is None
+    assert "test" not in summary["variants"]["16"] and "paired_test" not in summary["variants"]["16"]
     sweep = {"key": "model.config.short_window", "values": ["4", "16"], "seeds": [0], "reference": "4",
              "results": {k: {"val": v["val"], "paired_val": v.get("paired_val")}
                          for k, v in summary["variants"].items()}}

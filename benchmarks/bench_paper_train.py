@@ -51,15 +51,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def step_flops(cfg, batch) -> float:
+def step_flops(cfg, batch, attention: bool = True) -> float:
     """Matrix-product FLOP of one training step (forward + backward = 3 x forward) for `batch`.
 
     Per positive target the decoder runs L query tokens (BOS, s1, .., s_{L-1}); per negative one.
-    Each block: self-attention projections (4 d^2 per query token) and scores over the L-token
-    prefix, cross-attention (Q and O on query tokens, K and V on the B x (T+1) context tokens,
-    scores and values over T+1 keys: training computes the masked positions too), FFN (2 d d_ffn).
-    Heads: d x K logits per query token at its level. Padded positions are counted: they are
-    computed.
+    Each block: self-attention projections (4 d^2 per query token), cross-attention Q and O on the
+    query tokens and K and V on the B x (T+1) context tokens, FFN (2 d d_ffn); heads: d x K logits per
+    query token. With `attention`, also the attention scores and values: over the <= L prefix tokens
+    and over all T+1 context positions (training computes the masked ones too). Padded positions
+    count: they are computed. Without `attention` this equals torch.utils.flop_counter's count on a
+    CPU, which does not see the CPU attention kernel (tests/benchmarks/test_benchmarks_paper_train.py).
     """
     B, T = batch.items.shape
     d, f, K, L, blocks = cfg.d_model, cfg.d_ffn, cfg.codebook_size, cfg.n_levels, cfg.n_blocks
@@ -67,10 +68,10 @@ def step_flops(cfg, batch) -> float:
     queries = B * (T * L + n_neg)
     context = B * (T + 1)
     per_block = (2 * queries * 4 * d * d  # self-attention Q, K, V, O
-                 + 2 * queries * 2 * L * d  # self-attention scores and values over <= L prefix tokens
                  + 2 * queries * 2 * d * d + 2 * context * 2 * d * d  # cross Q, O; cross K, V
-                 + 2 * queries * 2 * (T + 1) * d  # cross scores and values
                  + 2 * queries * 2 * d * f)  # FFN
+    if attention:
+        per_block += 2 * queries * 2 * L * d + 2 * queries * 2 * (T + 1) * d  # self and cross scores + values
     heads = 2 * queries * d * K
     return 3.0 * (blocks * per_block + heads)
 

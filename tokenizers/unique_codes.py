@@ -1,17 +1,30 @@
-"""Spread colliding items over the last level's codes, so distinct items get distinct SIDs.
+"""Spread colliding items over the last two levels' codes, so distinct items get distinct SIDs.
 
 Greedy RQ-KMeans gives near-duplicate items the same SID. A generative retriever can only
-return such a SID as a block of items in a fixed order, so a colliding target ranks no better
+return such a SID as a block of items with one score, so a colliding target ranks no better
 than its place in that block (on ML-1M's collaborative SIDs 40% of test targets collided and
 a quarter of the SID-level hits at @10 were lost inside blocks). TIGER appends a fourth
-"collision index" code; we keep the depth and instead re-assign the last code inside each
-shared prefix (s1..s_{L-1}): the prefix's items get pairwise distinct last codes, chosen by a
-minimum-cost assignment on their distance to the last level's centroids. The last code keeps
-its meaning (a nearby centroid) and the first L-1 codes, which the decoder's coarse steps and
-S2D buckets depend on, do not change. The assignment covers every item of a prefix that holds a
-collision, so an item that was alone may yield its nearest code to a crowded neighbour when that
-lowers the total distance. A prefix with more than K items still collides, as little as
-possible (ceil(n / K) items per SID).
+"collision index" code; we keep the depth and re-assign codes instead, in two steps:
+
+1. Overflow (L >= 3): a prefix (s1..s_{L-1}) with more than K items cannot give them distinct
+   last codes, so its surplus moves to sibling prefixes under the same (s1..s_{L-2}): the K items
+   nearest the prefix's level-(L-1) centroid stay, the others, in order of how close their nearest
+   sibling with room is, each take the nearest level-(L-1) code whose prefix still has room
+   (at most K items). Their last code is re-chosen for the new residual.
+2. Last level: inside each prefix that still holds a collision, the items get pairwise distinct
+   last codes by a minimum-cost assignment on their distance to the last level's centroids. The
+   assignment covers every item of that prefix, so an item that was alone may yield its nearest
+   code to a crowded neighbour when that lowers the total distance.
+
+s1 never changes (the decoder's coarse step and S2D's buckets depend on it); step 1 changes
+s_{L-1} of surplus items only, step 2 the last code.
+
+The contract: distinct items get distinct SIDs whenever every (s1..s_{L-2}) prefix holds at most
+K^2 items (for L = 2: every s1 at most K items; L = 1: at most K items in all). Where a prefix
+holds more, SIDs are shared as evenly as the codes allow: step 1 caps each child at ceil(n / K) items
+and step 2 shares last codes in rounds, so a SID holds about ceil(n / K^2) items. Items on a shared
+SID are returned with one score, in the SID index's order (ascending residual norm, then item
+index; genret.tokenizers.SIDIndex), which is how `Retriever.retrieve` breaks those ties.
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ __all__ = ["spread_last_level"]
 
 
 def spread_last_level(tokenizer, X: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Re-assign the last code of items that share a full SID.
+    """Re-assign the codes of items that share a full SID (see the module docstring for the rule).
 
     Args:
         tokenizer: a fitted RQKMeans (its last codebook is the candidate set).
@@ -31,8 +44,8 @@ def spread_last_level(tokenizer, X: np.ndarray, codes: np.ndarray) -> tuple[np.n
         codes: (N, L) their greedy codes.
 
     Returns:
-        codes (N, L) int64 with the last column changed where needed, and each item's residual
-        norm ||x - decode(codes)|| (N,) float32 for the new codes.
+        codes (N, L) int64 with the last two columns changed where needed (s1 never changes for
+        L >= 3), and each item's residual norm ||x - decode(codes)|| (N,) float32 for the new codes.
     """
     X = np.asarray(X, dtype=np.float32)
     codes = np.array(codes, dtype=np.int64, copy=True)
@@ -40,6 +53,8 @@ def spread_last_level(tokenizer, X: np.ndarray, codes: np.ndarray) -> tuple[np.n
         raise ValueError(f"codes must have shape ({X.shape[0]}, L); got {codes.shape}")
     last_book = tokenizer.codebooks_[-1].numpy()  # (K, d)
     K = last_book.shape[0]
+    if codes.shape[1] >= 3:
+        _move_overflow(tokenizer, X, codes)
     _, sid_of, sid_size = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
     sid_of = sid_of.reshape(-1)
     if codes.shape[1] > 1 and (sid_size > 1).any():
@@ -61,3 +76,52 @@ def spread_last_level(tokenizer, X: np.ndarray, codes: np.ndarray) -> tuple[np.n
     residual = np.linalg.norm(X - tokenizer.decode(codes), axis=1).astype(np.float32)
     return codes, residual
 
+
+
+def _move_overflow(tokenizer, X: np.ndarray, codes: np.ndarray) -> None:
+    """Step 1 of the module docstring, in place: cap every (s1..s_{L-1}) prefix at K items (or at
+    ceil(n / K) when its (s1..s_{L-2}) parent holds n > K^2 items) by moving the surplus to the
+    nearest level-(L-1) sibling codes with room."""
+    book = tokenizer.codebooks_[-2].numpy()  # (K, d): level L-1
+    last_book = tokenizer.codebooks_[-1].numpy()
+    K = book.shape[0]
+    _, prefix_of, prefix_size = np.unique(codes[:, :-1], axis=0, return_inverse=True, return_counts=True)
+    prefix_of = prefix_of.reshape(-1)
+    if (prefix_size <= K).all():
+        return
+    _, parent_of = np.unique(codes[:, :-2], axis=0, return_inverse=True)
+    parent_of = parent_of.reshape(-1)
+    crowded = np.unique(parent_of[prefix_size[prefix_of] > K])
+    order = np.argsort(parent_of, kind="stable")
+    starts = np.searchsorted(parent_of[order], crowded)
+    ends = np.searchsorted(parent_of[order], crowded, side="right")
+    book_sq = (book * book).sum(1)
+    for lo, hi in zip(starts, ends):
+        members = np.sort(order[lo:hi])  # item order: ties below fall to the lower item index
+        cap = max(K, -(-len(members) // K))
+        # Residual before level L-1 (what s_{L-1} and s_L approximate together).
+        r = X[members] - tokenizer.decode(codes[members]) + book[codes[members, -2]] + last_book[codes[members, -1]]
+        dist = (r * r).sum(1, keepdims=True) - 2 * r @ book.T + book_sq  # (n, K)
+        child = codes[members, -2].copy()
+        load = np.bincount(child, minlength=K)
+        movers = []
+        for code in np.flatnonzero(load > cap):
+            in_child = np.flatnonzero(child == code)
+            keep_order = in_child[np.argsort(dist[in_child, code], kind="stable")]
+            movers.extend(keep_order[cap:].tolist())
+            load[code] = cap
+        movers = np.array(sorted(movers))
+        # Who moves first: the mover whose nearest sibling with room is nearest (computed once).
+        open_dist = np.where(load[None, :] < cap, dist[movers], np.inf)
+        for i in movers[np.argsort(open_dist.min(1), kind="stable")]:
+            room = load < cap
+            code = int(np.argmin(np.where(room, dist[i], np.inf)))
+            load[code] += 1
+            child[i] = code
+        changed = child != codes[members, -2]
+        moved = members[changed]
+        if moved.size:
+            codes[moved, -2] = child[changed]
+            rest = r[changed] - book[child[changed]]  # the residual the new last code approximates
+            last_dist = -2 * rest @ last_book.T + (last_book * last_book).sum(1)
+            codes[moved, -1] = np.argmin(last_dist, axis=1)

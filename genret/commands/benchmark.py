@@ -10,6 +10,17 @@ and builds the generative model's SIDs from its item vectors; its time counts in
 `--checkpoint CKPT` evaluates a trained DualGR instead of training one (e.g. to re-score a run with
 another `--branch_merge` or `--ks`). Under several processes (Lightning DDP, or `torchrun`) the
 evaluation is shared across them and rank 0 writes the results.
+
+`--seeds N` trains every run (each ablation variant) with N seeds, seed_everything = S..S+N-1 where
+S is the config's seed (or `--seeds 0,5,9` for a list); the split and the SIDs are the same for every
+seed, only the weights' initialisation, batch order and dropout change. metrics.json then holds,
+per variant, the mean and sd over seeds of the validation and test metrics and the paired per-user
+difference to DualGR with a 95% interval (genret.eval.ablations), under "ablations"; the top-level
+"val" / "test" are the means. `--seeds 1` (the default) writes what it always did plus that summary.
+
+`--sweep KEY=V1,V2,...` (e.g. `model.config.short_window=4,16,64`, the paper's Fig. 2) trains the
+model once per value (and seed) and reports validation only: a setting is chosen on validation,
+and test is read once, by the recipe that comes out of it.
 """
 
 from __future__ import annotations
@@ -29,6 +40,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--config", required=True, help="YAML, e.g. configs/dualgr_ml1m.yaml")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--ablations", action="store_true", help="also train w/o DBR, w/o S2D, w/o ENTP, TIGER")
+    parser.add_argument("--seeds", default="1",
+                        help="N: train every run with seeds S..S+N-1 (S = the config's seed_everything), or a "
+                             "comma list of seeds; reports mean, sd and paired intervals over them")
+    parser.add_argument("--sweep", metavar="KEY=V1,V2,...", default=None,
+                        help="train once per value of one config key (e.g. model.config.short_window=4,16,64) "
+                             "and report validation metrics only")
     parser.add_argument("--eval_batch_size", type=int, default=64)
     parser.add_argument("--max_eval_users", type=int, default=None, help="evaluate on the first N users only")
     parser.add_argument("--kernel", default="auto", choices=("auto", "torch", "triton"))
@@ -58,6 +75,22 @@ def main(argv: list[str]) -> int:
                          "--sid_embeddings_from, and use --model dualgr or tiger")
         if not Path(args.checkpoint).is_file():
             parser.error(f"--checkpoint {args.checkpoint} is not a file")
+    try:
+        seeds = seed_list(args.seeds, args.config, overrides)
+    except ValueError as err:
+        parser.error(f"--seeds: {err}")
+    if len(seeds) > 1 and (args.checkpoint or args.model not in ("dualgr", "tiger")):
+        parser.error("--seeds trains DualGR / TIGER-style runs once per seed: use --model dualgr or tiger, "
+                     "without --checkpoint")
+    sweep = None
+    if args.sweep is not None:
+        if args.ablations or args.checkpoint or args.model not in ("dualgr", "tiger"):
+            parser.error("--sweep trains one DualGR / TIGER-style model per value: use --model dualgr or tiger, "
+                         "without --ablations and --checkpoint")
+        try:
+            sweep = parse_sweep(args.sweep)
+        except ValueError as err:
+            parser.error(f"--sweep: {err}")
     if args.sid_embeddings_from is not None:
         if args.model not in ("dualgr", "tiger"):
             parser.error(f"--sid_embeddings_from builds SIDs, which --model {args.model} does not use")
@@ -71,6 +104,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from genret.eval import benchmark as runs
     from genret.eval import format_ablation_table, format_metrics_table, write_metrics, write_report
+    from genret.eval.ablations import format_ablation_summary, summarize_ablations
     from genret.eval.distributed import init_from_env, is_main_process
     from genret.eval.report import code_version
     from genret.families import get_family, load_class
@@ -107,27 +141,48 @@ def main(argv: list[str]) -> int:
         sid_stage = _train_sid_embedding_model(args, out / "sid_embeddings", ks)
         overrides = [*overrides, "--data.sid.embeddings", sid_stage["checkpoint"]]
 
+    if sweep is not None:
+        return _run_sweep(args, sweep, seeds, overrides, ks, out, started)
+
     variants = [args.model] if not args.ablations else ["dualgr", "w/o DBR", "w/o S2D", "w/o ENTP", "tiger"]
-    results = {}
-    for variant in variants:
-        if variant == "w/o ENTP" and "dualgr" in results and not results["dualgr"]["has_negatives"]:
-            # Without exposure negatives ENTP is NTP: the variant would retrain the same model.
-            print("[genret] w/o ENTP: this data has no exposure negatives, so ENTP reduces to NTP; "
-                  "reporting the DualGR run for it instead of training the same model twice")
-            results[variant] = dict(results["dualgr"], note="identical to dualgr: no exposure negatives")
-            continue
-        sub = out if variant == args.model else out / variant.replace("/", "").replace(" ", "_")
-        res = runs.run_generative(args.config, sub, variant, data=args.data, overrides=overrides, ks=ks,
-                                   eval_batch_size=args.eval_batch_size, max_eval_users=args.max_eval_users,
-                                   kernel=args.kernel, branch_merge=args.branch_merge, checkpoint=args.checkpoint,
-                                   short_weight=args.short_weight)
-        dm = res.pop("datamodule")
-        res["has_negatives"] = bool((dm.train_log.label == 0).any()) and dm.max_negatives > 0
-        results[variant] = res
-    main_res = results[args.model]
+    runs_by_seed: dict[int, dict] = {}
+    for seed in seeds:
+        # One seed keeps today's layout (and the config's own seed); several get a folder each.
+        seed_out = out if len(seeds) == 1 else out / f"seed_{seed}"
+        results = {}
+        for variant in variants:
+            if variant == "w/o ENTP" and "dualgr" in results and not results["dualgr"]["has_negatives"]:
+                # Without exposure negatives ENTP is NTP: the variant would retrain the same model.
+                print("[genret] w/o ENTP: this data has no exposure negatives, so ENTP reduces to NTP; "
+                      "reporting the DualGR run for it instead of training the same model twice")
+                results[variant] = dict(results["dualgr"], note="identical to dualgr: no exposure negatives")
+                continue
+            sub = seed_out if variant == args.model else seed_out / variant.replace("/", "").replace(" ", "_")
+            res = runs.run_generative(args.config, sub, variant, data=args.data, overrides=overrides, ks=ks,
+                                       eval_batch_size=args.eval_batch_size, max_eval_users=args.max_eval_users,
+                                       kernel=args.kernel, branch_merge=args.branch_merge, checkpoint=args.checkpoint,
+                                       short_weight=args.short_weight, seed=None if len(seeds) == 1 else seed)
+            dm = res.pop("datamodule")
+            res["has_negatives"] = bool((dm.train_log.label == 0).any()) and dm.max_negatives > 0
+            results[variant] = res
+        runs_by_seed[seed] = results
+    summary = summarize_ablations(runs_by_seed, reference=args.model)
+    if len(seeds) == 1:
+        results = runs_by_seed[seeds[0]]
+        main_res = results[args.model]
+        variant_metrics = {name: r for name, r in results.items()}
+    else:
+        # Several seeds: the headline numbers and every row are means over the seeds.
+        variant_metrics = {name: {"val": v["val"]["mean"] | {"n_users": v["val"]["n_users"]},
+                                  "test": v["test"]["mean"] | {"n_users": v["test"]["n_users"]},
+                                  "train_seconds": float(sum(v["train_seconds"]))} | (
+                                      {"note": v["note"]} if "note" in v else {})
+                           for name, v in summary["variants"].items()}
+        last = runs_by_seed[seeds[-1]][args.model]
+        main_res = dict(last, **variant_metrics[args.model])
     baselines = {"popularity": runs.popularity_metrics(dm, ks, max_users=args.max_eval_users)}
     baselines.update({name: {k: r[k] for k in ("val", "test", "train_seconds", "note") if k in r}
-                      for name, r in results.items() if name != args.model})
+                      for name, r in variant_metrics.items() if name != args.model})
     if not is_main_process():
         return 0
     metrics = write_metrics(out / "metrics.json", model=args.model, dataset=main_res["dataset"],
@@ -136,16 +191,131 @@ def main(argv: list[str]) -> int:
                             extra={"baselines": baselines, "sid_report": main_res["sid_report"],
                                    "total_seconds": time.perf_counter() - started,
                                    "eval_users": args.max_eval_users or "all", "branch_merge": args.branch_merge,
+                                   "seeds": seeds,
+                                   ("ablations" if args.ablations else "seed_summary"): summary,
                                    **({"short_weight": main_res["short_weight"]} if "short_weight" in main_res else {}),
                                    **({"sid_embeddings": sid_stage} if sid_stage else {}),
                                    **({"evaluated_checkpoint": str(args.checkpoint)} if args.checkpoint else {})})
-    report = write_report(out, metrics, train_log_csv=_latest_metrics_csv(out))
+    sections = [("Table 2 over seeds" if args.ablations else "Seeds", format_ablation_summary(summary))]
+    report = write_report(out, metrics, train_log_csv=_latest_metrics_csv(out), sections=sections)
     print(format_metrics_table({args.model: main_res, **baselines}))
-    if args.ablations:
+    print(_sid_line(main_res["sid_report"]))
+    if args.ablations and len(seeds) == 1:
+        results = runs_by_seed[seeds[0]]
         print(format_ablation_table({name: r for name, r in results.items()},
                                     ranks={name: r["test_ranks"] for name, r in results.items()}))
+    if len(seeds) > 1:
+        print(format_ablation_summary(summary))
     print(f"[genret] wrote {out / 'metrics.json'} and {report} in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def seed_list(spec: str, config: str | Path, overrides: list[str]) -> list[int]:
+    """`--seeds`: "N" -> S..S+N-1 with S the seed the run would use anyway (a `--seed_everything`
+    override, else the YAML's seed_everything, else 0); "a,b,c" -> those seeds.
+
+    Raises:
+        ValueError: not a positive count or a list of integers, repeated seeds, or several seeds
+            together with a `--seed_everything` override (which would overrule each of them).
+    """
+    import yaml
+
+    text = str(spec).strip()
+    try:
+        if "," in text:
+            seeds = [int(part) for part in text.split(",") if part.strip()]
+            if len(set(seeds)) != len(seeds) or not seeds:
+                raise ValueError
+            explicit = True
+        else:
+            count = int(text)
+            if count < 1:
+                raise ValueError
+            explicit = False
+    except ValueError:
+        raise ValueError(f"expected a count >= 1 or a comma list of distinct integer seeds, got {spec!r}") from None
+    fixed = [a for a in overrides if a.split("=")[0] == "--seed_everything"]
+    if fixed and (explicit or count > 1):
+        raise ValueError("several seeds and a --seed_everything override: drop the override (--seeds sets the seed)")
+    if explicit:
+        return seeds
+    base = 0
+    if fixed:
+        i = overrides.index(fixed[-1])
+        value = fixed[-1].split("=", 1)[1] if "=" in fixed[-1] else overrides[i + 1] if i + 1 < len(overrides) else "0"
+        base = int(value) if value.lstrip("-").isdigit() else 0
+    elif Path(config).is_file():
+        seed = (yaml.safe_load(Path(config).read_text()) or {}).get("seed_everything", 0)
+        base = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+    return list(range(base, base + count))
+
+
+def parse_sweep(spec: str) -> tuple[str, list[str]]:
+    """`--sweep KEY=V1,V2,...` -> (KEY, [V1, V2, ...]); KEY is a LightningCLI config key such as
+    model.config.short_window (a leading -- is accepted).
+
+    Raises:
+        ValueError: no "=", an empty key, fewer than two values, or repeated values.
+    """
+    key, sep, values = str(spec).partition("=")
+    key = key.strip().lstrip("-")
+    parts = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not key or "." not in key:
+        raise ValueError(f"expected KEY=V1,V2,... with a dotted config key (model.config.short_window=4,16,64), "
+                         f"got {spec!r}")
+    if len(parts) < 2 or len(set(parts)) != len(parts):
+        raise ValueError(f"give at least two distinct values, got {parts}")
+    return key, parts
+
+
+def _run_sweep(args, sweep: tuple[str, list[str]], seeds: list[int], overrides: list[str], ks, out: Path,
+               started: float) -> int:
+    """Train `args.model` once per (value, seed); validation only; writes metrics.json ("sweep") and report.md."""
+    from genret.eval import benchmark as runs
+    from genret.eval.ablations import summarize_ablations
+    from genret.eval.distributed import is_main_process
+    from genret.eval.report import code_version, format_sweep_table
+    from genret.io import write_json, write_text
+
+    key, values = sweep
+    runs_by_seed: dict[int, dict] = {}
+    for seed in seeds:
+        runs_by_seed[seed] = {}
+        for value in values:
+            sub = out / f"{key.rsplit('.', 1)[-1]}_{value}"
+            sub = sub if len(seeds) == 1 else sub / f"seed_{seed}"
+            res = runs.run_generative(args.config, sub, args.model, data=args.data,
+                                       overrides=[*overrides, f"--{key}", value], ks=ks,
+                                       eval_batch_size=args.eval_batch_size, max_eval_users=args.max_eval_users,
+                                       kernel=args.kernel, branch_merge=args.branch_merge,
+                                       short_weight=args.short_weight, seed=None if len(seeds) == 1 else seed,
+                                       stages=("valid",))
+            dm = res.pop("datamodule")
+            runs_by_seed[seed][value] = res
+    summary = summarize_ablations(runs_by_seed, reference=values[0])
+    rows = {value: {"val": v["val"], "paired_val": v.get("paired_val"), "train_seconds": v["train_seconds"]}
+            for value, v in summary["variants"].items()}
+    if not is_main_process():
+        return 0
+    record = {"model": args.model, "dataset": dm.log_all.name, "commit": code_version(), "device": runs.device_name(),
+              "sweep": {"key": key, "values": values, "seeds": seeds, "reference": values[0],
+                        "paired_method": summary["paired_method"], "results": rows},
+              "eval_users": args.max_eval_users or "all", "stages": ["valid"],
+              "total_seconds": time.perf_counter() - started}
+    write_json(out / "metrics.json", record)
+    table = format_sweep_table(record["sweep"])
+    write_text(out / "report.md", "\n".join([f"# {args.model} on {dm.log_all.name}: sweep of {key}", "",
+                                             "Validation only: test is not read by a sweep.", "", table, ""]))
+    print(table)
+    print(f"[genret] wrote {out / 'metrics.json'} and {out / 'report.md'} in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _sid_line(report: dict) -> str:
+    overall = report.get("overall", {})
+    return (f"[genret] SIDs: unique-path fraction {overall.get('unique_path_fraction', float('nan')):.4f}, "
+            f"{overall.get('n_sids', '?')} SIDs for {report.get('n_items', '?')} items, largest collision "
+            f"{overall.get('largest_collision', '?')}")
 
 
 def _train_sid_embedding_model(args, out: Path, ks) -> dict:

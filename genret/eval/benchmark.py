@@ -39,20 +39,28 @@ def _config_overrides(overrides: dict[str, Any]) -> list[str]:
 def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", data: str | None = None,
                    overrides: list[str] | None = None, ks=DEFAULT_KS, eval_batch_size: int = 64,
                    max_eval_users: int | None = None, kernel: str = "auto", branch_merge: str = "sum",
-                   checkpoint: str | Path | None = None, short_weight: float | None = None) -> dict[str, Any]:
+                   checkpoint: str | Path | None = None, short_weight: float | None = None,
+                   seed: int | None = None, stages: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
     """Train one DualGR variant (a family, or an ABLATIONS name) and evaluate it on valid and test.
 
-    Returns a result dict; its "test_ranks" holds each test user's target rank (-1: not listed) for
-    paired comparisons, and "short_weight" the short DBR branch's weight in the merge (`short_weight`,
-    else the model's routing prior). With `checkpoint`, that trained model is evaluated instead (no
-    training; "train_seconds" 0): the same split and protocol, e.g. to re-score a run after a
-    decoding change.
+    Returns a result dict; its "val_ranks" / "test_ranks" hold each user's target rank (-1: not
+    listed) for paired comparisons, and "short_weight" the short DBR branch's weight in the merge
+    (`short_weight`, else the model's routing prior). With `checkpoint`, that trained model is
+    evaluated instead (no training; "train_seconds" 0): the same split and protocol, e.g. to
+    re-score a run after a decoding change. `seed` overrides the config's seed_everything (weights,
+    batch order, dropout; the split and the SIDs do not depend on it). `stages=("valid",)` reads
+    validation only (a sensitivity sweep must not look at test).
     """
     from genret.decoding.retriever import Retriever
     from genret.training.run import build, fit
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    bad = set(stages) - {"valid", "test"}
+    if bad or not stages:
+        raise ValueError(f"stages must be a non-empty subset of ('valid', 'test'), got {stages!r}")
     extra = _config_overrides(ABLATIONS.get(variant, {}))
+    if seed is not None:
+        extra += ["--seed_everything", str(int(seed))]
     family = variant if variant in ("dualgr", "tiger") else "dualgr"
     module, dm, trainer = build(family, config, out_dir, extra + list(overrides or []), data)
     if checkpoint is None:
@@ -68,14 +76,18 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
                               "dataset": dm.log_all.name, "sid_report": dm.sid_report, "datamodule": dm}
     if retriever.model.cfg.use_dbr:
         result["short_weight"] = retriever.short_weight
+    if seed is not None:
+        result["seed"] = int(seed)
     for stage, key in (("valid", "val"), ("test", "test")):
+        if stage not in stages:
+            continue
         es = dm.split.eval_set(stage)
         ranked = retriever_ranked_lists(retriever, es, max(ks), eval_batch_size, desc=f"{variant} {stage}",
                                         max_users=max_eval_users, user_feats=user_features_for(dm, es),
                                         history_side=dm.history_side(es))
         targets = es.targets[:len(ranked)]
         result[key] = ranking_metrics(ranked, targets, ks)
-    result["test_ranks"] = target_ranks(ranked, targets)
+        result[f"{key}_ranks"] = target_ranks(ranked, targets)
     return result
 
 

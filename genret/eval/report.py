@@ -161,6 +161,38 @@ def format_ablation_table(rows: Mapping[str, Mapping[str, Any]], ranks: Mapping[
     return _render_table(header, body)
 
 
+def format_sweep_table(sweep: Mapping[str, Any]) -> str:
+    """A sensitivity sweep (`genret benchmark --sweep`), validation only: one row per value with
+    HR@K / NDCG@K mean ± sd over seeds (percent) and the paired HR@K difference to the first value.
+
+    Args:
+        sweep: metrics.json's "sweep" dict: "key", "values", "seeds", "reference", "results"
+            (value -> {"val": {"mean", "sd"}, "paired_val": {"hr@K": {...}} or None}).
+
+    Returns:
+        The table as text (markdown pipe syntax).
+    """
+    results = sweep["results"]
+    means = [r["val"]["mean"] for r in results.values()]
+    hr_ks = _ks_in(means, "hr")
+    shown = [k for k in hr_ks if k in (10, 100, 500)] or hr_ks
+    paired_k = shown[-1] if shown else None
+    header = [sweep["key"], "seeds"] + [f"val {n}@{k}" for k in shown for n in ("HR", "NDCG")]
+    header += [f"val HR@{paired_k} - {sweep['reference']} (95% CI)"] if paired_k else []
+    body = []
+    for value, r in results.items():
+        row = [str(value), str(len(sweep["seeds"]))]
+        for k in shown:
+            for name in ("hr", "ndcg"):
+                mean, sd = r["val"]["mean"].get(f"{name}@{k}"), r["val"]["sd"].get(f"{name}@{k}")
+                row.append("-" if mean is None else f"{100 * mean:.3f}%" + ("" if sd is None else f" ± {100 * sd:.3f}"))
+        if paired_k:
+            paired = (r.get("paired_val") or {}).get(f"hr@{paired_k}")
+            row.append("-" if paired is None else f"{100 * paired['diff']:+.2f} ± {100 * paired['half_width']:.2f} pts")
+        body.append(row)
+    return _render_table(header, body) + f"\nvalidation only; mean ± sd over seeds {sweep['seeds']}."
+
+
 @functools.cache
 def code_version() -> str:
     """The commit of the checkout genret runs from, with "-dirty" when tracked files differ from it;
@@ -368,6 +400,7 @@ def write_report(
     baselines: Mapping[str, Mapping[str, Any]] | None = None,
     train_log_csv: str | Path | None = None,
     reference: Mapping[str, Any] | None = None,
+    sections: Iterable[tuple[str, str]] = (),
 ) -> Path:
     """Write out_dir/report.md with plots: metrics vs K, training curves, tables, published numbers.
 
@@ -379,6 +412,8 @@ def write_report(
             does not exist is reported in report.md instead of raising.
         reference: published numbers as from ``published_reference``; default looked up from
             ``metrics["dataset"]``; pass ``{}`` for none.
+        sections: more (title, markdown body) sections after the validation table, e.g. the
+            ablations over seeds (genret.eval.ablations.format_ablation_summary).
 
     Returns:
         Path of report.md. Every file is written atomically.
@@ -410,6 +445,14 @@ def write_report(
     lines += ["", "## Test metrics", "", format_metrics_table(models, ks=all_ks), ""]
     if isinstance(metrics.get("val"), Mapping):
         lines += ["## Validation metrics", "", format_metrics_table({model: metrics["val"]}, ks=all_ks), ""]
+    overall = (metrics.get("sid_report") or {}).get("overall")
+    if overall:
+        lines += ["## Semantic IDs", "",
+                  f"- unique-path fraction: {overall['unique_path_fraction']:.4f} (items whose SID no other item has)",
+                  f"- distinct SIDs: {overall['n_sids']} for {metrics['sid_report'].get('n_items', '?')} items; "
+                  f"largest collision: {overall['largest_collision']} item(s) on one SID", ""]
+    for title, body in sections:
+        lines += [f"## {title}", "", body, ""]
 
     try:
         from matplotlib.figure import Figure  # Figure draws with Agg directly; no pyplot global state.

@@ -150,6 +150,21 @@ def _check_train_windows(mode: str) -> None:
                          f"target), got {mode!r}")
 
 
+def log_sid_report(report: dict, unique_sids: bool) -> None:
+    """Every run states how unique its SIDs are; a shortfall with unique_sids on says why (see
+    genret.tokenizers.unique_codes: an (s1..s_{L-2}) prefix holds more than K^2 items)."""
+    overall = report["overall"]
+    log.info("SIDs: unique-path fraction %.4f (%d SIDs for %d items, largest collision %d)",
+             overall["unique_path_fraction"], overall["n_sids"], report["n_items"], overall["largest_collision"])
+    if unique_sids and overall["unique_path_fraction"] < 1:
+        K, L = report["codebook_size"], report["n_levels"]
+        where = (f"some (s1..s{L - 2}) prefix holds more than codebook_size^2 = {K * K} items" if L >= 3 else
+                 f"some s1 holds more than codebook_size = {K} items" if L == 2 else f"there are more than {K} items")
+        log.warning("%d items share a SID although data.sid.unique_sids is on: %s; a shared SID returns its items "
+                    "with one score, in the SID index's order (a larger codebook_size or n_levels removes this)",
+                    round((1 - overall["unique_path_fraction"]) * report["n_items"]), where)
+
+
 def training_windows(pos_offsets: np.ndarray, max_history: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """The training examples as (user, end offset) pairs.
 
@@ -236,6 +251,7 @@ class SequenceDataModule(pl.LightningDataModule):
         self.test_sequences, self.test_users = self._eval_sequences("test")
         self._ready = True
         log.info("data %s: %s", self.log_all.name, self.log_all.summary())
+        log_sid_report(self.sid_report, self.sid.unique_sids)
 
     def _eval_sequences(self, stage: str) -> tuple[UserSequences, np.ndarray]:
         """Evaluation sequences = history + target (only the target is scored), and their users."""

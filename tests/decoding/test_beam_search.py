@@ -209,3 +209,22 @@ def test_triton_path_returns_the_same_items_as_the_reference():
     tri_items, tri_scores = retrieve_indices(model, index, hist, k=6, kernel="triton")
     assert torch.equal(ref_items, tri_items)
     torch.testing.assert_close(ref_scores, tri_scores, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("branch_merge", ["sum", "max"])
+def test_items_sharing_a_sid_tie_and_come_in_the_index_order(branch_merge):
+    # The documented tie rule (genret.tokenizers.unique_codes): where items must share a SID they
+    # get its score and are listed in the SID index's order: ascending residual norm, then item index.
+    model, _, codes = make_model()
+    codes = codes.clone()
+    codes[[6, 9, 21]] = codes[5].clone()  # four items on one SID
+    model.set_item_codes(codes)
+    norm = torch.ones(N_ITEMS)
+    norm[[5, 6, 9, 21]] = torch.tensor([0.3, 0.1, 0.3, 0.2])  # order 6, 21, then 5 and 9 by index
+    index = SIDIndex.build(codes.numpy(), K, residual_norm=norm)
+    items, scores = retrieve_indices(model, index, histories([[1, 2, 3, 10]]), k=N_ITEMS, beam_width=64,
+                                     kernel="torch", branch_merge=branch_merge)
+    listed = items[0].tolist()
+    positions = [listed.index(i) for i in (6, 21, 5, 9)]
+    assert positions == sorted(positions) and positions[-1] - positions[0] == 3  # one block, in index order
+    assert torch.equal(scores[0, positions], scores[0, positions[0]].expand(4))

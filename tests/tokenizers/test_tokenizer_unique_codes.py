@@ -78,3 +78,50 @@ def test_single_level_and_shape_errors():
     assert (codes == greedy).all()
     with pytest.raises(ValueError, match="codes must have shape"):
         spread_last_level(tok, X, greedy[:5])
+
+
+def test_three_levels_move_the_surplus_of_a_full_prefix_to_siblings():
+    # 3 levels, K = 4: a tight cluster of 12 near-identical items shares (s1, s2) greedily; one
+    # prefix holds at most K = 4 distinct SIDs, but its s1 has K^2 = 16 slots, so all 12 fit.
+    rng = np.random.default_rng(3)
+    spread_out = rng.normal(size=(40, 6)).astype(np.float32) * 3
+    cluster = spread_out[0] + rng.normal(size=(12, 6)).astype(np.float32) * 1e-3
+    X = np.concatenate([spread_out, cluster])
+    tok = _fitted(X, K=4, levels=3)
+    greedy = tok.encode(X)
+    _, prefix_size = np.unique(greedy[:, :2], axis=0, return_counts=True)
+    assert prefix_size.max() > 4  # a prefix overflows: the last level alone cannot separate it
+    codes, residual = spread_last_level(tok, X, greedy)
+    assert (codes[:, 0] == greedy[:, 0]).all()  # s1 (the S2D bucket) never changes
+    _, s1_size = np.unique(greedy[:, 0], return_counts=True)
+    assert s1_size.max() <= 16  # so the contract holds: every item its own SID
+    assert len(np.unique(codes, axis=0)) == len(X)
+    _, new_prefix_size = np.unique(codes[:, :2], axis=0, return_counts=True)
+    assert new_prefix_size.max() <= 4
+    # Only the surplus of overflowing prefixes moves: items of the other prefixes keep their s2.
+    _, prefix_of = np.unique(greedy[:, :2], axis=0, return_inverse=True)
+    calm = prefix_size[prefix_of.reshape(-1)] <= 4
+    assert (codes[calm, 1] == greedy[calm, 1]).all() and (codes[~calm, 1] != greedy[~calm, 1]).any()
+    np.testing.assert_allclose(residual, np.linalg.norm(X - tok.decode(codes), axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_three_levels_over_capacity_share_sids_evenly():
+    # 20 identical items under one s1 with K = 2: K^2 = 4 SIDs at most, so ceil(20 / 4) = 5 per SID.
+    tok = _fitted(np.random.default_rng(4).normal(size=(30, 4)).astype(np.float32), K=2, levels=3)
+    X = np.zeros((20, 4), np.float32)
+    codes, _ = spread_last_level(tok, X, tok.encode(X))
+    assert len(np.unique(codes[:, 0])) == 1
+    _, sizes = np.unique(codes, axis=0, return_counts=True)
+    assert sorted(sizes.tolist()) == [5, 5, 5, 5]
+
+
+def test_quickstart_sids_are_unique():
+    # The README's contract on the quickstart's data: 4,000 items, 3 x 32 codes, one SID each
+    # (greedy codes plus the last-level spread alone left 578 SIDs shared by up to 6 items).
+    from genret.data import leave_one_out, load_dataset
+    from genret.tokenizers import SIDConfig, fit_semantic_ids
+
+    log = load_dataset("synthetic:3000x4000")
+    _, codes, _, report = fit_semantic_ids(log, leave_one_out(log).train,
+                                           SIDConfig(codebook_size=32, n_iter=15, cache_dir=None), progress=False)
+    assert report["overall"]["unique_path_fraction"] == 1.0 and report["overall"]["largest_collision"] == 1

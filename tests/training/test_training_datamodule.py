@@ -114,3 +114,16 @@ def test_validation_batches_come_longest_first_and_cover_every_user_once(tmp_pat
         targets += int(batch.loss_mask.sum())
     assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1]
     assert targets == len(dm.valid_users)
+
+
+def test_runs_log_the_unique_path_fraction_and_say_why_it_falls_short(caplog):
+    import logging
+
+    from genret.training.sequence_datamodule import log_sid_report
+
+    report = {"n_items": 20, "n_levels": 3, "codebook_size": 2,
+              "overall": {"unique_path_fraction": 0.0, "n_sids": 4, "largest_collision": 5}}
+    with caplog.at_level(logging.INFO, logger="genret.training.sequence_datamodule"):
+        log_sid_report(report, unique_sids=True)
+    assert "unique-path fraction 0.0000 (4 SIDs for 20 items" in caplog.text
+    assert "20 items share a SID" in caplog.text and "more than codebook_size^2 = 4 items" in caplog.text

@@ -332,7 +332,8 @@ def test_benchmark_ablations_print_table_2_and_skip_entp_without_negatives(tmp_p
               str(out / "model.ckpt"), *other])
 
 
-@pytest.mark.parametrize("name", ["quickstart", "dualgr_ml1m", "dualgr_amazon", "dualgr_kuairand", "dualgr_paper"])
+@pytest.mark.parametrize("name", ["quickstart", "dualgr_ml1m", "dualgr_amazon", "dualgr_kuairand", "dualgr_paper",
+                                  "dualgr_ml1m_ablation"])
 def test_shipped_configs_parse(tmp_path, name):
     """Every shipped DualGR YAML is valid for the CLI (keys, types); data is not loaded here."""
     module, dm, trainer = build("dualgr", ROOT / "configs" / f"{name}.yaml", tmp_path)
@@ -373,3 +374,61 @@ def test_benchmark_builds_sids_from_a_trained_sasrec(tmp_path, tiny_args):
                 [a if a != str(sasrec) else str(tmp_path / "missing.yaml") for a in argv]):
         with pytest.raises(SystemExit):
             main(bad)
+
+
+def test_benchmark_ablations_over_seeds_write_means_sds_and_paired_intervals(tmp_path, tiny_args, capsys):
+    from genret.cli import main
+
+    out = tmp_path / "seeds"
+    assert main(["benchmark", "--model", "dualgr", "--data", "synthetic:300x400", "--config",
+                 str(ROOT / "configs" / "quickstart.yaml"), "--out", str(out), "--ablations", "--seeds", "2",
+                 "--ks", "10,100", "--max_eval_users", "40", "--kernel", "torch", *tiny_args,
+                 "--data.max_negatives", "0"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    summary = metrics["ablations"]
+    assert metrics["seeds"] == summary["seeds"] == [0, 1]  # quickstart.yaml's seed_everything is 0
+    assert list(summary["variants"]) == ["dualgr", "w/o DBR", "w/o S2D", "w/o ENTP", "tiger"]
+    dualgr = summary["variants"]["dualgr"]
+    per_seed = [dualgr["per_seed"][s]["test"]["hr@100"] for s in ("0", "1")]
+    assert per_seed[0] != per_seed[1]  # the seeds trained different models on the same users
+    assert dualgr["test"]["mean"]["hr@100"] == pytest.approx(sum(per_seed) / 2)
+    assert metrics["test"]["hr@100"] == pytest.approx(dualgr["test"]["mean"]["hr@100"])
+    tiger = summary["variants"]["tiger"]["paired_test"]["hr@100"]
+    assert tiger["n_seeds"] == 2 and tiger["n_users"] == 40 and tiger["ci95"][0] <= tiger["diff"] <= tiger["ci95"][1]
+    assert summary["variants"]["w/o ENTP"]["paired_test"]["hr@100"]["diff"] == 0
+    for seed in (0, 1):
+        assert (out / f"seed_{seed}" / "model.ckpt").is_file() and (out / f"seed_{seed}" / "tiger" / "model.ckpt").is_file()
+    assert "mean ± sd over seeds [0, 1]" in printed
+    report = (out / "report.md").read_text()
+    assert "## Table 2 over seeds" in report and "unique-path fraction" in report
+
+    with pytest.raises(SystemExit):  # a fixed seed would overrule every --seeds seed
+        main(["benchmark", "--data", "synthetic:300x400", "--config", str(ROOT / "configs" / "quickstart.yaml"),
+              "--out", str(tmp_path / "bad"), "--seeds", "2", "--seed_everything", "3", *tiny_args])
+
+
+def test_benchmark_sweep_reports_validation_only(tmp_path, tiny_args, capsys):
+    from genret.cli import main
+
+    out = tmp_path / "sweep"
+    assert main(["benchmark", "--model", "dualgr", "--data", "synthetic:300x400", "--config",
+                 str(ROOT / "configs" / "quickstart.yaml"), "--out", str(out),
+                 "--sweep", "model.config.short_window=2,8", "--ks", "10,100", "--max_eval_users", "40",
+                 "--kernel", "torch", *tiny_args, "--data.max_negatives", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    sweep = metrics["sweep"]
+    assert sweep["key"] == "model.config.short_window" and list(sweep["results"]) == ["2", "8"]
+    assert "test" not in metrics and metrics["stages"] == ["valid"]
+    assert sweep["results"]["8"]["paired_val"]["hr@100"]["n_users"] == 40
+    for value in ("2", "8"):
+        ckpt = torch.load(out / f"short_window_{value}" / "model.ckpt", map_location="cpu", weights_only=False)
+        assert ckpt["hyper_parameters"]["config"]["short_window"] == int(value)
+    assert "validation only" in (out / "report.md").read_text()
+    for bad in (["--sweep", "short_window=2,8"], ["--sweep", "model.config.short_window=2"],
+                ["--sweep", "model.config.short_window=2,8", "--ablations"],
+                ["--sweep", "model.config.short_window=2,8", "--model", "sasrec"],
+                ["--seeds", "2", "--model", "popularity"], ["--seeds", "0,0"], ["--seeds", "0"]):
+        with pytest.raises(SystemExit):
+            main(["benchmark", "--data", "synthetic:300x400", "--config", str(ROOT / "configs" / "quickstart.yaml"),
+                  "--out", str(tmp_path / "bad"), *bad, *tiny_args])

@@ -17,11 +17,20 @@ peak come from benchmarks/bench_kernels.py run at the same shapes (printed at th
     python benchmarks/bench_decode.py --device cuda   # GPU, paper size
     python benchmarks/bench_decode.py --device cuda --profile 20   # + where the time goes
     python benchmarks/bench_decode.py --device cuda --precision bf16   # bf16 autocast, all paths
+    python benchmarks/bench_decode.py --count-ops     # ops launched / host syncs per level-step (JSON, last line)
+
+--count-ops runs genret's decode path once (kernel=torch on a CPU, triton on CUDA) under
+genret.decoding.op_count.OpCounter, which counts every ATen op that launches work and every op that
+forces a host synchronisation on CUDA (see that module for the list and why it is sound on a CPU),
+per level-step of the beam search (one level of one DBR branch, marked by record_function). Its
+last line is one JSON object: {"host_syncs": syncs inside the level-steps of one batch,
+"ops_per_level_step": ..., ...}.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +59,10 @@ def parse_args(argv=None):
                    help="every path alike: fp32; tf32 matmuls (CUDA); or bf16 autocast (weights stay fp32)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing, profile one batch of the fastest path and print its N costliest ops")
+    p.add_argument("--count-ops", action="store_true",
+                   help="count launched ops and host syncs per level-step of one batch; prints one JSON line last")
+    p.add_argument("--kernel", choices=["auto", "torch", "triton"], default=None,
+                   help="kernel of the --count-ops run (default: triton on CUDA, torch on a CPU)")
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = args.device == "cuda"
@@ -194,8 +207,49 @@ def profile(fn, name: str, device: str, rows: int) -> None:
         return
 
 
+@torch.no_grad()
+def count_ops(args, model, index, hist) -> dict:
+    """Ops launched and host syncs of one warm batch (genret.decoding.op_count), per level-step and in all."""
+    from genret.decoding.beam_search import retrieve_indices
+    from genret.decoding.op_count import LEVEL_STEP, OpCounter
+
+    kernel = args.kernel or ("triton" if args.device == "cuda" else "torch")
+    run = with_precision(lambda: retrieve_indices(model, index, hist, args.beam, kernel=kernel),
+                         args.precision, args.device)
+    run()  # warm: compiles, caches, allocator
+    with OpCounter() as counter:
+        run()
+    steps = counter.regions.get(LEVEL_STEP)
+    n_steps = steps.entries if steps else 0
+    loop_ops, loop_syncs = (steps.ops, steps.syncs) if steps else (0, 0)
+    return {
+        "host_syncs": loop_syncs,
+        "ops_per_level_step": round(loop_ops / max(n_steps, 1), 1),
+        "level_steps": n_steps,
+        "host_syncs_per_batch": counter.total.syncs,
+        "ops_per_batch": counter.total.ops,
+        "ops_outside_level_steps": counter.total.ops - loop_ops,
+        "sync_sites": dict(counter.sync_sites.most_common()),
+        "kernel": kernel,
+        "device": args.device,
+        "precision": args.precision,
+        "shape": {"users": args.users, "beam": args.beam, "history": args.history, "d_model": args.d_model,
+                  "heads": args.heads, "blocks": args.blocks, "codes": args.codes, "items": args.items},
+    }
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.count_ops:
+        # No interpreter unless asked for (--kernel triton on a CPU needs TRITON_INTERPRET=1 set by the caller).
+        model, index = build(args)
+        hist = histories(args)
+        result = count_ops(args, model, index, hist)
+        print(f"ops and host syncs of one batch (device {args.device}, kernel {result['kernel']}): "
+              f"{result['ops_per_level_step']} ops per level-step over {result['level_steps']} level-steps, "
+              f"{result['host_syncs']} host syncs inside them, {result['host_syncs_per_batch']} in the whole batch")
+        print(json.dumps(result), flush=True)
+        return 0
     if args.device == "cpu" and not args.no_triton and os.environ.get("TRITON_INTERPRET") != "1":
         # The interpreter must be chosen before triton is imported: re-run ourselves with it set.
         env = dict(os.environ, TRITON_INTERPRET="1")

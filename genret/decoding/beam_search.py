@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
+from genret.decoding.op_count import LEVEL_STEP
 from genret.decoding.topk import distinct_topk
 from genret.kernels import beam_step, decode_cross_attention
 from genret.models.dualgr import DualGR
@@ -240,37 +242,39 @@ def decode_branch(model: DualGR, index, hist: Histories, window_width: int, beam
     x = model.start_tokens(coarse.latest)  # (U, 1, d)
     lo = torch.ones(U, 1, dtype=torch.long, device=device)
     hi = (coarse.lengths + 1).unsqueeze(1)
-    hidden = _decoder_step(model, x, cache, coarse, lo, hi, kernel)
-    logits = model.heads[0](hidden)  # (U, 1, K)
-    root = torch.zeros(U, 1, dtype=torch.long, device=device)
-    allowed = index.valid_mask(0, root.reshape(-1)).reshape(U, 1, K)
-    scores = torch.zeros(U, 1, device=device)
-    scores, parent, token = beam_step(logits.float(), scores, allowed, min(beam_width, K), kernel=kernel)
-    prefix = token.unsqueeze(-1)  # (U, W, 1)
-    cache.reorder(parent)
+    with record_function(LEVEL_STEP):
+        hidden = _decoder_step(model, x, cache, coarse, lo, hi, kernel)
+        logits = model.heads[0](hidden)  # (U, 1, K)
+        root = torch.zeros(U, 1, dtype=torch.long, device=device)
+        allowed = index.valid_mask(0, root.reshape(-1)).reshape(U, 1, K)
+        scores = torch.zeros(U, 1, device=device)
+        scores, parent, token = beam_step(logits.float(), scores, allowed, min(beam_width, K), kernel=kernel)
+        prefix = token.unsqueeze(-1)  # (U, W, 1)
+        cache.reorder(parent)
 
     for level in range(1, L):
-        alive = token >= 0
-        safe_prefix = prefix.clamp(min=0)
-        x = model.prefix_embeddings[level - 1](safe_prefix[..., -1]) + model.level_position[level]
-        W = x.shape[1]
-        if cfg.use_s2d:
-            ctx = fine
-            lo, hi = _bucket_ranges(model, full_sorted, safe_prefix[..., 0])
-        else:
-            ctx = coarse
-            lo = torch.ones(U, W, dtype=torch.long, device=device)
-            hi = (coarse.lengths + 1).unsqueeze(1).expand(U, W)
-        hidden = _decoder_step(model, x, cache, ctx, lo, hi, kernel)
-        logits = model.heads[level](hidden)  # (U, W, K)
-        nodes = index.node_of(safe_prefix.reshape(U * W, level))  # depth-`level` node of each beam
-        allowed = index.valid_mask(level, nodes.clamp(min=0)).reshape(U, W, K)
-        allowed &= (alive & (nodes.reshape(U, W) >= 0)).unsqueeze(-1)
-        beam_scores = torch.where(alive, scores, torch.full_like(scores, float("-inf")))
-        scores, parent, token = beam_step(logits.float(), beam_scores, allowed, min(beam_width, W * K), kernel=kernel)
-        gather = parent.clamp(min=0).unsqueeze(-1).expand(-1, -1, prefix.shape[-1])
-        prefix = torch.cat([prefix.gather(1, gather), token.unsqueeze(-1)], dim=-1)
-        cache.reorder(parent)
+        with record_function(LEVEL_STEP):
+            alive = token >= 0
+            safe_prefix = prefix.clamp(min=0)
+            x = model.prefix_embeddings[level - 1](safe_prefix[..., -1]) + model.level_position[level]
+            W = x.shape[1]
+            if cfg.use_s2d:
+                ctx = fine
+                lo, hi = _bucket_ranges(model, full_sorted, safe_prefix[..., 0])
+            else:
+                ctx = coarse
+                lo = torch.ones(U, W, dtype=torch.long, device=device)
+                hi = (coarse.lengths + 1).unsqueeze(1).expand(U, W)
+            hidden = _decoder_step(model, x, cache, ctx, lo, hi, kernel)
+            logits = model.heads[level](hidden)  # (U, W, K)
+            nodes = index.node_of(safe_prefix.reshape(U * W, level))  # depth-`level` node of each beam
+            allowed = index.valid_mask(level, nodes.clamp(min=0)).reshape(U, W, K)
+            allowed &= (alive & (nodes.reshape(U, W) >= 0)).unsqueeze(-1)
+            beam_scores = torch.where(alive, scores, torch.full_like(scores, float("-inf")))
+            scores, parent, token = beam_step(logits.float(), beam_scores, allowed, min(beam_width, W * K), kernel=kernel)
+            gather = parent.clamp(min=0).unsqueeze(-1).expand(-1, -1, prefix.shape[-1])
+            prefix = torch.cat([prefix.gather(1, gather), token.unsqueeze(-1)], dim=-1)
+            cache.reorder(parent)
     dead = ~torch.isfinite(scores)
     prefix = prefix.masked_fill(dead.unsqueeze(-1), -1)
     return prefix, scores

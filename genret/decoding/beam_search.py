@@ -43,57 +43,67 @@ class Histories:
 
 @dataclass
 class _Context:
-    """Per-block packed cross-attention keys/values of one context layout."""
+    """Per-block cross-attention keys/values of one context layout, padded: every user owns
+    `rows` consecutive key rows (its user token, then its actions, then padding), so the offsets
+    and the padded length are known without reading any value on the host."""
 
-    keys: list[torch.Tensor]  # per block (N, H, Dh)
+    keys: list[torch.Tensor]  # per block (U * rows, H, Dh)
     values: list[torch.Tensor]
-    seg_offsets: torch.Tensor  # (U + 1,)
-    lengths: torch.Tensor  # (U,) actions in each segment (without the user token)
+    seg_offsets: torch.Tensor  # (U + 1,) = arange(U + 1) * rows
+    lengths: torch.Tensor  # (U,) actions in each segment (without the user token); rows past them are padding
     latest: torch.Tensor  # (U, d) context token of the newest action (the user token if none), any layout
+    rows: int  # key rows per user: 1 + the layout's width
 
 
-def _pack_context(model: DualGR, ctx: torch.Tensor, items: torch.Tensor, positions: torch.Tensor) -> _Context:
-    """ctx (U, 1+T, d) context tokens [user token; actions] in the layout of items (U, T) (dense
-    indices, -1 padded), positions (U, T) each action's index in its time-ordered window ->
-    per-block packed K/V. The target sits at position `lengths` (after every action), which is
-    where `_decoder_step` places the queries."""
-    keep = F.pad(items >= 0, (1, 0), value=True)  # (U, 1+T)
+def _project_history(model: DualGR, ctx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """ctx (U, 1+T, d) time-ordered context tokens -> per block its cross-attention keys, values
+    (U, 1+T, H, Dh), before any recency rotation. Projected once per block for a request: the
+    branch windows and S2D's bucket layout are row gathers of them."""
+    return [block.cross_attn.project_kv(ctx) for block in model.blocks]
+
+
+def _pack_context(model: DualGR, ctx: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]],
+                  take: torch.Tensor, items: torch.Tensor, positions: torch.Tensor) -> _Context:
+    """One layout of the history: the user token, then the actions `take` (U, T) (indices into the
+    time-ordered actions of ctx (U, 1+T_full, d) and kv from `_project_history`), whose items
+    (U, T) (dense indices, -1 padded) and positions (U, T) (each action's index in its
+    time-ordered window, for recency) are given -> per-block padded K/V of U * (1 + T) rows.
+    The target sits at position `lengths` (after every action), which is where `_decoder_step`
+    places the queries."""
+    U, T = items.shape
+    rows = F.pad(take + 1, (1, 0))  # (U, 1+T): row 0 is the user token
     lengths = (items >= 0).sum(1)
-    seg = F.pad((lengths + 1).cumsum(0), (1, 0))
     keys, values = [], []
-    for block in model.blocks:
-        k, v = block.cross_attn.project_kv(ctx)
-        k = model.position_keys(k, positions)
-        keys.append(k[keep])
-        values.append(v[keep])
+    for k, v in kv:
+        index = rows[:, :, None, None].expand(-1, -1, *k.shape[2:])
+        k = model.position_keys(k.gather(1, index), positions)
+        keys.append(k.reshape(U * (1 + T), *k.shape[2:]))
+        values.append(v.gather(1, index).reshape(U * (1 + T), *v.shape[2:]))
+    seg = torch.arange(U + 1, device=items.device) * (1 + T)
     # The newest action is the one with the largest position, whatever the layout (time order or
     # S2D's bucket order); row 0, the user token, when there is none.
-    newest = torch.where(items >= 0, positions, -1).argmax(1) + 1
-    newest = torch.where(lengths > 0, newest, torch.zeros_like(newest))
-    latest = ctx.gather(1, newest.view(-1, 1, 1).expand(-1, 1, ctx.shape[-1])).squeeze(1)
-    return _Context(keys, values, seg, lengths, latest)
+    newest = torch.where(items >= 0, positions, -1).argmax(1, keepdim=True)
+    newest = torch.where(lengths.unsqueeze(1) > 0, rows[:, 1:].gather(1, newest), torch.zeros_like(newest))
+    latest = ctx.gather(1, newest.unsqueeze(-1).expand(-1, 1, ctx.shape[-1])).squeeze(1)
+    return _Context(keys, values, seg, lengths, latest, 1 + T)
 
 
-def _context_rows(ctx: torch.Tensor, take: torch.Tensor) -> torch.Tensor:
-    """ctx (U, 1+T, d) of the time-ordered window, take (U, T') action indices into it ->
-    (U, 1+T', d): the user token, then those actions' tokens (a window's tail, or S2D's order)."""
-    actions = ctx[:, 1:].gather(1, take.unsqueeze(-1).expand(-1, -1, ctx.shape[-1]))
-    return torch.cat([ctx[:, :1], actions], 1)
-
-
-def _tail_indices(start: torch.Tensor, end: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _tail_indices(start: torch.Tensor, end: torch.Tensor, width: int,
+                  static: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows [start, end) per user, cut to their last `width`, left-aligned: positions (U, T) and
-    which of them are real (U, T) bool; T = the longest kept row (at least 1)."""
+    which of them are real (U, T) bool. T = `width` when `static`, else the longest kept row (at
+    least 1), which costs one host sync."""
     length = (end - start).clamp(max=width)
-    T = max(int(length.max().item()) if length.numel() else 0, 1)
+    T = width if static else max(int(length.max().item()) if length.numel() else 0, 1)
     j = torch.arange(T, device=start.device)
     return (end - length).unsqueeze(1) + j, j < length.unsqueeze(1)
 
 
 def _last_actions(full: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last `width` actions of each left-aligned history full (U, T): items (U, T') (-1
-    padded, left-aligned) and their indices into full."""
-    take, valid = _tail_indices(torch.zeros_like(full[:, 0]), (full >= 0).sum(1), width)
+    """The last `width` actions of each left-aligned history full (U, T): items (U, min(width, T))
+    (-1 padded, left-aligned) and their indices into full. Static shapes: no host sync."""
+    take, valid = _tail_indices(torch.zeros_like(full[:, 0]), (full >= 0).sum(1), min(width, full.shape[1]),
+                                static=True)
     take = take.clamp(max=full.shape[1] - 1)
     items = torch.where(valid, full.gather(1, take), torch.full_like(take, -1))
     return items, take
@@ -190,8 +200,10 @@ def _decoder_step(model: DualGR, x: torch.Tensor, cache: _PrefixCache, ctx: _Con
     for b, block in enumerate(model.blocks):
         x = block.cached_self_attention(x, lambda k, v: cache.extend(b, k, v))
         x = block.cross_attention(
+            # The padded layout fixes every segment's length (ctx.rows), so nothing is read on the host.
             x, lambda q: decode_cross_attention(q, ctx.keys[b], ctx.values[b], ctx.seg_offsets, key_lo, key_hi,
-                                                n_always=1, kernel=kernel),
+                                                n_always=1, kernel=kernel, max_len=ctx.rows,
+                                                check_offsets=False),
             lambda q: model.position_queries(q, target_positions))
         x = block.ffn_residual(x)
     return model.final_norm(x)
@@ -200,24 +212,28 @@ def _decoder_step(model: DualGR, x: torch.Tensor, cache: _PrefixCache, ctx: _Con
 @dataclass
 class _EncodedHistories:
     """What both DBR branches of a request share: the time-ordered window of the last
-    `max_history` actions, its context tokens, and S2D's bucket-sorted fine context."""
+    `max_history` actions, its context tokens, their cross-attention K/V per block, and S2D's
+    bucket-sorted fine context."""
 
     full: torch.Tensor  # (U, T) dense items, -1 padded
     ctx: torch.Tensor  # (U, 1+T, d)
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block (U, 1+T, H, Dh) keys, values
     full_sorted: torch.Tensor | None  # (U, T) sorted by (s1, time); None without S2D
     fine: _Context | None
 
 
 def _encode_histories(model: DualGR, hist: Histories) -> _EncodedHistories:
-    # Context tokens once, over the time-ordered history (the optional encoder is causal over
-    # time); a branch window and S2D's bucket layout are row gathers of them.
+    # Context tokens and their K/V once, over the time-ordered history (the optional encoder is
+    # causal over time); a branch window and S2D's bucket layout are row gathers of them.
+    # The window's width is the batch's longest history: the one host sync of a request.
     full, full_side = _window(model, hist, model.cfg.max_history)
     ctx = model.context(full, model_codes(model, full), hist.user_feats, full_side)
+    kv = _project_history(model, ctx)
     if not (model.cfg.use_s2d and model.cfg.n_levels > 1):
-        return _EncodedHistories(full, ctx, None, None)
+        return _EncodedHistories(full, ctx, kv, None, None)
     full_sorted, _, order = _sorted_by_bucket(model, full, full_side)
-    fine = _pack_context(model, _context_rows(ctx, order), full_sorted, order)
-    return _EncodedHistories(full, ctx, full_sorted, fine)
+    fine = _pack_context(model, ctx, kv, order, full_sorted, order)
+    return _EncodedHistories(full, ctx, kv, full_sorted, fine)
 
 
 @torch.no_grad()
@@ -234,7 +250,7 @@ def decode_branch(model: DualGR, index, hist: Histories, window_width: int, beam
     device = hist.items.device
     encoded = encoded or _encode_histories(model, hist)
     window, take = _last_actions(encoded.full, window_width)
-    coarse = _pack_context(model, _context_rows(encoded.ctx, take), window, _positions(window))
+    coarse = _pack_context(model, encoded.ctx, encoded.kv, take, window, _positions(window))
     full_sorted, fine = encoded.full_sorted, encoded.fine
     cache = _PrefixCache(len(model.blocks))
 

@@ -1,5 +1,6 @@
 """OpCounter: counts launched ops and the ops that force a host sync on CUDA, per record_function region."""
 
+import pytest
 import torch
 from torch.profiler import record_function
 
@@ -28,3 +29,28 @@ def test_counts_syncs_and_ops_per_region():
     assert counter.per_entry("absent") == (0.0, 0.0)
     assert {site.split(" @ ")[0] for site in counter.sync_sites} == {"index", "_local_scalar_dense",
                                                                      "repeat_interleave", "Tensor.tolist"}
+
+
+@pytest.mark.parametrize("use_s2d,rope,dbr", [(True, False, True), (False, True, True), (True, True, False)])
+def test_the_decode_loop_forces_no_host_sync(use_s2d, rope, dbr):
+    # Issue 26: between the first and the last kernel of the level-steps the host never waits.
+    from genret.decoding.beam_search import Histories, retrieve_indices
+    from genret.decoding.op_count import LEVEL_STEP
+    from genret.models.dualgr import DualGR, DualGRConfig
+    from genret.tokenizers import SIDIndex
+
+    torch.manual_seed(0)
+    K, L, N = 8, 3, 40
+    model = DualGR(DualGRConfig(codebook_size=K, n_levels=L, d_model=16, n_heads=2, n_blocks=2, d_ffn=32,
+                                dropout=0.0, max_history=12, long_window=12, short_window=3, use_s2d=use_s2d,
+                                cross_rope=rope, use_dbr=dbr)).eval()
+    codes = torch.randint(0, K, (N, L), generator=torch.Generator().manual_seed(1))
+    model.set_item_codes(codes)
+    index = SIDIndex.build(codes.numpy(), K)
+    hist = Histories(torch.tensor([0, 5, 5, 17]), torch.randint(0, N, (17,)), torch.zeros(3, 0, dtype=torch.long))
+    with OpCounter() as counter:
+        retrieve_indices(model, index, hist, k=10, kernel="torch", short_weight=0.3)
+    steps = counter.regions[LEVEL_STEP]
+    assert steps.entries == L * (2 if dbr else 1)
+    assert steps.syncs == 0, counter.sync_sites
+    assert steps.ops > 0

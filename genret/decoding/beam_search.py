@@ -63,28 +63,39 @@ def _project_history(model: DualGR, ctx: torch.Tensor) -> list[tuple[torch.Tenso
 
 
 def _pack_context(model: DualGR, ctx: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]],
-                  take: torch.Tensor, items: torch.Tensor, positions: torch.Tensor) -> _Context:
+                  take: torch.Tensor, items: torch.Tensor, positions: torch.Tensor,
+                  users: torch.Tensor | None = None) -> _Context:
     """One layout of the history: the user token, then the actions `take` (U, T) (indices into the
     time-ordered actions of ctx (U, 1+T_full, d) and kv from `_project_history`), whose items
     (U, T) (dense indices, -1 padded) and positions (U, T) (each action's index in its
     time-ordered window, for recency) are given -> per-block padded K/V of U * (1 + T) rows.
     The target sits at position `lengths` (after every action), which is where `_decoder_step`
-    places the queries."""
+    places the queries.
+
+    users (U',) maps each row of take / items / positions to the user of ctx and kv it reads
+    (default: the same row), so the DBR branches can stack copies of the users without copying
+    the history first."""
     U, T = items.shape
+    source_rows = ctx.shape[1]
     rows = F.pad(take + 1, (1, 0))  # (U, 1+T): row 0 is the user token
+    if users is not None:
+        rows = rows + users.unsqueeze(1) * source_rows  # rows of the flattened (U_src * (1+T_full)) tensors
+    else:
+        rows = rows + torch.arange(U, device=items.device).unsqueeze(1) * source_rows
+    flat_rows = rows.reshape(-1)
     lengths = (items >= 0).sum(1)
     keys, values = [], []
     for k, v in kv:
-        index = rows[:, :, None, None].expand(-1, -1, *k.shape[2:])
-        k = model.position_keys(k.gather(1, index), positions)
+        k = k.reshape(-1, *k.shape[2:]).index_select(0, flat_rows).reshape(U, 1 + T, *k.shape[2:])
+        k = model.position_keys(k, positions)
         keys.append(k.reshape(U * (1 + T), *k.shape[2:]))
-        values.append(v.gather(1, index).reshape(U * (1 + T), *v.shape[2:]))
+        values.append(v.reshape(-1, *v.shape[2:]).index_select(0, flat_rows))
     seg = torch.arange(U + 1, device=items.device) * (1 + T)
     # The newest action is the one with the largest position, whatever the layout (time order or
     # S2D's bucket order); row 0, the user token, when there is none.
     newest = torch.where(items >= 0, positions, -1).argmax(1, keepdim=True)
-    newest = torch.where(lengths.unsqueeze(1) > 0, rows[:, 1:].gather(1, newest), torch.zeros_like(newest))
-    latest = ctx.gather(1, newest.unsqueeze(-1).expand(-1, 1, ctx.shape[-1])).squeeze(1)
+    newest = torch.where(lengths.unsqueeze(1) > 0, rows[:, 1:].gather(1, newest), rows[:, :1])
+    latest = ctx.reshape(-1, ctx.shape[-1]).index_select(0, newest.reshape(-1))
     return _Context(keys, values, seg, lengths, latest, 1 + T)
 
 
@@ -222,7 +233,10 @@ class _EncodedHistories:
     fine: _Context | None
 
 
-def _encode_histories(model: DualGR, hist: Histories) -> _EncodedHistories:
+def _encode_histories(model: DualGR, hist: Histories, copies: int = 1) -> _EncodedHistories:
+    """The shared encoding of a request. With `copies` > 1 the fine (S2D) context and the sorted
+    history are stacked that many times over the users ((copies * U, ...), copy c's user u at
+    row c * U + u), for decoding the DBR branches as one batch; `full` and `ctx` stay (U, ...)."""
     # Context tokens and their K/V once, over the time-ordered history (the optional encoder is
     # causal over time); a branch window and S2D's bucket layout are row gathers of them.
     # The window's width is the batch's longest history: the one host sync of a request.
@@ -232,7 +246,9 @@ def _encode_histories(model: DualGR, hist: Histories) -> _EncodedHistories:
     if not (model.cfg.use_s2d and model.cfg.n_levels > 1):
         return _EncodedHistories(full, ctx, kv, None, None)
     full_sorted, _, order = _sorted_by_bucket(model, full, full_side)
-    fine = _pack_context(model, ctx, kv, order, full_sorted, order)
+    users = torch.arange(full.shape[0], device=full.device).repeat(copies)
+    full_sorted, order = full_sorted.repeat(copies, 1), order.repeat(copies, 1)
+    fine = _pack_context(model, ctx, kv, order, full_sorted, order, users)
     return _EncodedHistories(full, ctx, kv, full_sorted, fine)
 
 
@@ -245,12 +261,35 @@ def decode_branch(model: DualGR, index, hist: Histories, window_width: int, beam
     Returns:
         sids (U, W, L) int64 full SIDs (-1 where fewer than W exist), scores (U, W) float32 log-probs.
     """
-    cfg = model.cfg
-    U, L, K = hist.n_users, cfg.n_levels, cfg.codebook_size
-    device = hist.items.device
     encoded = encoded or _encode_histories(model, hist)
-    window, take = _last_actions(encoded.full, window_width)
-    coarse = _pack_context(model, encoded.ctx, encoded.kv, take, window, _positions(window))
+    return _beam_search(model, index, _branch_context(model, encoded, (window_width,)), encoded, beam_width, kernel)
+
+
+def _branch_context(model: DualGR, encoded: _EncodedHistories, widths: tuple[int, ...]) -> _Context:
+    """The level-1 context of each branch window in `widths`, stacked over the users
+    ((len(widths) * U) segments, branch b's user u at b * U + u), every window padded to the widest."""
+    full = encoded.full
+    U = full.shape[0]
+    T = min(max(widths), full.shape[1])
+    windows, takes = [], []
+    for width in widths:
+        window, take = _last_actions(full, width)
+        pad = T - window.shape[1]
+        windows.append(F.pad(window, (0, pad), value=-1))
+        takes.append(F.pad(take, (0, pad)))
+    window, take = torch.cat(windows), torch.cat(takes)
+    users = torch.arange(U, device=full.device).repeat(len(widths))
+    return _pack_context(model, encoded.ctx, encoded.kv, take, window, _positions(window), users)
+
+
+def _beam_search(model: DualGR, index, coarse: _Context, encoded: _EncodedHistories, beam_width: int,
+                 kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The level loop over the users of `coarse` (U' segments; `encoded`'s fine context and sorted
+    history have as many rows). Returns sids (U', W, L) and scores (U', W), as `decode_branch`."""
+    cfg = model.cfg
+    L, K = cfg.n_levels, cfg.codebook_size
+    U = coarse.lengths.shape[0]
+    device = coarse.lengths.device
     full_sorted, fine = encoded.full_sorted, encoded.fine
     cache = _PrefixCache(len(model.blocks))
 
@@ -362,11 +401,13 @@ def retrieve_indices(model: DualGR, index, hist: Histories, k: int, beam_width: 
     branches = [(cfg.long_window, 0.0)]  # (window, log prior); one branch alone keeps its own log-probs
     if cfg.use_dbr:
         branches = list(zip((cfg.long_window, cfg.short_window), branch_log_priors(model, short_weight)))
-    encoded = _encode_histories(model, hist)
-    all_items, all_scores = [], []
-    for width, log_prior in branches:
-        sids, scores = decode_branch(model, index, hist, width, beam_width, kernel, encoded)
-        items, item_scores = sids_to_items(index, sids, scores, k)
-        all_items.append(items)
-        all_scores.append(item_scores + log_prior)
+    # Both branches in one batch: their users stacked (branch b's user u at b * U + u), so every
+    # level runs its kernels once for the two; they share the fine context and the history's K/V.
+    U = hist.n_users
+    encoded = _encode_histories(model, hist, copies=len(branches))
+    coarse = _branch_context(model, encoded, tuple(width for width, _ in branches))
+    sids, scores = _beam_search(model, index, coarse, encoded, beam_width, kernel)
+    items, item_scores = sids_to_items(index, sids, scores, k)  # (B * U, k)
+    all_items = [items[b * U:(b + 1) * U] for b in range(len(branches))]
+    all_scores = [item_scores[b * U:(b + 1) * U] + log_prior for b, (_, log_prior) in enumerate(branches)]
     return distinct_topk(torch.cat(all_items, 1), torch.cat(all_scores, 1), k, branch_merge)

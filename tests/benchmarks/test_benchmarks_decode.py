@@ -47,5 +47,5 @@ def test_count_ops_prints_one_json_line_last(bench, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
     assert {"host_syncs", "ops_per_level_step", "level_steps", "host_syncs_per_batch"} <= set(result)
-    assert result["level_steps"] == 6  # 2 DBR branches x 3 levels
+    assert result["level_steps"] == 3  # 3 levels, both DBR branches in one batch
     assert result["ops_per_level_step"] > 0

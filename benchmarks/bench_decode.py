@@ -18,6 +18,10 @@ peak come from benchmarks/bench_kernels.py run at the same shapes (printed at th
     python benchmarks/bench_decode.py --device cuda --profile 20   # + where the time goes
     python benchmarks/bench_decode.py --device cuda --precision bf16   # bf16 autocast, all paths
     python benchmarks/bench_decode.py --count-ops     # ops launched / host syncs per level-step (JSON, last line)
+    python benchmarks/bench_decode.py --device cuda --precision tf32   # tf32 matmuls
+
+Every run prints the roofline of its configuration (FLOPs and bytes from the shapes, see
+`roofline`) and, on an H100 / H200, each path's achieved fraction of it.
 
 --count-ops runs genret's decode path once (kernel=torch on a CPU, triton on CUDA) under
 genret.decoding.op_count.OpCounter, which counts every ATen op that launches work and every op that
@@ -157,6 +161,56 @@ def naive_decode(model, index, hist, beam: int, k: int):
     return distinct_topk(torch.cat(outs_items, 1), torch.cat(outs_scores, 1), k, "sum")  # as Retriever's default
 
 
+# Dense peak rates (FLOP/s by precision, bytes/s) of the GPUs the issue measures on, from the vendors'
+# data sheets (SXM parts, no sparsity). A name not listed gets no fraction.
+GPU_PEAKS = {
+    "H100": {"fp32": 67e12, "tf32": 495e12, "bf16": 989e12, "bytes": 3.35e12},
+    "H200": {"fp32": 67e12, "tf32": 495e12, "bf16": 989e12, "bytes": 4.8e12},
+}
+
+
+def roofline(model, args) -> dict:
+    """FLOPs and bytes of one batch of genret's decode, from the shapes alone (issue 26's count).
+
+    Matmuls count 2 FLOP per multiply-add; every weight, the history's K/V and every activation
+    that crosses a kernel boundary in the fused design (the logits are not: the fused beam step
+    consumes them) is read or written once. Both DBR branches decode (2U query users) over one
+    history encoding; a level-1 beam attends its window, a level-2/3 beam at most 1 + in_bucket_cap
+    keys with S2D (its bucket), the whole window without. Returns flops, bytes and the seconds each
+    takes at the device's peak (when its name is in GPU_PEAKS) for the run's precision.
+    """
+    cfg = model.cfg
+    d, f, K, L, H = cfg.d_model, cfg.d_ffn, cfg.codebook_size, cfg.n_levels, len(model.blocks)
+    U, T = args.users, min(args.history, cfg.max_history)
+    branches = 2 if cfg.use_dbr else 1
+    width = 2 if args.precision == "bf16" else 4
+    per_token_block = 2 * (d * d + 2 * d * d + d * d) + 2 * (2 * d * d) + 2 * (2 * d * f)  # self qkv+out, cross q+out, FFN
+    flops = 2 * U * (1 + T) * d * 2 * d * H  # the history's K/V, once per block
+    bytes_ = U * (1 + T) * d * width  # context tokens in
+    weights = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("blocks", "heads", "final_norm")))
+    W = 1
+    for level in range(L):
+        users = U * branches
+        windows = [min(w, T) for w in ((cfg.long_window, cfg.short_window) if branches == 2 else (cfg.long_window,))]
+        if level == 0:
+            keys = sum(1 + w for w in windows) * U  # summed over the query users (one query each)
+        else:
+            keys = users * W * (1 + (min(cfg.in_bucket_cap, T) if cfg.use_s2d else max(windows)))
+        N = users * W
+        flops += N * per_token_block * H + 4 * keys * d * H + 2 * N * d * K
+        # weights once; history K/V (2 x d per key row) once per block; activations in/out; the
+        # beam step's top-W (score + index) per user.
+        bytes_ += weights * width + 2 * users * (1 + T) * d * width * H + 2 * N * d * width + users * W * 12
+        W = min(args.beam, W * K)
+    out = {"flops": flops, "bytes": bytes_, "intensity": round(flops / bytes_, 1)}
+    name = torch.cuda.get_device_name(0) if args.device == "cuda" and torch.cuda.is_available() else ""
+    peak = next((v for k, v in GPU_PEAKS.items() if k in name), None)
+    if peak is not None:
+        rate = peak["bf16" if args.precision == "bf16" else "tf32" if args.precision == "tf32" else "fp32"]
+        out["roofline_s"] = max(flops / rate, bytes_ / peak["bytes"])
+    return out
+
+
 def timed(fn, device, repeats):
     fn()  # warm-up (Triton compiles here)
     if device == "cuda":
@@ -230,6 +284,7 @@ def count_ops(args, model, index, hist) -> dict:
         "ops_per_batch": counter.total.ops,
         "ops_outside_level_steps": counter.total.ops - loop_ops,
         "sync_sites": dict(counter.sync_sites.most_common()),
+        "roofline": roofline(model, args),
         "kernel": kernel,
         "device": args.device,
         "precision": args.precision,
@@ -274,6 +329,10 @@ def main(argv=None) -> int:
     paths = [(name, with_precision(fn, args.precision, args.device)) for name, fn in paths]
     results = {}
     ref_items = None
+    line = roofline(model, args)
+    print(f"roofline of one batch: {line['flops'] / 1e9:,.3f} GFLOP, {line['bytes'] / 1e6:,.3f} MB "
+          f"({line['intensity']} FLOP/byte)" + (f", {line['roofline_s'] * 1e3:.2f} ms at this GPU's peak"
+                                                  if "roofline_s" in line else ""))
     print(f"{'path':<52} {'ms/batch':>10} {'users/s':>10} {'vs naive':>9}  same items as reference")
     for name, fn in paths:
         reps = 1 if "INTERPRETER" in name else args.repeats
@@ -284,7 +343,8 @@ def main(argv=None) -> int:
         results[name] = seconds
         naive = results[paths[0][0]]
         same = "-" if ref_items is None else f"{(items == ref_items).float().mean().item():.4f}"
-        print(f"{name:<52} {seconds * 1e3:>10.1f} {args.users / seconds:>10.1f} {naive / seconds:>8.2f}x  {same}")
+        frac = f"  {line['roofline_s'] / seconds:.1%} of roofline" if "roofline_s" in line else ""
+        print(f"{name:<52} {seconds * 1e3:>10.1f} {args.users / seconds:>10.1f} {naive / seconds:>8.2f}x  {same}{frac}")
     if args.profile:
         fastest = min(results, key=results.get)
         profile(dict(paths)[fastest], fastest, args.device, args.profile)

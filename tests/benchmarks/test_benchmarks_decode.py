@@ -49,3 +49,4 @@ def test_count_ops_prints_one_json_line_last(bench, capsys):
     assert {"host_syncs", "ops_per_level_step", "level_steps", "host_syncs_per_batch"} <= set(result)
     assert result["level_steps"] == 3  # 3 levels, both DBR branches in one batch
     assert result["ops_per_level_step"] > 0
+    assert result["roofline"]["flops"] > 0 and result["roofline"]["bytes"] > 0

@@ -26,7 +26,8 @@ Every run prints the roofline of its configuration (FLOPs and bytes from the sha
 --count-ops runs genret's decode path once (kernel=torch on a CPU, triton on CUDA) under
 genret.decoding.op_count.OpCounter, which counts every ATen op that launches work and every op that
 forces a host synchronisation on CUDA (see that module for the list and why it is sound on a CPU),
-per level-step of the beam search (one level of one DBR branch, marked by record_function). Its
+per level-step of the beam search (one level, both DBR branches in one batch; marked by
+record_function). Its
 last line is one JSON object: {"host_syncs": syncs inside the level-steps of one batch,
 "ops_per_level_step": ..., ...}.
 """

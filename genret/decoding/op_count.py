@@ -59,7 +59,8 @@ _ALWAYS_SYNC = {
 # (`torch.where(m, x, 0.0)`: scalar_tensor on the host, passed to the kernel by value): no kernel.
 _NO_KERNEL = {aten.empty.memory_format, aten.empty_strided.default, aten.empty_like.default,
               aten.new_empty.default, aten.new_empty_strided.default, aten.lift_fresh.default,
-              aten.scalar_tensor.default}
+              aten.scalar_tensor.default,
+              aten._unsafe_view.default}  # a view that autograd treats as a new tensor: still no kernel
 _PROFILER_ENTER = torch.ops.profiler._record_function_enter_new.default
 _PROFILER_EXIT = torch.ops.profiler._record_function_exit._RecordFunction
 

@@ -185,7 +185,8 @@ def roofline(model, args) -> dict:
     U, T = args.users, min(args.history, cfg.max_history)
     branches = 2 if cfg.use_dbr else 1
     width = 2 if args.precision == "bf16" else 4
-    per_token_block = 2 * (d * d + 2 * d * d + d * d) + 2 * (2 * d * d) + 2 * (2 * d * f)  # self qkv+out, cross q+out, FFN
+    # Per query token and block: self-attention q, kv, out; cross-attention q, out; the FFN's two layers.
+    per_token_block = 2 * (d * d + 2 * d * d + d * d) + 2 * (2 * d * d) + 2 * (2 * d * f)
     flops = 2 * U * (1 + T) * d * 2 * d * H  # the history's K/V, once per block
     bytes_ = U * (1 + T) * d * width  # context tokens in
     weights = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("blocks", "heads", "final_norm")))

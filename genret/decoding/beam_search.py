@@ -1,6 +1,6 @@
 """Constrained beam search over SID levels for DualGR, batched over users, on the model's device.
 
-One request batch runs, per DBR branch (long, short):
+One request batch runs both DBR branches (long, short) as one batch of stacked users:
   level 1: one BOS query per user cross-attends the branch window;
   level l > 1: W beam queries per user cross-attend their in-bucket keys (S2D): the user's
   history sorted by s1 once, so a beam's bucket is one contiguous key range.
@@ -76,12 +76,10 @@ def _pack_context(model: DualGR, ctx: torch.Tensor, kv: list[tuple[torch.Tensor,
     (default: the same row), so the DBR branches can stack copies of the users without copying
     the history first."""
     U, T = items.shape
-    source_rows = ctx.shape[1]
-    rows = F.pad(take + 1, (1, 0))  # (U, 1+T): row 0 is the user token
-    if users is not None:
-        rows = rows + users.unsqueeze(1) * source_rows  # rows of the flattened (U_src * (1+T_full)) tensors
-    else:
-        rows = rows + torch.arange(U, device=items.device).unsqueeze(1) * source_rows
+    if users is None:
+        users = torch.arange(U, device=items.device)
+    # (U, 1+T) rows of the flattened (U_src * (1+T_full)) ctx / kv; each segment's row 0 is its user token.
+    rows = F.pad(take + 1, (1, 0)) + users.unsqueeze(1) * ctx.shape[1]
     flat_rows = rows.reshape(-1)
     lengths = (items >= 0).sum(1)
     keys, values = [], []
@@ -326,7 +324,8 @@ def _beam_search(model: DualGR, index, coarse: _Context, encoded: _EncodedHistor
             allowed = index.valid_mask(level, nodes.clamp(min=0)).reshape(U, W, K)
             allowed &= (alive & (nodes.reshape(U, W) >= 0)).unsqueeze(-1)
             beam_scores = torch.where(alive, scores, torch.full_like(scores, float("-inf")))
-            scores, parent, token = beam_step(logits.float(), beam_scores, allowed, min(beam_width, W * K), kernel=kernel)
+            scores, parent, token = beam_step(logits.float(), beam_scores, allowed, min(beam_width, W * K),
+                                              kernel=kernel)
             gather = parent.clamp(min=0).unsqueeze(-1).expand(-1, -1, prefix.shape[-1])
             prefix = torch.cat([prefix.gather(1, gather), token.unsqueeze(-1)], dim=-1)
             cache.reorder(parent)

@@ -17,11 +17,25 @@ peak come from benchmarks/bench_kernels.py run at the same shapes (printed at th
     python benchmarks/bench_decode.py --device cuda   # GPU, paper size
     python benchmarks/bench_decode.py --device cuda --profile 20   # + where the time goes
     python benchmarks/bench_decode.py --device cuda --precision bf16   # bf16 autocast, all paths
+    python benchmarks/bench_decode.py --count-ops     # ops launched / host syncs per level-step (JSON, last line)
+    python benchmarks/bench_decode.py --device cuda --precision tf32   # tf32 matmuls
+
+Every run prints the roofline of its configuration (FLOPs and bytes from the shapes, see
+`roofline`) and, on an H100 / H200, each path's achieved fraction of it.
+
+--count-ops runs genret's decode path once (kernel=torch on a CPU, triton on CUDA) under
+genret.decoding.op_count.OpCounter, which counts every ATen op that launches work and every op that
+forces a host synchronisation on CUDA (see that module for the list and why it is sound on a CPU),
+per level-step of the beam search (one level, both DBR branches in one batch; marked by
+record_function). Its
+last line is one JSON object: {"host_syncs": syncs inside the level-steps of one batch,
+"ops_per_level_step": ..., ...}.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +64,10 @@ def parse_args(argv=None):
                    help="every path alike: fp32; tf32 matmuls (CUDA); or bf16 autocast (weights stay fp32)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing, profile one batch of the fastest path and print its N costliest ops")
+    p.add_argument("--count-ops", action="store_true",
+                   help="count launched ops and host syncs per level-step of one batch; prints one JSON line last")
+    p.add_argument("--kernel", choices=["auto", "torch", "triton"], default=None,
+                   help="kernel of the --count-ops run (default: triton on CUDA, torch on a CPU)")
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = args.device == "cuda"
@@ -144,6 +162,57 @@ def naive_decode(model, index, hist, beam: int, k: int):
     return distinct_topk(torch.cat(outs_items, 1), torch.cat(outs_scores, 1), k, "sum")  # as Retriever's default
 
 
+# Dense peak rates (FLOP/s by precision, bytes/s) of the GPUs the issue measures on, from the vendors'
+# data sheets (SXM parts, no sparsity). A name not listed gets no fraction.
+GPU_PEAKS = {
+    "H100": {"fp32": 67e12, "tf32": 495e12, "bf16": 989e12, "bytes": 3.35e12},
+    "H200": {"fp32": 67e12, "tf32": 495e12, "bf16": 989e12, "bytes": 4.8e12},
+}
+
+
+def roofline(model, args) -> dict:
+    """FLOPs and bytes of one batch of genret's decode, from the shapes alone (issue 26's count).
+
+    Matmuls count 2 FLOP per multiply-add; every weight, the history's K/V and every activation
+    that crosses a kernel boundary in the fused design (the logits are not: the fused beam step
+    consumes them) is read or written once. Both DBR branches decode (2U query users) over one
+    history encoding; a level-1 beam attends its window, a level-2/3 beam at most 1 + in_bucket_cap
+    keys with S2D (its bucket), the whole window without. Returns flops, bytes and the seconds each
+    takes at the device's peak (when its name is in GPU_PEAKS) for the run's precision.
+    """
+    cfg = model.cfg
+    d, f, K, L, H = cfg.d_model, cfg.d_ffn, cfg.codebook_size, cfg.n_levels, len(model.blocks)
+    U, T = args.users, min(args.history, cfg.max_history)
+    branches = 2 if cfg.use_dbr else 1
+    width = 2 if args.precision == "bf16" else 4
+    # Per query token and block: self-attention q, kv, out; cross-attention q, out; the FFN's two layers.
+    per_token_block = 2 * (d * d + 2 * d * d + d * d) + 2 * (2 * d * d) + 2 * (2 * d * f)
+    flops = 2 * U * (1 + T) * d * 2 * d * H  # the history's K/V, once per block
+    bytes_ = U * (1 + T) * d * width  # context tokens in
+    weights = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("blocks", "heads", "final_norm")))
+    W = 1
+    for level in range(L):
+        users = U * branches
+        windows = [min(w, T) for w in ((cfg.long_window, cfg.short_window) if branches == 2 else (cfg.long_window,))]
+        if level == 0:
+            keys = sum(1 + w for w in windows) * U  # summed over the query users (one query each)
+        else:
+            keys = users * W * (1 + (min(cfg.in_bucket_cap, T) if cfg.use_s2d else max(windows)))
+        N = users * W
+        flops += N * per_token_block * H + 4 * keys * d * H + 2 * N * d * K
+        # weights once; history K/V (2 x d per key row) once per block; activations in/out; the
+        # beam step's top-W (score + index) per user.
+        bytes_ += weights * width + 2 * users * (1 + T) * d * width * H + 2 * N * d * width + users * W * 12
+        W = min(args.beam, W * K)
+    out = {"flops": flops, "bytes": bytes_, "intensity": round(flops / bytes_, 1)}
+    name = torch.cuda.get_device_name(0) if args.device == "cuda" and torch.cuda.is_available() else ""
+    peak = next((v for k, v in GPU_PEAKS.items() if k in name), None)
+    if peak is not None:
+        rate = peak["bf16" if args.precision == "bf16" else "tf32" if args.precision == "tf32" else "fp32"]
+        out["roofline_s"] = max(flops / rate, bytes_ / peak["bytes"])
+    return out
+
+
 def timed(fn, device, repeats):
     fn()  # warm-up (Triton compiles here)
     if device == "cuda":
@@ -194,8 +263,50 @@ def profile(fn, name: str, device: str, rows: int) -> None:
         return
 
 
+@torch.no_grad()
+def count_ops(args, model, index, hist) -> dict:
+    """Ops launched and host syncs of one warm batch (genret.decoding.op_count), per level-step and in all."""
+    from genret.decoding.beam_search import retrieve_indices
+    from genret.decoding.op_count import LEVEL_STEP, OpCounter
+
+    kernel = args.kernel or ("triton" if args.device == "cuda" else "torch")
+    run = with_precision(lambda: retrieve_indices(model, index, hist, args.beam, kernel=kernel),
+                         args.precision, args.device)
+    run()  # warm: compiles, caches, allocator
+    with OpCounter() as counter:
+        run()
+    steps = counter.regions.get(LEVEL_STEP)
+    n_steps = steps.entries if steps else 0
+    loop_ops, loop_syncs = (steps.ops, steps.syncs) if steps else (0, 0)
+    return {
+        "host_syncs": loop_syncs,
+        "ops_per_level_step": round(loop_ops / max(n_steps, 1), 1),
+        "level_steps": n_steps,
+        "host_syncs_per_batch": counter.total.syncs,
+        "ops_per_batch": counter.total.ops,
+        "ops_outside_level_steps": counter.total.ops - loop_ops,
+        "sync_sites": dict(counter.sync_sites.most_common()),
+        "roofline": roofline(model, args),
+        "kernel": kernel,
+        "device": args.device,
+        "precision": args.precision,
+        "shape": {"users": args.users, "beam": args.beam, "history": args.history, "d_model": args.d_model,
+                  "heads": args.heads, "blocks": args.blocks, "codes": args.codes, "items": args.items},
+    }
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.count_ops:
+        # No interpreter unless asked for (--kernel triton on a CPU needs TRITON_INTERPRET=1 set by the caller).
+        model, index = build(args)
+        hist = histories(args)
+        result = count_ops(args, model, index, hist)
+        print(f"ops and host syncs of one batch (device {args.device}, kernel {result['kernel']}): "
+              f"{result['ops_per_level_step']} ops per level-step over {result['level_steps']} level-steps, "
+              f"{result['host_syncs']} host syncs inside them, {result['host_syncs_per_batch']} in the whole batch")
+        print(json.dumps(result), flush=True)
+        return 0
     if args.device == "cpu" and not args.no_triton and os.environ.get("TRITON_INTERPRET") != "1":
         # The interpreter must be chosen before triton is imported: re-run ourselves with it set.
         env = dict(os.environ, TRITON_INTERPRET="1")
@@ -220,6 +331,10 @@ def main(argv=None) -> int:
     paths = [(name, with_precision(fn, args.precision, args.device)) for name, fn in paths]
     results = {}
     ref_items = None
+    line = roofline(model, args)
+    print(f"roofline of one batch: {line['flops'] / 1e9:,.3f} GFLOP, {line['bytes'] / 1e6:,.3f} MB "
+          f"({line['intensity']} FLOP/byte)" + (f", {line['roofline_s'] * 1e3:.2f} ms at this GPU's peak"
+                                                  if "roofline_s" in line else ""))
     print(f"{'path':<52} {'ms/batch':>10} {'users/s':>10} {'vs naive':>9}  same items as reference")
     for name, fn in paths:
         reps = 1 if "INTERPRETER" in name else args.repeats
@@ -230,7 +345,8 @@ def main(argv=None) -> int:
         results[name] = seconds
         naive = results[paths[0][0]]
         same = "-" if ref_items is None else f"{(items == ref_items).float().mean().item():.4f}"
-        print(f"{name:<52} {seconds * 1e3:>10.1f} {args.users / seconds:>10.1f} {naive / seconds:>8.2f}x  {same}")
+        frac = f"  {line['roofline_s'] / seconds:.1%} of roofline" if "roofline_s" in line else ""
+        print(f"{name:<52} {seconds * 1e3:>10.1f} {args.users / seconds:>10.1f} {naive / seconds:>8.2f}x  {same}{frac}")
     if args.profile:
         fastest = min(results, key=results.get)
         profile(dict(paths)[fastest], fastest, args.device, args.profile)

@@ -3,7 +3,8 @@
 #   1. the kernel tests compiled for real (TRITON_INTERPRET=0): Triton against the PyTorch references,
 #      plus the other `gpu`-marked tests (RQ-KMeans, SID index, exact top-k on CUDA);
 #   2. end-to-end decode throughput at the paper's serving size (naive vs reference vs Triton), which
-#      also runs benchmarks/bench_kernels.py at the same shapes (GB/s and TFLOP/s against the card's peak);
+#      also runs benchmarks/bench_kernels.py at the same shapes (GB/s and TFLOP/s against the card's peak),
+#      and its --count-ops (ops and host syncs per level-step on the Triton path);
 #   3. one RQ-KMeans level on the GPU against scikit-learn's Lloyd on the CPU cores, same data.
 # Run from the repository root with genret installed: `bash benchmarks/gpu_checks.sh [LOG_DIR]`.
 # Each step's output goes to the terminal and to LOG_DIR/<step>.log (default runs/gpu_checks).
@@ -39,4 +40,6 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton
 
 step kernel_tests 200 "$PYTEST" -q -rfEs -p no:cacheprovider -m "kernels or gpu" tests
 step bench_decode 200 $PY benchmarks/bench_decode.py --device cuda
+# Issue 26: launched ops and host syncs per level-step of the Triton path at the paper's size (JSON, last line).
+step count_ops 90 $PY benchmarks/bench_decode.py --device cuda --count-ops
 step bench_kmeans 120 $PY benchmarks/bench_kmeans.py --device cuda --no-same-init

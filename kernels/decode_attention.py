@@ -27,8 +27,9 @@ __all__ = [
 ]
 
 
-def _check_inputs(q, k, v, seg_offsets, key_lo, key_hi, n_always) -> None:
-    """Shape/dtype/device checks that need no device sync; value checks too when on CPU."""
+def _check_inputs(q, k, v, seg_offsets, key_lo, key_hi, n_always, check_offsets: bool = True) -> None:
+    """Shape/dtype/device checks that need no device sync; value checks of seg_offsets too when on
+    CPU and `check_offsets` (they read it on the host)."""
     name = "decode_cross_attention"
     if q.dim() != 4:
         raise ValueError(f"{name}: q must be (U, W, H, Dh), got shape {tuple(q.shape)}")
@@ -52,7 +53,7 @@ def _check_inputs(q, k, v, seg_offsets, key_lo, key_hi, n_always) -> None:
         raise ValueError(f"{name}: all inputs must be on one device, got {sorted(map(str, devices))}")
     if int(n_always) < 0:
         raise ValueError(f"{name}: n_always must be >= 0, got {n_always}")
-    if not q.is_cuda:
+    if check_offsets and not q.is_cuda:
         # Cheap on CPU; on CUDA it would cost a device sync per decoding step, so it is skipped there.
         if U > 0 and int(seg_offsets[0]) < 0:
             raise ValueError(f"{name}: seg_offsets[0] = {int(seg_offsets[0])} is negative")
@@ -93,17 +94,22 @@ def decode_cross_attention_reference(
     key_hi: torch.Tensor,
     n_always: int = 1,
     scale: float | None = None,
+    max_len: int | None = None,
+    check_offsets: bool = True,
 ) -> torch.Tensor:
     """PyTorch reference (the specification): pad every segment to the longest, mask, softmax in fp32.
 
     Args and returns as `decode_cross_attention`.
     """
-    _check_inputs(q, k, v, seg_offsets, key_lo, key_hi, n_always)
+    _check_inputs(q, k, v, seg_offsets, key_lo, key_hi, n_always, check_offsets)
     U, W, H, Dh = q.shape
     scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)
     seg_offsets = seg_offsets.long()
     lengths = seg_offsets[1:] - seg_offsets[:-1]  # (U,)
-    max_len = int(lengths.max()) if U > 0 else 0
+    if max_len is None:
+        max_len = int(lengths.max()) if U > 0 else 0  # a host sync; callers that know it pass it
+    elif U == 0:
+        max_len = 0
     if max_len == 0:
         return torch.zeros_like(q)
     j = torch.arange(max_len, device=q.device)
@@ -247,6 +253,7 @@ def decode_cross_attention_triton(
     n_always: int = 1,
     scale: float | None = None,
     input_precision: str | None = None,
+    check_offsets: bool = True,
 ) -> torch.Tensor:
     """The Triton kernel; args and returns as `decode_cross_attention`.
 
@@ -257,7 +264,7 @@ def decode_cross_attention_triton(
     """
     if not HAVE_TRITON:
         raise RuntimeError("decode_cross_attention_triton needs triton; install it or use kernel='torch'")
-    _check_inputs(q, k, v, seg_offsets, key_lo, key_hi, n_always)
+    _check_inputs(q, k, v, seg_offsets, key_lo, key_hi, n_always, check_offsets)
     U, W, H, Dh = q.shape
     scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)
     out = torch.empty_like(q)
@@ -300,6 +307,8 @@ def decode_cross_attention(
     n_always: int = 1,
     scale: float | None = None,
     kernel: str = "auto",
+    max_len: int | None = None,
+    check_offsets: bool = True,
 ) -> torch.Tensor:
     """Cross-attention of one new query token per beam over its user's keys.
 
@@ -315,11 +324,17 @@ def decode_cross_attention(
         n_always: the first n_always keys of every segment are always attended (user static tokens).
         scale: softmax scale; default 1/sqrt(Dh).
         kernel: "auto" (Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "torch" or "triton".
+        max_len: the longest segment (>= every seg_offsets[u+1] - seg_offsets[u]) when the caller
+            knows it; the reference pads to it instead of reading the lengths on the host (a sync).
+        check_offsets: False skips the CPU-only value checks of seg_offsets (they read it on the
+            host); for callers that built the offsets themselves, such as the decode loop.
 
     Returns:
         (U, W, H, Dh) in q's dtype. Softmax and accumulation are fp32.
     """
     choice = choose_kernel(kernel, q, k, v, op="decode_cross_attention")
     if choice == "triton":
-        return decode_cross_attention_triton(q, k, v, seg_offsets, key_lo, key_hi, n_always, scale)
-    return decode_cross_attention_reference(q, k, v, seg_offsets, key_lo, key_hi, n_always, scale)
+        return decode_cross_attention_triton(q, k, v, seg_offsets, key_lo, key_hi, n_always, scale,
+                                             check_offsets=check_offsets)
+    return decode_cross_attention_reference(q, k, v, seg_offsets, key_lo, key_hi, n_always, scale, max_len,
+                                            check_offsets)

@@ -73,6 +73,9 @@ class SIDIndex:
             + child
             for ptr, child in zip(self.child_ptr, self.child_codes)
         ]
+        # The most children any depth-(j+1) node has: `valid_mask` reads that many per parent, a
+        # static width, so it needs no host sync per call (this one happens once, here).
+        self._max_children = [int(ptr.diff().max()) if ptr.numel() > 1 else 0 for ptr in self.child_ptr]
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -277,11 +280,15 @@ class SIDIndex:
         safe = torch.where(valid, node_ids, 0)
         start = ptr[safe]
         counts = torch.where(valid, ptr[safe + 1] - start, 0)
-        row = torch.repeat_interleave(torch.arange(M, device=self.device), counts)
-        first = torch.cumsum(counts, 0) - counts
-        offset = torch.arange(row.numel(), device=self.device) - first[row]
-        mask[row, child[start[row] + offset]] = True
-        return mask
+        # Every parent reads `max_children` slots of its children list (static shapes: no host
+        # sync); slots past its own count write into a spare column that is dropped.
+        j = torch.arange(self._max_children[level - 1], device=self.device)
+        has = j < counts[:, None]  # (M, C)
+        slot = (start[:, None] + j).clamp(max=max(child.numel() - 1, 0))
+        column = torch.where(has, child[slot], width) if child.numel() else torch.full_like(slot, width)
+        wide = torch.zeros(M, width + 1, dtype=torch.bool, device=self.device)
+        wide.scatter_(1, column, True)
+        return wide[:, :width]
 
     def sids_of(self, items: torch.Tensor) -> torch.Tensor:
         """(M,) item indices -> (M, L) their SIDs."""

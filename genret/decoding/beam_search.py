@@ -1,6 +1,6 @@
 """Constrained beam search over SID levels for DualGR, batched over users, on the model's device.
 
-One request batch runs, per DBR branch (long, short):
+One request batch runs both DBR branches (long, short) as one batch of stacked users:
   level 1: one BOS query per user cross-attends the branch window;
   level l > 1: W beam queries per user cross-attend their in-bucket keys (S2D): the user's
   history sorted by s1 once, so a beam's bucket is one contiguous key range.
@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
+from genret.decoding.op_count import LEVEL_STEP
 from genret.decoding.topk import distinct_topk
 from genret.kernels import beam_step, decode_cross_attention
 from genret.models.dualgr import DualGR
@@ -41,57 +43,76 @@ class Histories:
 
 @dataclass
 class _Context:
-    """Per-block packed cross-attention keys/values of one context layout."""
+    """Per-block cross-attention keys/values of one context layout, padded: every user owns
+    `rows` consecutive key rows (its user token, then its actions, then padding), so the offsets
+    and the padded length are known without reading any value on the host."""
 
-    keys: list[torch.Tensor]  # per block (N, H, Dh)
+    keys: list[torch.Tensor]  # per block (U * rows, H, Dh)
     values: list[torch.Tensor]
-    seg_offsets: torch.Tensor  # (U + 1,)
-    lengths: torch.Tensor  # (U,) actions in each segment (without the user token)
+    seg_offsets: torch.Tensor  # (U + 1,) = arange(U + 1) * rows
+    lengths: torch.Tensor  # (U,) actions in each segment (without the user token); rows past them are padding
     latest: torch.Tensor  # (U, d) context token of the newest action (the user token if none), any layout
+    rows: int  # key rows per user: 1 + the layout's width
 
 
-def _pack_context(model: DualGR, ctx: torch.Tensor, items: torch.Tensor, positions: torch.Tensor) -> _Context:
-    """ctx (U, 1+T, d) context tokens [user token; actions] in the layout of items (U, T) (dense
-    indices, -1 padded), positions (U, T) each action's index in its time-ordered window ->
-    per-block packed K/V. The target sits at position `lengths` (after every action), which is
-    where `_decoder_step` places the queries."""
-    keep = F.pad(items >= 0, (1, 0), value=True)  # (U, 1+T)
+def _project_history(model: DualGR, ctx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """ctx (U, 1+T, d) time-ordered context tokens -> per block its cross-attention keys, values
+    (U, 1+T, H, Dh), before any recency rotation. Projected once per block for a request: the
+    branch windows and S2D's bucket layout are row gathers of them."""
+    return [block.cross_attn.project_kv(ctx) for block in model.blocks]
+
+
+def _pack_context(model: DualGR, ctx: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]],
+                  take: torch.Tensor, items: torch.Tensor, positions: torch.Tensor,
+                  users: torch.Tensor | None = None) -> _Context:
+    """One layout of the history: the user token, then the actions `take` (U, T) (indices into the
+    time-ordered actions of ctx (U, 1+T_full, d) and kv from `_project_history`), whose items
+    (U, T) (dense indices, -1 padded) and positions (U, T) (each action's index in its
+    time-ordered window, for recency) are given -> per-block padded K/V of U * (1 + T) rows.
+    The target sits at position `lengths` (after every action), which is where `_decoder_step`
+    places the queries.
+
+    users (U',) maps each row of take / items / positions to the user of ctx and kv it reads
+    (default: the same row), so the DBR branches can stack copies of the users without copying
+    the history first."""
+    U, T = items.shape
+    if users is None:
+        users = torch.arange(U, device=items.device)
+    # (U, 1+T) rows of the flattened (U_src * (1+T_full)) ctx / kv; each segment's row 0 is its user token.
+    rows = F.pad(take + 1, (1, 0)) + users.unsqueeze(1) * ctx.shape[1]
+    flat_rows = rows.reshape(-1)
     lengths = (items >= 0).sum(1)
-    seg = F.pad((lengths + 1).cumsum(0), (1, 0))
     keys, values = [], []
-    for block in model.blocks:
-        k, v = block.cross_attn.project_kv(ctx)
+    for k, v in kv:
+        k = k.reshape(-1, *k.shape[2:]).index_select(0, flat_rows).reshape(U, 1 + T, *k.shape[2:])
         k = model.position_keys(k, positions)
-        keys.append(k[keep])
-        values.append(v[keep])
+        keys.append(k.reshape(U * (1 + T), *k.shape[2:]))
+        values.append(v.reshape(-1, *v.shape[2:]).index_select(0, flat_rows))
+    seg = torch.arange(U + 1, device=items.device) * (1 + T)
     # The newest action is the one with the largest position, whatever the layout (time order or
     # S2D's bucket order); row 0, the user token, when there is none.
-    newest = torch.where(items >= 0, positions, -1).argmax(1) + 1
-    newest = torch.where(lengths > 0, newest, torch.zeros_like(newest))
-    latest = ctx.gather(1, newest.view(-1, 1, 1).expand(-1, 1, ctx.shape[-1])).squeeze(1)
-    return _Context(keys, values, seg, lengths, latest)
+    newest = torch.where(items >= 0, positions, -1).argmax(1, keepdim=True)
+    newest = torch.where(lengths.unsqueeze(1) > 0, rows[:, 1:].gather(1, newest), rows[:, :1])
+    latest = ctx.reshape(-1, ctx.shape[-1]).index_select(0, newest.reshape(-1))
+    return _Context(keys, values, seg, lengths, latest, 1 + T)
 
 
-def _context_rows(ctx: torch.Tensor, take: torch.Tensor) -> torch.Tensor:
-    """ctx (U, 1+T, d) of the time-ordered window, take (U, T') action indices into it ->
-    (U, 1+T', d): the user token, then those actions' tokens (a window's tail, or S2D's order)."""
-    actions = ctx[:, 1:].gather(1, take.unsqueeze(-1).expand(-1, -1, ctx.shape[-1]))
-    return torch.cat([ctx[:, :1], actions], 1)
-
-
-def _tail_indices(start: torch.Tensor, end: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _tail_indices(start: torch.Tensor, end: torch.Tensor, width: int,
+                  static: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows [start, end) per user, cut to their last `width`, left-aligned: positions (U, T) and
-    which of them are real (U, T) bool; T = the longest kept row (at least 1)."""
+    which of them are real (U, T) bool. T = `width` when `static`, else the longest kept row (at
+    least 1), which costs one host sync."""
     length = (end - start).clamp(max=width)
-    T = max(int(length.max().item()) if length.numel() else 0, 1)
+    T = width if static else max(int(length.max().item()) if length.numel() else 0, 1)
     j = torch.arange(T, device=start.device)
     return (end - length).unsqueeze(1) + j, j < length.unsqueeze(1)
 
 
 def _last_actions(full: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last `width` actions of each left-aligned history full (U, T): items (U, T') (-1
-    padded, left-aligned) and their indices into full."""
-    take, valid = _tail_indices(torch.zeros_like(full[:, 0]), (full >= 0).sum(1), width)
+    """The last `width` actions of each left-aligned history full (U, T): items (U, min(width, T))
+    (-1 padded, left-aligned) and their indices into full. Static shapes: no host sync."""
+    take, valid = _tail_indices(torch.zeros_like(full[:, 0]), (full >= 0).sum(1), min(width, full.shape[1]),
+                                static=True)
     take = take.clamp(max=full.shape[1] - 1)
     items = torch.where(valid, full.gather(1, take), torch.full_like(take, -1))
     return items, take
@@ -188,8 +209,10 @@ def _decoder_step(model: DualGR, x: torch.Tensor, cache: _PrefixCache, ctx: _Con
     for b, block in enumerate(model.blocks):
         x = block.cached_self_attention(x, lambda k, v: cache.extend(b, k, v))
         x = block.cross_attention(
+            # The padded layout fixes every segment's length (ctx.rows), so nothing is read on the host.
             x, lambda q: decode_cross_attention(q, ctx.keys[b], ctx.values[b], ctx.seg_offsets, key_lo, key_hi,
-                                                n_always=1, kernel=kernel),
+                                                n_always=1, kernel=kernel, max_len=ctx.rows,
+                                                check_offsets=False),
             lambda q: model.position_queries(q, target_positions))
         x = block.ffn_residual(x)
     return model.final_norm(x)
@@ -198,24 +221,33 @@ def _decoder_step(model: DualGR, x: torch.Tensor, cache: _PrefixCache, ctx: _Con
 @dataclass
 class _EncodedHistories:
     """What both DBR branches of a request share: the time-ordered window of the last
-    `max_history` actions, its context tokens, and S2D's bucket-sorted fine context."""
+    `max_history` actions, its context tokens, their cross-attention K/V per block, and S2D's
+    bucket-sorted fine context."""
 
     full: torch.Tensor  # (U, T) dense items, -1 padded
     ctx: torch.Tensor  # (U, 1+T, d)
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block (U, 1+T, H, Dh) keys, values
     full_sorted: torch.Tensor | None  # (U, T) sorted by (s1, time); None without S2D
     fine: _Context | None
 
 
-def _encode_histories(model: DualGR, hist: Histories) -> _EncodedHistories:
-    # Context tokens once, over the time-ordered history (the optional encoder is causal over
-    # time); a branch window and S2D's bucket layout are row gathers of them.
+def _encode_histories(model: DualGR, hist: Histories, copies: int = 1) -> _EncodedHistories:
+    """The shared encoding of a request. With `copies` > 1 the fine (S2D) context and the sorted
+    history are stacked that many times over the users ((copies * U, ...), copy c's user u at
+    row c * U + u), for decoding the DBR branches as one batch; `full` and `ctx` stay (U, ...)."""
+    # Context tokens and their K/V once, over the time-ordered history (the optional encoder is
+    # causal over time); a branch window and S2D's bucket layout are row gathers of them.
+    # The window's width is the batch's longest history: the one host sync of a request.
     full, full_side = _window(model, hist, model.cfg.max_history)
     ctx = model.context(full, model_codes(model, full), hist.user_feats, full_side)
+    kv = _project_history(model, ctx)
     if not (model.cfg.use_s2d and model.cfg.n_levels > 1):
-        return _EncodedHistories(full, ctx, None, None)
+        return _EncodedHistories(full, ctx, kv, None, None)
     full_sorted, _, order = _sorted_by_bucket(model, full, full_side)
-    fine = _pack_context(model, _context_rows(ctx, order), full_sorted, order)
-    return _EncodedHistories(full, ctx, full_sorted, fine)
+    users = torch.arange(full.shape[0], device=full.device).repeat(copies)
+    full_sorted, order = full_sorted.repeat(copies, 1), order.repeat(copies, 1)
+    fine = _pack_context(model, ctx, kv, order, full_sorted, order, users)
+    return _EncodedHistories(full, ctx, kv, full_sorted, fine)
 
 
 @torch.no_grad()
@@ -227,12 +259,35 @@ def decode_branch(model: DualGR, index, hist: Histories, window_width: int, beam
     Returns:
         sids (U, W, L) int64 full SIDs (-1 where fewer than W exist), scores (U, W) float32 log-probs.
     """
-    cfg = model.cfg
-    U, L, K = hist.n_users, cfg.n_levels, cfg.codebook_size
-    device = hist.items.device
     encoded = encoded or _encode_histories(model, hist)
-    window, take = _last_actions(encoded.full, window_width)
-    coarse = _pack_context(model, _context_rows(encoded.ctx, take), window, _positions(window))
+    return _beam_search(model, index, _branch_context(model, encoded, (window_width,)), encoded, beam_width, kernel)
+
+
+def _branch_context(model: DualGR, encoded: _EncodedHistories, widths: tuple[int, ...]) -> _Context:
+    """The level-1 context of each branch window in `widths`, stacked over the users
+    ((len(widths) * U) segments, branch b's user u at b * U + u), every window padded to the widest."""
+    full = encoded.full
+    U = full.shape[0]
+    T = min(max(widths), full.shape[1])
+    windows, takes = [], []
+    for width in widths:
+        window, take = _last_actions(full, width)
+        pad = T - window.shape[1]
+        windows.append(F.pad(window, (0, pad), value=-1))
+        takes.append(F.pad(take, (0, pad)))
+    window, take = torch.cat(windows), torch.cat(takes)
+    users = torch.arange(U, device=full.device).repeat(len(widths))
+    return _pack_context(model, encoded.ctx, encoded.kv, take, window, _positions(window), users)
+
+
+def _beam_search(model: DualGR, index, coarse: _Context, encoded: _EncodedHistories, beam_width: int,
+                 kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The level loop over the users of `coarse` (U' segments; `encoded`'s fine context and sorted
+    history have as many rows). Returns sids (U', W, L) and scores (U', W), as `decode_branch`."""
+    cfg = model.cfg
+    L, K = cfg.n_levels, cfg.codebook_size
+    U = coarse.lengths.shape[0]
+    device = coarse.lengths.device
     full_sorted, fine = encoded.full_sorted, encoded.fine
     cache = _PrefixCache(len(model.blocks))
 
@@ -240,37 +295,40 @@ def decode_branch(model: DualGR, index, hist: Histories, window_width: int, beam
     x = model.start_tokens(coarse.latest)  # (U, 1, d)
     lo = torch.ones(U, 1, dtype=torch.long, device=device)
     hi = (coarse.lengths + 1).unsqueeze(1)
-    hidden = _decoder_step(model, x, cache, coarse, lo, hi, kernel)
-    logits = model.heads[0](hidden)  # (U, 1, K)
-    root = torch.zeros(U, 1, dtype=torch.long, device=device)
-    allowed = index.valid_mask(0, root.reshape(-1)).reshape(U, 1, K)
-    scores = torch.zeros(U, 1, device=device)
-    scores, parent, token = beam_step(logits.float(), scores, allowed, min(beam_width, K), kernel=kernel)
-    prefix = token.unsqueeze(-1)  # (U, W, 1)
-    cache.reorder(parent)
+    with record_function(LEVEL_STEP):
+        hidden = _decoder_step(model, x, cache, coarse, lo, hi, kernel)
+        logits = model.heads[0](hidden)  # (U, 1, K)
+        root = torch.zeros(U, 1, dtype=torch.long, device=device)
+        allowed = index.valid_mask(0, root.reshape(-1)).reshape(U, 1, K)
+        scores = torch.zeros(U, 1, device=device)
+        scores, parent, token = beam_step(logits.float(), scores, allowed, min(beam_width, K), kernel=kernel)
+        prefix = token.unsqueeze(-1)  # (U, W, 1)
+        cache.reorder(parent)
 
     for level in range(1, L):
-        alive = token >= 0
-        safe_prefix = prefix.clamp(min=0)
-        x = model.prefix_embeddings[level - 1](safe_prefix[..., -1]) + model.level_position[level]
-        W = x.shape[1]
-        if cfg.use_s2d:
-            ctx = fine
-            lo, hi = _bucket_ranges(model, full_sorted, safe_prefix[..., 0])
-        else:
-            ctx = coarse
-            lo = torch.ones(U, W, dtype=torch.long, device=device)
-            hi = (coarse.lengths + 1).unsqueeze(1).expand(U, W)
-        hidden = _decoder_step(model, x, cache, ctx, lo, hi, kernel)
-        logits = model.heads[level](hidden)  # (U, W, K)
-        nodes = index.node_of(safe_prefix.reshape(U * W, level))  # depth-`level` node of each beam
-        allowed = index.valid_mask(level, nodes.clamp(min=0)).reshape(U, W, K)
-        allowed &= (alive & (nodes.reshape(U, W) >= 0)).unsqueeze(-1)
-        beam_scores = torch.where(alive, scores, torch.full_like(scores, float("-inf")))
-        scores, parent, token = beam_step(logits.float(), beam_scores, allowed, min(beam_width, W * K), kernel=kernel)
-        gather = parent.clamp(min=0).unsqueeze(-1).expand(-1, -1, prefix.shape[-1])
-        prefix = torch.cat([prefix.gather(1, gather), token.unsqueeze(-1)], dim=-1)
-        cache.reorder(parent)
+        with record_function(LEVEL_STEP):
+            alive = token >= 0
+            safe_prefix = prefix.clamp(min=0)
+            x = model.prefix_embeddings[level - 1](safe_prefix[..., -1]) + model.level_position[level]
+            W = x.shape[1]
+            if cfg.use_s2d:
+                ctx = fine
+                lo, hi = _bucket_ranges(model, full_sorted, safe_prefix[..., 0])
+            else:
+                ctx = coarse
+                lo = torch.ones(U, W, dtype=torch.long, device=device)
+                hi = (coarse.lengths + 1).unsqueeze(1).expand(U, W)
+            hidden = _decoder_step(model, x, cache, ctx, lo, hi, kernel)
+            logits = model.heads[level](hidden)  # (U, W, K)
+            nodes = index.node_of(safe_prefix.reshape(U * W, level))  # depth-`level` node of each beam
+            allowed = index.valid_mask(level, nodes.clamp(min=0)).reshape(U, W, K)
+            allowed &= (alive & (nodes.reshape(U, W) >= 0)).unsqueeze(-1)
+            beam_scores = torch.where(alive, scores, torch.full_like(scores, float("-inf")))
+            scores, parent, token = beam_step(logits.float(), beam_scores, allowed, min(beam_width, W * K),
+                                              kernel=kernel)
+            gather = parent.clamp(min=0).unsqueeze(-1).expand(-1, -1, prefix.shape[-1])
+            prefix = torch.cat([prefix.gather(1, gather), token.unsqueeze(-1)], dim=-1)
+            cache.reorder(parent)
     dead = ~torch.isfinite(scores)
     prefix = prefix.masked_fill(dead.unsqueeze(-1), -1)
     return prefix, scores
@@ -342,11 +400,13 @@ def retrieve_indices(model: DualGR, index, hist: Histories, k: int, beam_width: 
     branches = [(cfg.long_window, 0.0)]  # (window, log prior); one branch alone keeps its own log-probs
     if cfg.use_dbr:
         branches = list(zip((cfg.long_window, cfg.short_window), branch_log_priors(model, short_weight)))
-    encoded = _encode_histories(model, hist)
-    all_items, all_scores = [], []
-    for width, log_prior in branches:
-        sids, scores = decode_branch(model, index, hist, width, beam_width, kernel, encoded)
-        items, item_scores = sids_to_items(index, sids, scores, k)
-        all_items.append(items)
-        all_scores.append(item_scores + log_prior)
+    # Both branches in one batch: their users stacked (branch b's user u at b * U + u), so every
+    # level runs its kernels once for the two; they share the fine context and the history's K/V.
+    U = hist.n_users
+    encoded = _encode_histories(model, hist, copies=len(branches))
+    coarse = _branch_context(model, encoded, tuple(width for width, _ in branches))
+    sids, scores = _beam_search(model, index, coarse, encoded, beam_width, kernel)
+    items, item_scores = sids_to_items(index, sids, scores, k)  # (B * U, k)
+    all_items = [items[b * U:(b + 1) * U] for b in range(len(branches))]
+    all_scores = [item_scores[b * U:(b + 1) * U] + log_prior for b, (_, log_prior) in enumerate(branches)]
     return distinct_topk(torch.cat(all_items, 1), torch.cat(all_scores, 1), k, branch_merge)

@@ -77,6 +77,9 @@ def check_histories(histories: Any) -> list[list[Any]]:
     for u, history in enumerate(histories):
         if isinstance(history, np.ndarray):
             history = history.tolist()
+        if isinstance(history, (list, tuple)) and set(map(type, history)) <= _PLAIN_ID_TYPES:
+            out.append(list(history))  # plain ints / strings: nothing to check per item (the common case)
+            continue
         if isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Sequence):
             raise RequestError(f"histories[{u}] must be a list of item ids, got {history!r}; pass a list of lists, "
                                f"e.g. [[12, 7, 3]] for one user")
@@ -93,9 +96,42 @@ def check_histories(histories: Any) -> list[list[Any]]:
     return out
 
 
-def item_lookup(item_ids: Sequence[Any]) -> dict[Any, int]:
-    """raw id -> dense index, over Python scalars so numpy and JSON ids hash alike."""
-    return {raw: i for i, raw in enumerate(np.asarray(item_ids).tolist())}
+# Exactly these types need no per-item conversion (bool, numpy ints and str subclasses take the slow path).
+_PLAIN_ID_TYPES = {int, str}
+
+
+class ItemLookup(dict):
+    """raw id -> dense index (a dict over Python scalars, so numpy and JSON ids hash alike), plus,
+    for an integer catalogue, its ids sorted once: then a whole request of integer ids is looked
+    up by one `np.searchsorted` instead of a dict lookup per item."""
+
+    def __init__(self, item_ids: Sequence[Any]):
+        ids = np.asarray(item_ids)
+        super().__init__((raw, i) for i, raw in enumerate(ids.tolist()))
+        self.sorted_ids: np.ndarray | None = None
+        self.sorted_index: np.ndarray | None = None
+        int_ids = ids.dtype.kind == "i" or (ids.dtype.kind == "u" and (not ids.size or ids.max() < 2**63))
+        if int_ids and ids.ndim == 1:
+            ids = ids.astype(np.int64)
+            # Stable, so among repeated ids the last position comes last: the one the dict keeps.
+            self.sorted_index = np.argsort(ids, kind="stable")
+            self.sorted_ids = ids[self.sorted_index]
+
+    def lookup_ints(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """raw (n,) int64 ids -> dense indices (n,) int64 (-1 where unknown) and found (n,) bool."""
+        if not self.sorted_ids.size:
+            return np.full(raw.shape, -1, np.int64), np.zeros(raw.shape, bool)
+        # Sorted queries: each binary search starts near the last one (3x faster on a 1M catalogue).
+        order = np.argsort(raw, kind="stable")
+        pos = np.empty(raw.shape, np.int64)
+        pos[order] = np.searchsorted(self.sorted_ids, raw[order], side="right") - 1
+        found = (pos >= 0) & (self.sorted_ids[pos.clip(min=0)] == raw)
+        return np.where(found, self.sorted_index[pos.clip(min=0)], -1), found
+
+
+def item_lookup(item_ids: Sequence[Any]) -> ItemLookup:
+    """raw id -> dense index, over Python scalars so numpy and JSON ids hash alike (an `ItemLookup`)."""
+    return ItemLookup(item_ids)
 
 
 def encode_histories(histories: Sequence[Sequence[Any]], item_index: Mapping[Any, int], unknown: str = "error"
@@ -113,24 +149,72 @@ def encode_histories(histories: Sequence[Sequence[Any]], item_index: Mapping[Any
         UnknownItemError: an unknown id with unknown="error", naming it and its history.
     """
     check_unknown(unknown)
-    dense, kept, dropped = [], [], []
-    for u, history in enumerate(histories):
-        row, positions = [], []
-        for j, raw in enumerate(history):
-            idx = item_index.get(raw)
-            if idx is None and isinstance(raw, str) and raw.lstrip("-").isdigit():
-                idx = item_index.get(int(raw))
-            if idx is None:
-                if unknown == "error":
-                    raise UnknownItemError(f"item id {raw!r} in history {u} is not in the catalogue of "
-                                           f"{len(item_index):,} items; pass unknown='drop' to skip unknown items")
-                dropped.append(raw)
-                continue
-            row.append(idx)
-            positions.append(j)
-        dense.append(row)
-        kept.append(positions)
-    return dense, kept, dropped
+    items, offsets, kept, dropped = encode_flat(histories, item_index, unknown)
+    if not len(histories):
+        return [], [], dropped
+    cuts = offsets[1:-1]
+    return ([row.tolist() for row in np.split(items, cuts)],
+            [(row - start).tolist() for row, start in zip(np.split(kept, cuts), _raw_starts(histories))], dropped)
+
+
+def _raw_starts(histories: Sequence[Sequence[Any]]) -> np.ndarray:
+    """Where each history starts in the flat list of all raw ids."""
+    return np.concatenate([[0], np.cumsum([len(h) for h in histories], dtype=np.int64)])[:-1]
+
+
+def encode_flat(histories: Sequence[Sequence[Any]], item_index: Mapping[Any, int], unknown: str = "error"
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Any]]:
+    """`encode_histories` as flat arrays (CSR), vectorised when the ids allow it.
+
+    When `item_index` is an `ItemLookup` of an integer catalogue and every raw id is a Python int,
+    the ids are looked up all at once (np.searchsorted over the sorted catalogue); otherwise (string
+    ids, digit strings for an integer catalogue) one dict lookup per item, with the same results.
+
+    Returns:
+        items (n,) int64 dense indices of the known items, history after history, oldest first;
+        offsets (U + 1,) int64: history u's items are items[offsets[u]:offsets[u + 1]];
+        kept (n,) int64 each item's position in the flat list of all raw ids (to align side values);
+        dropped: the unknown raw ids skipped (empty unless unknown="drop").
+
+    Raises:
+        UnknownItemError: an unknown id with unknown="error", naming it and its history.
+    """
+    check_unknown(unknown)
+    flat = [raw for history in histories for raw in history]
+    raw_lengths = np.fromiter(map(len, histories), np.int64, count=len(histories))
+    raw_history = np.repeat(np.arange(len(histories)), raw_lengths)  # history of each raw id
+    found = None
+    if isinstance(item_index, ItemLookup) and item_index.sorted_ids is not None and set(map(type, flat)) <= {int}:
+        try:
+            raw = np.array(flat, dtype=np.int64)
+        except OverflowError:  # an id beyond int64 cannot be in the catalogue; the dict path says so
+            raw = None
+        if raw is not None:
+            dense, found = item_index.lookup_ints(raw)
+    if found is None:
+        dense = np.fromiter((_lookup_one(item_index, raw) for raw in flat), np.int64, count=len(flat))
+        found = dense >= 0
+    if not found.all():
+        missing = np.flatnonzero(~found)
+        if unknown == "error":
+            first = int(missing[0])
+            raise UnknownItemError(f"item id {flat[first]!r} in history {int(raw_history[first])} is not in the "
+                                   f"catalogue of {len(item_index):,} items; pass unknown='drop' to skip unknown items")
+        dropped = [flat[i] for i in missing.tolist()]
+    else:
+        dropped = []
+    kept = np.flatnonzero(found)
+    lengths = np.bincount(raw_history[kept], minlength=len(histories)) if len(histories) else raw_lengths
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return dense[kept].astype(np.int64), offsets, kept.astype(np.int64), dropped
+
+
+def _lookup_one(item_index: Mapping[Any, int], raw: Any) -> int:
+    """One raw id's dense index, -1 if unknown. A string of digits also matches an integer id."""
+    idx = item_index.get(raw)
+    if idx is None and isinstance(raw, str) and raw.lstrip("-").isdigit():
+        idx = item_index.get(int(raw))
+    return -1 if idx is None else idx
 
 
 def request_size(k: int, n_items: int, exclude_seen: bool) -> int:

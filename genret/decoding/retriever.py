@@ -140,26 +140,24 @@ class Retriever:
         return self._encode(requests.check_histories(histories), unknown, user_feats, side)[0]
 
     def _encode(self, histories: list[list[Any]], unknown: str, user_feats: Any, side
-                ) -> tuple[Histories, list[list[int]]]:
-        """Checked histories -> (Histories, per history its dense item indices)."""
+                ) -> tuple[Histories, list[np.ndarray]]:
+        """Checked histories -> (Histories, per history its dense item indices). Vectorised: the ids
+        are looked up all at once (requests.encode_flat), no Python loop per history item."""
         side_rows = self._side_rows(histories, side)
-        dense, kept, dropped = requests.encode_histories(histories, self._item_index, unknown)
+        items, offsets, kept, dropped = requests.encode_flat(histories, self._item_index, unknown)
         if dropped:
             warnings.warn(f"dropped {len(dropped)} unknown item id(s), e.g. {dropped[:3]}", stacklevel=3)
-        flat = [i for row in dense for i in row]
-        offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(row) for row in dense], dtype=np.int64)]),
-                               device=self.device)
         feats = requests.user_feature_matrix(user_feats, self.user_feature_names,
-                                             self.model.cfg.user_feature_cardinalities, len(dense))
+                                             self.model.cfg.user_feature_cardinalities, len(histories))
         side_tensor = None
         if side_rows is not None:
             # Keep the side values of the items that survived `unknown="drop"`.
-            kept_side = [side_rows[u][j] for u, positions in enumerate(kept) for j in positions]
-            side_tensor = torch.as_tensor(np.asarray(kept_side, np.int64).reshape(len(flat), len(self.side)),
+            all_side = np.concatenate(side_rows) if side_rows else np.zeros((0, len(self.side)), np.int64)
+            side_tensor = torch.as_tensor(all_side.reshape(-1, len(self.side))[kept].astype(np.int64),
                                           device=self.device)
-        hist = Histories(offsets, torch.tensor(flat, dtype=torch.long, device=self.device),
+        hist = Histories(torch.as_tensor(offsets, device=self.device), torch.as_tensor(items, device=self.device),
                          torch.as_tensor(feats, device=self.device), side_tensor)
-        return hist, dense
+        return hist, np.split(items, offsets[1:-1]) if len(histories) else []
 
     def _side_rows(self, histories, side) -> list[np.ndarray] | None:
         """Per history, (len, S) bucket ids; None when the model has no side features or none were given."""
@@ -229,7 +227,7 @@ class Retriever:
                 scores_out.append(row_scores[keep].astype(float).tolist())
         return RetrievalResult(items_out, scores_out)
 
-    def _decode(self, hist: Histories, dense: list[list[int]], k: int, exclude_seen: bool
+    def _decode(self, hist: Histories, dense: Sequence[Sequence[int]], k: int, exclude_seen: bool
                 ) -> tuple[np.ndarray, np.ndarray]:
         """(U, k) dense items (-1 padded) and scores, seen items removed when asked."""
         n_items = len(self.item_ids)

@@ -38,3 +38,15 @@ def test_bf16_run_prints_every_path_and_a_profile(bench, capsys):
     assert "precision bf16" in out
     assert "naive (recompute" in out and "reference (kernel=torch)" in out
     assert "profile of one batch" in out and "self_cpu_time_total" in out
+
+
+def test_count_ops_prints_one_json_line_last(bench, capsys):
+    import json
+
+    assert bench.main(TINY + ["--count-ops"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert {"host_syncs", "ops_per_level_step", "level_steps", "host_syncs_per_batch"} <= set(result)
+    assert result["level_steps"] == 3  # 3 levels, both DBR branches in one batch
+    assert result["ops_per_level_step"] > 0
+    assert result["roofline"]["flops"] > 0 and result["roofline"]["bytes"] > 0

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from genret.decoding.beam_search import (Histories, _context_rows, _encode_histories, _last_actions, _pack_context,
-                                         _positions, _sorted_by_bucket, _window, decode_branch,
+from genret.decoding.beam_search import (Histories, _encode_histories, _last_actions, _pack_context,
+                                         _positions, _project_history, _sorted_by_bucket, _window, decode_branch,
                                          model_codes, retrieve_indices, sids_to_items)
 from genret.models.dualgr import DualGR, DualGRConfig, TrainBatch
 from genret.decoding.topk import distinct_topk
@@ -91,12 +91,13 @@ def test_last_action_query_starts_from_the_newest_action():
     hist = histories([[1, 2, 3, 9, 10, 4], [], [6]])
     full, side = _window(model, hist, 30)
     ctx = model.context(full, model_codes(model, full), hist.user_feats, side)
+    kv = _project_history(model, ctx)
     starts = []
     for width in (30, 2):
         items, take = _last_actions(full, width)
-        starts.append(_pack_context(model, _context_rows(ctx, take), items, _positions(items)).latest)
+        starts.append(_pack_context(model, ctx, kv, take, items, _positions(items)).latest)
     ordered, _, order = _sorted_by_bucket(model, full, side)
-    starts.append(_pack_context(model, _context_rows(ctx, order), ordered, order).latest)
+    starts.append(_pack_context(model, ctx, kv, order, ordered, order).latest)
     torch.testing.assert_close(starts[0], starts[1])
     torch.testing.assert_close(starts[0], starts[2])
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from genret.cli import main
+from genret.decoding import requests
 from genret.decoding.requests import RequestError, UnknownItemError
 from genret.decoding.retriever import Retriever
 from genret.io import write_text
@@ -151,3 +152,55 @@ def test_decode_cli_keeps_an_earlier_output_unless_it_succeeds(tiny_ckpt, tmp_pa
     assert main(args + ["--include_seen", "--out", str(out)]) == 0
     assert json.loads(out.read_text().splitlines()[0])["items"] == \
         retriever.retrieve([[100, 101]], k=5, exclude_seen=False, user_features={"segment": [2]}).items[0]
+
+
+def _encode_per_item(histories, item_index, unknown):
+    """The per-item dict loop the vectorised lookup replaced (the specification)."""
+    dense, kept, dropped = [], [], []
+    for history in histories:
+        row, positions = [], []
+        for j, raw in enumerate(history):
+            idx = item_index.get(raw)
+            if idx is None and isinstance(raw, str) and raw.lstrip("-").isdigit():
+                idx = item_index.get(int(raw))
+            if idx is None:
+                dropped.append(raw)
+                continue
+            row.append(idx)
+            positions.append(j)
+        dense.append(row)
+        kept.append(positions)
+    return dense, kept, dropped
+
+
+@pytest.mark.parametrize("catalogue", [
+    np.array([7, 3, 9, 3, -4, 2**40]),  # a repeated id: the last position wins, as in a dict
+    np.array([7, 3, 9], dtype=np.uint32),
+    np.array(["a", "7", "b"]),
+    np.array([], dtype=np.int64),
+])
+def test_vectorised_lookup_equals_the_per_item_loop(catalogue):
+    lookup = requests.item_lookup(catalogue)
+    assert isinstance(lookup, dict) and lookup == {raw: i for i, raw in enumerate(catalogue.tolist())}
+    rng = np.random.default_rng(0)
+    pool = catalogue.tolist() + [11, -1, 2**70, "7", "x"]
+    int_pool = [raw for raw in pool if isinstance(raw, int)]
+    cases = [[], [[]],
+             [[int_pool[i] for i in rng.choice(len(int_pool), 6)] for _ in range(3)],  # all ints: vectorised
+             [[pool[i] for i in rng.choice(len(pool), 6)] for _ in range(3)]]  # mixed: the dict path
+    for histories in cases:
+        histories = requests.check_histories(histories)
+        assert requests.encode_histories(histories, lookup, "drop") == _encode_per_item(histories, lookup, "drop")
+        expected = _encode_per_item(histories, lookup, "drop")
+        if expected[2]:
+            first = expected[2][0]
+            with pytest.raises(requests.UnknownItemError, match=f"item id {first!r} in history"):
+                requests.encode_histories(histories, lookup, "error")
+
+
+def test_check_histories_fast_path_keeps_the_checks():
+    assert requests.check_histories([[1, 2], ("a", 3), np.array([4, 5])]) == [[1, 2], ["a", 3], [4, 5]]
+    assert requests.check_histories([[np.int64(4), 5]]) == [[4, 5]]
+    for bad in ([[True, 2]], [[1.5]], [[None]]):
+        with pytest.raises(requests.RequestError, match=r"histories\[0\]\["):
+            requests.check_histories(bad)

@@ -175,3 +175,20 @@ def test_gpu_serving_size(dtype, precision, tol):
     expected = decode_cross_attention_reference(q.float(), k.float(), v.float(), seg_offsets, key_lo, key_hi, 1)
     got = decode_cross_attention_triton(q, k, v, seg_offsets, key_lo, key_hi, 1, input_precision=precision)
     torch.testing.assert_close(got.float(), expected, atol=tol, rtol=tol)
+
+
+def test_reference_with_a_given_padded_length_equals_the_measured_one():
+    # The decode loop passes max_len (and check_offsets=False) so the reference never reads the offsets.
+    g = torch.Generator().manual_seed(3)
+    U, W, H, Dh = 3, 4, 2, 8
+    lengths = torch.tensor([5, 1, 9])
+    seg = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    q = torch.randn(U, W, H, Dh, generator=g)
+    k, v = torch.randn(int(seg[-1]), H, Dh, generator=g), torch.randn(int(seg[-1]), H, Dh, generator=g)
+    lo = torch.randint(0, 4, (U, W), generator=g)
+    hi = lo + torch.randint(0, 6, (U, W), generator=g)
+    from genret.kernels import decode_cross_attention_reference as reference
+
+    measured = reference(q, k, v, seg, lo, hi)
+    for max_len in (9, 12):
+        torch.testing.assert_close(reference(q, k, v, seg, lo, hi, max_len=max_len, check_offsets=False), measured)

@@ -75,6 +75,10 @@ class Ranker(nn.Module):
         super().__init__()
         self.recency = nn.Embedding(long_len, d_model)
         self.history_mlp = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.SiLU(), nn.Linear(2 * d_model, d_model))
+        # Norms on both sides: the shared item table is small at initialisation (std 0.02) and the
+        # score is a product of it with itself, so without them the ranker starts with no gradient.
+        self.query_norm = nn.RMSNorm(d_model, eps=1e-6)
+        self.key_norm = nn.RMSNorm(d_model, eps=1e-6)
         self.attention = nn.MultiheadAttention(d_model, 1, batch_first=True)
         self.score_mlp = nn.Sequential(nn.Linear(3 * d_model, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         self.dropout = nn.Dropout(dropout)
@@ -85,7 +89,7 @@ class Ranker(nn.Module):
         once per item, not once per (user, position): 1,000-item histories made it the step's cost."""
         L = history.shape[1]
         recency = torch.arange(L - 1, -1, -1, device=history.device)  # 0 = newest
-        return self.dropout(history + self.recency(recency)[None]) * valid[..., None]
+        return self.dropout(history + self.recency(recency)[None])
 
     def forward(self, candidates: torch.Tensor, history: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Score candidates against a user's long history.
@@ -97,7 +101,8 @@ class Ranker(nn.Module):
         Returns:
             (B, K) scores s_ca.
         """
-        kv = self.history_tokens(history, valid)
+        kv = self.key_norm(self.history_tokens(history, valid))
+        candidates = self.query_norm(candidates)
         # A user with no valid history item attends to one zero token instead of nothing (no NaN).
         pad = ~valid
         empty = ~valid.any(1)

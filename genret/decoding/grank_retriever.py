@@ -1,8 +1,10 @@
 """Retrieval with a trained GRank: the generator's exact MIPS top-k1 over every item (history
 excluded), then the ranker re-orders those k1 candidates and the top k are returned.
 
-`rerank` scores any other generator's candidate lists (DualGR's merged beams, SASRec / KuaiFormer
-top-K) with the same ranker: generate with one model, rank with GRank's.
+Any other generator can feed the same ranker: pass `generator=` (a loaded retriever of any family
+over the same catalogue: DualGR's constrained beams with both DBR branches merged, SASRec /
+KuaiFormer exact top-K) and its top k1 (history excluded) are what the ranker re-orders;
+"SID generation, then ranking". `rerank` scores candidate lists computed elsewhere.
 """
 
 from __future__ import annotations
@@ -46,9 +48,14 @@ class GRankRetriever:
         model: a GRank. item_ids: raw id of each dense item index.
         k1: candidates the generator hands to the ranker (the paper: 2,000; k must not exceed it).
         blend: final score = s_ca + blend * generator score (0: the ranker alone).
+        generator: another family's retriever (same catalogue) whose candidates the ranker re-orders
+            instead of GRank's own MIPS; it is never trained here (frozen by construction).
+        generator_margin: extra items asked of `generator` per history item it may return (up to
+            this many), so k1 remain once the history is removed.
     """
 
-    def __init__(self, model: GRank, item_ids: Sequence[Any], k1: int = 1000, blend: float = 0.0):
+    def __init__(self, model: GRank, item_ids: Sequence[Any], k1: int = 1000, blend: float = 0.0,
+                 generator: Any = None, generator_margin: int = 100):
         self.model = model.eval()
         self.item_ids = np.asarray(item_ids)
         if len(self.item_ids) != model.config.n_items:
@@ -58,6 +65,11 @@ class GRankRetriever:
         self.k1 = min(k1, model.config.n_items)
         self.blend = blend
         self._item_index = {raw: i for i, raw in enumerate(self.item_ids.tolist())}
+        if generator is not None and not np.array_equal(np.asarray(generator.item_ids), self.item_ids):
+            raise ValueError(f"the generator serves another catalogue ({len(generator.item_ids):,} items) than "
+                             f"the ranker ({len(self.item_ids):,}); train both on the same data")
+        self.generator = generator
+        self.generator_margin = generator_margin
 
     side_features: list[str] = []  # GRank embeds no per-action side features
 
@@ -67,16 +79,23 @@ class GRankRetriever:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, k1: int | None = None,
-                        blend: float | None = None) -> "GRankRetriever":
-        """Load a GRank checkpoint (`genret train --config configs/grank_*.yaml` or `genret benchmark`);
-        k1 / blend default to the ones it was trained with."""
+                        blend: float | None = None, generator: str | None = None,
+                        beam_width: int | None = None) -> "GRankRetriever":
+        """Load a GRank checkpoint (`genret train --config configs/grank_*.yaml` or `genret benchmark`).
+
+        k1 / blend / generator default to the ones it was trained with; `generator` is "grank" (its
+        own MIPS) or the checkpoint of another family's model whose candidates the ranker re-orders
+        (`beam_width` goes to a DualGR generator).
+        """
         from genret.training.grank_module import load_grank
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, entry = load_grank(path, device)
         serving = entry.get("serving", {})
         return cls(model, entry["catalogue"]["item_ids"], k1=k1 or serving.get("k1", 1000),
-                   blend=serving.get("blend", 0.0) if blend is None else blend)
+                   blend=serving.get("blend", 0.0) if blend is None else blend,
+                   generator=load_generator(generator or serving.get("generator", "grank"), device,
+                                            beam_width or serving.get("beam_width")))
 
     # ------------------------------------------------------------------------------ indices
     @torch.no_grad()
@@ -87,11 +106,37 @@ class GRankRetriever:
         k1 = min(k1 or self.k1, self.model.config.n_items)
         c = self.model.config
         dev = self.device
+        if self.generator is not None:
+            candidates, gen = self.external_candidates(offsets, items, k1)
+            cand = torch.from_numpy(candidates).to(dev)
+            long_items = windows(offsets, items, c.long_len).to(dev)
+            rank = torch.cat([self.model.rank_scores(cand[:, s:s + 256].clamp(min=0), long_items)
+                              for s in range(0, k1, 256)], dim=1).float().masked_fill(cand < 0, float("-inf"))
+            rank = rank.cpu().numpy()
+            final = rank if self.blend == 0 else rank + self.blend * gen
+            return candidates, gen, final
         cand, gen, rank = self.model.generate_and_rank(
             windows(offsets, items, c.max_len).to(dev), windows(offsets, items, c.long_len).to(dev), k1,
             seen_mask(offsets, items, c.n_items).to(dev))
         final = rank if self.blend == 0 else rank + self.blend * gen
         return cand.cpu().numpy(), gen.cpu().numpy(), final.cpu().numpy()
+
+    def external_candidates(self, offsets: np.ndarray, items: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:
+        """The external generator's top k1 unseen items per CSR history, in its order: (U, k1) dense
+        indices (-1 where fewer remain) and its scores (-inf there)."""
+        lengths = np.diff(offsets)
+        ask = int(min(k1 + min(int(lengths.max(initial=0)), self.generator_margin), len(self.item_ids)))
+        histories = [self.item_ids[items[a:b]].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+        result = self.generator.retrieve(histories, k=ask)
+        candidates = np.full((len(histories), k1), -1, np.int64)
+        scores = np.full((len(histories), k1), -np.inf)
+        for u, (raw, score) in enumerate(zip(result.items, result.scores)):
+            seen = set(items[offsets[u]:offsets[u + 1]].tolist())
+            kept = [(self._item_index[x], s) for x, s in zip(raw, score) if self._item_index[x] not in seen][:k1]
+            if kept:
+                candidates[u, :len(kept)] = [i for i, _ in kept]
+                scores[u, :len(kept)] = [s for _, s in kept]
+        return candidates, scores
 
     @torch.no_grad()
     def rerank(self, offsets: np.ndarray, items: np.ndarray, candidates: np.ndarray, chunk: int = 256
@@ -156,3 +201,15 @@ class GRankRetriever:
                 items_out.append(self.item_ids[picked].tolist())
                 scores_out.append(final[u, row].astype(float).tolist())
         return RetrievalResult(items_out, scores_out)
+
+
+def load_generator(generator: str, device, beam_width: int | None = None):
+    """None for GRank's own generator ("grank"), else the retriever of the checkpoint at `generator`."""
+    if generator in (None, "grank"):
+        return None
+    from genret.families import load_retriever
+
+    if not Path(generator).is_file():
+        raise FileNotFoundError(f"generator checkpoint {generator} does not exist; set model.generator to 'grank' "
+                                "or to a trained SASRec / KuaiFormer / DualGR checkpoint of the same data")
+    return load_retriever(generator, device=device, beam_width=beam_width)

@@ -58,12 +58,18 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
     out_dir.mkdir(parents=True, exist_ok=True)
     module, dm, trainer = build(family, config, out_dir, overrides, data)
     checkpoint, train_seconds = fit(module, dm, trainer, out_dir)
+    from genret.decoding.grank_retriever import load_generator
+
     k1 = min(module.k1, dm.n_items)
-    retriever = GRankRetriever(module.model.eval(), dm.log_all.item_ids, k1=k1, blend=module.blend)
-    all_ks = sorted({*ks, *(k for k in DEEP_KS if k <= k1)})
+    own = GRankRetriever(module.model.eval(), dm.log_all.item_ids, k1=k1, blend=module.blend)
+    external = load_generator(module.generator, own.device, module.beam_width)
+    retriever = own if external is None else GRankRetriever(module.model, dm.log_all.item_ids, k1=k1,
+                                                            blend=module.blend, generator=external)
+    name = "grank" if external is None else f"{_family_of(module.generator)} (generator)"
+    all_ks = sorted({*ks, k1, *(k for k in DEEP_KS if k <= k1)})
     result: dict[str, Any] = {"model": family, "dataset": dm.log_all.name, "train_seconds": train_seconds,
                               "checkpoint": str(checkpoint)}
-    generator_only, candidate_recall, ranks, timing = {}, {}, {}, {}
+    generator_only, candidate_recall, ranks, timing, own_ranked = {}, {}, {}, {}, {}
     for stage, key in (("valid", "val"), ("test", "test")):
         es = dm.eval_sets[stage]
         generated, ranked, seconds = grank_lists(retriever, es, k1, dm.eval_batch_size)
@@ -71,18 +77,32 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
         generator_only[key] = ranking_metrics(generated, es.targets, all_ks)
         candidate_recall[key] = float((generated == es.targets[:, None]).any(1).mean())
         timing[key] = 1000.0 * seconds / len(es)
+        if external is not None:  # GRank's own generator + the same ranker, for comparison
+            own_generated, own_list, _ = grank_lists(own, es, k1, dm.eval_batch_size)
+            own_ranked[key] = {"ranked": ranking_metrics(own_list, es.targets, all_ks),
+                               "generator_only": ranking_metrics(own_generated, es.targets, all_ks)}
         if key == "test":
             ranks = {"ranked": target_ranks(ranked, es.targets).tolist(),
                      "generator": target_ranks(generated, es.targets).tolist()}
-    result["extra"] = {"k1": k1, "generator_only": generator_only, "candidate_recall": candidate_recall,
+    result["extra"] = {"k1": k1, "generator": module.generator, "generator_only": generator_only, "candidate_recall": candidate_recall,
                        "generate_and_rank_ms_per_user": timing, "test_ranks": ranks,
                        "loss_weights": {"ntp": module.ntp_weight, "aux": module.aux_weight,
                                         "ranker": module.ranker_weight, "position": module.position_loss_weight,
                                         "temperature": module.temperature}}
-    result["baselines"] = {"grank generator only": {"val": generator_only["val"], "test": generator_only["test"]}}
+    result["baselines"] = {f"{name} only": {"val": generator_only["val"], "test": generator_only["test"]}}
+    if own_ranked:
+        result["extra"]["grank_own_generator"] = own_ranked
+        for label, part in (("grank + ranker", "ranked"), ("grank generator only", "generator_only")):
+            result["baselines"][label] = {key: own_ranked[key][part] for key in ("val", "test")}
     result["datamodule"] = dm
     log.info("grank on %s: test ranked hr@10 %.4f ndcg@10 %.4f | generator hr@10 %.4f ndcg@10 %.4f | "
              "candidates@%d %.4f; %.0f s training", result["dataset"], result["test"]["hr@10"],
              result["test"]["ndcg@10"], generator_only["test"]["hr@10"], generator_only["test"]["ndcg@10"], k1,
              candidate_recall["test"], train_seconds)
     return result
+
+
+def _family_of(checkpoint: str) -> str:
+    from genret.training.checkpoint import load_checkpoint
+
+    return load_checkpoint(checkpoint)[1]["family"]

@@ -57,6 +57,11 @@ class GRankModule(pl.LightningModule):
         freeze_generator: train the ranker only. init_from: GRank checkpoint whose weights to start from.
         k1: candidates per user at serving and in the benchmark. val_k1: at validation (smaller: faster).
         blend: final score = s_ca + blend * g(u, c) (0 = the ranker alone, the paper's).
+        generator: whose top k1 the ranker re-orders at serving and in the benchmark: "grank" (its own
+            MIPS) or the checkpoint of a SASRec / KuaiFormer / DualGR model trained on the same data
+            (never trained here: frozen). Training is the same either way: the ranker's hard negatives
+            come from GRank's own generator (decoding DualGR beams every step is too slow for a CPU).
+        beam_width: beams per level of a DualGR generator (default: what k1 needs).
         lr, weight_decay, warmup_steps, cosine: AdamW and its schedule.
         monitor, patience, eval_ks: epoch selection (val/ndcg@10 is generator + ranker).
     """
@@ -67,6 +72,7 @@ class GRankModule(pl.LightningModule):
                  hard_negatives: int = 32, hard_pool: int = 200, ranker_rows: int = 128,
                  freeze_generator: bool = False,
                  init_from: str | None = None, k1: int = 1000, val_k1: int = 200, blend: float = 0.0,
+                 generator: str = "grank", beam_width: int | None = None,
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, cosine: bool = True,
                  monitor: str = "val/ndcg@10", patience: int | None = None, eval_ks: list[int] | None = None):
         super().__init__()
@@ -90,6 +96,7 @@ class GRankModule(pl.LightningModule):
         self.hard_negatives, self.hard_pool, self.ranker_rows = hard_negatives, hard_pool, ranker_rows
         self.freeze_generator, self.init_from = freeze_generator, init_from
         self.k1, self.val_k1, self.blend = k1, val_k1, blend
+        self.generator, self.beam_width = generator, beam_width
         self.lr, self.weight_decay, self.warmup_steps, self.cosine = lr, weight_decay, warmup_steps, cosine
         self.monitor, self.patience = monitor, patience
         self.eval_ks = sorted(set(eval_ks or [10, 50]))
@@ -235,7 +242,8 @@ class GRankModule(pl.LightningModule):
     # ------------------------------------------------------------------ checkpoint contents
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["genret"] = genret_entry("grank", dataclasses.asdict(self.config), self.catalogue,
-                                            serving={"k1": self.k1, "blend": self.blend})
+                                            serving={"k1": self.k1, "blend": self.blend, "generator": self.generator,
+                                                     "beam_width": self.beam_width})
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         entry = read_entry(checkpoint, "checkpoint", family="grank")

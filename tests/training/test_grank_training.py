@@ -112,3 +112,29 @@ def test_frozen_generator_keeps_its_candidates_while_the_ranker_trains(trained, 
     changed = [n for n, p in after.model.named_parameters()
                if not torch.equal(p, dict(before.model.named_parameters())[n])]
     assert changed and all(n.startswith("ranker.") for n in changed)
+
+
+def test_the_ranker_reorders_another_generators_candidates(trained, tmp_path):
+    """SASRec top-K as the generator: the ranker's list is a re-ordering of SASRec's unseen top k1."""
+    from genret.decoding.embedding_retriever import EmbeddingRetriever
+    from genret.eval.grank_benchmark import run_grank
+
+    module, dm, ckpt = trained
+    sasrec, sdm, trainer = build("sasrec", CONFIGS / "sasrec_ml1m.yaml", tmp_path / "sasrec",
+                                 ["--data.data", "synthetic:200x150", "--data.load_kwargs", "{}",
+                                  "--trainer.max_epochs", "1", "--model.config.d_model", "16",
+                                  "--model.config.d_ffn", "32", "--data.max_len", "8"])
+    sasrec_ckpt, _ = fit(sasrec, sdm, trainer, tmp_path / "sasrec")
+    r = GRankRetriever.from_checkpoint(ckpt, device="cpu", generator=str(sasrec_ckpt))
+    assert isinstance(r.generator, EmbeddingRetriever)
+    histories = _histories(dm)
+    top = r.generator.retrieve(histories, k=150).items
+    result = r.retrieve(histories, k=20)
+    for u, history in enumerate(histories):
+        unseen = [x for x in top[u] if x not in set(history)][:40]
+        assert set(result.items[u]) <= set(unseen) and not set(result.items[u]) & set(history)
+    res = run_grank("grank", CONFIGS / "grank_ml1m.yaml", tmp_path / "bench",
+                    overrides=TINY + ["--model.generator", str(sasrec_ckpt)], ks=(5, 10))
+    assert res["extra"]["generator"] == str(sasrec_ckpt)
+    assert {"kuaiformer (generator) only", "grank + ranker", "grank generator only"} <= set(res["baselines"])
+    assert res["test"]["recall@40"] == pytest.approx(res["extra"]["candidate_recall"]["test"])

@@ -52,10 +52,11 @@ class GRankRetriever:
             instead of GRank's own MIPS; it is never trained here (frozen by construction).
         generator_margin: extra items asked of `generator` per history item it may return (up to
             this many), so k1 remain once the history is removed.
+        ranker: False for a model trained without one (an ablation): the generator's order is final.
     """
 
     def __init__(self, model: GRank, item_ids: Sequence[Any], k1: int = 1000, blend: float = 0.0,
-                 generator: Any = None, generator_margin: int = 100):
+                 generator: Any = None, generator_margin: int = 100, ranker: bool = True):
         self.model = model.eval()
         self.item_ids = np.asarray(item_ids)
         if len(self.item_ids) != model.config.n_items:
@@ -70,6 +71,7 @@ class GRankRetriever:
                              f"the ranker ({len(self.item_ids):,}); train both on the same data")
         self.generator = generator
         self.generator_margin = generator_margin
+        self.ranker = ranker
 
     side_features: list[str] = []  # GRank embeds no per-action side features
 
@@ -94,7 +96,7 @@ class GRankRetriever:
         serving = entry.get("serving", {})
         return cls(model, entry["catalogue"]["item_ids"], k1=k1 or serving.get("k1", 1000),
                    blend=serving.get("blend", 0.0) if blend is None else blend,
-                   generator=load_generator(generator or serving.get("generator", "grank"), device,
+                   ranker=serving.get("ranker", True), generator=load_generator(generator or serving.get("generator", "grank"), device,
                                             beam_width or serving.get("beam_width")))
 
     # ------------------------------------------------------------------------------ indices
@@ -113,12 +115,12 @@ class GRankRetriever:
             rank = torch.cat([self.model.rank_scores(cand[:, s:s + 256].clamp(min=0), long_items)
                               for s in range(0, k1, 256)], dim=1).float().masked_fill(cand < 0, float("-inf"))
             rank = rank.cpu().numpy()
-            final = rank if self.blend == 0 else rank + self.blend * gen
+            final = gen if not self.ranker else rank if self.blend == 0 else rank + self.blend * gen
             return candidates, gen, final
         cand, gen, rank = self.model.generate_and_rank(
             windows(offsets, items, c.max_len).to(dev), windows(offsets, items, c.long_len).to(dev), k1,
             seen_mask(offsets, items, c.n_items).to(dev))
-        final = rank if self.blend == 0 else rank + self.blend * gen
+        final = gen if not self.ranker else rank if self.blend == 0 else rank + self.blend * gen
         return cand.cpu().numpy(), gen.cpu().numpy(), final.cpu().numpy()
 
     def external_candidates(self, offsets: np.ndarray, items: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:

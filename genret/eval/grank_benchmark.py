@@ -61,10 +61,12 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
     from genret.decoding.grank_retriever import load_generator
 
     k1 = min(module.k1, dm.n_items)
-    own = GRankRetriever(module.model.eval(), dm.log_all.item_ids, k1=k1, blend=module.blend)
+    own = GRankRetriever(module.model.eval(), dm.log_all.item_ids, k1=k1, blend=module.blend,
+                         ranker=module.ranker_weight > 0)
     external = load_generator(module.generator, own.device, module.beam_width)
     retriever = own if external is None else GRankRetriever(module.model, dm.log_all.item_ids, k1=k1,
-                                                            blend=module.blend, generator=external)
+                                                            blend=module.blend, generator=external,
+                                                            ranker=module.ranker_weight > 0)
     name = "grank" if external is None else f"{_family_of(module.generator)} (generator)"
     all_ks = sorted({*ks, k1, *(k for k in DEEP_KS if k <= k1)})
     result: dict[str, Any] = {"model": family, "dataset": dm.log_all.name, "train_seconds": train_seconds,

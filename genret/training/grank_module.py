@@ -222,6 +222,8 @@ class GRankModule(pl.LightningModule):
         """Generate (top val_k1, history excluded) and rank; genret.eval.grank_validation scores the lists."""
         k1 = min(self.val_k1, self.config.n_items)
         candidates, gen, rank = self.model.generate_and_rank(batch["items"], batch["long"], k1, batch["seen"])
+        if self.ranker_weight == 0:  # an ablation without the ranker: its list is the generator's
+            return {"generator": candidates.cpu(), "ranked": candidates.cpu()}
         order = self.final_scores(gen, rank).argsort(dim=1, descending=True, stable=True)
         return {"generator": candidates.cpu(), "ranked": candidates.gather(1, order).cpu()}
 
@@ -243,6 +245,7 @@ class GRankModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["genret"] = genret_entry("grank", dataclasses.asdict(self.config), self.catalogue,
                                             serving={"k1": self.k1, "blend": self.blend, "generator": self.generator,
+                                                     "ranker": self.ranker_weight > 0,
                                                      "beam_width": self.beam_width})
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

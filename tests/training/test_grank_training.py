@@ -138,3 +138,18 @@ def test_the_ranker_reorders_another_generators_candidates(trained, tmp_path):
     assert res["extra"]["generator"] == str(sasrec_ckpt)
     assert {"kuaiformer (generator) only", "grank + ranker", "grank generator only"} <= set(res["baselines"])
     assert res["test"]["recall@40"] == pytest.approx(res["extra"]["candidate_recall"]["test"])
+
+
+def test_ablation_without_the_ranker_serves_the_generators_order(tmp_path):
+    """The pure-generator / generator + auxiliary-tokens ablations (ranker_weight 0)."""
+    module, dm, trainer = build("grank", CONFIGS / "grank_ml1m.yaml", tmp_path,
+                                TINY + ["--model.ranker_weight", "0", "--model.aux_weight", "0"])
+    ckpt, _ = fit(module, dm, trainer, tmp_path)
+    r = GRankRetriever.from_checkpoint(ckpt, device="cpu")
+    assert r.ranker is False
+    histories = _histories(dm)
+    index = {raw: i for i, raw in enumerate(r.item_ids.tolist())}
+    dense = np.array([index[x] for h in histories for x in h])
+    offsets = np.concatenate([[0], np.cumsum([len(h) for h in histories])])
+    cand, _, _ = r.generate_and_rank(offsets, dense)
+    assert [[index[x] for x in items] for items in r.retrieve(histories, k=10).items] == cand[:, :10].tolist()

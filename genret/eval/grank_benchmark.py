@@ -67,7 +67,7 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
     retriever = own if external is None else GRankRetriever(module.model, dm.log_all.item_ids, k1=k1,
                                                             blend=module.blend, generator=external,
                                                             ranker=module.ranker_weight > 0)
-    name = "grank" if external is None else f"{_family_of(module.generator)} (generator)"
+    name = "grank generator" if external is None else f"{_family_of(module.generator)} generator"
     all_ks = sorted({*ks, k1, *(k for k in DEEP_KS if k <= k1)})
     result: dict[str, Any] = {"model": family, "dataset": dm.log_all.name, "train_seconds": train_seconds,
                               "checkpoint": str(checkpoint)}

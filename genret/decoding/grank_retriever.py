@@ -112,7 +112,8 @@ class GRankRetriever:
             candidates, gen = self.external_candidates(offsets, items, k1)
             cand = torch.from_numpy(candidates).to(dev)
             long_items = windows(offsets, items, c.long_len).to(dev)
-            rank = torch.cat([self.model.rank_scores(cand[:, s:s + 256].clamp(min=0), long_items)
+            users = self.model.user_vectors(windows(offsets, items, c.max_len).to(dev))
+            rank = torch.cat([self.model.rank_scores(cand[:, s:s + 256].clamp(min=0), long_items, users)
                               for s in range(0, k1, 256)], dim=1).float().masked_fill(cand < 0, float("-inf"))
             rank = rank.cpu().numpy()
             final = gen if not self.ranker else rank if self.blend == 0 else rank + self.blend * gen
@@ -160,8 +161,9 @@ class GRankRetriever:
         rows = np.arange(len(candidates))[:, None]
         candidates = np.where((candidates >= 0) & seen[rows, candidates.clip(min=0)], -1, candidates)
         long_items = windows(offsets, items, c.long_len).to(self.device)
+        users = self.model.user_vectors(windows(offsets, items, c.max_len).to(self.device))
         cand = torch.from_numpy(candidates).to(self.device)
-        scores = torch.cat([self.model.rank_scores(cand[:, s:s + chunk].clamp(min=0), long_items)
+        scores = torch.cat([self.model.rank_scores(cand[:, s:s + chunk].clamp(min=0), long_items, users)
                             for s in range(0, cand.shape[1], chunk)], dim=1).float()
         scores = scores.masked_fill(cand < 0, float("-inf"))
         order = scores.argsort(dim=1, descending=True, stable=True)

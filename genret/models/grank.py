@@ -47,6 +47,10 @@ class GRankConfig:
     d_ffn: int = 0  # SwiGLU width; 0 = 4 * d_model
     dropout: float = 0.2
     ranker_hidden: int = 128  # width of the ranker's scoring MLP
+    # Score = s_ca + <h_u, e(c)>: the ranker learns a correction of the generator's score (not in the
+    # paper, whose final order is s_ca alone; see GRANK_NOTES.md). Any candidate source works: h_u is
+    # GRank's own user vector.
+    ranker_residual: bool = False
 
     @property
     def ffn_width(self) -> int:
@@ -208,15 +212,24 @@ class GRank(nn.Module):
         return self.item_embedding.weight
 
     # ------------------------------------------------------------------------------ ranker
-    def rank_scores(self, candidates: torch.Tensor, long_items: torch.Tensor) -> torch.Tensor:
-        """s_ca of candidates (B, K) int64 for long histories (B, L) int64 (right-aligned, -1 pad) -> (B, K)."""
+    def rank_scores(self, candidates: torch.Tensor, long_items: torch.Tensor,
+                    users: torch.Tensor | None = None) -> torch.Tensor:
+        """Ranker scores of candidates (B, K) int64 for long histories (B, L) int64 (right-aligned, -1
+        pad) -> (B, K): s_ca, plus <h_u, e(c)> (no gradient) with `ranker_residual`, which then
+        needs the user vectors `users` (B, d)."""
         if long_items.shape[1] > self.config.long_len:
             raise ValueError(f"long history of {long_items.shape[1]} items exceeds long_len={self.config.long_len}")
         self.check_items(candidates, "candidates")
         self.check_items(long_items, "long history")
         valid = long_items >= 0
         history = self.ranker_history(long_items)
-        return self.ranker(self.item_embedding(candidates.clamp(min=0)), history, valid)
+        embedded = self.item_embedding(candidates.clamp(min=0))
+        scores = self.ranker(embedded, history, valid)
+        if self.config.ranker_residual:
+            if users is None:
+                raise ValueError("ranker_residual adds the generator's score: pass the user vectors (users=)")
+            scores = scores + (embedded.detach() * users.detach()[:, None]).sum(-1)
+        return scores
 
     def ranker_history(self, long_items: torch.Tensor) -> torch.Tensor:
         """(B, L) item ids -> (B, L, d) history tokens MLP(e(i)), the MLP run once per distinct item."""
@@ -247,7 +260,7 @@ class GRank(nn.Module):
             scores = scores.masked_fill(exclude, float("-inf"))
         gen_scores, candidates = scores.topk(k1, dim=1)
         candidates = torch.where(torch.isinf(gen_scores), -1, candidates)
-        rank = torch.cat([self.rank_scores(candidates[:, s:s + chunk], long_items)
+        rank = torch.cat([self.rank_scores(candidates[:, s:s + chunk].clamp(min=0), long_items, users)
                           for s in range(0, k1, chunk)], dim=1).float()
         rank = rank.masked_fill(candidates < 0, float("-inf"))
         return candidates, gen_scores, rank

@@ -203,7 +203,7 @@ class GRankModule(pl.LightningModule):
         candidates = torch.cat(columns, dim=1)
         allowed = candidates != targets[:, None]
         allowed[:, 0] = True
-        scores = self.model.rank_scores(candidates, long_items)
+        scores = self.model.rank_scores(candidates, long_items, users)
         return info_nce(scores, torch.zeros(n, dtype=torch.long, device=device), self.temperature, allowed)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -40,6 +40,10 @@ def test_generate_and_rank_excludes_and_returns_k1_candidates():
     assert cand.shape == (1, 10) and not set(cand[0].tolist()) & {1, 2, 3}
     assert (gen[0, :-1] >= gen[0, 1:]).all()  # generator order
     torch.testing.assert_close(rank, model.rank_scores(cand, items))
+    residual = tiny(ranker_residual=True)
+    _, gen, rank = residual.generate_and_rank(items, items, 10, exclude)
+    torch.testing.assert_close(rank - gen, residual.ranker(residual.item_embedding(cand), residual.ranker_history(items),
+                                                           items >= 0))
 
 
 class DotProduct(nn.Module):

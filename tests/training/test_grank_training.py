@@ -153,3 +153,28 @@ def test_ablation_without_the_ranker_serves_the_generators_order(tmp_path):
     offsets = np.concatenate([[0], np.cumsum([len(h) for h in histories])])
     cand, _, _ = r.generate_and_rank(offsets, dense)
     assert [[index[x] for x in items] for items in r.retrieve(histories, k=10).items] == cand[:, :10].tolist()
+
+
+def test_benchmark_and_decode_commands_with_a_grank_model(tmp_path):
+    import json
+
+    from genret.cli import main
+
+    out = tmp_path / "bench"
+    overrides = [a for a in TINY if a not in ("--data.data", "synthetic:200x150")]
+    assert main(["benchmark", "--model", "grank", "--data", "synthetic:200x150", "--config",
+                 str(CONFIGS / "grank_ml1m.yaml"), "--out", str(out), "--ks", "5,10", *overrides]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"hr@10", "recall@10", "ndcg@10", "recall@40"} <= set(metrics["test"])
+    assert set(metrics["baselines"]) == {"popularity", "grank generator only"}
+    assert metrics["k1"] == 40 and 0 <= metrics["candidate_recall"]["test"] <= 1
+    assert metrics["test"]["recall@40"] == pytest.approx(metrics["candidate_recall"]["test"])
+    assert "grank generator only" in (out / "report.md").read_text()
+    histories = tmp_path / "h.jsonl"
+    histories.write_text(json.dumps({"user": "u", "history": [1, 2, 3]}) + "\n")
+    assert main(["decode", "--checkpoint", str(out / "model.ckpt"), "--histories", str(histories), "--k", "5",
+                 "--out", str(tmp_path / "top.jsonl")]) == 0
+    row = json.loads((tmp_path / "top.jsonl").read_text())
+    assert row["user"] == "u" and len(row["items"]) == 5 and not {1, 2, 3} & set(row["items"])
+    with pytest.raises(SystemExit, match="exceeds the 40 candidates"):
+        main(["decode", "--checkpoint", str(out / "model.ckpt"), "--histories", str(histories), "--k", "41"])

@@ -8,8 +8,9 @@ files and one entry, never a new branch in every command.
 
 `kind` says what a family is: "generative" (beam search over SIDs; `genret benchmark` runs it,
 with the paper's ablations, through genret.eval.benchmark.run_generative), "embedding" (exact
-top-K over item vectors) or "counts" (no training: popularity); every non-generative family names
-its benchmark run in `benchmark`.
+top-K over item vectors), "generate-rank" (GRank: a generator's top-k1, re-scored by a ranker) or
+"counts" (no training: popularity); every non-generative family names its benchmark run in
+`benchmark`.
 """
 
 from __future__ import annotations
@@ -66,6 +67,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            model_overrides={"use_dbr": False, "use_s2d": False, "use_entp": False}),
     Family("kuaiformer", "KuaiFormer: multi-interest embedding retriever, exact top-K", **_EMBEDDING),
     Family("sasrec", "SASRec: KuaiFormer's one-interest, last-position setting, exact top-K", **_EMBEDDING),
+    Family("grank", "GRank: target-aware generator (MIPS top-k1), then a cross-attention ranker",
+           kind="generate-rank",
+           retriever="genret.decoding.grank_retriever:GRankRetriever",
+           module="genret.training.grank_module:GRankModule",
+           datamodule="genret.training.grank_datamodule:GRankDataModule", checkpoint_family="grank",
+           benchmark="genret.eval.grank_benchmark:run_grank",
+           callbacks=("genret.eval.grank_validation:GRankValidation",)),
     Family("popularity", "most popular training items (a baseline)", kind="counts",
            retriever="genret.decoding.popularity:PopularityRecommender",
            benchmark="genret.eval.benchmark:run_popularity"),

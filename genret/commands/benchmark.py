@@ -125,6 +125,7 @@ def main(argv: list[str]) -> int:
         res = load_class(family.benchmark)(args.model, args.config, out, data=args.data, overrides=overrides, ks=ks)
         dm = res.pop("datamodule")
         baselines = {} if args.model == "popularity" else {"popularity": runs.popularity_metrics(dm, ks)}
+        baselines.update(res.pop("baselines", {}))  # rows the run adds itself (GRank: its generator alone)
         if is_main_process():
             metrics = write_metrics(out / "metrics.json", model=args.model, dataset=res["dataset"],
                                     metrics_val=res["val"], metrics_test=res["test"],

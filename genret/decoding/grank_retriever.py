@@ -1,0 +1,219 @@
+"""Retrieval with a trained GRank: the generator's exact MIPS top-k1 over every item (history
+excluded), then the ranker re-orders those k1 candidates and the top k are returned.
+
+Any other generator can feed the same ranker: pass `generator=` (a loaded retriever of any family
+over the same catalogue: DualGR's constrained beams with both DBR branches merged, SASRec /
+KuaiFormer exact top-K) and its top k1 (history excluded) are what the ranker re-orders;
+"SID generation, then ranking". `rerank` scores candidate lists computed elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from genret.decoding.retriever import RetrievalResult
+from genret.models.grank import GRank
+
+
+def windows(offsets: np.ndarray, items: np.ndarray, length: int) -> torch.Tensor:
+    """Right-aligned windows (U, T) of the last `length` items of each CSR history, -1 padded."""
+    lengths = np.minimum(np.diff(offsets), length)
+    T = max(int(lengths.max(initial=0)), 1)
+    out = np.full((len(lengths), T), -1, np.int64)
+    for u, (end, n) in enumerate(zip(offsets[1:], lengths)):
+        out[u, T - n:] = items[end - n:end]
+    return torch.from_numpy(out)
+
+
+def seen_mask(offsets: np.ndarray, items: np.ndarray, n_items: int) -> torch.Tensor:
+    """(U, n_items) bool, True at every item of each CSR history."""
+    seen = np.zeros((len(offsets) - 1, n_items), bool)
+    owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    seen[owner, items] = True
+    return torch.from_numpy(seen)
+
+
+class GRankRetriever:
+    """Generate (MIPS top-k1), then rank (cross-attention over the long history), with a GRank.
+
+    Example:
+        >>> r = GRankRetriever.from_checkpoint("runs/grank_ml1m/model.ckpt")
+        >>> r.retrieve([[r.item_ids[0], r.item_ids[5]]], k=10).items[0]
+
+    Args:
+        model: a GRank. item_ids: raw id of each dense item index.
+        k1: candidates the generator hands to the ranker (the paper: 2,000; k must not exceed it).
+        blend: final score = s_ca + blend * generator score (0: the ranker alone).
+        generator: another family's retriever (same catalogue) whose candidates the ranker re-orders
+            instead of GRank's own MIPS; it is never trained here (frozen by construction).
+        generator_margin: extra items asked of `generator` per history item it may return (up to
+            this many), so k1 remain once the history is removed.
+        ranker: False for a model trained without one (an ablation): the generator's order is final.
+    """
+
+    def __init__(self, model: GRank, item_ids: Sequence[Any], k1: int = 1000, blend: float = 0.0,
+                 generator: Any = None, generator_margin: int = 100, ranker: bool = True):
+        self.model = model.eval()
+        self.item_ids = np.asarray(item_ids)
+        if len(self.item_ids) != model.config.n_items:
+            raise ValueError(f"{len(self.item_ids)} item ids for a model of {model.config.n_items} items")
+        if k1 < 1:
+            raise ValueError(f"k1 must be >= 1, got {k1}")
+        self.k1 = min(k1, model.config.n_items)
+        self.blend = blend
+        self._item_index = {raw: i for i, raw in enumerate(self.item_ids.tolist())}
+        if generator is not None and not np.array_equal(np.asarray(generator.item_ids), self.item_ids):
+            raise ValueError(f"the generator serves another catalogue ({len(generator.item_ids):,} items) than "
+                             f"the ranker ({len(self.item_ids):,}); train both on the same data")
+        self.generator = generator
+        self.generator_margin = generator_margin
+        self.ranker = ranker
+
+    side_features: list[str] = []  # GRank embeds no per-action side features
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.item_embedding.weight.device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, k1: int | None = None,
+                        blend: float | None = None, generator: str | None = None,
+                        beam_width: int | None = None) -> "GRankRetriever":
+        """Load a GRank checkpoint (`genret train --config configs/grank_*.yaml` or `genret benchmark`).
+
+        k1 / blend / generator default to the ones it was trained with; `generator` is "grank" (its
+        own MIPS) or the checkpoint of another family's model whose candidates the ranker re-orders
+        (`beam_width` goes to a DualGR generator).
+        """
+        from genret.training.grank_module import load_grank
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, entry = load_grank(path, device)
+        serving = entry.get("serving", {})
+        return cls(model, entry["catalogue"]["item_ids"], k1=k1 or serving.get("k1", 1000),
+                   blend=serving.get("blend", 0.0) if blend is None else blend,
+                   ranker=serving.get("ranker", True), generator=load_generator(generator or serving.get("generator", "grank"), device,
+                                            beam_width or serving.get("beam_width")))
+
+    # ------------------------------------------------------------------------------ indices
+    @torch.no_grad()
+    def generate_and_rank(self, offsets: np.ndarray, items: np.ndarray, k1: int | None = None
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One batch of CSR dense histories -> (candidates in generator order (U, k1), generator
+        scores, final scores), history excluded, -1 / -inf where fewer than k1 items remain."""
+        k1 = min(k1 or self.k1, self.model.config.n_items)
+        c = self.model.config
+        dev = self.device
+        if self.generator is not None:
+            candidates, gen = self.external_candidates(offsets, items, k1)
+            cand = torch.from_numpy(candidates).to(dev)
+            long_items = windows(offsets, items, c.long_len).to(dev)
+            users = self.model.user_vectors(windows(offsets, items, c.max_len).to(dev))
+            rank = torch.cat([self.model.rank_scores(cand[:, s:s + 256].clamp(min=0), long_items, users)
+                              for s in range(0, k1, 256)], dim=1).float().masked_fill(cand < 0, float("-inf"))
+            rank = rank.cpu().numpy()
+            final = gen if not self.ranker else rank if self.blend == 0 else rank + self.blend * gen
+            return candidates, gen, final
+        cand, gen, rank = self.model.generate_and_rank(
+            windows(offsets, items, c.max_len).to(dev), windows(offsets, items, c.long_len).to(dev), k1,
+            seen_mask(offsets, items, c.n_items).to(dev))
+        final = gen if not self.ranker else rank if self.blend == 0 else rank + self.blend * gen
+        return cand.cpu().numpy(), gen.cpu().numpy(), final.cpu().numpy()
+
+    def external_candidates(self, offsets: np.ndarray, items: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:
+        """The external generator's top k1 unseen items per CSR history, in its order: (U, k1) dense
+        indices (-1 where fewer remain) and its scores (-inf there)."""
+        lengths = np.diff(offsets)
+        ask = int(min(k1 + min(int(lengths.max(initial=0)), self.generator_margin), len(self.item_ids)))
+        histories = [self.item_ids[items[a:b]].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+        result = self.generator.retrieve(histories, k=ask)
+        candidates = np.full((len(histories), k1), -1, np.int64)
+        scores = np.full((len(histories), k1), -np.inf)
+        for u, (raw, score) in enumerate(zip(result.items, result.scores)):
+            seen = set(items[offsets[u]:offsets[u + 1]].tolist())
+            kept = [(self._item_index[x], s) for x, s in zip(raw, score) if self._item_index[x] not in seen][:k1]
+            if kept:
+                candidates[u, :len(kept)] = [i for i, _ in kept]
+                scores[u, :len(kept)] = [s for _, s in kept]
+        return candidates, scores
+
+    @torch.no_grad()
+    def rerank(self, offsets: np.ndarray, items: np.ndarray, candidates: np.ndarray, chunk: int = 256
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Re-order another generator's candidates with the ranker.
+
+        Args:
+            offsets, items: CSR dense histories (U + 1,), (N,).
+            candidates: (U, K) dense item indices, -1 = padding; a history item is dropped (never returned).
+
+        Returns:
+            (U, K) candidates best first (-1 last) and their ranker scores (-inf at -1).
+        """
+        c = self.model.config
+        candidates = np.asarray(candidates, np.int64)
+        if candidates.ndim != 2 or len(candidates) != len(offsets) - 1:
+            raise ValueError(f"candidates must be (users, K) for {len(offsets) - 1} users, got {candidates.shape}")
+        seen = seen_mask(offsets, items, c.n_items).numpy()
+        rows = np.arange(len(candidates))[:, None]
+        candidates = np.where((candidates >= 0) & seen[rows, candidates.clip(min=0)], -1, candidates)
+        long_items = windows(offsets, items, c.long_len).to(self.device)
+        users = self.model.user_vectors(windows(offsets, items, c.max_len).to(self.device))
+        cand = torch.from_numpy(candidates).to(self.device)
+        scores = torch.cat([self.model.rank_scores(cand[:, s:s + chunk].clamp(min=0), long_items, users)
+                            for s in range(0, cand.shape[1], chunk)], dim=1).float()
+        scores = scores.masked_fill(cand < 0, float("-inf"))
+        order = scores.argsort(dim=1, descending=True, stable=True)
+        return cand.gather(1, order).cpu().numpy(), scores.gather(1, order).cpu().numpy()
+
+    # ------------------------------------------------------------------------------ raw ids
+    def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 100, unknown: str = "error",
+                 batch_size: int = 256, side: dict[str, Sequence[Sequence[Any]]] | None = None) -> RetrievalResult:
+        """Top-k distinct raw item ids per history after generation (top k1) and ranking, best first;
+        scores are the final (ranker) scores. History items are never returned.
+
+        Args as `genret.Retriever.retrieve`; k must not exceed k1 (the candidates the ranker sees).
+        """
+        from genret.decoding.retriever import check_retrieve_args, dense_histories
+
+        check_retrieve_args(k, batch_size, len(self.item_ids))
+        if k > self.k1:
+            raise ValueError(f"k={k} exceeds the {self.k1} candidates the generator hands to the ranker (k1); "
+                             f"ask for at most {self.k1} items or load the retriever with a larger k1")
+        if side:
+            raise ValueError("GRank embeds no side features; call retrieve without side=")
+        offsets, dense, _ = dense_histories(histories, self._item_index, unknown)
+        lengths = np.diff(offsets)
+        if (lengths == 0).any():
+            u = int(np.flatnonzero(lengths == 0)[0])
+            raise ValueError(f"history {u} is empty{' after dropping unknown items' if unknown == 'drop' else ''}; "
+                             "GRank needs at least one known item (serve cold users with the popularity family)")
+        items_out, scores_out = [], []
+        for start in range(0, len(lengths), batch_size):
+            stop = min(start + batch_size, len(lengths))
+            sub = offsets[start:stop + 1] - offsets[start]
+            cand, _, final = self.generate_and_rank(sub, dense[offsets[start]:offsets[stop]])
+            order = np.argsort(-final, axis=1, kind="stable")[:, :k]
+            for u, row in enumerate(order):
+                picked = cand[u, row]
+                if (picked < 0).any():
+                    raise ValueError(f"history {start + u} leaves only {int((cand[u] >= 0).sum())} unseen items, "
+                                     f"fewer than k={k}")
+                items_out.append(self.item_ids[picked].tolist())
+                scores_out.append(final[u, row].astype(float).tolist())
+        return RetrievalResult(items_out, scores_out)
+
+
+def load_generator(generator: str, device, beam_width: int | None = None):
+    """None for GRank's own generator ("grank"), else the retriever of the checkpoint at `generator`."""
+    if generator in (None, "grank"):
+        return None
+    from genret.families import load_retriever
+
+    if not Path(generator).is_file():
+        raise FileNotFoundError(f"generator checkpoint {generator} does not exist; set model.generator to 'grank' "
+                                "or to a trained SASRec / KuaiFormer / DualGR checkpoint of the same data")
+    return load_retriever(generator, device=device, beam_width=beam_width)

@@ -1,0 +1,64 @@
+"""LightningDataModule for GRank: KuaiFormer's cut-point windows plus a long window for the ranker.
+
+A training example is a cut t of a user's training positives: the generator window (the last
+`max_len` positives before t), the ranker window (the last `long_len` before t) and the target
+(item t). Evaluation batches add each user's seen items as a (B, n_items) mask, so generation
+never returns a history item.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from genret.training.embedding_datamodule import KuaiFormerDataModule, _trim, gather_windows
+
+
+class GRankDataModule(KuaiFormerDataModule):
+    """KuaiFormerDataModule (cut points) with a ranker window and seen-item masks.
+
+    Args:
+        long_len: ranker history in items (the paper: up to 1,000).
+        Others as KuaiFormerDataModule; `targets` must stay "cut_points" (one user vector per example).
+    """
+
+    def __init__(self, data: str = "synthetic", load_kwargs: dict | None = None, max_len: int = 64,
+                 long_len: int = 1000, cuts_per_user: int = 4, include_last_cut: bool = True,
+                 batch_size: int = 128, eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0):
+        super().__init__(data=data, load_kwargs=load_kwargs, max_len=max_len, targets="cut_points",
+                         cuts_per_user=cuts_per_user, include_last_cut=include_last_cut, batch_size=batch_size,
+                         eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
+        if long_len < 1:
+            raise ValueError(f"data.long_len must be >= 1, got {long_len}")
+        self.long_len = long_len
+
+    def _long(self, users, ends, offsets, items) -> torch.Tensor:
+        window, valid = gather_windows(offsets, items, users, ends, self.long_len, -1)
+        return torch.from_numpy(window[:, -_trim(valid):])
+
+    def train_batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """items (N, T), long (N, L), targets (N,) for N = len(rows) * cuts_per_user examples."""
+        users = self.train_users[rows]
+        lengths = np.diff(self.train_offsets)[users]
+        C = self.cuts_per_user
+        cuts = self._rng.integers(1, lengths[:, None], size=(len(users), C))
+        if self.include_last_cut:
+            cuts[:, 0] = lengths - 1
+        users_rep, cuts = np.repeat(users, C), cuts.reshape(-1)
+        window, valid = gather_windows(self.train_offsets, self.train_items, users_rep, cuts, self.max_len, -1)
+        return {"items": torch.from_numpy(window[:, -_trim(valid):]),
+                "long": self._long(users_rep, cuts, self.train_offsets, self.train_items),
+                "targets": torch.from_numpy(self.train_items[self.train_offsets[users_rep] + cuts])}
+
+    def eval_batch(self, stage: str, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """items (B, T), long (B, L), seen (B, n_items) bool, index (B,) of evaluation examples `rows`."""
+        es = self.eval_sets[stage]
+        rows = np.asarray(rows, np.int64)
+        users, ends = es.users[rows], es.history_lengths()[rows]
+        window, valid = gather_windows(self.full_offsets, self.full_items, users, ends, self.max_len, -1)
+        seen = np.zeros((len(rows), self.n_items), bool)
+        for r, row in enumerate(rows):
+            seen[r, es.history_items[es.history_offsets[row]:es.history_offsets[row + 1]]] = True
+        return {"items": torch.from_numpy(window[:, -_trim(valid):]),
+                "long": self._long(users, ends, self.full_offsets, self.full_items),
+                "seen": torch.from_numpy(seen), "index": torch.from_numpy(rows)}

@@ -1,0 +1,267 @@
+"""LightningModule for GRank: generator, auxiliary candidate tokens and ranker trained end to end.
+
+L = ntp_weight * L_NTP + aux_weight * L_SA + ranker_weight * L_CA (+ position_loss_weight * the
+dense next-item loss on the history positions, not in the paper: one target per cut learns slowly
+on a CPU budget). Every term is InfoNCE at one `temperature`:
+  * L_NTP: h_u against the whole catalogue ("full", our catalogues are small) or the batch's
+    targets with log Q ("in_batch", for large ones).
+  * L_SA: each example's target and `aux_negatives` other targets of the batch as candidate tokens;
+    their s_sa scores, target first.
+  * L_CA: the ranker's s_ca for the target, `hard_negatives` drawn from the generator's own top
+    `hard_pool` (no gradient; the paper is silent, but a re-ranker only ever sees the generator's top
+    items) and `ranker_negatives` other targets of the batch.
+With `freeze_generator` only the ranker's own layers train (the item table belongs to the
+generator), so the generator's candidates cannot move; `init_from` loads a GRank checkpoint's
+weights first (e.g. a pure-generator run).
+
+Validation runs the serving pipeline on every validation user (MIPS top-`val_k1`, history
+excluded, then the ranker) and genret.eval.grank_validation logs val/hr@K, val/ndcg@K (generator +
+ranker; `monitor` picks the kept epoch among them), val/gen_* (generator only) and the candidate
+set's recall.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from genret.models.grank import GRank, GRankConfig, info_nce
+from genret.models.kuaiformer import sampling_log_q
+from genret.training.checkpoint import genret_entry, read_entry
+from genret.training.optim import adamw, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+NTP_NEGATIVES = ("full", "in_batch")
+
+
+class GRankModule(pl.LightningModule):
+    """Trains GRank (see the module docstring).
+
+    Args:
+        config: GRankConfig (n_items, max_len, long_len come from the data).
+        ntp_weight, aux_weight, ranker_weight: lambda_0..2 of the three InfoNCE terms (0 = off; the
+            ablations: pure generator = aux 0 and ranker 0, ...).
+        position_loss_weight: dense next-item loss on the history positions (0 = off).
+        temperature: InfoNCE temperature of all terms.
+        ntp_negatives: "full" or "in_batch" (log Q corrected).
+        aux_negatives: other in-batch targets appended as candidate tokens per example.
+        ranker_negatives: other in-batch targets the ranker scores per example.
+        hard_negatives, hard_pool: generator top-`hard_pool` items the ranker scores per example.
+        ranker_rows: examples per batch the ranker trains on (a random subset; its 1,000-item
+            cross-attention dominated the step: ~4 of 10 s for 512 examples on ML-1M).
+        freeze_generator: train the ranker only. init_from: GRank checkpoint whose weights to start from.
+        k1: candidates per user at serving and in the benchmark. val_k1: at validation (smaller: faster).
+        blend: final score = s_ca + blend * g(u, c) (0 = the ranker alone, the paper's).
+        generator: whose top k1 the ranker re-orders at serving and in the benchmark: "grank" (its own
+            MIPS) or the checkpoint of a SASRec / KuaiFormer / DualGR model trained on the same data
+            (never trained here: frozen). Training is the same either way: the ranker's hard negatives
+            come from GRank's own generator (decoding DualGR beams every step is too slow for a CPU).
+        beam_width: beams per level of a DualGR generator (default: what k1 needs).
+        lr, weight_decay, warmup_steps, cosine: AdamW and its schedule.
+        monitor, patience, eval_ks: epoch selection (val/ndcg@10 is generator + ranker).
+    """
+
+    def __init__(self, config: GRankConfig | None = None, ntp_weight: float = 1.0, aux_weight: float = 0.5,
+                 ranker_weight: float = 1.0, position_loss_weight: float = 1.0, temperature: float = 1.0,
+                 ntp_negatives: str = "full", aux_negatives: int = 32, ranker_negatives: int = 32,
+                 hard_negatives: int = 32, hard_pool: int = 200, ranker_rows: int = 128,
+                 freeze_generator: bool = False,
+                 init_from: str | None = None, k1: int = 1000, val_k1: int = 200, blend: float = 0.0,
+                 generator: str = "grank", beam_width: int | None = None,
+                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, cosine: bool = True,
+                 monitor: str = "val/ndcg@10", patience: int | None = None, eval_ks: list[int] | None = None):
+        super().__init__()
+        if ntp_negatives not in NTP_NEGATIVES:
+            raise ValueError(f"model.ntp_negatives must be one of {NTP_NEGATIVES}, got {ntp_negatives!r}")
+        if temperature <= 0:
+            raise ValueError(f"model.temperature must be > 0, got {temperature}")
+        if min(ntp_weight, aux_weight, ranker_weight, position_loss_weight) < 0:
+            raise ValueError("loss weights must be >= 0")
+        if freeze_generator and init_from is None:
+            raise ValueError("freeze_generator needs init_from (a trained GRank checkpoint); a frozen random "
+                             "generator produces random candidates")
+        if freeze_generator and ranker_weight == 0:
+            raise ValueError("freeze_generator trains the ranker only; set ranker_weight > 0")
+        self.config = config or GRankConfig()
+        self.ntp_weight, self.aux_weight, self.ranker_weight = ntp_weight, aux_weight, ranker_weight
+        self.position_loss_weight = position_loss_weight
+        self.temperature = temperature
+        self.ntp_negatives = ntp_negatives
+        self.aux_negatives, self.ranker_negatives = aux_negatives, ranker_negatives
+        self.hard_negatives, self.hard_pool, self.ranker_rows = hard_negatives, hard_pool, ranker_rows
+        self.freeze_generator, self.init_from = freeze_generator, init_from
+        self.k1, self.val_k1, self.blend = k1, val_k1, blend
+        self.generator, self.beam_width = generator, beam_width
+        self.lr, self.weight_decay, self.warmup_steps, self.cosine = lr, weight_decay, warmup_steps, cosine
+        self.monitor, self.patience = monitor, patience
+        self.eval_ks = sorted(set(eval_ks or [10, 50]))
+        hp = {k: v for k, v in locals().items() if k not in ("self", "config", "__class__")}
+        self.save_hyperparameters({"config": dataclasses.asdict(self.config), **hp})
+        self.model: GRank | None = None
+        self.catalogue: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ model from data facts
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None:
+            raise RuntimeError("GRankModule needs a GRankDataModule to size its model; pass datamodule=")
+        dm.setup("fit")
+        self.build_from_data(dm)
+
+    def build_from_data(self, dm) -> GRank:
+        """Resolve the config with the data's facts, create the network (and load `init_from`)."""
+        if not hasattr(dm, "long_len"):
+            raise ValueError("GRank trains on a GRankDataModule (genret.training.grank_datamodule)")
+        self.config = dataclasses.replace(self.config, n_items=dm.n_items, max_len=dm.max_len, long_len=dm.long_len)
+        self.model = GRank(self.config)
+        self.register_buffer("item_log_prob", torch.from_numpy(dm.item_log_prob))
+        self.catalogue = {"dataset": dm.log_all.name, "item_ids": dm.log_all.item_ids.tolist()}
+        if self.init_from:
+            from genret.training.checkpoint import load_checkpoint, model_state
+
+            checkpoint, entry = load_checkpoint(self.init_from, family="grank")
+            if entry["config"]["n_items"] != dm.n_items:
+                raise ValueError(f"init_from {self.init_from} has {entry['config']['n_items']} items, the data "
+                                 f"{dm.n_items}; start from a checkpoint trained on this data")
+            self.model.load_state_dict(model_state(checkpoint))
+        if self.freeze_generator:
+            for name, param in self.model.named_parameters():
+                param.requires_grad_(name.startswith("ranker."))
+        return self.model
+
+    # ------------------------------------------------------------------ losses
+    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The weighted terms of the batch's loss (a dict of scalars; "loss" is their sum)."""
+        items, long_items, targets = batch["items"], batch["long"], batch["targets"]
+        n = len(targets)
+        rng_device = targets.device
+        out: dict[str, torch.Tensor] = {}
+        aux = None
+        if self.aux_weight > 0 and not self.freeze_generator:
+            negatives = targets[torch.randint(0, n, (n, self.aux_negatives), device=rng_device)]
+            aux = torch.cat([targets[:, None], negatives], dim=1)
+        generator_trains = not self.freeze_generator
+        with torch.set_grad_enabled(generator_trains and torch.is_grad_enabled()):
+            hidden, cand_states = self.model.encode(items, aux)
+        users = hidden[:, -1]
+        table = self.model.item_vectors()
+        if generator_trains and self.ntp_weight > 0:
+            out["ntp"] = self.ntp_weight * self.ntp_loss(users, targets)
+        if generator_trains and self.position_loss_weight > 0:
+            following = torch.cat([items[:, 1:], targets[:, None]], dim=1)
+            has = items >= 0
+            states = self.model.position_states(hidden)[has]
+            out["position"] = self.position_loss_weight * self.ntp_loss(states, following[has])
+        if aux is not None:
+            allowed = aux != targets[:, None]
+            allowed[:, 0] = True
+            column = torch.zeros(n, dtype=torch.long, device=rng_device)
+            out["aux"] = self.aux_weight * info_nce(self.model.aux_scores(cand_states), column, self.temperature,
+                                                    allowed)
+        if self.ranker_weight > 0:
+            rows = torch.randperm(n, device=rng_device)[:self.ranker_rows] if n > self.ranker_rows else slice(None)
+            out["ranker"] = self.ranker_weight * self.ranker_loss(users[rows].detach(), table.detach(), items[rows],
+                                                                  long_items[rows], targets[rows])
+        out["loss"] = sum(out.values())
+        return out
+
+    def ntp_loss(self, users: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """InfoNCE of user vectors (N, d) for targets (N,): full catalogue or in-batch with log Q."""
+        table = self.model.item_vectors()
+        if self.ntp_negatives == "full":
+            return info_nce(users @ table.T, targets, self.temperature)
+        candidates, inverse = torch.unique(targets, return_inverse=True)
+        logits = users @ table[candidates].T / self.temperature
+        logits = logits - sampling_log_q(self.item_log_prob, candidates, len(targets), 0, self.config.n_items)[None]
+        return info_nce(logits, inverse, 1.0)
+
+    def ranker_loss(self, users: torch.Tensor, table: torch.Tensor, items: torch.Tensor, long_items: torch.Tensor,
+                    targets: torch.Tensor) -> torch.Tensor:
+        """InfoNCE of s_ca: the target (column 0), hard negatives from the generator's top items
+        (history and target removed) and other in-batch targets."""
+        n, device = len(targets), targets.device
+        columns = [targets[:, None]]
+        if self.hard_negatives > 0:
+            with torch.no_grad():
+                scores = users.float() @ table.float().T
+                rows = torch.arange(n, device=device)
+                scores[rows, targets] = float("-inf")
+                seen = items >= 0
+                scores[rows[:, None].expand_as(items)[seen], items[seen]] = float("-inf")
+                pool = scores.topk(min(self.hard_pool, self.config.n_items - 1), dim=1).indices
+                pick = torch.randint(0, pool.shape[1], (n, self.hard_negatives), device=device)
+                columns.append(pool.gather(1, pick))
+        if self.ranker_negatives > 0:
+            columns.append(targets[torch.randint(0, n, (n, self.ranker_negatives), device=device)])
+        candidates = torch.cat(columns, dim=1)
+        allowed = candidates != targets[:, None]
+        allowed[:, 0] = True
+        scores = self.model.rank_scores(candidates, long_items, users)
+        return info_nce(scores, torch.zeros(n, dtype=torch.long, device=device), self.temperature, allowed)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        terms = self.losses(batch)
+        n = len(batch["targets"])
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=n)
+        return terms["loss"]
+
+    # ------------------------------------------------------------------ validation
+    def final_scores(self, gen_scores: torch.Tensor, rank_scores: torch.Tensor) -> torch.Tensor:
+        """The score the final list is sorted by: s_ca (+ blend * g)."""
+        return rank_scores if self.blend == 0 else rank_scores + self.blend * gen_scores
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Generate (top val_k1, history excluded) and rank; genret.eval.grank_validation scores the lists."""
+        k1 = min(self.val_k1, self.config.n_items)
+        candidates, gen, rank = self.model.generate_and_rank(batch["items"], batch["long"], k1, batch["seen"])
+        if self.ranker_weight == 0:  # an ablation without the ranker: its list is the generator's
+            return {"generator": candidates.cpu(), "ranked": candidates.cpu()}
+        order = self.final_scores(gen, rank).argsort(dim=1, descending=True, stable=True)
+        return {"generator": candidates.cpu(), "ranked": candidates.gather(1, order).cpu()}
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self.validation_step(batch, batch_idx)
+
+    @property
+    def selection(self) -> tuple[str, str]:
+        return self.monitor, "max"
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        opt = adamw(self.model, self.lr, self.weight_decay, betas=(0.9, 0.98))
+        return {"optimizer": opt,
+                "lr_scheduler": warmup_cosine(opt, self.warmup_steps, self.trainer.estimated_stepping_batches,
+                                              cosine=self.cosine)}
+
+    # ------------------------------------------------------------------ checkpoint contents
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["genret"] = genret_entry("grank", dataclasses.asdict(self.config), self.catalogue,
+                                            serving={"k1": self.k1, "blend": self.blend, "generator": self.generator,
+                                                     "ranker": self.ranker_weight > 0,
+                                                     "beam_width": self.beam_width})
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        entry = read_entry(checkpoint, "checkpoint", family="grank")
+        self.catalogue = entry["catalogue"]
+        if self.model is None:
+            self.config = GRankConfig(**entry["config"])
+            self.model = GRank(self.config)
+            self.register_buffer("item_log_prob", torch.zeros(self.config.n_items))
+
+
+def load_grank(path, device: str | torch.device = "cpu") -> tuple[GRank, dict[str, Any]]:
+    """The network of a GRank checkpoint (eval mode) and its checked "genret" entry."""
+    from genret.training.checkpoint import load_checkpoint, model_state
+
+    checkpoint, entry = load_checkpoint(path, device, family="grank")
+    model = GRank(GRankConfig(**entry["config"]))
+    model.load_state_dict(model_state(checkpoint))
+    return model.to(device).eval(), entry

@@ -1,0 +1,180 @@
+"""GRank end to end on synthetic data: shipped configs, a tiny run, checkpoint round trip, serving
+rules (candidates only, never the history), bad input, and a frozen generator under ranker training."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genret.decoding.grank_retriever import GRankRetriever
+from genret.families import family_for_config, load_retriever
+from genret.training.run import build, fit
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TINY = ["--data.data", "synthetic:200x150", "--data.load_kwargs", "{}", "--trainer.max_epochs", "1",
+        "--trainer.check_val_every_n_epoch", "1", "--trainer.max_time", "null",
+        "--model.config.d_model", "16", "--model.config.d_ffn", "32", "--model.config.n_layers", "1",
+        "--model.config.ranker_hidden", "16", "--data.max_len", "8", "--data.long_len", "20",
+        "--model.k1", "40", "--model.val_k1", "20", "--model.hard_pool", "20", "--model.hard_negatives", "4",
+        "--model.ranker_negatives", "4", "--model.aux_negatives", "4", "--data.batch_size", "64",
+        "--model.warmup_steps", "0"]
+
+
+@pytest.mark.parametrize("name", ["grank_ml1m.yaml", "grank_amazon.yaml"])
+def test_shipped_configs_load(name, tmp_path):
+    assert family_for_config(name).name == "grank"
+    module, dm, _ = build("grank", CONFIGS / name, tmp_path)
+    assert module.k1 >= 1000 and dm.long_len == 1000  # the paper's serving shape
+    assert module.ntp_weight > 0 and module.aux_weight > 0 and module.ranker_weight > 0
+    assert dm.item_features == [] and dm.side_features == []  # ids only: runs on any Amazon category
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grank")
+    torch.manual_seed(0)
+    module, dm, trainer = build("grank", CONFIGS / "grank_ml1m.yaml", out, TINY)
+    ckpt, _ = fit(module, dm, trainer, out)
+    return module, dm, ckpt
+
+
+def _histories(dm, n=6):
+    es = dm.eval_sets["test"]
+    return [dm.log_all.item_ids[es.history_items[es.history_offsets[u]:es.history_offsets[u + 1]]].tolist()
+            for u in range(n)]
+
+
+def test_checkpoint_round_trip_and_decode_registry(trained):
+    module, dm, ckpt = trained
+    in_memory = GRankRetriever(module.model, dm.log_all.item_ids, k1=40)
+    loaded = GRankRetriever.from_checkpoint(ckpt, device="cpu")
+    assert loaded.k1 == 40 and isinstance(load_retriever(ckpt, device="cpu", beam_width=5), GRankRetriever)
+    histories = _histories(dm)
+    a, b = in_memory.retrieve(histories, k=10), loaded.retrieve(histories, k=10)
+    assert a.items == b.items
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
+
+
+def test_ranked_items_come_from_the_candidates_and_never_from_the_history(trained):
+    module, dm, _ = trained
+    r = GRankRetriever(module.model, dm.log_all.item_ids, k1=40)
+    histories = _histories(dm)
+    result = r.retrieve(histories, k=20)
+    index = {raw: i for i, raw in enumerate(r.item_ids.tolist())}
+    dense = [np.array([index[x] for x in h]) for h in histories]
+    offsets = np.concatenate([[0], np.cumsum([len(h) for h in dense])])
+    cand, _, _ = r.generate_and_rank(offsets, np.concatenate(dense))
+    for u, (items, history) in enumerate(zip(result.items, histories)):
+        assert len(set(items)) == 20 and not set(items) & set(history)
+        assert {index[x] for x in items} <= set(cand[u].tolist())
+        assert result.scores[u] == sorted(result.scores[u], reverse=True)
+    # Another generator's candidates: history items are dropped, nothing else is added.
+    foreign = np.stack([np.concatenate([dense[u][:3], np.arange(10)]) for u in range(len(dense))])
+    ranked, scores = r.rerank(offsets, np.concatenate(dense), foreign)
+    for u in range(len(dense)):
+        kept = set(ranked[u][ranked[u] >= 0].tolist())
+        assert kept == set(foreign[u].tolist()) - set(dense[u].tolist())
+        assert np.isneginf(scores[u][ranked[u] < 0]).all()
+
+
+def test_bad_input_gets_a_clear_error(trained):
+    module, dm, _ = trained
+    r = GRankRetriever(module.model, dm.log_all.item_ids, k1=40)
+    history = _histories(dm, 1)
+    with pytest.raises(ValueError, match="not in the catalogue"):
+        r.retrieve([["no-such-item"]], k=5)
+    with pytest.raises(ValueError, match="history 1 is empty"):
+        r.retrieve(history + [[]], k=5)
+    with pytest.raises(ValueError, match="k=41 exceeds the 40 candidates"):
+        r.retrieve(history, k=41)
+    with pytest.raises(ValueError, match="no side features"):
+        r.retrieve(history, k=5, side={"rating": [[5] * len(history[0])]})
+
+
+def test_frozen_generator_keeps_its_candidates_while_the_ranker_trains(trained, tmp_path):
+    module, dm, ckpt = trained
+    before = GRankRetriever.from_checkpoint(ckpt, device="cpu")
+    histories = _histories(dm)
+    index = {raw: i for i, raw in enumerate(before.item_ids.tolist())}
+    dense = np.array([index[x] for h in histories for x in h])
+    offsets = np.concatenate([[0], np.cumsum([len(h) for h in histories])])
+    cand_before, gen_before, _ = before.generate_and_rank(offsets, dense)
+    torch.manual_seed(1)
+    frozen, dm2, trainer = build("grank", CONFIGS / "grank_ml1m.yaml", tmp_path,
+                                 TINY + ["--model.freeze_generator", "true", "--model.init_from", str(ckpt),
+                                         "--model.lr", "0.01"])
+    ckpt2, _ = fit(frozen, dm2, trainer, tmp_path)
+    after = GRankRetriever.from_checkpoint(ckpt2, device="cpu")
+    cand_after, gen_after, _ = after.generate_and_rank(offsets, dense)
+    np.testing.assert_array_equal(cand_after, cand_before)
+    np.testing.assert_allclose(gen_after, gen_before, rtol=1e-6)
+    changed = [n for n, p in after.model.named_parameters()
+               if not torch.equal(p, dict(before.model.named_parameters())[n])]
+    assert changed and all(n.startswith("ranker.") for n in changed)
+
+
+def test_the_ranker_reorders_another_generators_candidates(trained, tmp_path):
+    """SASRec top-K as the generator: the ranker's list is a re-ordering of SASRec's unseen top k1."""
+    from genret.decoding.embedding_retriever import EmbeddingRetriever
+    from genret.eval.grank_benchmark import run_grank
+
+    module, dm, ckpt = trained
+    sasrec, sdm, trainer = build("sasrec", CONFIGS / "sasrec_ml1m.yaml", tmp_path / "sasrec",
+                                 ["--data.data", "synthetic:200x150", "--data.load_kwargs", "{}",
+                                  "--trainer.max_epochs", "1", "--model.config.d_model", "16",
+                                  "--model.config.d_ffn", "32", "--data.max_len", "8"])
+    sasrec_ckpt, _ = fit(sasrec, sdm, trainer, tmp_path / "sasrec")
+    r = GRankRetriever.from_checkpoint(ckpt, device="cpu", generator=str(sasrec_ckpt))
+    assert isinstance(r.generator, EmbeddingRetriever)
+    histories = _histories(dm)
+    top = r.generator.retrieve(histories, k=150).items
+    result = r.retrieve(histories, k=20)
+    for u, history in enumerate(histories):
+        unseen = [x for x in top[u] if x not in set(history)][:40]
+        assert set(result.items[u]) <= set(unseen) and not set(result.items[u]) & set(history)
+    res = run_grank("grank", CONFIGS / "grank_ml1m.yaml", tmp_path / "bench",
+                    overrides=TINY + ["--model.generator", str(sasrec_ckpt)], ks=(5, 10))
+    assert res["extra"]["generator"] == str(sasrec_ckpt)
+    assert {"kuaiformer generator only", "grank + ranker", "grank generator only"} <= set(res["baselines"])
+    assert res["test"]["recall@40"] == pytest.approx(res["extra"]["candidate_recall"]["test"])
+
+
+def test_ablation_without_the_ranker_serves_the_generators_order(tmp_path):
+    """The pure-generator / generator + auxiliary-tokens ablations (ranker_weight 0)."""
+    module, dm, trainer = build("grank", CONFIGS / "grank_ml1m.yaml", tmp_path,
+                                TINY + ["--model.ranker_weight", "0", "--model.aux_weight", "0"])
+    ckpt, _ = fit(module, dm, trainer, tmp_path)
+    r = GRankRetriever.from_checkpoint(ckpt, device="cpu")
+    assert r.ranker is False
+    histories = _histories(dm)
+    index = {raw: i for i, raw in enumerate(r.item_ids.tolist())}
+    dense = np.array([index[x] for h in histories for x in h])
+    offsets = np.concatenate([[0], np.cumsum([len(h) for h in histories])])
+    cand, _, _ = r.generate_and_rank(offsets, dense)
+    assert [[index[x] for x in items] for items in r.retrieve(histories, k=10).items] == cand[:, :10].tolist()
+
+
+def test_benchmark_and_decode_commands_with_a_grank_model(tmp_path):
+    import json
+
+    from genret.cli import main
+
+    out = tmp_path / "bench"
+    overrides = [a for a in TINY if a not in ("--data.data", "synthetic:200x150")]
+    assert main(["benchmark", "--model", "grank", "--data", "synthetic:200x150", "--config",
+                 str(CONFIGS / "grank_ml1m.yaml"), "--out", str(out), "--ks", "5,10", *overrides]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"hr@10", "recall@10", "ndcg@10", "recall@40"} <= set(metrics["test"])
+    assert set(metrics["baselines"]) == {"popularity", "grank generator only"}
+    assert metrics["k1"] == 40 and 0 <= metrics["candidate_recall"]["test"] <= 1
+    assert metrics["test"]["recall@40"] == pytest.approx(metrics["candidate_recall"]["test"])
+    assert "grank generator only" in (out / "report.md").read_text()
+    histories = tmp_path / "h.jsonl"
+    histories.write_text(json.dumps({"user": "u", "history": [1, 2, 3]}) + "\n")
+    assert main(["decode", "--checkpoint", str(out / "model.ckpt"), "--histories", str(histories), "--k", "5",
+                 "--out", str(tmp_path / "top.jsonl")]) == 0
+    row = json.loads((tmp_path / "top.jsonl").read_text())
+    assert row["user"] == "u" and len(row["items"]) == 5 and not {1, 2, 3} & set(row["items"])
+    with pytest.raises(SystemExit, match="exceeds the 40 candidates"):
+        main(["decode", "--checkpoint", str(out / "model.ckpt"), "--histories", str(histories), "--k", "41"])

@@ -9,12 +9,14 @@ KuaiFormer exact top-K) and its top k1 (history excluded) are what the ranker re
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from genret.decoding import requests
 from genret.decoding.retriever import RetrievalResult
 from genret.models.grank import GRank
 
@@ -65,7 +67,8 @@ class GRankRetriever:
             raise ValueError(f"k1 must be >= 1, got {k1}")
         self.k1 = min(k1, model.config.n_items)
         self.blend = blend
-        self._item_index = {raw: i for i, raw in enumerate(self.item_ids.tolist())}
+        self._item_index = requests.item_lookup(self.item_ids)
+        self.model_version = "in-memory"  # a content hash when loaded from a file
         if generator is not None and not np.array_equal(np.asarray(generator.item_ids), self.item_ids):
             raise ValueError(f"the generator serves another catalogue ({len(generator.item_ids):,} items) than "
                              f"the ranker ({len(self.item_ids):,}); train both on the same data")
@@ -89,15 +92,18 @@ class GRankRetriever:
         own MIPS) or the checkpoint of another family's model whose candidates the ranker re-orders
         (`beam_width` goes to a DualGR generator).
         """
+        from genret.decoding.export import artifact_version
         from genret.training.grank_module import load_grank
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, entry = load_grank(path, device)
         serving = entry.get("serving", {})
-        return cls(model, entry["catalogue"]["item_ids"], k1=k1 or serving.get("k1", 1000),
-                   blend=serving.get("blend", 0.0) if blend is None else blend,
-                   ranker=serving.get("ranker", True), generator=load_generator(generator or serving.get("generator", "grank"), device,
-                                            beam_width or serving.get("beam_width")))
+        retriever = cls(model, entry["catalogue"]["item_ids"], k1=k1 or serving.get("k1", 1000),
+                        blend=serving.get("blend", 0.0) if blend is None else blend, ranker=serving.get("ranker", True),
+                        generator=load_generator(generator or serving.get("generator", "grank"), device,
+                                                 beam_width or serving.get("beam_width")))
+        retriever.model_version = artifact_version(path)
+        return retriever
 
     # ------------------------------------------------------------------------------ indices
     @torch.no_grad()
@@ -171,21 +177,32 @@ class GRankRetriever:
 
     # ------------------------------------------------------------------------------ raw ids
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 100, unknown: str = "error",
-                 batch_size: int = 256, side: dict[str, Sequence[Sequence[Any]]] | None = None) -> RetrievalResult:
+                 batch_size: int = 256, side: dict[str, Sequence[Sequence[Any]]] | None = None,
+                 exclude_seen: bool = True, user_features: Any = None) -> RetrievalResult:
         """Top-k distinct raw item ids per history after generation (top k1) and ranking, best first;
-        scores are the final (ranker) scores. History items are never returned.
+        scores are the final (ranker) scores. History items are never returned (`exclude_seen`
+        must stay true: the ranker is trained on unseen candidates).
 
-        Args as `genret.Retriever.retrieve`; k must not exceed k1 (the candidates the ranker sees).
+        Args as `genret.Retriever.retrieve` (the request checks are shared: genret.decoding.requests);
+        k must not exceed k1 (the candidates the ranker sees).
         """
-        from genret.decoding.retriever import check_retrieve_args, dense_histories
-
-        check_retrieve_args(k, batch_size, len(self.item_ids))
+        histories = requests.check_histories(histories)
+        k = requests.check_k(k, len(self.item_ids))
+        batch_size = requests.check_batch_size(batch_size)
+        if not requests.check_flag(exclude_seen, "exclude_seen"):
+            raise requests.RequestError("GRank never returns history items; leave exclude_seen true")
+        if user_features is not None:
+            raise requests.RequestError("GRank embeds no user features; leave user_features unset")
         if k > self.k1:
             raise ValueError(f"k={k} exceeds the {self.k1} candidates the generator hands to the ranker (k1); "
                              f"ask for at most {self.k1} items or load the retriever with a larger k1")
         if side:
             raise ValueError("GRank embeds no side features; call retrieve without side=")
-        offsets, dense, _ = dense_histories(histories, self._item_index, unknown)
+        rows, _, dropped = requests.encode_histories(histories, self._item_index, requests.check_unknown(unknown))
+        if dropped:
+            warnings.warn(f"dropped {len(dropped)} unknown item id(s), e.g. {dropped[:3]}", stacklevel=2)
+        offsets = np.concatenate([[0], np.cumsum([len(row) for row in rows])]).astype(np.int64)
+        dense = np.asarray([i for row in rows for i in row], np.int64)
         lengths = np.diff(offsets)
         if (lengths == 0).any():
             u = int(np.flatnonzero(lengths == 0)[0])

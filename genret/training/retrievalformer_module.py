@@ -1,0 +1,180 @@
+"""LightningModule for RetrievalFormer: next-item prediction with the in-batch softmax and logQ
+correction genret's KuaiFormer uses (or a full softmax over the catalogue, which a feature-based
+item tower can afford on catalogues of a few ten thousand items: every item vector is computed
+once per step anyway, because history tokens and scores share the tower).
+
+Validation ranks every item for every validation user (genret.eval.embedding_validation), so the
+kept epoch is chosen on validation, as for SASRec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from genret.models.kuaiformer import in_batch_candidates, sampling_log_q, smoothed_softmax_loss
+from genret.models.retrievalformer import RetrievalFormer, RetrievalFormerConfig
+from genret.training.checkpoint import genret_entry, read_entry
+from genret.training.optim import adamw, warmup_cosine
+
+LOSSES = ("full_softmax", "sampled_softmax")
+
+
+class RetrievalFormerModule(pl.LightningModule):
+    """Trains RetrievalFormer.
+
+    Args:
+        config: model sizes (RetrievalFormerConfig); the item/user feature fields come from the data.
+        loss: "sampled_softmax" (in-batch positives + `uniform_negatives` shared uniform draws, i.e.
+            mixed negative sampling, with log Q subtracted) or "full_softmax".
+        label_smoothing: alpha moved to the negatives.
+        logq_correction: subtract log Q (sampled_softmax only).
+        uniform_negatives: uniformly drawn shared negatives per batch.
+        max_in_batch_candidates: more targets than this: each row's positive against R random rows'.
+        lr, weight_decay, warmup_steps, cosine: AdamW and its schedule.
+        monitor, patience, eval_ks: validation metric that picks the epoch; early stopping; cut-offs.
+    """
+
+    def __init__(self, config: RetrievalFormerConfig | None = None, loss: str = "sampled_softmax",
+                 label_smoothing: float = 0.0, logq_correction: bool = True, uniform_negatives: int = 0,
+                 max_in_batch_candidates: int = 4096, lr: float = 1e-3, weight_decay: float = 0.0,
+                 warmup_steps: int = 0, cosine: bool = True, monitor: str = "val/hr@20",
+                 patience: int | None = None, eval_ks: list[int] | None = None):
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"model.loss must be one of {LOSSES}, got {loss!r}")
+        if loss == "full_softmax" and logq_correction:
+            raise ValueError("logq_correction corrects sampled negatives; set logq_correction: false with full_softmax")
+        self.config = config or RetrievalFormerConfig()
+        self.loss_name = loss
+        self.label_smoothing = label_smoothing
+        self.logq_correction = logq_correction
+        self.uniform_negatives = uniform_negatives
+        self.max_in_batch_candidates = max_in_batch_candidates
+        self.lr, self.weight_decay, self.warmup_steps, self.cosine = lr, weight_decay, warmup_steps, cosine
+        self.monitor = monitor
+        self.patience = patience
+        self.eval_ks = sorted(set(eval_ks or [10, 20, 100]))
+        self.save_hyperparameters({"config": dataclasses.asdict(self.config), "loss": loss,
+                                   "label_smoothing": label_smoothing, "logq_correction": logq_correction,
+                                   "uniform_negatives": uniform_negatives, "lr": lr, "weight_decay": weight_decay,
+                                   "warmup_steps": warmup_steps, "cosine": cosine})
+        self.model: RetrievalFormer | None = None
+        self.catalogue: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ model from data facts
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None:
+            raise RuntimeError("RetrievalFormerModule needs a RetrievalFormerDataModule; pass datamodule=")
+        dm.setup("fit")
+        self.build_from_data(dm)
+
+    def build_from_data(self, dm) -> RetrievalFormer:
+        """Resolve the config with the data's features, create the network, copy the feature tables."""
+        if not hasattr(dm, "encoder"):
+            raise ValueError("RetrievalFormer needs a RetrievalFormerDataModule (item features)")
+        self.config = dataclasses.replace(
+            self.config, n_items=dm.n_items, max_len=dm.max_len, item_feature_names=list(dm.item_features),
+            item_feature_widths=[t.shape[1] for t in dm.item_feature_tables],
+            item_feature_cardinalities=list(dm.item_feature_cardinalities),
+            user_feature_cardinalities=list(dm.user_feature_cardinalities))
+        self.model = RetrievalFormer(self.config)
+        self.model.set_item_features([torch.from_numpy(t) for t in dm.item_feature_tables])
+        self.register_buffer("item_log_prob", torch.from_numpy(dm.item_log_prob))
+        self.catalogue = {"dataset": dm.log_all.name, "item_ids": dm.log_all.item_ids.tolist(),
+                          "encoder": dm.encoder.state_dict(), "user_feature_names": list(dm.user_feature_names),
+                          "protocol": dm.protocol}
+        return self.model
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Mean loss over the batch's targets and their number. Item vectors are computed once per step."""
+        m = self.model
+        fused = m.fuse_items(m.feature_tables_of())
+        item_table = m.score_vectors(fused)
+        states = m.encode(batch["items"], batch.get("user_features"), fused=fused)
+        targets = batch["targets"]
+        if targets.ndim == 2:
+            has = targets >= 0
+            states, targets = states[has], targets[has]
+        else:
+            states = states[:, -1]
+        return self.softmax_loss(states, targets, item_table), len(targets)
+
+    def softmax_loss(self, users: torch.Tensor, targets: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
+        """Mean full or in-batch softmax loss of user states (N, d) for `targets` (N,)."""
+        scale = self.model.scale()
+        if self.loss_name == "full_softmax":
+            return smoothed_softmax_loss(users @ item_table.T * scale, targets, None, self.label_smoothing).mean()
+        n, n_items = len(targets), item_table.shape[0]
+        if n <= self.max_in_batch_candidates:
+            candidates, allowed = in_batch_candidates(targets, n_items, self.uniform_negatives)
+            logits = users @ item_table[candidates].T * scale
+            if self.logq_correction:
+                logits = logits - sampling_log_q(self.item_log_prob, candidates, n, self.uniform_negatives, n_items)[None]
+            column = torch.arange(n, device=targets.device)
+            return smoothed_softmax_loss(logits, column, allowed, self.label_smoothing).mean()
+        r = self.max_in_batch_candidates  # each row's positive vs the positives of R random rows
+        shared = targets[torch.randperm(n, device=targets.device)[:r]]
+        if self.uniform_negatives > 0:
+            shared = torch.cat([shared, torch.randint(0, n_items, (self.uniform_negatives,), device=shared.device)])
+        allowed = torch.cat([torch.ones(n, 1, dtype=torch.bool, device=targets.device),
+                             shared[None, :] != targets[:, None]], dim=1)
+        positive = (users * item_table[targets]).sum(-1, keepdim=True) * scale
+        logits = torch.cat([positive, users @ item_table[shared].T * scale], dim=1)
+        if self.logq_correction:
+            log_q = sampling_log_q(self.item_log_prob, torch.cat([targets, shared]), r, self.uniform_negatives, n_items)
+            logits = logits - torch.cat([log_q[:n, None], log_q[None, n:].expand(n, -1)], dim=1)
+        column = torch.zeros(n, dtype=torch.long, device=targets.device)
+        return smoothed_softmax_loss(logits, column, allowed, self.label_smoothing).mean()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, n = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        return loss
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """User vectors (B, 1, d); genret.eval.embedding_validation ranks them at the epoch's end."""
+        return self.model.user_vectors(batch["items"], batch.get("user_features")).float().cpu()
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.validation_step(batch, batch_idx)
+
+    @property
+    def selection(self) -> tuple[str, str]:
+        return self.monitor, "max"
+
+    def configure_optimizers(self):
+        opt = adamw(self.model, self.lr, self.weight_decay, betas=(0.9, 0.98))
+        return {"optimizer": opt,
+                "lr_scheduler": warmup_cosine(opt, self.warmup_steps, self.trainer.estimated_stepping_batches,
+                                              cosine=self.cosine)}
+
+    # ------------------------------------------------------------------ checkpoint contents
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["genret"] = genret_entry("retrievalformer", dataclasses.asdict(self.config), self.catalogue)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        entry = read_entry(checkpoint, "checkpoint", family="retrievalformer")
+        self.catalogue = entry["catalogue"]
+        if self.model is None:
+            self.config = RetrievalFormerConfig(**entry["config"])
+            self.model = RetrievalFormer(self.config)
+            self.register_buffer("item_log_prob", torch.zeros(self.config.n_items))
+
+
+def load_retrievalformer(path, device: str | torch.device = "cpu") -> tuple[RetrievalFormer, dict[str, Any]]:
+    """The network of a RetrievalFormer checkpoint (eval mode) and its checked "genret" entry."""
+    from genret.training.checkpoint import load_checkpoint, model_state
+
+    checkpoint, entry = load_checkpoint(path, device, family="retrievalformer")
+    model = RetrievalFormer(RetrievalFormerConfig(**entry["config"]))
+    model.load_state_dict(model_state(checkpoint))
+    return model.to(device).eval(), entry

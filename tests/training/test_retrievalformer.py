@@ -170,3 +170,27 @@ def test_ann_agrees_with_exact_on_a_small_catalogue():
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ivf, exact)]) >= 0.3  # PQ is lossy
     with pytest.raises(ValueError, match="unknown ANN index kind"):
         ANNIndex.build(items, "lsh")
+
+
+def test_benchmark_looc_cli(tiny_ml, tmp_path, capsys):
+    import json
+
+    from genret.cli import main
+
+    config = Path(__file__).resolve().parents[2] / "configs"
+    # An ID-only family says it cannot score cold items instead of failing.
+    out = tmp_path / "sasrec"
+    assert main(["benchmark", "--model", "sasrec", "--data", str(tiny_ml), "--config", str(config / "sasrec_ml1m.yaml"),
+                 "--out", str(out), "--protocol", "looc"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cold"]["supported"] is False and "cannot score cold items" in metrics["cold"]["reason"]
+    # RetrievalFormer writes cold / warm blocks with the test keys and the content baseline.
+    out = tmp_path / "rf"
+    assert main(["benchmark", "--model", "retrievalformer", "--data", str(tiny_ml), "--config",
+                 str(config / "retrievalformer_ml1m.yaml"), "--out", str(out), "--protocol", "looc", "--ks", "5,20",
+                 "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1", "--data.batch_size", "16",
+                 "--data.cold_seed_users", "8", "--data.min_count", "1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["cold"]) == set(metrics["test"]) == set(metrics["warm"])
+    assert set(metrics["baselines"]["content"]) == {"cold", "warm"}
+    assert metrics["looc"]["cold_items"] > 0

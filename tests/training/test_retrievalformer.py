@@ -194,3 +194,15 @@ def test_benchmark_looc_cli(tiny_ml, tmp_path, capsys):
     assert set(metrics["cold"]) == set(metrics["test"]) == set(metrics["warm"])
     assert set(metrics["baselines"]["content"]) == {"cold", "warm"}
     assert metrics["looc"]["cold_items"] > 0
+
+
+@pytest.mark.parametrize("name", ["retrievalformer_ml1m.yaml", "retrievalformer_amazon.yaml"])
+def test_shipped_configs_build(name, tmp_path):
+    from genret.families import family_for_config
+    from genret.training.run import build
+
+    config = Path(__file__).resolve().parents[2] / "configs" / name
+    family = family_for_config(config)
+    assert family.name == "retrievalformer"
+    module, dm, _ = build(family, config, tmp_path)
+    assert module.loss_name == "full_softmax" and dm.targets == "every_position" and dm.protocol == "loo"

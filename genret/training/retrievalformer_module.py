@@ -15,7 +15,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from genret.models.kuaiformer import in_batch_candidates, sampling_log_q, smoothed_softmax_loss
+from genret.models.kuaiformer import sampling_log_q, smoothed_softmax_loss
 from genret.models.retrievalformer import RetrievalFormer, RetrievalFormerConfig
 from genret.training.checkpoint import genret_entry, read_entry
 from genret.training.optim import adamw, warmup_cosine
@@ -94,43 +94,63 @@ class RetrievalFormerModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ loss
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Mean loss over the batch's targets and their number. Item vectors are computed once per step."""
+        """Mean loss over the batch's targets and their number.
+
+        The item tower runs once per step: over the whole catalogue for the full softmax, and over
+        the batch's own items only (history items, targets, uniform negatives) for the sampled
+        softmax, which is what keeps it affordable on large catalogues.
+        """
         m = self.model
-        fused = m.fuse_items(m.feature_tables_of())
-        item_table = m.score_vectors(fused)
-        states = m.encode(batch["items"], batch.get("user_features"), fused=fused)
-        targets = batch["targets"]
+        items, targets = batch["items"], batch["targets"]
+        n_items = m.n_items
+        flat_targets = targets[targets >= 0] if targets.ndim == 2 else targets
+        if self.loss_name == "full_softmax":
+            needed = None
+            fused = m.fuse_items(m.feature_tables_of())
+            history = items
+        else:
+            uniform = torch.randint(0, n_items, (self.uniform_negatives,), device=items.device)
+            needed = torch.unique(torch.cat([items[items >= 0], flat_targets, uniform]))
+            fused = m.fuse_items(m.feature_tables_of(needed))
+            local = torch.full((n_items,), -1, dtype=torch.long, device=items.device)
+            local[needed] = torch.arange(len(needed), device=items.device)
+            history = torch.where(items >= 0, local[items.clamp(min=0)], -1)
+        table = m.score_vectors(fused)
+        states = m.encode(history, batch.get("user_features"), fused=fused)
         if targets.ndim == 2:
-            has = targets >= 0
-            states, targets = states[has], targets[has]
+            states = states[targets >= 0]
         else:
             states = states[:, -1]
-        return self.softmax_loss(states, targets, item_table), len(targets)
+        if needed is None:
+            return self.full_loss(states, flat_targets, table), len(flat_targets)
+        return self.sampled_loss(states, flat_targets, table, local, uniform), len(flat_targets)
 
-    def softmax_loss(self, users: torch.Tensor, targets: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
-        """Mean full or in-batch softmax loss of user states (N, d) for `targets` (N,)."""
-        scale = self.model.scale()
-        if self.loss_name == "full_softmax":
-            return smoothed_softmax_loss(users @ item_table.T * scale, targets, None, self.label_smoothing).mean()
-        n, n_items = len(targets), item_table.shape[0]
-        if n <= self.max_in_batch_candidates:
-            candidates, allowed = in_batch_candidates(targets, n_items, self.uniform_negatives)
-            logits = users @ item_table[candidates].T * scale
-            if self.logq_correction:
-                logits = logits - sampling_log_q(self.item_log_prob, candidates, n, self.uniform_negatives, n_items)[None]
-            column = torch.arange(n, device=targets.device)
-            return smoothed_softmax_loss(logits, column, allowed, self.label_smoothing).mean()
-        r = self.max_in_batch_candidates  # each row's positive vs the positives of R random rows
-        shared = targets[torch.randperm(n, device=targets.device)[:r]]
-        if self.uniform_negatives > 0:
-            shared = torch.cat([shared, torch.randint(0, n_items, (self.uniform_negatives,), device=shared.device)])
-        allowed = torch.cat([torch.ones(n, 1, dtype=torch.bool, device=targets.device),
-                             shared[None, :] != targets[:, None]], dim=1)
-        positive = (users * item_table[targets]).sum(-1, keepdim=True) * scale
-        logits = torch.cat([positive, users @ item_table[shared].T * scale], dim=1)
+    def full_loss(self, users: torch.Tensor, targets: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
+        """Softmax over the whole catalogue: users (N, d), targets (N,), item_table (n_items, d)."""
+        return smoothed_softmax_loss(users @ item_table.T * self.model.scale(), targets, None,
+                                     self.label_smoothing).mean()
+
+    def sampled_loss(self, users: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, local: torch.Tensor,
+                     uniform: torch.Tensor) -> torch.Tensor:
+        """In-batch softmax with shared uniform negatives (mixed negative sampling) and log Q.
+
+        Args:
+            users: (N, d) states. targets: (N,) global item ids. table: vectors of the batch's items,
+                row local[i] for global item i. uniform: (U,) the shared uniform negatives.
+        """
+        scale, n, n_items = self.model.scale(), len(targets), self.model.n_items
+        positives = targets
+        if n > self.max_in_batch_candidates:  # too many rows: the positives of R random rows are shared
+            positives = targets[torch.randperm(n, device=targets.device)[:self.max_in_batch_candidates]]
+        shared = torch.cat([positives, uniform])
+        allowed = shared[None, :] != targets[:, None]
+        own = (users * table[local[targets]]).sum(-1, keepdim=True) * scale  # (N, 1) each row's positive
+        logits = torch.cat([own, users @ table[local[shared]].T * scale], dim=1)
         if self.logq_correction:
-            log_q = sampling_log_q(self.item_log_prob, torch.cat([targets, shared]), r, self.uniform_negatives, n_items)
+            log_q = sampling_log_q(self.item_log_prob, torch.cat([targets, shared]), len(positives), len(uniform),
+                                   n_items)
             logits = logits - torch.cat([log_q[:n, None], log_q[None, n:].expand(n, -1)], dim=1)
+        allowed = torch.cat([torch.ones(n, 1, dtype=torch.bool, device=targets.device), allowed], dim=1)
         column = torch.zeros(n, dtype=torch.long, device=targets.device)
         return smoothed_softmax_loss(logits, column, allowed, self.label_smoothing).mean()
 

@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--hnsw_max", type=int, default=1_000_000, help="largest catalogue HNSW is built for")
     p.add_argument("--ef_search", default="128,256", help="HNSW efSearch values tried")
     p.add_argument("--nprobe", default="32,128", help="IVF-PQ nprobe values tried")
+    p.add_argument("--nlist", type=int, default=4096, help="IVF lists (the paper's 4096), at most 4 sqrt(n)")
     p.add_argument("--max_gb", type=float, default=8.0, help="skip sizes whose vectors need more memory")
     p.add_argument("--threads", type=int, default=None, help="faiss OpenMP threads (default: faiss's)")
     p.add_argument("--quick", action="store_true", help="256 queries, one repeat")
@@ -118,7 +119,8 @@ def main(argv=None) -> int:
         kinds.append("ivfpq")
         for kind in kinds:
             t = time.perf_counter()
-            ann = ANNIndex.build(items, kind, hnsw_m=32, ef_construction=64)
+            nlist = min(args.nlist, int(4 * np.sqrt(n)))
+            ann = ANNIndex.build(items, kind, hnsw_m=32, ef_construction=64, nlist=nlist)
             build = time.perf_counter() - t
             knobs = args.ef_search if kind == "hnsw" else args.nprobe
             for knob in [int(v) for v in knobs.split(",")]:

@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
                              "training; metrics.json gains 'cold' and 'warm' blocks and the content baseline). "
                              "Families that cannot score cold items say so instead of training")
     parser.add_argument("--checkpoint", default=None,
-                        help="evaluate this trained DualGR checkpoint instead of training (same split and protocol)")
+                        help="evaluate this trained DualGR / RetrievalFormer checkpoint instead of training (same split and protocol)")
     args, overrides = parser.parse_known_args(argv)
     from genret.decoding.beam_search import check_short_weight
 
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
     except ValueError as err:
         parser.error(f"--short_weight: {err}")
     if args.checkpoint is not None:
-        if args.model not in ("dualgr", "tiger") or args.ablations or args.sid_embeddings_from:
+        if args.model not in ("dualgr", "tiger", "retrievalformer") or args.ablations or args.sid_embeddings_from:
             parser.error("--checkpoint evaluates one DualGR / TIGER-style model: drop --ablations and "
                          "--sid_embeddings_from, and use --model dualgr or tiger")
         if not Path(args.checkpoint).is_file():
@@ -96,7 +96,9 @@ def main(argv: list[str]) -> int:
         overrides = [*overrides, "--data.protocol", "looc"]
     if family.kind != "generative":
         # Every other family runs through the benchmark function its registry entry names.
-        res = load_class(family.benchmark)(args.model, args.config, out, data=args.data, overrides=overrides, ks=ks)
+        run_kwargs = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+        res = load_class(family.benchmark)(args.model, args.config, out, data=args.data, overrides=overrides, ks=ks,
+                                           **run_kwargs)
         dm = res.pop("datamodule")
         baselines = {} if args.model == "popularity" else {"popularity": runs.popularity_metrics(dm, ks)}
         baselines.update(res.get("extra", {}).pop("baselines", {}))

@@ -108,8 +108,12 @@ def content_ranked_lists(vectors, es, k: int, chunk: int = 2048) -> np.ndarray:
 
 
 def run_retrievalformer(family: str, config: str | Path, out_dir: Path, data: str | None = None,
-                        overrides: list[str] | None = None, ks=DEFAULT_KS) -> dict[str, Any]:
+                        overrides: list[str] | None = None, ks=DEFAULT_KS,
+                        checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Train RetrievalFormer from a YAML and evaluate it (genret.eval.benchmark.run_embedding's shape).
+
+    With `checkpoint`, that trained model is evaluated instead (no training; "train_seconds" 0) on
+    the YAML's split, e.g. the best epoch of a run that was stopped before it finished.
 
     Under `data.protocol: looc`, "test" is the warm users' test, and "extra" holds "cold" and
     "warm" blocks (same keys as "test"), the split's sizes, and "baselines": {"content": {"cold",
@@ -120,8 +124,17 @@ def run_retrievalformer(family: str, config: str | Path, out_dir: Path, data: st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     module, dm, trainer = build(family, config, out_dir, overrides, data)
-    checkpoint, train_seconds = fit(module, dm, trainer, out_dir)
-    model = module.model.eval()
+    if checkpoint is None:
+        checkpoint, train_seconds = fit(module, dm, trainer, out_dir)
+        model = module.model.eval()
+    else:
+        from genret.training.retrievalformer_module import load_retrievalformer
+
+        dm.setup("fit")
+        model, entry = load_retrievalformer(checkpoint)
+        if entry["catalogue"]["item_ids"] != dm.log_all.item_ids.tolist():
+            raise ValueError(f"{checkpoint} was trained on another catalogue than {dm.log_all.name}")
+        train_seconds = 0.0
     result: dict[str, Any] = {"model": family, "dataset": dm.log_all.name, "train_seconds": train_seconds,
                               "checkpoint": str(checkpoint)}
     for stage, key in (("valid", "val"), ("test", "test")):

@@ -206,3 +206,17 @@ def test_shipped_configs_build(name, tmp_path):
     assert family.name == "retrievalformer"
     module, dm, _ = build(family, config, tmp_path)
     assert module.loss_name in ("full_softmax", "sampled_softmax") and dm.targets == "every_position" and dm.protocol == "loo"
+
+
+def test_benchmark_evaluates_a_retrievalformer_checkpoint(tiny_ml, tmp_path):
+    import json
+
+    from genret.cli import main
+
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "retrievalformer_ml1m.yaml")
+    common = ["benchmark", "--model", "retrievalformer", "--data", str(tiny_ml), "--config", config, "--ks", "5,20",
+              "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1", "--data.batch_size", "16"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--checkpoint", str(tmp_path / "a" / "model.ckpt")]) == 0
+    a, b = (json.loads((tmp_path / x / "metrics.json").read_text()) for x in "ab")
+    assert a["test"] == b["test"] and b["train_seconds"] == 0.0

@@ -120,7 +120,10 @@ def main(argv=None) -> int:
         for kind in kinds:
             t = time.perf_counter()
             nlist = min(args.nlist, int(4 * np.sqrt(n)))
-            ann = ANNIndex.build(items, kind, hnsw_m=32, ef_construction=64, nlist=nlist)
+            big = n > args.hnsw_max  # past HNSW's range: an HNSW coarse quantiser and 10 k-means iterations
+            ann = ANNIndex.build(items, kind, hnsw_m=32, ef_construction=64, nlist=nlist,
+                                 coarse="hnsw" if big else "flat", kmeans_iters=10 if big else None,
+                                 train_size=160_000 if big else 200_000)
             build = time.perf_counter() - t
             knobs = args.ef_search if kind == "hnsw" else args.nprobe
             for knob in [int(v) for v in knobs.split(",")]:
@@ -129,7 +132,8 @@ def main(argv=None) -> int:
                     name = f"hnsw M32 ef{max(knob, args.k)}"
                 else:
                     ann.index.nprobe = min(knob, ann.params["nlist"])
-                    name = f"ivfpq {ann.params['nlist']}/{ann.index.nprobe} m{ann.params['pq_m']}"
+                    name = f"ivfpq {ann.params['nlist']}/{ann.index.nprobe} m{ann.params['pq_m']}" + \
+                        (" hnswq" if ann.params["coarse"] == "hnsw" else "")
                 ms, single, ids = timed(ann.search, queries, args.k, args.batch, args.repeats)
                 print(f"{n:>10} {name:<22} {recall(ids, exact_ids):>10.4f} {ms:>17.3f} {single:>18.3f} "
                       f"{exact_ms / ms:>16.1f}x {build:>8.1f}", flush=True)

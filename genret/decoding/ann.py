@@ -52,7 +52,8 @@ class ANNIndex:
     @classmethod
     def build(cls, vectors: np.ndarray, kind: str = "hnsw", hnsw_m: int = 32, ef_construction: int = 80,
               ef_search: int = 128, nlist: int | None = None, nprobe: int = 32, pq_m: int | None = None,
-              train_size: int = 200_000, seed: int = 0) -> "ANNIndex":
+              train_size: int = 200_000, seed: int = 0, coarse: str = "flat",
+              kmeans_iters: int | None = None) -> "ANNIndex":
         """Index `vectors` (n, d) float32 for inner-product search.
 
         Args:
@@ -61,6 +62,10 @@ class ANNIndex:
             nlist: IVF lists (default ~4 sqrt(n), the paper's 4096 at 1M). nprobe: lists searched.
             pq_m: PQ sub-quantisers (default d / 2: 2 dims per 8-bit code).
             train_size: vectors sampled to train IVF-PQ's quantisers.
+            coarse: IVF-PQ's list assignment: "flat" (exact, nlist dot products per vector) or
+                "hnsw" (a graph over the list centroids: adding 10M vectors takes minutes, not an
+                hour, on a CPU).
+            kmeans_iters: k-means iterations for the list centroids (faiss's default 25 if None).
         """
         faiss = import_faiss()
         if kind not in KINDS:
@@ -82,13 +87,17 @@ class ANNIndex:
             pq_m = pq_m or max(1, d // 2)
             if d % pq_m:
                 raise ValueError(f"pq_m={pq_m} must divide the vector width {d}")
-            quantizer = faiss.IndexFlatIP(d)
+            if coarse not in ("flat", "hnsw"):
+                raise ValueError(f"coarse must be 'flat' or 'hnsw', got {coarse!r}")
+            quantizer = faiss.IndexFlatIP(d) if coarse == "flat" else faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
             index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+            if kmeans_iters is not None:
+                index.cp.niter = kmeans_iters
             rng = np.random.default_rng(seed)
             sample = x[rng.choice(n, size=min(n, max(train_size, 256 * 39)), replace=False)] if n > train_size else x
             index.train(sample)
             index.nprobe = min(nprobe, nlist)
-            params = {"nlist": nlist, "nprobe": index.nprobe, "pq_m": pq_m}
+            params = {"nlist": nlist, "nprobe": index.nprobe, "pq_m": pq_m, "coarse": coarse}
         index.add(x)
         return cls(kind, index, n, d, params)
 

@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--ef_search", default="128,256", help="HNSW efSearch values tried")
     p.add_argument("--nprobe", default="32,128", help="IVF-PQ nprobe values tried")
     p.add_argument("--nlist", type=int, default=4096, help="IVF lists (the paper's 4096), at most 4 sqrt(n)")
+    p.add_argument("--refine", type=int, default=0, help="IVF-PQ: re-rank refine*K candidates exactly (0 = off)")
     p.add_argument("--max_gb", type=float, default=8.0, help="skip sizes whose vectors need more memory")
     p.add_argument("--threads", type=int, default=None, help="faiss OpenMP threads (default: faiss's)")
     p.add_argument("--quick", action="store_true", help="256 queries, one repeat")
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
             big = n > args.hnsw_max  # past HNSW's range: an HNSW coarse quantiser and 10 k-means iterations
             ann = ANNIndex.build(items, kind, hnsw_m=32, ef_construction=64, nlist=nlist,
                                  coarse="hnsw" if big else "flat", kmeans_iters=10 if big else None,
-                                 train_size=160_000 if big else 200_000)
+                                 train_size=160_000 if big else 200_000, refine=args.refine)
             build = time.perf_counter() - t
             knobs = args.ef_search if kind == "hnsw" else args.nprobe
             for knob in [int(v) for v in knobs.split(",")]:
@@ -131,9 +132,11 @@ def main(argv=None) -> int:
                     ann.index.hnsw.efSearch = max(knob, args.k)
                     name = f"hnsw M32 ef{max(knob, args.k)}"
                 else:
-                    ann.index.nprobe = min(knob, ann.params["nlist"])
-                    name = f"ivfpq {ann.params['nlist']}/{ann.index.nprobe} m{ann.params['pq_m']}" + \
-                        (" hnswq" if ann.params["coarse"] == "hnsw" else "")
+                    ivf = faiss.extract_index_ivf(ann.index)
+                    ivf.nprobe = min(knob, ann.params["nlist"])
+                    name = f"ivfpq {ann.params['nlist']}/{ivf.nprobe} m{ann.params['pq_m']}" + \
+                        (" hnswq" if ann.params["coarse"] == "hnsw" else "") + \
+                        (f" rf{args.refine}" if args.refine else "")
                 ms, single, ids = timed(ann.search, queries, args.k, args.batch, args.repeats)
                 print(f"{n:>10} {name:<22} {recall(ids, exact_ids):>10.4f} {ms:>17.3f} {single:>18.3f} "
                       f"{exact_ms / ms:>16.1f}x {build:>8.1f}", flush=True)

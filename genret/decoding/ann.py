@@ -53,7 +53,7 @@ class ANNIndex:
     def build(cls, vectors: np.ndarray, kind: str = "hnsw", hnsw_m: int = 32, ef_construction: int = 80,
               ef_search: int = 128, nlist: int | None = None, nprobe: int = 32, pq_m: int | None = None,
               train_size: int = 200_000, seed: int = 0, coarse: str = "flat",
-              kmeans_iters: int | None = None) -> "ANNIndex":
+              kmeans_iters: int | None = None, refine: int = 0) -> "ANNIndex":
         """Index `vectors` (n, d) float32 for inner-product search.
 
         Args:
@@ -66,6 +66,8 @@ class ANNIndex:
                 "hnsw" (a graph over the list centroids: adding 10M vectors takes minutes, not an
                 hour, on a CPU).
             kmeans_iters: k-means iterations for the list centroids (faiss's default 25 if None).
+            refine: IVF-PQ only: > 0 re-ranks refine * k PQ candidates by their exact inner product
+                (faiss IndexRefineFlat; keeps a second, full copy of the vectors).
         """
         faiss = import_faiss()
         if kind not in KINDS:
@@ -98,6 +100,10 @@ class ANNIndex:
             index.train(sample)
             index.nprobe = min(nprobe, nlist)
             params = {"nlist": nlist, "nprobe": index.nprobe, "pq_m": pq_m, "coarse": coarse}
+            if refine > 0:
+                index = faiss.IndexRefineFlat(index)
+                index.k_factor = float(refine)
+                params["refine"] = refine
         index.add(x)
         return cls(kind, index, n, d, params)
 
@@ -149,7 +155,7 @@ class ANNIndex:
         if "ef_search" in meta["params"]:
             index.hnsw.efSearch = meta["params"]["ef_search"]
         if "nprobe" in meta["params"]:
-            index.nprobe = meta["params"]["nprobe"]
+            faiss.extract_index_ivf(index).nprobe = meta["params"]["nprobe"]
         return cls(meta["kind"], index, int(meta["n_items"]), int(meta["dim"]), meta["params"])
 
 

@@ -109,6 +109,11 @@ class RetrievalFormerDataModule(KuaiFormerDataModule):
         self.train_users = np.flatnonzero(np.diff(self.train_offsets) >= 2)
         if not len(self.train_users):
             raise ValueError(f"{self.log_all.name}: no user has 2 training positives; nothing to train on")
+        # Items the training loss may use as negatives: every item, except LOOC's cold items, which
+        # must not reach training in any role (a softmax over them would push them down by name).
+        self.train_item_mask = np.ones(self.n_items, bool)
+        if self.cold_split is not None:
+            self.train_item_mask[self.cold_split.cold_items] = False
         counts = np.bincount(self.train_items, minlength=self.n_items).astype(np.float64) + 1.0
         self.item_log_prob = np.log(counts / counts.sum()).astype(np.float32)
         self.eval_sets = {"valid": self.split.eval_set("valid"), "test": self.split.eval_set("test")}

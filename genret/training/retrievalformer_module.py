@@ -87,6 +87,10 @@ class RetrievalFormerModule(pl.LightningModule):
         self.model = RetrievalFormer(self.config)
         self.model.set_item_features([torch.from_numpy(t) for t in dm.item_feature_tables])
         self.register_buffer("item_log_prob", torch.from_numpy(dm.item_log_prob))
+        mask = getattr(dm, "train_item_mask", None)
+        mask = torch.ones(dm.n_items, dtype=torch.bool) if mask is None else torch.from_numpy(mask)
+        self.register_buffer("train_items", torch.nonzero(mask).flatten(), persistent=False)
+        self.register_buffer("cold_mask", ~mask, persistent=False)
         self.catalogue = {"dataset": dm.log_all.name, "item_ids": dm.log_all.item_ids.tolist(),
                           "encoder": dm.encoder.state_dict(), "user_feature_names": list(dm.user_feature_names),
                           "protocol": dm.protocol}
@@ -109,7 +113,8 @@ class RetrievalFormerModule(pl.LightningModule):
             fused = m.fuse_items(m.feature_tables_of())
             history = items
         else:
-            uniform = torch.randint(0, n_items, (self.uniform_negatives,), device=items.device)
+            pool = self.train_items  # uniform negatives come from the training catalogue only (LOOC)
+            uniform = pool[torch.randint(0, len(pool), (self.uniform_negatives,), device=items.device)]
             needed = torch.unique(torch.cat([items[items >= 0], flat_targets, uniform]))
             fused = m.fuse_items(m.feature_tables_of(needed))
             local = torch.full((n_items,), -1, dtype=torch.long, device=items.device)
@@ -126,9 +131,11 @@ class RetrievalFormerModule(pl.LightningModule):
         return self.sampled_loss(states, flat_targets, table, local, uniform), len(flat_targets)
 
     def full_loss(self, users: torch.Tensor, targets: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
-        """Softmax over the whole catalogue: users (N, d), targets (N,), item_table (n_items, d)."""
-        return smoothed_softmax_loss(users @ item_table.T * self.model.scale(), targets, None,
-                                     self.label_smoothing).mean()
+        """Softmax over the training catalogue: users (N, d), targets (N,), item_table (n_items, d).
+        LOOC's cold items are left out of it (they may not be trained on, not even as negatives)."""
+        logits = users @ item_table.T * self.model.scale()
+        allowed = (~self.cold_mask)[None].expand_as(logits) if bool(self.cold_mask.any()) else None
+        return smoothed_softmax_loss(logits, targets, allowed, self.label_smoothing).mean()
 
     def sampled_loss(self, users: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, local: torch.Tensor,
                      uniform: torch.Tensor) -> torch.Tensor:

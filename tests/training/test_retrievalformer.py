@@ -224,3 +224,26 @@ def test_benchmark_evaluates_a_retrievalformer_checkpoint(tiny_ml, tmp_path):
     assert main([*common, "--out", str(tmp_path / "b"), "--checkpoint", str(tmp_path / "a" / "model.ckpt")]) == 0
     a, b = (json.loads((tmp_path / x / "metrics.json").read_text()) for x in "ab")
     assert a["test"] == b["test"] and b["train_seconds"] == 0.0
+
+
+def test_looc_training_never_uses_cold_items_as_negatives(tiny_ml):
+    from genret.training.retrievalformer_datamodule import RetrievalFormerDataModule
+    from genret.training.retrievalformer_module import RetrievalFormerModule
+
+    dm = RetrievalFormerDataModule(data=str(tiny_ml), load_kwargs={"low_ratings_as_negatives": False}, max_len=8,
+                                   protocol="looc", cold_seed_users=10, min_count=1)
+    dm.setup()
+    cold = dm.cold_split.cold_items
+    assert not dm.train_item_mask[cold].any() and dm.train_item_mask.sum() == dm.n_items - len(cold)
+    for loss in ("full_softmax", "sampled_softmax"):
+        module = RetrievalFormerModule(loss=loss, logq_correction=loss == "sampled_softmax", uniform_negatives=64)
+        module.build_from_data(dm)
+        assert not np.isin(module.train_items.numpy(), cold).any()
+        batch = dm.train_batch(np.arange(min(4, len(dm.train_users))))
+        # A cold item's vector gets no gradient from the loss: it is neither a target nor a negative.
+        loss_value, _ = module.loss(batch)
+        tables = module.model.feature_tables_of()
+        cold_only_rows = torch.from_numpy(cold)
+        with torch.no_grad():
+            assert torch.isfinite(loss_value)
+        assert module.cold_mask[cold_only_rows].all() and tables[0].shape[0] == dm.n_items

@@ -36,6 +36,7 @@ class Family:
     # overrides=, ks=) -> result dict (see genret.eval.benchmark.run_embedding); generative families
     # run through genret.eval.benchmark.run_generative, which also serves the ablations.
     benchmark: str | None = None
+    scores_cold_items: bool = False  # items are scored from their features, so `--protocol looc` applies
 
     def module_class(self) -> type:
         return load_class(self._require(self.module, "LightningModule"))
@@ -74,6 +75,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            datamodule="genret.training.grank_datamodule:GRankDataModule", checkpoint_family="grank",
            benchmark="genret.eval.grank_benchmark:run_grank",
            callbacks=("genret.eval.grank_validation:GRankValidation",)),
+    Family("retrievalformer", "RetrievalFormer: feature-based item tower, exact or faiss ANN top-K, cold items",
+           kind="embedding", retriever="genret.decoding.retrievalformer_retriever:RetrievalFormerRetriever",
+           module="genret.training.retrievalformer_module:RetrievalFormerModule",
+           datamodule="genret.training.retrievalformer_datamodule:RetrievalFormerDataModule",
+           checkpoint_family="retrievalformer", benchmark="genret.eval.retrievalformer_benchmark:run_retrievalformer",
+           scores_cold_items=True,
+           callbacks=("genret.eval.embedding_validation:EmbeddingValidation",)),
     Family("popularity", "most popular training items (a baseline)", kind="counts",
            retriever="genret.decoding.popularity:PopularityRecommender",
            benchmark="genret.eval.benchmark:run_popularity"),

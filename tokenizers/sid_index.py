@@ -294,6 +294,34 @@ class SIDIndex:
         """(M,) item indices -> (M, L) their SIDs."""
         return self.codes[torch.as_tensor(items, device=self.device).long()]
 
+    # ------------------------------------------------------------------ catalogue updates
+    def add_items(self, codes: np.ndarray | torch.Tensor) -> "SIDIndex":
+        """A new index with `codes` (m, L) appended as items N..N+m-1 (no retraining, no re-tokenising).
+
+        Existing items keep their SIDs, their item indices and their order inside every SID; an
+        added item goes after the items already in its SID (after earlier additions too), which is
+        the build order's "ties by item index" rule with the new items' larger indices. Residual
+        norms are not stored in an index, so an added item is not placed by its norm.
+
+        Args:
+            codes: (m, L) integer codes in [0, codebook_size), e.g. the fitted tokenizer's
+                `encode` of the new items' embeddings.
+
+        Returns:
+            SIDIndex on this index's device.
+        """
+        n_levels = codes.shape[1] if getattr(codes, "ndim", 0) == 2 else -1
+        if n_levels != self.n_levels:
+            raise ValueError(f"new codes must have shape (m, {self.n_levels}); got {tuple(getattr(codes, 'shape', ()))}")
+        new = as_codes(codes, self.n_levels, self.codebook_size, "codes")
+        N, m = self.n_items, new.shape[0]
+        # Each existing item's rank in the current order is its sort key inside its SID; new items follow.
+        rank = torch.empty(N, dtype=torch.float64)
+        rank[self.leaf_items.cpu()] = torch.arange(N, dtype=torch.float64)
+        key = torch.cat([rank, N + torch.arange(m, dtype=torch.float64)])
+        merged = torch.cat([self.codes.cpu(), new])
+        return SIDIndex.build(merged, self.codebook_size, residual_norm=key).to(self.device)
+
     # ------------------------------------------------------------------ moving and saving
     def to(self, device: str | torch.device) -> "SIDIndex":
         """A copy with every tensor on `device`."""

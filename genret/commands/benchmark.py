@@ -60,8 +60,12 @@ def main(argv: list[str]) -> int:
                         help="a KuaiFormer / SASRec YAML: train it first and build the SIDs from its item vectors")
     parser.add_argument("--sid_embeddings_epochs", type=int, default=None,
                         help="max_epochs for that model (default: its YAML's)")
+    parser.add_argument("--protocol", default="loo", choices=("loo", "looc"),
+                        help="loo: leave-one-out; looc: leave-one-out-cold (cold items and all their rows leave "
+                             "training; metrics.json gains 'cold' and 'warm' blocks and the content baseline). "
+                             "Families that cannot score cold items say so instead of training")
     parser.add_argument("--checkpoint", default=None,
-                        help="evaluate this trained DualGR checkpoint instead of training (same split and protocol)")
+                        help="evaluate this trained DualGR / RetrievalFormer checkpoint instead of training (same split and protocol)")
     args, overrides = parser.parse_known_args(argv)
     from genret.decoding.beam_search import check_short_weight
 
@@ -70,7 +74,7 @@ def main(argv: list[str]) -> int:
     except ValueError as err:
         parser.error(f"--short_weight: {err}")
     if args.checkpoint is not None:
-        if args.model not in ("dualgr", "tiger") or args.ablations or args.sid_embeddings_from:
+        if args.model not in ("dualgr", "tiger", "retrievalformer") or args.ablations or args.sid_embeddings_from:
             parser.error("--checkpoint evaluates one DualGR / TIGER-style model: drop --ablations and "
                          "--sid_embeddings_from, and use --model dualgr or tiger")
         if not Path(args.checkpoint).is_file():
@@ -120,12 +124,20 @@ def main(argv: list[str]) -> int:
     except ValueError:
         parser.error(f"--ks must be comma-separated integers, got {args.ks!r}")
     started = time.perf_counter()
+    if args.protocol == "looc":
+        if not family.scores_cold_items:
+            return _cannot_score_cold(args, out, ks)
+        overrides = [*overrides, "--data.protocol", "looc"]
     if family.kind != "generative":
         # Every other family runs through the benchmark function its registry entry names.
-        res = load_class(family.benchmark)(args.model, args.config, out, data=args.data, overrides=overrides, ks=ks)
+        run_kwargs = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+        res = load_class(family.benchmark)(args.model, args.config, out, data=args.data, overrides=overrides, ks=ks,
+                                           **run_kwargs)
         dm = res.pop("datamodule")
         baselines = {} if args.model == "popularity" else {"popularity": runs.popularity_metrics(dm, ks)}
-        baselines.update(res.pop("baselines", {}))  # rows the run adds itself (GRank: its generator alone)
+        # Rows the run adds itself (GRank: its generator alone; RetrievalFormer: the content baseline).
+        baselines.update(res.pop("baselines", {}))
+        baselines.update(res.get("extra", {}).pop("baselines", {}))
         if is_main_process():
             metrics = write_metrics(out / "metrics.json", model=args.model, dataset=res["dataset"],
                                     metrics_val=res["val"], metrics_test=res["test"],
@@ -317,6 +329,26 @@ def _sid_line(report: dict) -> str:
     return (f"[genret] SIDs: unique-path fraction {overall.get('unique_path_fraction', float('nan')):.4f}, "
             f"{overall.get('n_sids', '?')} SIDs for {report.get('n_items', '?')} items, largest collision "
             f"{overall.get('largest_collision', '?')}")
+
+
+def _cannot_score_cold(args, out: Path, ks) -> int:
+    """Under --protocol looc, an ID-only family reports that it cannot score cold items (no training)."""
+    from genret.eval import write_metrics
+    from genret.eval.benchmark import device_name
+
+    if args.model in ("dualgr", "tiger"):
+        reason = (f"{args.model} scores items through SIDs built from item-id embeddings of trained items; its "
+                  "cold-start path (SIDs from item features through the fitted tokenizer, added to the SID index) "
+                  "is not built yet, so it cannot score cold items")
+    else:
+        reason = (f"{args.model} scores items by item-id embeddings (ID softmax); a cold item has no trained row, "
+                  "so it cannot score cold items")
+    unsupported = {"supported": False, "reason": reason}
+    write_metrics(out / "metrics.json", model=args.model, dataset=str(args.data), metrics_val={}, metrics_test={},
+                  train_seconds=0.0, device=device_name(),
+                  extra={"protocol": "looc", "cold": unsupported, "warm": unsupported})
+    print(f"[genret] --protocol looc: {reason}. Wrote {out / 'metrics.json'}")
+    return 0
 
 
 def _train_sid_embedding_model(args, out: Path, ks) -> dict:

@@ -250,6 +250,39 @@ class Retriever:
             out_scores[retry] = np.where(keep2 >= 0, np.take_along_axis(more_scores, keep2.clip(min=0), 1), -np.inf)
         return out_items, out_scores
 
+    def add_items(self, raw_ids: Sequence[Any], codes: np.ndarray | torch.Tensor) -> None:
+        """Add items to the catalogue without retraining: DualGR's own cold-start path.
+
+        A new item needs only a SID: encode its text / feature embedding with the tokenizer the
+        SIDs were fitted with (`RQKMeans.encode(vectors)`, the same embedding recipe as the
+        catalogue's), and pass the codes here. The SID index grows with `SIDIndex.add_items`
+        (existing items keep their SIDs and order) and the model's SID table gains the rows, so
+        new items can be decoded and can appear in histories.
+
+        Args:
+            raw_ids: the new items' raw ids (not already in the catalogue).
+            codes: (m, L) int64 SIDs.
+
+        Raises:
+            ValueError: duplicate ids, bad codes, or a model with item-id embeddings (a new item
+                has no trained id row; train with `model.use_item_id: false` for cold start).
+        """
+        if self.model.item_embedding is not None:
+            raise ValueError("this DualGR embeds item ids, and a new item has no trained id row; train it with "
+                             "model.use_item_id: false to add items by their SIDs alone")
+        raw_ids = list(raw_ids)
+        dup = [r for r in raw_ids if r in self._item_index]
+        if dup:
+            raise ValueError(f"items {dup[:5]} are already in the catalogue")
+        codes = torch.as_tensor(codes, dtype=torch.long)
+        if codes.shape != (len(raw_ids), self.model.cfg.n_levels):
+            raise ValueError(f"codes must have shape ({len(raw_ids)}, {self.model.cfg.n_levels}), got {tuple(codes.shape)}")
+        self.index = self.index.add_items(codes)
+        self.model.set_item_codes(torch.cat([self.model.item_codes.cpu(), codes]))
+        self.item_ids = np.concatenate([self.item_ids, np.asarray(raw_ids, dtype=self.item_ids.dtype)])
+        self._item_index = requests.item_lookup(self.item_ids)  # rebuilt: its sorted-id cache must see them
+
+
     @staticmethod
     def _subset(hist: Histories, users: list[int]) -> Histories:
         """The rows `users` of a CSR batch."""

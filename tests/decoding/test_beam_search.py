@@ -229,3 +229,22 @@ def test_items_sharing_a_sid_tie_and_come_in_the_index_order(branch_merge):
     positions = [listed.index(i) for i in (6, 21, 5, 9)]
     assert positions == sorted(positions) and positions[-1] - positions[0] == 3  # one block, in index order
     assert torch.equal(scores[0, positions], scores[0, positions[0]].expand(4))
+
+
+def test_dualgr_retriever_adds_a_cold_item_by_its_sid():
+    from genret.decoding.retriever import Retriever
+
+    model, index, codes = make_model(n_items=0)  # pure SIDs: no item-id rows
+    retriever = Retriever(model, index, list(range(100, 100 + N_ITEMS)), kernel="torch")
+    # The new item shares no SID with anyone: only the added index entry can produce it.
+    new_sid = torch.tensor([[7, 7, 7]])
+    assert not (codes == new_sid).all(1).any()
+    retriever.add_items([999], new_sid)
+    assert retriever.index.n_items == N_ITEMS + 1
+    assert torch.equal(retriever.index.codes[:N_ITEMS], codes)  # existing SIDs unchanged
+    everything = retriever.retrieve([[100, 101]], k=N_ITEMS + 1).items[0]
+    assert 999 in everything
+    assert retriever.retrieve([[999]], k=5).items  # a cold item can also sit in a history
+    with_ids, index2, _ = make_model()
+    with pytest.raises(ValueError, match="use_item_id: false"):
+        Retriever(with_ids, index2, list(range(N_ITEMS)), kernel="torch").add_items([999], new_sid)

@@ -180,3 +180,27 @@ def _assert_same(a: SIDIndex, b: SIDIndex) -> None:
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert all(torch.equal(x, y) for x, y in zip(a.child_ptr, b.child_ptr))
     assert all(torch.equal(x, y) for x, y in zip(a.child_codes, b.child_codes))
+
+
+def test_add_items_keeps_existing_sids_and_collision_order():
+    import numpy as np
+    import torch
+
+    from genret.tokenizers import SIDIndex
+
+    codes = np.array([[0, 1], [0, 1], [2, 3], [0, 2]])
+    index = SIDIndex.build(codes, 4, residual_norm=np.array([0.9, 0.1, 0.5, 0.2]))
+    grown = index.add_items(np.array([[0, 1], [3, 3]]))
+    assert grown.n_items == 6
+    assert torch.equal(grown.codes[:4], index.codes)  # existing SIDs unchanged
+    ptr, items = grown.items_of(torch.tensor([[0, 1], [3, 3]]))
+    # Inside SID (0, 1): the old order (item 1 before item 0, by residual norm), then the new item 4.
+    assert items[ptr[0]:ptr[1]].tolist() == [1, 0, 4]
+    assert items[ptr[1]:ptr[2]].tolist() == [5]
+    assert torch.equal(grown.sids_of(torch.tensor([5])), torch.tensor([[3, 3]]))
+    # A second addition goes after the first.
+    again = grown.add_items(np.array([[0, 1]]))
+    ptr, items = again.items_of(torch.tensor([[0, 1]]))
+    assert items[ptr[0]:ptr[1]].tolist() == [1, 0, 4, 6]
+    with pytest.raises(ValueError, match="shape"):
+        index.add_items(np.array([[0, 1, 2]]))

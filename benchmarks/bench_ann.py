@@ -1,0 +1,149 @@
+"""ANN serving vs exact search: recall@K of faiss HNSW / IVF-PQ against exact inner-product top-K,
+and per-query latency, at 100k, 1M and 10M synthetic items (RetrievalFormer's serving claim: the
+paper reports up to 288x lower latency at 10M items, IVF-PQ vs brute force).
+
+Items are a mixture of Gaussian blobs (structured like learned item embeddings; uniform random
+vectors are the worst case for any ANN index), queries are drawn from the same mixture. Exact is
+faiss IndexFlatIP (BLAS brute force), measured in the same run on the same queries. Latency is
+per query for a batch of `--batch` queries (the paper's 1024) and for single queries (batch 1),
+best of `--repeats` runs. Index build time is reported but not part of latency.
+
+    python benchmarks/bench_ann.py                       # 100k, 1M, 10M (IVF-PQ only at 10M)
+    python benchmarks/bench_ann.py --sizes 100000 --quick
+Bounded run time: HNSW is built up to --hnsw_max items (its build is the slow part on a CPU);
+a size whose vectors would not fit in --max_gb of memory is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from genret.decoding.ann import ANNIndex, import_faiss  # noqa: E402
+
+
+def make_items(n: int, d: int, seed: int, chunk: int = 1_000_000) -> np.ndarray:
+    """(n, d) float32 mixture of n/50 blobs, written chunk by chunk (10M x 64 is 2.6 GB)."""
+    rng = np.random.default_rng(seed)
+    n_blobs = max(1, n // 50)
+    centers = rng.standard_normal((n_blobs, d), dtype=np.float32)
+    spread = rng.uniform(0.3, 0.8, n_blobs).astype(np.float32)
+    out = np.empty((n, d), np.float32)
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        blob = rng.integers(0, n_blobs, m)
+        out[s:s + m] = centers[blob] + spread[blob, None] * rng.standard_normal((m, d), dtype=np.float32)
+    return out
+
+
+def make_queries(items: np.ndarray, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1)
+    base = items[rng.integers(0, len(items), n)]
+    return (base + 0.5 * rng.standard_normal(base.shape, dtype=np.float32)).astype(np.float32)
+
+
+def timed(search, queries: np.ndarray, k: int, batch: int, repeats: int) -> tuple[float, float, np.ndarray]:
+    """(ms per query at `batch`, ms per single query, ids of the batched run)."""
+    best_batch, ids = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        parts = [search(queries[s:s + batch], k)[1] for s in range(0, len(queries), batch)]
+        best_batch = min(best_batch, (time.perf_counter() - t) * 1000 / len(queries))
+        ids = np.concatenate(parts)
+    singles = queries[:min(len(queries), 32)]
+    best_single = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for q in singles:
+            search(q[None], k)
+        best_single = min(best_single, (time.perf_counter() - t) * 1000 / len(singles))
+    return best_batch, best_single, ids
+
+
+def recall(approx: np.ndarray, exact: np.ndarray) -> float:
+    k = exact.shape[1]
+    return float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(approx, exact)]))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="100000,1000000,10000000")
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--k", type=int, default=100, help="recall@K and the list length searched")
+    p.add_argument("--queries", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--hnsw_max", type=int, default=1_000_000, help="largest catalogue HNSW is built for")
+    p.add_argument("--ef_search", default="128,256", help="HNSW efSearch values tried")
+    p.add_argument("--nprobe", default="32,128", help="IVF-PQ nprobe values tried")
+    p.add_argument("--nlist", type=int, default=4096, help="IVF lists (the paper's 4096), at most 4 sqrt(n)")
+    p.add_argument("--refine", type=int, default=0, help="IVF-PQ: re-rank refine*K candidates exactly (0 = off)")
+    p.add_argument("--max_gb", type=float, default=8.0, help="skip sizes whose vectors need more memory")
+    p.add_argument("--threads", type=int, default=None, help="faiss OpenMP threads (default: faiss's)")
+    p.add_argument("--quick", action="store_true", help="256 queries, one repeat")
+    args = p.parse_args(argv)
+    faiss = import_faiss()
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    if args.quick:
+        args.queries, args.repeats = 256, 1
+    print(f"# bench_ann: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} faiss threads, d={args.dim}, "
+          f"K={args.k}, {args.queries} queries, batch {args.batch}")
+    header = f"{'items':>10} {'index':<22} {'recall@' + str(args.k):>10} {'ms/query (batch)':>17} " \
+             f"{'ms/query (single)':>18} {'speed-up (batch)':>17} {'build s':>8}"
+    print(header)
+    print("-" * len(header))
+    for n in [int(s) for s in args.sizes.split(",")]:
+        need = n * args.dim * 4 * 2.2 / 2**30  # vectors + the flat index's copy
+        if need > args.max_gb:
+            print(f"{n:>10} skipped: needs ~{need:.1f} GB (> --max_gb {args.max_gb})")
+            continue
+        t = time.perf_counter()
+        items = make_items(n, args.dim, seed=n)
+        queries = make_queries(items, args.queries, seed=n)
+        flat = ANNIndex.build(items, "flat")
+        build = time.perf_counter() - t
+        exact_ms, exact_single, exact_ids = timed(flat.search, queries, args.k, args.batch, args.repeats)
+        print(f"{n:>10} {'exact (flat IP)':<22} {1.0:>10.4f} {exact_ms:>17.3f} {exact_single:>18.3f} "
+              f"{1.0:>16.1f}x {build:>8.1f}", flush=True)
+        del flat
+        kinds = []
+        if n <= args.hnsw_max:
+            kinds.append("hnsw")
+        kinds.append("ivfpq")
+        for kind in kinds:
+            t = time.perf_counter()
+            nlist = min(args.nlist, int(4 * np.sqrt(n)))
+            big = n > args.hnsw_max  # past HNSW's range: an HNSW coarse quantiser and 10 k-means iterations
+            ann = ANNIndex.build(items, kind, hnsw_m=32, ef_construction=64, nlist=nlist,
+                                 coarse="hnsw" if big else "flat", kmeans_iters=10 if big else None,
+                                 train_size=160_000 if big else 200_000, refine=args.refine)
+            build = time.perf_counter() - t
+            knobs = args.ef_search if kind == "hnsw" else args.nprobe
+            for knob in [int(v) for v in knobs.split(",")]:
+                if kind == "hnsw":
+                    ann.index.hnsw.efSearch = max(knob, args.k)
+                    name = f"hnsw M32 ef{max(knob, args.k)}"
+                else:
+                    ivf = faiss.extract_index_ivf(ann.index)
+                    ivf.nprobe = min(knob, ann.params["nlist"])
+                    name = f"ivfpq {ann.params['nlist']}/{ivf.nprobe} m{ann.params['pq_m']}" + \
+                        (" hnswq" if ann.params["coarse"] == "hnsw" else "") + \
+                        (f" rf{args.refine}" if args.refine else "")
+                ms, single, ids = timed(ann.search, queries, args.k, args.batch, args.repeats)
+                print(f"{n:>10} {name:<22} {recall(ids, exact_ids):>10.4f} {ms:>17.3f} {single:>18.3f} "
+                      f"{exact_ms / ms:>16.1f}x {build:>8.1f}", flush=True)
+            del ann
+        del items
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,217 @@
+"""Retrieval with a trained RetrievalFormer: exact top-K over the item tower's vectors, or through a
+faiss ANN index (HNSW / IVF-PQ / flat) built from them; new items join the catalogue from their
+features alone (no retraining)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from genret.data.item_features import ItemFeatureEncoder, RawFeatures
+from genret.decoding.retriever import RetrievalResult
+from genret.models.retrievalformer import RetrievalFormer
+
+
+class RetrievalFormerRetriever:
+    """Top-k retrieval with a RetrievalFormer.
+
+    Example:
+        >>> r = RetrievalFormerRetriever.from_checkpoint("runs/bench_retrievalformer/model.ckpt")
+        >>> r.retrieve([[r.item_ids[0], r.item_ids[5]]], k=20).items[0]
+        >>> r.build_index("hnsw"); r.retrieve(histories, k=20, search="ann")
+        >>> r.add_items([99999], {"genres": [["Comedy"]], "year": [["2001"]], "title_words": [["new", "film"]],
+        ...                        "item_id": [[]]})
+
+    Args:
+        model: the network (its feature buffers are the catalogue).
+        item_ids: raw id of each dense item.
+        encoder: the fitted ItemFeatureEncoder (raw features -> ids) of the checkpoint.
+        checkpoint: the checkpoint path (an ANN index is saved beside it).
+    """
+
+    def __init__(self, model: RetrievalFormer, item_ids: Sequence[Any], encoder: ItemFeatureEncoder,
+                 checkpoint: str | Path | None = None):
+        self.model = model.eval()
+        self.item_ids = np.asarray(item_ids)
+        self.encoder = encoder
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self._item_index = {raw: i for i, raw in enumerate(self.item_ids.tolist())}
+        self.model_version = "in-memory"  # a content hash when loaded from a file
+        self._vectors: torch.Tensor | None = None
+        self.ann = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None,
+                        index: str | None = None) -> "RetrievalFormerRetriever":
+        """Load a checkpoint; `index` ("hnsw", "ivfpq", "flat") also loads the ANN index saved beside it."""
+        from genret.training.retrievalformer_module import load_retrievalformer
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, entry = load_retrievalformer(path, device)
+        cat = entry["catalogue"]
+        r = cls(model, cat["item_ids"], ItemFeatureEncoder.from_state_dict(cat["encoder"]), checkpoint=path)
+        from genret.decoding.export import artifact_version
+
+        r.model_version = artifact_version(path)
+        if index is not None:
+            r.load_index(index)
+        return r
+
+    @property
+    def side_features(self) -> list[str]:
+        return []
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.position_embedding.weight.device
+
+    def item_vectors(self) -> torch.Tensor:
+        """(n_items, d) item tower outputs, computed once and cached."""
+        if self._vectors is None:
+            with torch.no_grad():
+                self._vectors = self.model.item_vectors().float()
+        return self._vectors
+
+    # ------------------------------------------------------------------------------ catalogue updates
+    def add_items(self, raw_ids: Sequence[Any], features: RawFeatures) -> None:
+        """Add items described by raw features (name -> one list of values per new item).
+
+        Their vectors come from the item tower; values outside the fitted vocabularies count as
+        unknown. A loaded ANN index gets them appended (no rebuild).
+
+        Raises:
+            ValueError for ids already in the catalogue, missing / unknown feature names, or an
+            item with no known feature value at all (it would have no vector).
+        """
+        raw_ids = list(raw_ids)
+        dup = [r for r in raw_ids if r in self._item_index]
+        if dup:
+            raise ValueError(f"items {dup[:5]} are already in the catalogue")
+        names = self.encoder.names
+        unknown = sorted(set(features) - set(names))
+        missing = [n for n in names if n not in features and n != "item_id"]
+        if unknown or missing:
+            raise ValueError(f"features must be exactly the model's {names} (item_id optional); unknown {unknown}, "
+                             f"missing {missing}")
+        features = dict(features)
+        features.setdefault("item_id", [[] for _ in raw_ids])
+        for name in names:
+            if len(features[name]) != len(raw_ids):
+                raise ValueError(f"feature {name!r} has {len(features[name])} rows for {len(raw_ids)} new items")
+        tables = self.encoder.transform({n: [list(map(str, v)) for v in features[n]] for n in names})
+        no_feature = np.flatnonzero(~np.any([(t > 0).any(1) for t in tables], axis=0))
+        if len(no_feature):
+            raise ValueError(f"items {[raw_ids[i] for i in no_feature[:5]]} have no known feature value; the "
+                             f"item tower cannot place them (give features from the model's vocabularies)")
+        current = self.model.feature_tables_of()
+        merged = []
+        for old, new in zip(current, tables):
+            new = torch.as_tensor(new, device=old.device)[:, :old.shape[1]]
+            merged.append(torch.cat([old, torch.nn.functional.pad(new, (0, old.shape[1] - new.shape[1]))]))
+        self.model.set_item_features(merged)
+        start = len(self.item_ids)
+        self.item_ids = np.concatenate([self.item_ids, np.asarray(raw_ids, dtype=self.item_ids.dtype)])
+        self._item_index.update({raw: start + i for i, raw in enumerate(raw_ids)})
+        with torch.no_grad():
+            new_vectors = self.model.item_vectors(torch.arange(start, len(self.item_ids), device=self.device)).float()
+        if self._vectors is not None:
+            self._vectors = torch.cat([self._vectors, new_vectors])
+        if self.ann is not None:
+            self.ann.add(new_vectors.cpu().numpy())
+
+    # ------------------------------------------------------------------------------ ANN index
+    def build_index(self, kind: str = "hnsw", save: bool = True, **params) -> Path | None:
+        """Build a faiss index of `kind` over the item vectors, use it for search="ann", and (with
+        `save` and a checkpoint) write it beside the checkpoint. Returns the written path."""
+        from genret.decoding.ann import ANNIndex, index_path
+
+        self.ann = ANNIndex.build(self.item_vectors().cpu().numpy(), kind, **params)
+        if save and self.checkpoint is not None:
+            return self.ann.save(index_path(self.checkpoint, kind), source=str(self.checkpoint))
+        return None
+
+    def load_index(self, kind: str = "hnsw") -> None:
+        from genret.decoding.ann import ANNIndex, index_path
+
+        if self.checkpoint is None:
+            raise ValueError("this retriever has no checkpoint path to find an index beside; use build_index")
+        ann = ANNIndex.load(index_path(self.checkpoint, kind))
+        if ann.n_items != len(self.item_ids):
+            raise RuntimeError(f"the {kind} index holds {ann.n_items} items but the catalogue has "
+                               f"{len(self.item_ids)}; rebuild it with build_index({kind!r})")
+        self.ann = ann
+
+    # ------------------------------------------------------------------------------ retrieval
+    def user_vectors(self, offsets: np.ndarray, dense: np.ndarray, user_features: np.ndarray | None = None,
+                     batch_size: int = 256) -> torch.Tensor:
+        """(U, d) user vectors of CSR dense histories (the last max_len items of each)."""
+        max_len = self.model.config.max_len
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(offsets) - 1, batch_size):
+                stop = min(start + batch_size, len(offsets) - 1)
+                ends = offsets[start + 1:stop + 1]
+                lengths = np.minimum(ends - offsets[start:stop], max_len)
+                T = max(int(lengths.max(initial=0)), 1)
+                window = np.full((stop - start, T), -1, np.int64)
+                for u, (end, n) in enumerate(zip(ends, lengths)):
+                    window[u, T - n:] = dense[end - n:end]
+                feats = None if user_features is None else torch.as_tensor(user_features[start:stop], device=self.device)
+                out.append(self.model.user_vectors(torch.from_numpy(window).to(self.device), feats)[:, 0].float())
+        return torch.cat(out) if out else torch.zeros(0, self.model.config.d_model)
+
+    def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 100, unknown: str = "error",
+                 batch_size: int = 256, side: dict | None = None, search: str = "exact",
+                 user_features: np.ndarray | None = None, exclude_seen: bool = True) -> RetrievalResult:
+        """Top-k raw item ids per history (best first) with their scores x_u . y_i.
+
+        Args:
+            histories: raw item ids per user, oldest first (may be empty).
+            k: items per user. unknown: "error" or "drop" for ids not in the catalogue.
+            batch_size: users encoded together. side: not used (no per-action side features).
+            search: "exact" (every item scored) or "ann" (the index of build_index / load_index).
+            user_features: (U, F) int64 profile ids in the checkpoint's user features order, or None (unknown).
+            exclude_seen: drop each history's own items from its list (the default, as evaluation does).
+        """
+        from genret.decoding import requests
+
+        if search not in ("exact", "ann"):
+            raise ValueError(f"search must be 'exact' or 'ann', got {search!r}")
+        if search == "ann" and self.ann is None:
+            raise ValueError("no ANN index: call build_index(kind) or load_index(kind) first, or search='exact'")
+        if side:
+            raise ValueError(f"RetrievalFormer takes no per-action side features; got {sorted(side)}")
+        histories = requests.check_histories(histories)
+        k = requests.check_k(k, len(self.item_ids))
+        batch_size = requests.check_batch_size(batch_size)
+        exclude_seen = requests.check_flag(exclude_seen, "exclude_seen")
+        rows, _, dropped = requests.encode_histories(histories, self._item_index, requests.check_unknown(unknown))
+        if dropped:
+            import warnings
+
+            warnings.warn(f"dropped {len(dropped)} unknown item id(s), e.g. {dropped[:3]}", stacklevel=2)
+        offsets = np.concatenate([[0], np.cumsum([len(row) for row in rows])]).astype(np.int64)
+        dense = np.asarray([i for row in rows for i in row], np.int64)
+        users = self.user_vectors(offsets, dense, user_features, batch_size)
+        seen = [set(dense[offsets[u]:offsets[u + 1]].tolist()) for u in range(len(offsets) - 1)] if exclude_seen else None
+        fetch = k + (max((len(s) for s in seen), default=0) if seen else 0)
+        fetch = min(fetch, len(self.item_ids))
+        if search == "ann":
+            from genret.decoding.ann import exclude_and_pad
+
+            scores, items = self.ann.search(users.cpu().numpy(), fetch)
+            items, scores = exclude_and_pad(items, scores, k, seen)
+        else:
+            from genret.decoding.ann import exclude_and_pad
+
+            s, i = (users @ self.item_vectors().T).topk(fetch, dim=1)
+            items, scores = exclude_and_pad(i.cpu().numpy(), s.cpu().numpy(), k, seen)
+        out_items, out_scores = [], []
+        for row_items, row_scores in zip(items, scores):
+            keep = row_items >= 0
+            out_items.append(self.item_ids[row_items[keep]].tolist())
+            out_scores.append(row_scores[keep].astype(float).tolist())
+        return RetrievalResult(out_items, out_scores)

@@ -1,0 +1,166 @@
+"""`genret benchmark --model retrievalformer`: train, evaluate leave-one-out with full ranking, and
+under the leave-one-out-cold protocol (`--protocol looc`, i.e. `data.protocol: looc`) also the
+cold users and the content-only baseline.
+
+The content baseline (the floor of the paper's cold-start comparison): each item is a TF-IDF
+vector over its non-id features (title words, genres, year, categories) with the vocabularies
+fitted on the warm items only; a user is the mean of their history's item vectors; items are
+ranked by cosine similarity.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genret.eval.metrics import ranking_metrics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KS = (5, 10, 20, 50, 100, 500)
+
+
+def rank_with_exclusion(users: torch.Tensor, items: torch.Tensor, k: int, offsets: np.ndarray,
+                        exclude: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Exact top-k of users (m, d) . items (n, d)^T with each user's CSR `exclude` items removed: (m, k) int64."""
+    out = []
+    for start in range(0, len(users), chunk):
+        scores = users[start:start + chunk] @ items.T
+        stop = min(start + chunk, len(users))
+        rows = np.repeat(np.arange(stop - start), np.diff(offsets[start:stop + 1]))
+        cols = exclude[offsets[start]:offsets[stop]]
+        scores[torch.as_tensor(rows), torch.as_tensor(cols)] = float("-inf")
+        out.append(scores.topk(min(k, items.shape[0]), dim=1).indices.numpy())
+    return np.concatenate(out) if out else np.zeros((0, k), np.int64)
+
+
+def eval_retrievalformer(model, dm, es, k: int) -> np.ndarray:
+    """(m, k) ranked lists of a RetrievalFormer for an EvalSet of its data module, history excluded."""
+    rows = np.arange(len(es))
+    parts = []
+    with torch.no_grad():
+        item_vectors = model.item_vectors().float().cpu()
+        for start in range(0, len(es), dm.eval_batch_size):
+            chunk = rows[start:start + dm.eval_batch_size]
+            hist = es.history_lengths()[chunk]
+            window, _ = _windows(dm, es, chunk, hist)
+            feats = torch.from_numpy(dm.user_feats[es.users[chunk]])
+            parts.append(model.user_vectors(window, feats)[:, 0].float().cpu())
+    users = torch.cat(parts) if parts else torch.zeros(0, model.config.d_model)
+    return rank_with_exclusion(users, item_vectors, k, es.history_offsets, es.history_items)
+
+
+def _windows(dm, es, chunk, lengths):
+    from genret.training.embedding_datamodule import gather_windows
+
+    window, valid = gather_windows(es.history_offsets, es.history_items, chunk, lengths, dm.max_len, -1)
+    T = max(int(valid.sum(1).max(initial=0)), 1)
+    return torch.from_numpy(window[:, -T:]), valid
+
+
+def content_vectors(dm) -> "Any":
+    """(n_items, V) L2-normalised TF-IDF rows (scipy CSR) over the data module's non-id item features."""
+    from scipy import sparse
+
+    blocks = []
+    fit = np.ones(dm.n_items, bool)
+    if dm.cold_split is not None:
+        fit[dm.cold_split.cold_items] = False
+    for name, table in zip(dm.item_features, dm.item_feature_tables):
+        if name == "item_id":
+            continue
+        n, w = table.shape
+        rows = np.repeat(np.arange(n), w)
+        cols = table.reshape(-1)
+        keep = cols > 0
+        m = sparse.csr_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(n, int(table.max(initial=0)) + 1))
+        df = np.asarray((m[fit] > 0).sum(0)).ravel()  # document frequency on the warm items
+        idf = np.log((fit.sum() + 1) / (df + 1)) + 1.0
+        blocks.append(m @ sparse.diags(idf))
+    if not blocks:
+        raise ValueError("the content baseline needs item features besides item_id (title words, genres, ...)")
+    x = sparse.hstack(blocks).tocsr()
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel())
+    return sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ x
+
+
+def content_ranked_lists(vectors, es, k: int, chunk: int = 2048) -> np.ndarray:
+    """(m, k) content-baseline lists: cosine to the mean of the history's item vectors, history excluded."""
+    from scipy import sparse
+
+    out = []
+    item_t = vectors.T.tocsc()
+    for start in range(0, len(es), chunk):
+        stop = min(start + chunk, len(es))
+        lengths = np.diff(es.history_offsets[start:stop + 1])
+        rows = np.repeat(np.arange(stop - start), lengths)
+        hist = es.history_items[es.history_offsets[start]:es.history_offsets[stop]]
+        pool = sparse.csr_matrix((np.ones(len(hist)), (rows, hist)), shape=(stop - start, vectors.shape[0]))
+        users = sparse.diags(1.0 / np.maximum(lengths, 1)) @ pool @ vectors
+        scores = torch.from_numpy(np.asarray((users @ item_t).todense(), dtype=np.float32))
+        scores[torch.as_tensor(rows), torch.as_tensor(hist)] = float("-inf")
+        out.append(scores.topk(min(k, scores.shape[1]), dim=1).indices.numpy())
+    return np.concatenate(out) if out else np.zeros((0, k), np.int64)
+
+
+def run_retrievalformer(family: str, config: str | Path, out_dir: Path, data: str | None = None,
+                        overrides: list[str] | None = None, ks=DEFAULT_KS,
+                        checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Train RetrievalFormer from a YAML and evaluate it (genret.eval.benchmark.run_embedding's shape).
+
+    With `checkpoint`, that trained model is evaluated instead (no training; "train_seconds" 0) on
+    the YAML's split, e.g. the best epoch of a run that was stopped before it finished.
+
+    Under `data.protocol: looc`, "test" is the warm users' test, and "extra" holds "cold" and
+    "warm" blocks (same keys as "test"), the split's sizes, and "baselines": {"content": {"cold",
+    "warm"}}.
+    """
+    from genret.training.run import build, fit
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    module, dm, trainer = build(family, config, out_dir, overrides, data)
+    if checkpoint is None:
+        checkpoint, train_seconds = fit(module, dm, trainer, out_dir)
+        model = module.model.eval()
+    else:
+        from genret.training.retrievalformer_module import load_retrievalformer
+
+        dm.setup("fit")
+        model, entry = load_retrievalformer(checkpoint)
+        if entry["catalogue"]["item_ids"] != dm.log_all.item_ids.tolist():
+            raise ValueError(f"{checkpoint} was trained on another catalogue than {dm.log_all.name}")
+        train_seconds = 0.0
+    result: dict[str, Any] = {"model": family, "dataset": dm.log_all.name, "train_seconds": train_seconds,
+                              "checkpoint": str(checkpoint)}
+    for stage, key in (("valid", "val"), ("test", "test")):
+        ranked = eval_retrievalformer(model, dm, dm.eval_sets[stage], max(ks))
+        result[key] = ranking_metrics(ranked, dm.eval_sets[stage].targets, ks)
+    extra: dict[str, Any] = {"item_features": dm.feature_report, "user_features": dm.user_feature_names}
+    if dm.protocol == "looc":
+        extra.update(looc_blocks(dm, ks, model=model))
+        extra["warm"] = result["test"]
+    result["extra"] = extra
+    result["datamodule"] = dm
+    log.info("%s on %s: test hr@20 %.4f, %.0f s training", family, result["dataset"],
+             result["test"].get("hr@20", float("nan")), train_seconds)
+    return result
+
+
+def looc_blocks(dm, ks, model=None) -> dict[str, Any]:
+    """The cold block of a model (if given), the content baseline's cold / warm blocks, the split's sizes."""
+    cold, warm = dm.eval_sets["cold"], dm.eval_sets["test"]
+    if np.isin(dm.train_log.item, dm.cold_split.cold_items).any():
+        raise RuntimeError("LOOC: a cold item is in the training log")
+    out: dict[str, Any] = {"looc": dm.cold_split.summary()}
+    if model is not None:
+        out["cold"] = ranking_metrics(eval_retrievalformer(model, dm, cold, max(ks)), cold.targets, ks)
+    vectors = content_vectors(dm)
+    out["baselines"] = {"content": {
+        "cold": ranking_metrics(content_ranked_lists(vectors, cold, max(ks)), cold.targets, ks),
+        "warm": ranking_metrics(content_ranked_lists(vectors, warm, max(ks)), warm.targets, ks)}}
+    return out

@@ -1,0 +1,249 @@
+"""RetrievalFormer: item features, the LOOC split, scoring unseen items from features, checkpoint
+round trip, ANN vs exact search, clear errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genret.data import load_dataset
+from genret.data.cold import leave_one_out_cold
+from genret.data.item_features import ItemFeatureEncoder, load_item_feature_table, raw_item_features, title_words
+from genret.models.retrievalformer import RetrievalFormer, RetrievalFormerConfig
+
+GENRES = ["Action", "Comedy", "Drama", "Horror"]
+WORDS = ["space", "love", "ghost", "night", "war", "city", "dream", "river"]
+
+
+def write_movielens(folder: Path, n_users: int = 80, n_items: int = 40, seed: int = 0) -> Path:
+    """A tiny MovieLens-1M folder (sequences.txt, movies.dat, users.dat) where users prefer one genre."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    genre = rng.integers(0, len(GENRES), n_items)
+    movies = []
+    for i in range(n_items):
+        words = " ".join(rng.choice(WORDS, 2, replace=False))
+        movies.append(f"{i + 1}::{words.title()} {GENRES[genre[i]]} ({1980 + i % 20})::{GENRES[genre[i]]}")
+    (folder / "movies.dat").write_text("\n".join(movies) + "\n", encoding="latin-1")
+    lines, users = [], []
+    for u in range(n_users):
+        liked = np.flatnonzero(genre == u % len(GENRES))
+        seq = rng.choice(liked, size=min(len(liked), int(rng.integers(4, 9))), replace=False) + 1
+        lines.append(" ".join(map(str, [u + 1, *seq.tolist()])))
+        users.append(f"{u + 1}::{'MF'[u % 2]}::{[1, 18, 25][u % 3]}::{u % 5}::{u % 9}0000")
+    (folder / "sequences.txt").write_text("\n".join(lines) + "\n")
+    (folder / "users.dat").write_text("\n".join(users) + "\n")
+    return folder
+
+
+@pytest.fixture
+def tiny_ml(tmp_path) -> Path:
+    return write_movielens(tmp_path / "tiny-ml")
+
+
+def test_item_features_found_on_movielens(tiny_ml):
+    log = load_dataset(tiny_ml, low_ratings_as_negatives=False)
+    raw = raw_item_features(log)
+    assert {"genres", "year", "title_words", "item_id"} <= set(raw)
+    assert raw["year"][0] == ["1980"] and raw["genres"][0][0] in GENRES
+    assert "1980" not in raw["title_words"][0]  # the year is its own feature
+    assert title_words("The Matrix (1999)") == ["matrix"]
+    with pytest.raises(ValueError, match="unknown item feature.*'brand'"):
+        raw_item_features(log, ["genres", "brand"])
+    with pytest.raises(FileNotFoundError, match="item feature table"):
+        raw_item_features(log, table=tiny_ml / "missing.csv")
+
+
+def test_generic_item_feature_table(tiny_ml):
+    table = tiny_ml / "features.csv"
+    table.write_text("item_id,colour,tags\n1,red,a|b\n2,blue,b\n")
+    ids, raw = load_item_feature_table(table)
+    assert ids == ["1", "2"] and raw["tags"] == [["a", "b"], ["b"]]
+    log = load_dataset(tiny_ml, low_ratings_as_negatives=False)
+    merged = raw_item_features(log, ["colour", "tags"], table=table)
+    index = log.item_index[1]
+    assert merged["colour"][index] == ["red"]
+    enc = ItemFeatureEncoder(["tags"]).fit(merged)
+    assert enc.transform(merged)[0].shape[1] == 2
+
+
+def test_looc_cold_items_never_reach_training(tiny_ml):
+    log = load_dataset(tiny_ml, low_ratings_as_negatives=False)
+    split = leave_one_out_cold(log, seed_users=10, seed=1)
+    cold = set(split.cold_items.tolist())
+    assert cold and not (set(split.train.item.tolist()) & cold)
+    assert not (set(split.warm_log.item.tolist()) & cold)
+    assert set(split.cold.targets.tolist()) <= cold
+    assert not (set(split.cold.history_items.tolist()) & cold)
+    # Every user whose final item is cold is a cold user, and no warm test user is one.
+    assert not set(split.cold.users.tolist()) & set(split.warm_test.users.tolist())
+
+
+def _model(n_items=6, cards=(5, 4, 7)) -> RetrievalFormer:
+    cfg = RetrievalFormerConfig(n_items=n_items, max_len=8, d_model=16, n_heads=2, fusion_heads=2, n_layers=1,
+                                item_feature_names=["genres", "year", "item_id"], item_feature_widths=[2, 1, 1],
+                                item_feature_cardinalities=list(cards), user_feature_cardinalities=[3])
+    model = RetrievalFormer(cfg)
+    tables = [torch.randint(0, cards[0], (n_items, 2)), torch.randint(1, cards[1], (n_items, 1)),
+              torch.arange(1, n_items + 1)[:, None]]
+    model.set_item_features(tables)
+    return model.eval()
+
+
+def test_model_scores_an_unseen_item_from_its_features():
+    model = _model()
+    tables = model.feature_tables_of()
+    # A new item with item 2's genres and year but no id row: the tower places it from features alone.
+    new = [tables[0][2:3], tables[1][2:3], torch.zeros(1, 1, dtype=torch.long)]
+    with torch.no_grad():
+        vector = model.encode_features(new)
+        users = model.user_vectors(torch.tensor([[0, 1, -1]]).roll(1, 1), torch.tensor([[1]]))
+    assert vector.shape == (1, 16) and torch.isfinite(vector).all()
+    assert torch.isfinite(users @ vector.T).all()
+    # Features decide the vector: the same features give the same vector.
+    with torch.no_grad():
+        assert torch.allclose(model.encode_features(new), vector)
+
+
+def test_retrievalformer_trains_round_trips_and_serves_cold_items(tiny_ml, tmp_path):
+    pytest.importorskip("faiss")
+    from genret.decoding.retrievalformer_retriever import RetrievalFormerRetriever
+    from genret.eval.retrievalformer_benchmark import run_retrievalformer
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "retrievalformer_ml1m.yaml"
+    out = tmp_path / "run"
+    res = run_retrievalformer("retrievalformer", config, out, data=str(tiny_ml), ks=(5, 10, 20),
+                              overrides=["--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
+                                         "--data.batch_size", "16", "--data.protocol", "looc",
+                                         "--data.cold_seed_users", "8", "--data.min_count", "1"])
+    extra = res["extra"]
+    for block in ("cold", "warm"):
+        assert set(extra[block]) == set(res["test"]) and "recall@20" in extra[block]
+    assert set(extra["baselines"]["content"]) == {"cold", "warm"}
+    dm = res["datamodule"]
+    # Round trip: the checkpoint's retriever scores like the trained module.
+    r = RetrievalFormerRetriever.from_checkpoint(res["checkpoint"], device="cpu")
+    from genret.training.retrievalformer_module import load_retrievalformer
+
+    model, _ = load_retrievalformer(res["checkpoint"])
+    with torch.no_grad():
+        assert torch.allclose(r.item_vectors(), model.item_vectors())
+    history = [dm.log_all.item_ids[:3].tolist()]
+    exact = r.retrieve(history, k=5)
+    assert len(exact.items[0]) == 5
+    # ANN (flat and HNSW) through the same API agrees with exact search on this small catalogue.
+    path = r.build_index("flat")
+    assert path.is_file() and path.with_name(path.name + ".json").is_file()
+    assert r.retrieve(history, k=5, search="ann").items == exact.items
+    r.build_index("hnsw", save=False)
+    assert set(r.retrieve(history, k=5, search="ann").items[0]) == set(exact.items[0])
+    r2 = RetrievalFormerRetriever.from_checkpoint(res["checkpoint"], device="cpu", index="flat")
+    assert r2.retrieve(history, k=5, search="ann").items == exact.items
+    # Catalogue update: a new movie with a known genre and year joins the catalogue and the index.
+    r.add_items([9999], {"genres": [["Comedy"]], "year": [["1985"]], "title_words": [["love", "city"]]})
+    assert r.item_ids[-1] == 9999 and r.ann.n_items == len(r.item_ids)
+    ranked = r.retrieve(history, k=len(r.item_ids))
+    assert 9999 in ranked.items[0]
+    with pytest.raises(ValueError, match="no known feature value"):
+        r.add_items([10000], {"genres": [["Western"]], "year": [["1700"]], "title_words": [["zzz"]]})
+    with pytest.raises(ValueError, match="unknown \\['colour'\\]"):
+        r.add_items([10001], {"genres": [["Comedy"]], "year": [["1985"]], "title_words": [[]], "colour": [["red"]]})
+    with pytest.raises(ValueError, match="no ANN index"):
+        RetrievalFormerRetriever.from_checkpoint(res["checkpoint"], device="cpu").retrieve(history, 5, search="ann")
+
+
+def test_ann_agrees_with_exact_on_a_small_catalogue():
+    pytest.importorskip("faiss")
+    from genret.decoding.ann import ANNIndex
+
+    rng = np.random.default_rng(0)
+    items = rng.standard_normal((3000, 32)).astype(np.float32)
+    queries = rng.standard_normal((50, 32)).astype(np.float32)
+    exact = np.argsort(-(queries @ items.T), axis=1)[:, :10]
+    _, flat = ANNIndex.build(items, "flat").search(queries, 10)
+    assert (flat == exact).all()
+    _, hnsw = ANNIndex.build(items, "hnsw").search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(hnsw, exact)])
+    assert recall >= 0.95
+    _, ivf = ANNIndex.build(items, "ivfpq", nlist=16, nprobe=16).search(queries, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ivf, exact)]) >= 0.3  # PQ is lossy
+    # Exact re-ranking of 4k PQ candidates, with an HNSW coarse quantiser (the 10M-item setting).
+    refined = ANNIndex.build(items, "ivfpq", nlist=16, nprobe=16, coarse="hnsw", kmeans_iters=10, refine=4)
+    _, ivf = refined.search(queries, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ivf, exact)]) >= 0.9
+    with pytest.raises(ValueError, match="unknown ANN index kind"):
+        ANNIndex.build(items, "lsh")
+
+
+def test_benchmark_looc_cli(tiny_ml, tmp_path, capsys):
+    import json
+
+    from genret.cli import main
+
+    config = Path(__file__).resolve().parents[2] / "configs"
+    # An ID-only family says it cannot score cold items instead of failing.
+    out = tmp_path / "sasrec"
+    assert main(["benchmark", "--model", "sasrec", "--data", str(tiny_ml), "--config", str(config / "sasrec_ml1m.yaml"),
+                 "--out", str(out), "--protocol", "looc"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cold"]["supported"] is False and "cannot score cold items" in metrics["cold"]["reason"]
+    # RetrievalFormer writes cold / warm blocks with the test keys and the content baseline.
+    out = tmp_path / "rf"
+    assert main(["benchmark", "--model", "retrievalformer", "--data", str(tiny_ml), "--config",
+                 str(config / "retrievalformer_ml1m.yaml"), "--out", str(out), "--protocol", "looc", "--ks", "5,20",
+                 "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1", "--data.batch_size", "16",
+                 "--data.cold_seed_users", "8", "--data.min_count", "1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["cold"]) == set(metrics["test"]) == set(metrics["warm"])
+    assert set(metrics["baselines"]["content"]) == {"cold", "warm"}
+    assert metrics["looc"]["cold_items"] > 0
+
+
+@pytest.mark.parametrize("name", ["retrievalformer_ml1m.yaml", "retrievalformer_amazon.yaml"])
+def test_shipped_configs_build(name, tmp_path):
+    from genret.families import family_for_config
+    from genret.training.run import build
+
+    config = Path(__file__).resolve().parents[2] / "configs" / name
+    family = family_for_config(config)
+    assert family.name == "retrievalformer"
+    module, dm, _ = build(family, config, tmp_path)
+    assert module.loss_name in ("full_softmax", "sampled_softmax") and dm.targets == "every_position" and dm.protocol == "loo"
+
+
+def test_benchmark_evaluates_a_retrievalformer_checkpoint(tiny_ml, tmp_path):
+    import json
+
+    from genret.cli import main
+
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "retrievalformer_ml1m.yaml")
+    common = ["benchmark", "--model", "retrievalformer", "--data", str(tiny_ml), "--config", config, "--ks", "5,20",
+              "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1", "--data.batch_size", "16"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--checkpoint", str(tmp_path / "a" / "model.ckpt")]) == 0
+    a, b = (json.loads((tmp_path / x / "metrics.json").read_text()) for x in "ab")
+    assert a["test"] == b["test"] and b["train_seconds"] == 0.0
+
+
+def test_looc_training_never_uses_cold_items_as_negatives(tiny_ml):
+    from genret.training.retrievalformer_datamodule import RetrievalFormerDataModule
+    from genret.training.retrievalformer_module import RetrievalFormerModule
+
+    dm = RetrievalFormerDataModule(data=str(tiny_ml), load_kwargs={"low_ratings_as_negatives": False}, max_len=8,
+                                   protocol="looc", cold_seed_users=10, min_count=1)
+    dm.setup()
+    cold = dm.cold_split.cold_items
+    assert not dm.train_item_mask[cold].any() and dm.train_item_mask.sum() == dm.n_items - len(cold)
+    for loss in ("full_softmax", "sampled_softmax"):
+        module = RetrievalFormerModule(loss=loss, logq_correction=loss == "sampled_softmax", uniform_negatives=64)
+        module.build_from_data(dm)
+        assert not np.isin(module.train_items.numpy(), cold).any()
+        batch = dm.train_batch(np.arange(min(4, len(dm.train_users))))
+        # A cold item's vector gets no gradient from the loss: it is neither a target nor a negative.
+        loss_value, _ = module.loss(batch)
+        tables = module.model.feature_tables_of()
+        cold_only_rows = torch.from_numpy(cold)
+        with torch.no_grad():
+            assert torch.isfinite(loss_value)
+        assert module.cold_mask[cold_only_rows].all() and tables[0].shape[0] == dm.n_items

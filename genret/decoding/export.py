@@ -15,7 +15,6 @@ models (their catalogue is the SID index).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os

@@ -92,3 +92,15 @@ def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The network's weights: the LightningModule's `model.` entries without the prefix."""
     prefix = "model."
     return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+
+
+def load_network(path: str | Path, family: str, build, device: str | torch.device = "cpu"):
+    """A family's network from its checkpoint, in eval mode on `device`, and the checked "genret" entry.
+
+    Args:
+        build: the entry's config dict -> the untrained network (e.g. `lambda c: KuaiFormer(KuaiFormerConfig(**c))`).
+    """
+    checkpoint, entry = load_checkpoint(path, device, family)
+    model = build(entry["config"])
+    model.load_state_dict(model_state(checkpoint))
+    return model.to(device).eval(), entry

@@ -36,7 +36,7 @@ from genret.models.kuaiformer import (
 )
 from genret.training.checkpoint import genret_entry, read_entry
 from genret.training.embedding_datamodule import KuaiFormerDataModule
-from genret.training.optim import adamw, warmup_cosine
+from genret.training.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +203,7 @@ class KuaiFormerModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        opt = adamw(self.model, self.lr, self.weight_decay, betas=(0.9, 0.98))
-        return {"optimizer": opt,
-                "lr_scheduler": warmup_cosine(opt, self.warmup_steps, self.trainer.estimated_stepping_batches,
-                                              cosine=self.cosine)}
+        return adamw_warmup_cosine(self)
 
     # ------------------------------------------------------------------ checkpoint contents
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -223,12 +220,9 @@ class KuaiFormerModule(pl.LightningModule):
 
 def load_kuaiformer(path, device: str | torch.device = "cpu") -> tuple[KuaiFormer, dict[str, Any]]:
     """The network of a KuaiFormer / SASRec checkpoint (eval mode) and its checked "genret" entry."""
-    from genret.training.checkpoint import load_checkpoint, model_state
+    from genret.training.checkpoint import load_network
 
-    checkpoint, entry = load_checkpoint(path, device, family="kuaiformer")
-    model = KuaiFormer(KuaiFormerConfig(**entry["config"]))
-    model.load_state_dict(model_state(checkpoint))
-    return model.to(device).eval(), entry
+    return load_network(path, "kuaiformer", lambda config: KuaiFormer(KuaiFormerConfig(**config)), device)
 
 
 def checkpoint_item_vectors(path) -> tuple[np.ndarray, list]:

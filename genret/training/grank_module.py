@@ -32,7 +32,7 @@ import torch
 from genret.models.grank import GRank, GRankConfig, info_nce
 from genret.models.kuaiformer import sampling_log_q
 from genret.training.checkpoint import genret_entry, read_entry
-from genret.training.optim import adamw, warmup_cosine
+from genret.training.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -236,10 +236,7 @@ class GRankModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        opt = adamw(self.model, self.lr, self.weight_decay, betas=(0.9, 0.98))
-        return {"optimizer": opt,
-                "lr_scheduler": warmup_cosine(opt, self.warmup_steps, self.trainer.estimated_stepping_batches,
-                                              cosine=self.cosine)}
+        return adamw_warmup_cosine(self)
 
     # ------------------------------------------------------------------ checkpoint contents
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -259,9 +256,6 @@ class GRankModule(pl.LightningModule):
 
 def load_grank(path, device: str | torch.device = "cpu") -> tuple[GRank, dict[str, Any]]:
     """The network of a GRank checkpoint (eval mode) and its checked "genret" entry."""
-    from genret.training.checkpoint import load_checkpoint, model_state
+    from genret.training.checkpoint import load_network
 
-    checkpoint, entry = load_checkpoint(path, device, family="grank")
-    model = GRank(GRankConfig(**entry["config"]))
-    model.load_state_dict(model_state(checkpoint))
-    return model.to(device).eval(), entry
+    return load_network(path, "grank", lambda config: GRank(GRankConfig(**config)), device)

@@ -36,3 +36,12 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[f
         (no_decay if p.ndim < 2 or "embedding" in name or "norm" in name else decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
+
+
+def adamw_warmup_cosine(module, betas: tuple[float, float] = (0.9, 0.98)) -> dict:
+    """`configure_optimizers` of a module with lr / weight_decay / warmup_steps / cosine attributes:
+    AdamW (`adamw`) on module.model and the warm-up + cosine schedule over the trainer's steps."""
+    opt = adamw(module.model, module.lr, module.weight_decay, betas=betas)
+    return {"optimizer": opt, "lr_scheduler": warmup_cosine(opt, module.warmup_steps,
+                                                             module.trainer.estimated_stepping_batches,
+                                                             cosine=module.cosine)}

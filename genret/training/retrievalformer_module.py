@@ -18,7 +18,7 @@ import torch
 from genret.models.kuaiformer import sampling_log_q, smoothed_softmax_loss
 from genret.models.retrievalformer import RetrievalFormer, RetrievalFormerConfig
 from genret.training.checkpoint import genret_entry, read_entry
-from genret.training.optim import adamw, warmup_cosine
+from genret.training.optim import adamw_warmup_cosine
 
 LOSSES = ("full_softmax", "sampled_softmax")
 
@@ -179,10 +179,7 @@ class RetrievalFormerModule(pl.LightningModule):
         return self.monitor, "max"
 
     def configure_optimizers(self):
-        opt = adamw(self.model, self.lr, self.weight_decay, betas=(0.9, 0.98))
-        return {"optimizer": opt,
-                "lr_scheduler": warmup_cosine(opt, self.warmup_steps, self.trainer.estimated_stepping_batches,
-                                              cosine=self.cosine)}
+        return adamw_warmup_cosine(self)
 
     # ------------------------------------------------------------------ checkpoint contents
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -199,9 +196,6 @@ class RetrievalFormerModule(pl.LightningModule):
 
 def load_retrievalformer(path, device: str | torch.device = "cpu") -> tuple[RetrievalFormer, dict[str, Any]]:
     """The network of a RetrievalFormer checkpoint (eval mode) and its checked "genret" entry."""
-    from genret.training.checkpoint import load_checkpoint, model_state
+    from genret.training.checkpoint import load_network
 
-    checkpoint, entry = load_checkpoint(path, device, family="retrievalformer")
-    model = RetrievalFormer(RetrievalFormerConfig(**entry["config"]))
-    model.load_state_dict(model_state(checkpoint))
-    return model.to(device).eval(), entry
+    return load_network(path, "retrievalformer", lambda config: RetrievalFormer(RetrievalFormerConfig(**config)), device)

@@ -16,7 +16,7 @@ history (keys / values: the last `long_len` items through an MLP, with a recency
 an MLP over [attention output, e(c), their product] to a scalar s_ca(u, c). It scores any
 candidate list, so it re-ranks GRank's own MIPS top-k1 as well as another generator's.
 
-Choices the paper leaves open (see GRANK_NOTES.md): U = a learned token plus the mean of the
+Choices the paper leaves open (see docs/experiments/2026-12-04-grank.md): U = a learned token plus the mean of the
 window's item embeddings through a linear map (no user profile in our data); candidates do attend
 to U; s_sa is a linear head on the candidate token's output; no item-side projection in the
 generator score; the ranker's recency embedding and the product feature in its MLP; InfoNCE with
@@ -48,7 +48,7 @@ class GRankConfig:
     dropout: float = 0.2
     ranker_hidden: int = 128  # width of the ranker's scoring MLP
     # Score = s_ca + <h_u, e(c)>: the ranker learns a correction of the generator's score (not in the
-    # paper, whose final order is s_ca alone; see GRANK_NOTES.md). Any candidate source works: h_u is
+    # paper, whose final order is s_ca alone; see docs/experiments/2026-12-04-grank.md). Any candidate source works: h_u is
     # GRank's own user vector.
     ranker_residual: bool = False
 

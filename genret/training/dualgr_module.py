@@ -5,15 +5,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
 from genret.models.dualgr import DualGR, DualGRConfig, TrainBatch
-from genret.training.checkpoint import genret_entry, read_entry
+from genret.training.family_module import FamilyModule
 from genret.training.optim import adamw, warmup_cosine
 
 
-class DualGRModule(pl.LightningModule):
+class DualGRModule(FamilyModule):
     """Trains DualGR with the ENTP loss.
 
     The SID depth, codebook size, catalogue size and user-feature cardinalities come from the
@@ -32,6 +31,8 @@ class DualGRModule(pl.LightningModule):
             still but worse on Beauty (docs/experiments/2026-11-27-cpu-training-speed.md).
     """
 
+    family, config_class, network_class = "dualgr", DualGRConfig, DualGR
+
     def __init__(self, config: DualGRConfig = DualGRConfig(), lr: float = 1e-3, weight_decay: float = 0.01,
                  warmup_steps: int = 100, use_item_id: bool = True, length_chunks: int = 1):
         super().__init__()
@@ -48,13 +49,8 @@ class DualGRModule(pl.LightningModule):
         self.catalogue: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ model from data facts
-    def configure_model(self) -> None:
-        if self.model is not None:
-            return
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is None:
-            raise RuntimeError("DualGRModule needs a SequenceDataModule to size its model; pass datamodule=")
-        dm.setup("fit")
+    def build_from_data(self, dm) -> DualGR:
+        """Size the network from the SequenceDataModule's facts and record the catalogue serving needs."""
         self.build(
             n_levels=dm.sid.n_levels, codebook_size=dm.sid.codebook_size, n_items=dm.n_items,
             user_feature_cardinalities=dm.user_feature_cardinalities, max_history=dm.max_history,
@@ -69,6 +65,7 @@ class DualGRModule(pl.LightningModule):
             # The keys of `retrieve(user_features=...)`, one per user embedding table.
             "user_feature_names": list(dm.log_all.user_feature_names) if dm.user_feature_cardinalities else [],
         }
+        return self.model
 
     def build(self, **data_facts) -> DualGR:
         """Resolve the config with the data's facts and create the network."""
@@ -110,14 +107,3 @@ class DualGRModule(pl.LightningModule):
         opt = adamw(self.model, self.lr, self.weight_decay)
         return {"optimizer": opt,
                 "lr_scheduler": warmup_cosine(opt, self.warmup_steps, self.trainer.estimated_stepping_batches)}
-
-    # ------------------------------------------------------------------ checkpoint contents
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["genret"] = genret_entry("dualgr", dataclasses.asdict(self.config), self.catalogue)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        entry = read_entry(checkpoint, "checkpoint", family="dualgr")
-        self.catalogue = entry["catalogue"]
-        if self.model is None:
-            self.config = DualGRConfig(**entry["config"])
-            self.model = DualGR(self.config)

@@ -23,7 +23,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 
 from genret.models.kuaiformer import (
@@ -34,16 +33,15 @@ from genret.models.kuaiformer import (
     sampling_log_q,
     smoothed_softmax_loss,
 )
-from genret.training.checkpoint import genret_entry, read_entry
+from genret.training.family_module import ItemSoftmaxModule
 from genret.training.embedding_datamodule import KuaiFormerDataModule
-from genret.training.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
 LOSSES = ("full_softmax", "sampled_softmax")
 
 
-class KuaiFormerModule(pl.LightningModule):
+class KuaiFormerModule(ItemSoftmaxModule):
     """Trains KuaiFormer (or SASRec as its setting) for next-item prediction.
 
     The catalogue size, window and feature cardinalities come from the data module at
@@ -67,6 +65,8 @@ class KuaiFormerModule(pl.LightningModule):
             each row's positive against the positives of this many randomly drawn rows instead of
             all N (an N x N matrix of dense position targets would not fit).
     """
+
+    family, config_class, network_class = "kuaiformer", KuaiFormerConfig, KuaiFormer
 
     def __init__(self, config: KuaiFormerConfig | None = None, loss: str = "sampled_softmax",
                  label_smoothing: float = 0.0, logq_correction: bool = True, uniform_negatives: int = 0,
@@ -105,15 +105,6 @@ class KuaiFormerModule(pl.LightningModule):
         self.catalogue: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ model from data facts
-    def configure_model(self) -> None:
-        if self.model is not None:
-            return
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is None:
-            raise RuntimeError("KuaiFormerModule needs a KuaiFormerDataModule to size its model; pass datamodule=")
-        dm.setup("fit")
-        self.build_from_data(dm)
-
     def build_from_data(self, dm: KuaiFormerDataModule) -> KuaiFormer:
         """Resolve the config with the data's facts, create the network and copy the feature tables."""
         if dm.targets == "every_position" and (self.config.readout != "last_position" or self.config.compression):
@@ -192,30 +183,6 @@ class KuaiFormerModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """The batch's user vectors (B, k, d); genret.eval.embedding_validation ranks them at the epoch's end."""
         return self.model.user_vectors(batch["items"], batch["side"]).float().cpu()
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.validation_step(batch, batch_idx)
-
-    @property
-    def selection(self) -> tuple[str, str]:
-        """The metric, and its better direction, that picks the epoch the run keeps."""
-        return self.monitor, "max"
-
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self):
-        return adamw_warmup_cosine(self)
-
-    # ------------------------------------------------------------------ checkpoint contents
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["genret"] = genret_entry("kuaiformer", dataclasses.asdict(self.config), self.catalogue)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        entry = read_entry(checkpoint, "checkpoint", family="kuaiformer")
-        self.catalogue = entry["catalogue"]
-        if self.model is None:
-            self.config = KuaiFormerConfig(**entry["config"])
-            self.model = KuaiFormer(self.config)
-            self.register_buffer("item_log_prob", torch.zeros(self.config.n_items))
 
 
 def load_kuaiformer(path, device: str | torch.device = "cpu") -> tuple[KuaiFormer, dict[str, Any]]:

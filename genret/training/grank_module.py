@@ -26,20 +26,18 @@ import dataclasses
 import logging
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
 from genret.models.grank import GRank, GRankConfig, info_nce
 from genret.models.kuaiformer import sampling_log_q
-from genret.training.checkpoint import genret_entry, read_entry
-from genret.training.optim import adamw_warmup_cosine
+from genret.training.family_module import ItemSoftmaxModule
 
 log = logging.getLogger(__name__)
 
 NTP_NEGATIVES = ("full", "in_batch")
 
 
-class GRankModule(pl.LightningModule):
+class GRankModule(ItemSoftmaxModule):
     """Trains GRank (see the module docstring).
 
     Args:
@@ -65,6 +63,8 @@ class GRankModule(pl.LightningModule):
         lr, weight_decay, warmup_steps, cosine: AdamW and its schedule.
         monitor, patience, eval_ks: epoch selection (val/ndcg@10 is generator + ranker).
     """
+
+    family, config_class, network_class = "grank", GRankConfig, GRank
 
     def __init__(self, config: GRankConfig | None = None, ntp_weight: float = 1.0, aux_weight: float = 0.5,
                  ranker_weight: float = 1.0, position_loss_weight: float = 1.0, temperature: float = 1.0,
@@ -106,15 +106,6 @@ class GRankModule(pl.LightningModule):
         self.catalogue: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ model from data facts
-    def configure_model(self) -> None:
-        if self.model is not None:
-            return
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is None:
-            raise RuntimeError("GRankModule needs a GRankDataModule to size its model; pass datamodule=")
-        dm.setup("fit")
-        self.build_from_data(dm)
-
     def build_from_data(self, dm) -> GRank:
         """Resolve the config with the data's facts, create the network (and load `init_from`)."""
         if not hasattr(dm, "long_len"):
@@ -227,31 +218,11 @@ class GRankModule(pl.LightningModule):
         order = self.final_scores(gen, rank).argsort(dim=1, descending=True, stable=True)
         return {"generator": candidates.cpu(), "ranked": candidates.gather(1, order).cpu()}
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self.validation_step(batch, batch_idx)
-
-    @property
-    def selection(self) -> tuple[str, str]:
-        return self.monitor, "max"
-
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self):
-        return adamw_warmup_cosine(self)
-
     # ------------------------------------------------------------------ checkpoint contents
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["genret"] = genret_entry("grank", dataclasses.asdict(self.config), self.catalogue,
-                                            serving={"k1": self.k1, "blend": self.blend, "generator": self.generator,
-                                                     "ranker": self.ranker_weight > 0,
-                                                     "beam_width": self.beam_width})
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        entry = read_entry(checkpoint, "checkpoint", family="grank")
-        self.catalogue = entry["catalogue"]
-        if self.model is None:
-            self.config = GRankConfig(**entry["config"])
-            self.model = GRank(self.config)
-            self.register_buffer("item_log_prob", torch.zeros(self.config.n_items))
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """How the retriever serves this model: k1, the score blend, the generator, ranker on or off."""
+        return {"serving": {"k1": self.k1, "blend": self.blend, "generator": self.generator,
+                            "ranker": self.ranker_weight > 0, "beam_width": self.beam_width}}
 
 
 def load_grank(path, device: str | torch.device = "cpu") -> tuple[GRank, dict[str, Any]]:

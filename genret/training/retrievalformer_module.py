@@ -12,18 +12,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
 from genret.models.kuaiformer import sampling_log_q, smoothed_softmax_loss
 from genret.models.retrievalformer import RetrievalFormer, RetrievalFormerConfig
-from genret.training.checkpoint import genret_entry, read_entry
-from genret.training.optim import adamw_warmup_cosine
+from genret.training.family_module import ItemSoftmaxModule
 
 LOSSES = ("full_softmax", "sampled_softmax")
 
 
-class RetrievalFormerModule(pl.LightningModule):
+class RetrievalFormerModule(ItemSoftmaxModule):
     """Trains RetrievalFormer.
 
     Args:
@@ -37,6 +35,8 @@ class RetrievalFormerModule(pl.LightningModule):
         lr, weight_decay, warmup_steps, cosine: AdamW and its schedule.
         monitor, patience, eval_ks: validation metric that picks the epoch; early stopping; cut-offs.
     """
+
+    family, config_class, network_class = "retrievalformer", RetrievalFormerConfig, RetrievalFormer
 
     def __init__(self, config: RetrievalFormerConfig | None = None, loss: str = "sampled_softmax",
                  label_smoothing: float = 0.0, logq_correction: bool = True, uniform_negatives: int = 0,
@@ -66,15 +66,6 @@ class RetrievalFormerModule(pl.LightningModule):
         self.catalogue: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ model from data facts
-    def configure_model(self) -> None:
-        if self.model is not None:
-            return
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is None:
-            raise RuntimeError("RetrievalFormerModule needs a RetrievalFormerDataModule; pass datamodule=")
-        dm.setup("fit")
-        self.build_from_data(dm)
-
     def build_from_data(self, dm) -> RetrievalFormer:
         """Resolve the config with the data's features, create the network, copy the feature tables."""
         if not hasattr(dm, "encoder"):
@@ -170,28 +161,6 @@ class RetrievalFormerModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """User vectors (B, 1, d); genret.eval.embedding_validation ranks them at the epoch's end."""
         return self.model.user_vectors(batch["items"], batch.get("user_features")).float().cpu()
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.validation_step(batch, batch_idx)
-
-    @property
-    def selection(self) -> tuple[str, str]:
-        return self.monitor, "max"
-
-    def configure_optimizers(self):
-        return adamw_warmup_cosine(self)
-
-    # ------------------------------------------------------------------ checkpoint contents
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["genret"] = genret_entry("retrievalformer", dataclasses.asdict(self.config), self.catalogue)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        entry = read_entry(checkpoint, "checkpoint", family="retrievalformer")
-        self.catalogue = entry["catalogue"]
-        if self.model is None:
-            self.config = RetrievalFormerConfig(**entry["config"])
-            self.model = RetrievalFormer(self.config)
-            self.register_buffer("item_log_prob", torch.zeros(self.config.n_items))
 
 
 def load_retrievalformer(path, device: str | torch.device = "cpu") -> tuple[RetrievalFormer, dict[str, Any]]:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genret.models.layers import Attention, CPUFastDropout, rotary
+from genret.models.layers import Attention, CPUFastDropout, init_weights, rotary
 
 
 @dataclass
@@ -241,7 +241,7 @@ class DualGR(nn.Module):
         # the two counts per training step (short, windows differ): their ratio needs no bias
         # correction, and zeros mean "unknown".
         self.register_buffer("routing_stats", torch.zeros(2))
-        self.apply(self._init_weights)
+        self.apply(init_weights)
 
     def _apply(self, fn, recurse=True):
         # .to(device) / .cuda() move the SID table too; dtype casts leave integer tensors alone.
@@ -274,14 +274,6 @@ class DualGR(nn.Module):
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.cfg.codebook_size):
             raise ValueError(f"item codes must lie in [0, {self.cfg.codebook_size})")
         self.item_codes = codes.to(self.bos.device)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
 
     # ------------------------------------------------------------------ frontend
     def user_token(self, user_feats: torch.Tensor) -> torch.Tensor:

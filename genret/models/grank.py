@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genret.models.kuaiformer import Block, attention_mask
+from genret.models.layers import init_weights
 
 
 @dataclass
@@ -139,14 +140,7 @@ class GRank(nn.Module):
         self.aux_mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.SiLU(), nn.Linear(2 * d, d))
         self.aux_head = nn.Linear(d, 1)
         self.ranker = Ranker(d, c.long_len, c.ranker_hidden, c.dropout)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
+        self.apply(init_weights)
 
     def check_items(self, items: torch.Tensor, what: str) -> None:
         if items.numel() and int(items.max()) >= self.config.n_items:

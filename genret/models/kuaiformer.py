@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genret.models.layers import Attention, rotary
+from genret.models.layers import Attention, init_weights, rotary
 
 READOUTS = ("query_tokens", "last_position")
 POSITIONS = ("learned", "rope", "none")
@@ -190,17 +190,7 @@ class KuaiFormer(nn.Module):
             Block(d, c.n_heads, c.ffn_width, c.dropout) for _ in range(c.n_layers))
         self.final_norm = nn.RMSNorm(d, eps=1e-6)
         self.dropout = nn.Dropout(c.dropout)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
+        self.apply(init_weights)
 
     def set_item_features(self, tables: list[torch.Tensor]) -> None:
         """Copy per-item feature id tables, each (n_items, width_f) int64 (0 = none)."""

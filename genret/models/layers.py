@@ -62,6 +62,18 @@ class Attention(nn.Module):
         return self.out(self.attend_heads(q, k, v, mask).flatten(-2))
 
 
+def init_weights(module: nn.Module) -> None:
+    """Every genret model's initialisation (`model.apply(init_weights)`): linear and embedding weights
+    drawn from N(0, 0.02^2), biases zero, an embedding's padding row zero."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+
+
 def rotary(x: torch.Tensor, positions: torch.Tensor, n_rot: int, base: float = 10000.0) -> torch.Tensor:
     """RoPE on the first `n_rot` dims of each head: x (..., H, Dh), positions (...) -> same shape.
 

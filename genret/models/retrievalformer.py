@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genret.models.kuaiformer import Block, attention_mask
+from genret.models.layers import init_weights
 
 
 @dataclass
@@ -130,18 +131,8 @@ class RetrievalFormer(nn.Module):
         self.blocks = nn.ModuleList(Block(d, c.n_heads, c.ffn_width, c.dropout) for _ in range(c.n_layers))
         self.final_norm = nn.RMSNorm(d, eps=1e-6)
         self.dropout = nn.Dropout(c.dropout)
-        self.apply(self._init_weights)
+        self.apply(init_weights)
         self._id_feature = c.item_feature_names.index("item_id") if "item_id" in c.item_feature_names else None
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
 
     # ------------------------------------------------------------------------------ catalogue
     @property

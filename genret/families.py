@@ -55,7 +55,8 @@ class Family:
 
 _DUALGR = dict(kind="generative", retriever="genret.decoding.retriever:Retriever",
                module="genret.training.dualgr_module:DualGRModule",
-               datamodule="genret.training.sequence_datamodule:SequenceDataModule", checkpoint_family="dualgr")
+               datamodule="genret.training.sequence_datamodule:SequenceDataModule", checkpoint_family="dualgr",
+               scores_cold_items=True)  # through SIDs from item content, added to the index after training
 _EMBEDDING = dict(kind="embedding", retriever="genret.decoding.embedding_retriever:EmbeddingRetriever",
                   module="genret.training.embedding_module:KuaiFormerModule",
                   datamodule="genret.training.embedding_datamodule:KuaiFormerDataModule",

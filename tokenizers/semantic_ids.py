@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -14,6 +15,7 @@ from genret.tokenizers.item_vectors import (
     CheckpointVectors,
     checkpoint_item_vectors,
     collaborative_item_embeddings,
+    content_item_vectors,
     npy_item_vectors,
     sequential_item_embeddings,
     title_embeddings,
@@ -25,7 +27,11 @@ from genret.tokenizers.unique_codes import spread_last_level
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SIDConfig", "fit_semantic_ids", "item_embeddings_for"]
+__all__ = ["CONTENT_EMBEDDINGS", "SIDConfig", "content_embeddings", "fit_semantic_ids", "item_embeddings_for"]
+
+# Item vectors made from what an item is, never from interactions: a cold item gets one like any
+# other, so its SID comes from the fitted tokenizer (the LOOC protocol needs one of these).
+CONTENT_EMBEDDINGS = ("content", "titles", "dataset")
 
 
 @dataclass
@@ -36,7 +42,10 @@ class SIDConfig:
         content vectors, else collaborative ones), "collaborative" (truncated SVD of the training
         user-item matrix), "sequential" (truncated SVD of the positive PMI of items that
         follow each other within `sequence_window` actions in the training sequences: item2vec's
-        objective solved in closed form), "titles" (sentence embeddings of item titles; needs genret[text]), a
+        objective solved in closed form), "titles" (sentence embeddings of item titles; needs genret[text]),
+        "content" (TF-IDF of the item features genret.data.item_features finds, reduced by SVD to
+        `embedding_dim`: genres, year and title words of ML-1M, Amazon categories / brand ids and
+        title words; no interaction is used, so cold items get vectors too), a
         path to an (n_items, d) .npy file in the data set's dense item order, or a KuaiFormer /
         SASRec checkpoint (.ckpt from `genret benchmark --model sasrec`) whose item vectors are used
         after checking that it was trained on the same catalogue.
@@ -50,7 +59,8 @@ class SIDConfig:
     codebook_size: int = 256
     n_iter: int = 20
     embeddings: str = "auto"
-    embedding_dim: int = 64  # for collaborative and sequential embeddings
+    embedding_dim: int = 64  # for collaborative, sequential and content embeddings
+    content_features: list[str] | None = None  # for content embeddings; None = every feature but item_id
     sequence_window: int = 5  # for sequential embeddings: how many later actions count as an item's context
     seed: int = 0
     unique_sids: bool = True
@@ -74,10 +84,8 @@ def item_embeddings_for(log_all, train_log, cfg: SIDConfig,
     choice = cfg.embeddings
     if choice == "auto":
         choice = "dataset" if getattr(log_all, "item_embeddings", None) is not None else "collaborative"
-    if choice == "dataset":
-        if log_all.item_embeddings is None:
-            raise ValueError(f"data set {log_all.name!r} has no item embeddings; use embeddings: collaborative")
-        return np.asarray(log_all.item_embeddings, np.float32), "dataset item embeddings"
+    if choice in CONTENT_EMBEDDINGS:
+        return content_embeddings(log_all, dataclasses.replace(cfg, embeddings=choice))
     if choice == "collaborative":
         positive = train_log.label == 1
         emb = collaborative_item_embeddings(train_log.user[positive], train_log.item[positive],
@@ -88,15 +96,10 @@ def item_embeddings_for(log_all, train_log, cfg: SIDConfig,
         emb = sequential_item_embeddings(train_log.user[positive], train_log.item[positive], train_log.n_items,
                                          cfg.embedding_dim, cfg.sequence_window, cfg.seed)
         return emb, f"sequential PPMI SVD ({emb.shape[1]}-d, window {cfg.sequence_window}) of the training split"
-    if choice == "titles":
-        if not log_all.item_titles:
-            raise ValueError(f"data set {log_all.name!r} has no item titles; use embeddings: collaborative")
-        emb = title_embeddings(list(log_all.item_titles), log_all.name, cfg.cache_dir)
-        return emb, "title sentence embeddings (all-MiniLM-L6-v2)"
     path = Path(choice)
     if not path.is_file():
         raise ValueError(
-            f"embeddings={choice!r} is neither auto/dataset/collaborative/sequential/titles "
+            f"embeddings={choice!r} is neither auto/dataset/collaborative/sequential/titles/content "
             "nor an existing .npy / .ckpt file"
         )
     if path.suffix == ".ckpt":
@@ -104,18 +107,44 @@ def item_embeddings_for(log_all, train_log, cfg: SIDConfig,
     return npy_item_vectors(path, log_all), f"embeddings from {path}"
 
 
+def content_embeddings(log_all, cfg: SIDConfig, fit_items: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """The content item vectors `cfg.embeddings` (one of CONTENT_EMBEDDINGS) names, for every item of
+    `log_all`; what is fitted ("content": vocabularies, IDF, SVD) sees only `fit_items` (None = all).
+
+    Returns:
+        (n_items, d) float32 and where they came from.
+    """
+    choice = cfg.embeddings
+    if choice == "dataset":
+        if log_all.item_embeddings is None:
+            raise ValueError(f"data set {log_all.name!r} has no item embeddings; use embeddings: collaborative")
+        return np.asarray(log_all.item_embeddings, np.float32), "dataset item embeddings"
+    if choice == "titles":
+        if not log_all.item_titles:
+            raise ValueError(f"data set {log_all.name!r} has no item titles; use embeddings: collaborative")
+        emb = title_embeddings(list(log_all.item_titles), log_all.name, cfg.cache_dir)
+        return emb, "title sentence embeddings (all-MiniLM-L6-v2)"
+    if choice == "content":
+        emb = content_item_vectors(log_all, cfg.content_features, cfg.embedding_dim, fit_items, cfg.seed)
+        return emb, f"content TF-IDF SVD ({emb.shape[1]}-d) of item features"
+    raise ValueError(f"embeddings={choice!r} is not made from item content; choose one of {CONTENT_EMBEDDINGS}")
+
+
 def fit_semantic_ids(log_all, train_log, cfg: SIDConfig, progress: bool = True,
-                     checkpoint_vectors: CheckpointVectors | None = None):
+                     checkpoint_vectors: CheckpointVectors | None = None,
+                     vectors: tuple[np.ndarray, str] | None = None):
     """Fit RQ-KMeans on item vectors (cached on disk by content hash) and build the SID index.
 
     Args:
         log_all, train_log, cfg, checkpoint_vectors: as in `item_embeddings_for`.
         progress: show a progress bar while fitting.
+        vectors: (n_items, d) item vectors and their source, already made (e.g. the warm rows of
+            `content_embeddings` fitted without the cold items); default: `item_embeddings_for`.
 
     Returns:
         tokenizer (RQKMeans), codes (n_items, L) int64 numpy, index (SIDIndex), report (dict).
     """
-    embeddings, source = item_embeddings_for(log_all, train_log, cfg, checkpoint_vectors)
+    embeddings, source = vectors or item_embeddings_for(log_all, train_log, cfg, checkpoint_vectors)
     K = cfg.codebook_size
     if K > embeddings.shape[0]:
         raise ValueError(

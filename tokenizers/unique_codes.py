@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["spread_last_level"]
+__all__ = ["spread_added_items", "spread_last_level"]
 
 
 def spread_last_level(tokenizer, X: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +76,39 @@ def spread_last_level(tokenizer, X: np.ndarray, codes: np.ndarray) -> tuple[np.n
     residual = np.linalg.norm(X - tokenizer.decode(codes), axis=1).astype(np.float32)
     return codes, residual
 
+
+
+def spread_added_items(tokenizer, X: np.ndarray, codes: np.ndarray, existing: np.ndarray) -> np.ndarray:
+    """The same contract for items added to a catalogue whose SIDs stay fixed (cold start).
+
+    An added item whose greedy SID is already taken (by a catalogue item or an earlier added one)
+    takes the free last code nearest to its residual under the same prefix (s1..s_{L-1}); where
+    that prefix has no free code it keeps the shared SID (and is returned after the items
+    already on it). Existing SIDs never change, so nothing trained is re-tokenised.
+
+    Args:
+        tokenizer: the fitted RQKMeans the catalogue's SIDs came from.
+        X: (m, d) the added items' embeddings. codes: (m, L) their greedy codes (`tokenizer.encode(X)`).
+        existing: (N, L) the catalogue's SIDs.
+
+    Returns:
+        (m, L) int64 codes; only last codes change.
+    """
+    X = np.asarray(X, dtype=np.float32)
+    codes = np.array(codes, dtype=np.int64, copy=True)
+    last_book = tokenizer.codebooks_[-1].numpy()
+    taken = {tuple(c) for c in np.asarray(existing).tolist()}
+    for i in range(len(codes)):
+        sid = tuple(codes[i].tolist())
+        if sid in taken:
+            # Residual before the last level, as spread_last_level measures it.
+            r = X[i] - tokenizer.decode(codes[i:i + 1])[0] + last_book[codes[i, -1]]
+            for c in np.argsort(((last_book - r) ** 2).sum(1), kind="stable").tolist():
+                if sid[:-1] + (c,) not in taken:
+                    codes[i, -1] = c
+                    break
+        taken.add(tuple(codes[i].tolist()))
+    return codes
 
 
 def _move_overflow(tokenizer, X: np.ndarray, codes: np.ndarray) -> None:

@@ -127,6 +127,8 @@ def main(argv: list[str]) -> int:
     if args.protocol == "looc":
         if not family.scores_cold_items:
             return _cannot_score_cold(args, out, ks)
+        if family.kind == "generative" and (args.ablations or len(seeds) > 1):
+            parser.error("--protocol looc writes the cold / warm blocks of one run: drop --ablations and --seeds")
         overrides = [*overrides, "--data.protocol", "looc"]
     if family.kind != "generative":
         # Every other family runs through the benchmark function its registry entry names.
@@ -196,6 +198,7 @@ def main(argv: list[str]) -> int:
     baselines = {"popularity": runs.popularity_metrics(dm, ks, max_users=args.max_eval_users)}
     baselines.update({name: {k: r[k] for k in ("val", "test", "train_seconds", "note") if k in r}
                       for name, r in variant_metrics.items() if name != args.model})
+    baselines.update(main_res.get("baselines", {}))  # --protocol looc: the content baseline
     if not is_main_process():
         return 0
     metrics = write_metrics(out / "metrics.json", model=args.model, dataset=main_res["dataset"],
@@ -208,7 +211,8 @@ def main(argv: list[str]) -> int:
                                    ("ablations" if args.ablations else "seed_summary"): summary,
                                    **({"short_weight": main_res["short_weight"]} if "short_weight" in main_res else {}),
                                    **({"sid_embeddings": sid_stage} if sid_stage else {}),
-                                   **({"evaluated_checkpoint": str(args.checkpoint)} if args.checkpoint else {})})
+                                   **({"evaluated_checkpoint": str(args.checkpoint)} if args.checkpoint else {}),
+                                   **main_res.get("extra", {})})  # --protocol looc: cold / warm blocks
     sections = [("Table 2 over seeds" if args.ablations else "Seeds", format_ablation_summary(summary))]
     report = write_report(out, metrics, train_log_csv=_latest_metrics_csv(out), sections=sections)
     print(format_metrics_table({args.model: main_res, **baselines}))
@@ -336,13 +340,8 @@ def _cannot_score_cold(args, out: Path, ks) -> int:
     from genret.eval import write_metrics
     from genret.eval.benchmark import device_name
 
-    if args.model in ("dualgr", "tiger"):
-        reason = (f"{args.model} scores items through SIDs built from item-id embeddings of trained items; its "
-                  "cold-start path (SIDs from item features through the fitted tokenizer, added to the SID index) "
-                  "is not built yet, so it cannot score cold items")
-    else:
-        reason = (f"{args.model} scores items by item-id embeddings (ID softmax); a cold item has no trained row, "
-                  "so it cannot score cold items")
+    reason = (f"{args.model} scores items by item-id embeddings (ID softmax); a cold item has no trained row, "
+              "so it cannot score cold items")
     unsupported = {"supported": False, "reason": reason}
     write_metrics(out / "metrics.json", model=args.model, dataset=str(args.data), metrics_val={}, metrics_test={},
                   train_seconds=0.0, device=device_name(),

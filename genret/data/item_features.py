@@ -233,3 +233,71 @@ def _mask(items: np.ndarray, n: int) -> np.ndarray:
     mask = np.zeros(n, bool)
     mask[items] = True
     return mask
+
+
+def tfidf_vectors(tables: Sequence[np.ndarray], widths: Sequence[int], fit: np.ndarray) -> Any:
+    """L2-normalised TF-IDF rows (scipy CSR, (n, sum(widths))) over id tables (0 = none / unknown).
+
+    Each table (n, W) of ids < its width becomes one block of value counts, weighted by the IDF of
+    its values among the rows `fit` (bool mask or indices): under LOOC only warm items count, so a
+    cold item's values move nothing. Rows without any known value stay zero.
+    """
+    from scipy import sparse
+
+    blocks = []
+    for table, width in zip(tables, widths):
+        n, w = table.shape
+        rows = np.repeat(np.arange(n), w)
+        cols = table.reshape(-1)
+        keep = cols > 0
+        m = sparse.csr_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(n, int(width)))
+        fit_rows = _mask(fit, n)
+        df = np.asarray((m[fit_rows] > 0).sum(0)).ravel()  # document frequency on the fitting items
+        idf = np.log((fit_rows.sum() + 1) / (df + 1)) + 1.0
+        blocks.append(m @ sparse.diags(idf))
+    x = sparse.hstack(blocks).tocsr()
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel())
+    return sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ x
+
+
+def content_tfidf(log_: InteractionLog, names: Sequence[str] | None = None, fit_items: np.ndarray | None = None,
+                  min_count: int = 2, max_values: int = 16) -> tuple[Any, list[str]]:
+    """Items as TF-IDF rows over their content features (no interactions, no item id).
+
+    Args:
+        log_: the data set (every item gets a row, in dense order).
+        names: the features (default: every one the data set has except "item_id": an id says
+            nothing about a new item).
+        fit_items: the items the vocabularies and IDF are fitted on (bool mask or indices; None =
+            all). Items outside it are only transformed: their unseen values are unknown (0).
+        min_count, max_values: as ItemFeatureEncoder's (a value on fewer fitting items is unknown).
+
+    Returns:
+        (n_items, V) L2-normalised CSR rows, and the feature names used.
+
+    Raises:
+        ValueError: "item_id" asked for, no content feature, or items without any feature value
+            (named), or without any value known to the fitted vocabularies.
+    """
+    raw = raw_item_features(log_, names)
+    if names is None:
+        raw.pop("item_id", None)
+    elif "item_id" in raw:
+        raise ValueError("content vectors describe items by what they are; 'item_id' is not content (a new item's "
+                         "id has no fitted value): drop it from the content features")
+    if not raw:
+        raise ValueError(f"{log_.name} has no item content features (titles, genres, categories, ...); add a "
+                         "table with data.item_feature_table or use id-based SIDs")
+    empty = np.flatnonzero([not any(raw[f][i] for f in raw) for i in range(log_.n_items)])
+    if len(empty):
+        raise ValueError(f"{len(empty)} item(s) of {log_.name} have no feature value in {sorted(raw)}, e.g. raw ids "
+                         f"{log_.item_ids[empty[:5]].tolist()}: they cannot be placed by content")
+    encoder = ItemFeatureEncoder(list(raw), min_count, max_values).fit(raw, fit_items)
+    fit = np.ones(log_.n_items, bool) if fit_items is None else _mask(fit_items, log_.n_items)
+    x = tfidf_vectors(encoder.transform(raw), encoder.cardinalities, fit)
+    unknown = np.flatnonzero(np.diff(x.indptr) == 0)
+    if len(unknown):
+        raise ValueError(f"{len(unknown)} item(s) of {log_.name} have no feature value seen on at least {min_count} "
+                         f"fitting items, e.g. raw ids {log_.item_ids[unknown[:5]].tolist()}: they cannot be placed "
+                         f"by content (lower min_count or add features)")
+    return x, list(raw)

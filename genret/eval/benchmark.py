@@ -78,17 +78,50 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
         result["short_weight"] = retriever.short_weight
     if seed is not None:
         result["seed"] = int(seed)
-    for stage, key in (("valid", "val"), ("test", "test")):
+    looc = getattr(dm, "cold_split", None) is not None
+    if looc and "test" in stages:  # a validation-only run (a sweep) must not read the cold users either
+        # DualGR's cold start: the cold items join the trained model's catalogue by the SIDs the
+        # fitted tokenizer gives their content vectors (no retraining), then every user is served
+        # from the full catalogue, as RetrievalFormer's LOOC users are.
+        cold_ids, cold_codes = dm.cold_items()
+        retriever.add_items(cold_ids, cold_codes)
+        stages = (*stages, "cold")
+    ranked_by_stage = {}
+    for stage, key in (("valid", "val"), ("test", "test"), ("cold", "cold")):
         if stage not in stages:
             continue
-        es = dm.split.eval_set(stage)
+        es = dm.eval_sets[stage]
         ranked = retriever_ranked_lists(retriever, es, max(ks), eval_batch_size, desc=f"{variant} {stage}",
                                         max_users=max_eval_users, user_feats=user_features_for(dm, es),
                                         history_side=dm.history_side(es))
         targets = es.targets[:len(ranked)]
         result[key] = ranking_metrics(ranked, targets, ks)
         result[f"{key}_ranks"] = target_ranks(ranked, targets)
+        ranked_by_stage[stage] = ranked
+    if "cold" in stages:
+        result.update(_looc_result(dm, retriever, ranked_by_stage["cold"], result, ks, max_eval_users))
     return result
+
+
+def _looc_result(dm, retriever, cold_ranked: np.ndarray, result: dict[str, Any], ks,
+                 max_eval_users: int | None) -> dict[str, Any]:
+    """metrics.json's LOOC blocks of a generative run, as RetrievalFormer writes them: "cold" and
+    "warm" (= "test": the warm users), the split's sizes, the content baseline (on the same users)
+    and how the cold items' SIDs sit in the index."""
+    from genret.data.item_features import content_tfidf
+    from genret.eval.retrievalformer_benchmark import looc_blocks
+
+    n_warm = dm.n_items
+    # The baseline's TF-IDF of every item with vocabularies and IDF fitted on the warm items.
+    content, _ = content_tfidf(dm.cold_split.log, dm.sid.content_features, fit_items=np.arange(n_warm))
+    blocks = looc_blocks(dm, ks, cold_ranked=cold_ranked, content=content, max_users=max_eval_users)
+    codes = retriever.model.item_codes.cpu().numpy()
+    warm_sids = {tuple(c) for c in codes[:n_warm].tolist()}
+    shared = sum(tuple(c) in warm_sids for c in codes[n_warm:].tolist())
+    extra = {"cold": blocks["cold"], "warm": result["test"], "looc": blocks["looc"],
+             "cold_start": {"cold_items_added": int(len(codes) - n_warm), "sharing_a_warm_sid": int(shared),
+                            "sid_source": dm.sid_report.get("embedding_source")}}
+    return {"extra": extra, "baselines": blocks["baselines"]}
 
 
 def run_embedding(family: str, config: str | Path, out_dir: Path, data: str | None = None,

@@ -64,28 +64,16 @@ def _windows(dm, es, chunk, lengths):
 
 def content_vectors(dm) -> "Any":
     """(n_items, V) L2-normalised TF-IDF rows (scipy CSR) over the data module's non-id item features."""
-    from scipy import sparse
+    from genret.data.item_features import tfidf_vectors
 
-    blocks = []
     fit = np.ones(dm.n_items, bool)
     if dm.cold_split is not None:
         fit[dm.cold_split.cold_items] = False
-    for name, table in zip(dm.item_features, dm.item_feature_tables):
-        if name == "item_id":
-            continue
-        n, w = table.shape
-        rows = np.repeat(np.arange(n), w)
-        cols = table.reshape(-1)
-        keep = cols > 0
-        m = sparse.csr_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(n, int(table.max(initial=0)) + 1))
-        df = np.asarray((m[fit] > 0).sum(0)).ravel()  # document frequency on the warm items
-        idf = np.log((fit.sum() + 1) / (df + 1)) + 1.0
-        blocks.append(m @ sparse.diags(idf))
-    if not blocks:
+    kept = [(table, width) for name, table, width in zip(dm.item_features, dm.item_feature_tables,
+                                                          dm.item_feature_cardinalities) if name != "item_id"]
+    if not kept:
         raise ValueError("the content baseline needs item features besides item_id (title words, genres, ...)")
-    x = sparse.hstack(blocks).tocsr()
-    norms = np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel())
-    return sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ x
+    return tfidf_vectors([t for t, _ in kept], [w for _, w in kept], fit)
 
 
 def content_ranked_lists(vectors, es, k: int, chunk: int = 2048) -> np.ndarray:
@@ -151,15 +139,29 @@ def run_retrievalformer(family: str, config: str | Path, out_dir: Path, data: st
     return result
 
 
-def looc_blocks(dm, ks, model=None) -> dict[str, Any]:
-    """The cold block of a model (if given), the content baseline's cold / warm blocks, the split's sizes."""
+def looc_blocks(dm, ks, model=None, cold_ranked: np.ndarray | None = None, content=None,
+                max_users: int | None = None) -> dict[str, Any]:
+    """The cold block of a model (if given), the content baseline's cold / warm blocks, the split's sizes.
+
+    Any family's LOOC data module serves (`eval_sets` "cold" and "test", `train_log`, `cold_split`).
+    Args:
+        model: a RetrievalFormer, ranked here; or `cold_ranked`: another model's (m, k) lists for
+            the first m cold users (DualGR's beam search).
+        content: the baseline's (n_items, V) item rows (default: `content_vectors(dm)`, the
+            RetrievalFormer data module's feature tables).
+        max_users: the baseline ranks only the first users of each set, as the model was evaluated.
+    """
     cold, warm = dm.eval_sets["cold"], dm.eval_sets["test"]
     if np.isin(dm.train_log.item, dm.cold_split.cold_items).any():
         raise RuntimeError("LOOC: a cold item is in the training log")
     out: dict[str, Any] = {"looc": dm.cold_split.summary()}
     if model is not None:
-        out["cold"] = ranking_metrics(eval_retrievalformer(model, dm, cold, max(ks)), cold.targets, ks)
-    vectors = content_vectors(dm)
+        cold_ranked = eval_retrievalformer(model, dm, cold, max(ks))
+    if cold_ranked is not None:
+        out["cold"] = ranking_metrics(cold_ranked, cold.targets[:len(cold_ranked)], ks)
+    if max_users is not None:  # the same first users as the model's blocks
+        cold, warm = (es.subset(np.arange(min(len(es), max_users))) for es in (cold, warm))
+    vectors = content_vectors(dm) if content is None else content
     out["baselines"] = {"content": {
         "cold": ranking_metrics(content_ranked_lists(vectors, cold, max(ks)), cold.targets, ks),
         "warm": ranking_metrics(content_ranked_lists(vectors, warm, max(ks)), warm.targets, ks)}}

@@ -51,6 +51,10 @@ class DualGRModule(FamilyModule):
     # ------------------------------------------------------------------ model from data facts
     def build_from_data(self, dm) -> DualGR:
         """Size the network from the SequenceDataModule's facts and record the catalogue serving needs."""
+        if getattr(dm, "protocol", "loo") == "looc" and self.use_item_id:
+            # A cold item joins after training with a SID only; an id row for it would be untrained.
+            raise ValueError("data.protocol looc adds the cold items after training by their SIDs, and they have no "
+                             "trained item-id row: set model.use_item_id: false")
         self.build(
             n_levels=dm.sid.n_levels, codebook_size=dm.sid.codebook_size, n_items=dm.n_items,
             user_feature_cardinalities=dm.user_feature_cardinalities, max_history=dm.max_history,

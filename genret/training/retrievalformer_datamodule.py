@@ -16,11 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from genret.data.cold import PROTOCOLS
 from genret.training.embedding_datamodule import KuaiFormerDataModule
 
 log = logging.getLogger(__name__)
-
-PROTOCOLS = ("loo", "looc")
 
 
 class RetrievalFormerDataModule(KuaiFormerDataModule):

@@ -19,9 +19,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from genret.data.cold import PROTOCOLS
 from genret.data.side_features import SideFeatureBuckets
 from genret.models.dualgr import TrainBatch
-from genret.tokenizers.semantic_ids import SIDConfig, fit_semantic_ids
+from genret.tokenizers.semantic_ids import CONTENT_EMBEDDINGS, SIDConfig, content_embeddings, fit_semantic_ids
 from genret.training.embedding_module import checkpoint_item_vectors
 from genret.training.loaders import IndexDataset
 
@@ -144,6 +145,18 @@ def gather_batch(seq: UserSequences, rows: np.ndarray, codes: np.ndarray, user_f
 TRAIN_WINDOW_MODES = ("last", "all")
 
 
+def check_protocol(protocol: str, sid: SIDConfig) -> None:
+    """LOOC needs SIDs a cold item can get without interactions: item vectors made from content."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"data.protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "looc" and sid.embeddings not in CONTENT_EMBEDDINGS:
+        raise ValueError(
+            f"data.protocol looc needs SIDs made from item content, so that a cold item gets one from the fitted "
+            f"tokenizer; data.sid.embeddings={sid.embeddings!r} is not (it is built from interactions or item ids, "
+            f"or, for 'auto', may be). Set data.sid.embeddings: content (TF-IDF of genres, year, title words, "
+            f"categories; or titles / dataset) and model.use_item_id: false")
+
+
 def _check_train_windows(mode: str) -> None:
     if mode not in TRAIN_WINDOW_MODES:
         raise ValueError(f"train_windows must be 'last' (one window per user) or 'all' (every positive a "
@@ -203,12 +216,23 @@ class SequenceDataModule(pl.LightningDataModule):
         side_buckets: value buckets per side feature (bucket 0 is "missing").
         train_windows: "last" (one example per user: its last `max_history` positives) or "all"
             (every positive a target: long sequences are cut into windows of `max_history`).
+        protocol: "loo" (leave-one-out) or "looc" (leave-one-out-cold, genret.data.cold, as
+            RetrievalFormer's data module: same keys). Under LOOC the items are renumbered with the
+            cold ones last, `log_all` is the warm catalogue (cold items and all their rows gone),
+            and everything is fitted on it: the content vectors' vocabularies / IDF / SVD, the
+            tokenizer and SIDs, the side-feature buckets; training sequences and ENTP negatives
+            hold warm items only. `cold_vectors` keeps the cold items' content vectors (made with
+            the warm fit) for `cold_items`, which gives them SIDs after training. `eval_sets`:
+            "valid", "test" (warm users) and "cold" (cold users).
+        cold_seed_users: LOOC: users drawn whose final items become cold.
+        cold_seed: LOOC: the draw's seed.
     """
 
     def __init__(self, data: str = "synthetic", sid: SIDConfig = SIDConfig(), max_history: int = 200,
                  max_negatives: int = 64, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
                  load_options: dict | None = None, side_features: list[str] | None = None,
-                 side_buckets: int = 16, train_windows: str = "last"):
+                 side_buckets: int = 16, train_windows: str = "last", protocol: str = "loo",
+                 cold_seed_users: int = 500, cold_seed: int = 0):
         super().__init__()
         self.data = data
         self.load_options = dict(load_options or {})
@@ -222,6 +246,10 @@ class SequenceDataModule(pl.LightningDataModule):
         self.side_buckets = side_buckets
         _check_train_windows(train_windows)  # at construction, not at setup
         self.train_windows = train_windows
+        check_protocol(protocol, self.sid)  # at construction: a bad config fails before any work
+        self.protocol = protocol
+        self.cold_seed_users = cold_seed_users
+        self.cold_seed = cold_seed
         self._ready = False
 
     # -- facts the model needs (valid after setup)
@@ -230,11 +258,27 @@ class SequenceDataModule(pl.LightningDataModule):
             return
         from genret.data import leave_one_out, load_dataset
 
-        self.log_all = load_dataset(self.data, **self.load_options)
-        self.split = leave_one_out(self.log_all)
+        full = load_dataset(self.data, **self.load_options)
+        self.cold_split, vectors = None, None
+        if self.protocol == "looc":
+            from genret.data.cold import leave_one_out_cold
+
+            self.cold_split = leave_one_out_cold(full, self.cold_seed_users, self.cold_seed, cold_last=True)
+            self.log_all = self.cold_split.warm_catalogue()
+            # Content vectors of every item, fitted on the warm ones (the first n_warm after renumbering).
+            n_warm = self.log_all.n_items
+            every, source = content_embeddings(self.cold_split.log, self.sid, fit_items=np.arange(n_warm))
+            vectors, self.cold_vectors = (every[:n_warm], source), every[n_warm:]
+            log.info("LOOC split of %s: %s", full.name, self.cold_split.summary())
+        else:
+            self.log_all = full
+        self.split = leave_one_out(self.log_all)  # under LOOC: the warm split, on the warm catalogue
         self.train_log = self.split.train
         self.tokenizer, self.codes, self.sid_index, self.sid_report = fit_semantic_ids(
-            self.log_all, self.train_log, self.sid, checkpoint_vectors=checkpoint_item_vectors)
+            self.log_all, self.train_log, self.sid, checkpoint_vectors=checkpoint_item_vectors, vectors=vectors)
+        self.eval_sets = {"valid": self.split.eval_set("valid"), "test": self.split.eval_set("test")}
+        if self.cold_split is not None:
+            self.eval_sets.update(test=self.cold_split.warm_test, cold=self.cold_split.cold)
         # Side-feature boundaries come from the training positives only (no peeking at targets).
         self.side = SideFeatureBuckets.fit(self.train_log, self.side_features, self.side_buckets)
         self.side_codes = self.side.transform(self.log_all)  # (rows of log_all, S)
@@ -255,7 +299,7 @@ class SequenceDataModule(pl.LightningDataModule):
 
     def _eval_sequences(self, stage: str) -> tuple[UserSequences, np.ndarray]:
         """Evaluation sequences = history + target (only the target is scored), and their users."""
-        es = self.split.eval_set(stage)
+        es = self.eval_sets[stage]
         m = len(es)
         hist_len = np.diff(es.history_offsets)
         offsets = es.history_offsets + np.arange(m + 1)
@@ -267,6 +311,20 @@ class SequenceDataModule(pl.LightningDataModule):
     @property
     def n_items(self) -> int:
         return self.log_all.n_items
+
+    def cold_items(self) -> tuple[np.ndarray, np.ndarray]:
+        """LOOC: the cold items' raw ids and SIDs, their content vectors encoded by the tokenizer fitted
+        on the warm items (no refit; with unique_sids a taken SID moves to a free last code, warm
+        SIDs unchanged); pass them to `Retriever.add_items` after training. Their dense ids in the
+        full catalogue follow the warm ones, in this order."""
+        from genret.tokenizers.unique_codes import spread_added_items
+
+        if self.cold_split is None:
+            raise ValueError("cold_items exists under data.protocol: looc only")
+        codes = self.tokenizer.encode(self.cold_vectors)
+        if self.sid.unique_sids:
+            codes = spread_added_items(self.tokenizer, self.cold_vectors, codes, self.codes)
+        return self.cold_split.log.item_ids[self.n_items:], codes
 
     def history_side(self, eval_set) -> np.ndarray:
         """(len(history_items), S) side-feature buckets of an EvalSet's histories."""

@@ -1,0 +1,206 @@
+"""DualGR's cold start under the leave-one-out-cold protocol: cold items never reach training, the
+content vectors / tokenizer / SIDs are fitted without them, a cold item gets its SID from the fitted
+tokenizer and becomes retrievable after `Retriever.add_items` (with the teacher-forced score),
+existing SIDs do not move, and the errors name their fix."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genret.data import load_dataset
+from genret.data.cold import leave_one_out_cold
+from genret.decoding.retriever import Retriever
+from genret.models.dualgr import DualGR, DualGRConfig
+from genret.tokenizers.semantic_ids import SIDConfig
+from genret.tokenizers.unique_codes import spread_added_items
+from genret.training.sequence_datamodule import SequenceDataModule
+
+TESTS = Path(__file__).resolve().parents[1]
+CONFIG = TESTS.parent / "configs" / "dualgr_ml1m_looc.yaml"
+
+
+def _load(name: str, path: Path):
+    """A helper module beside other tests (importlib import mode: load it by path)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ml = _load("retrievalformer_tests", TESTS / "training" / "test_retrievalformer.py")  # write_movielens
+beam = _load("beam_search_tests", TESTS / "decoding" / "test_beam_search.py")  # teacher_forced_logprob
+
+K = 4  # tiny codebooks: 4^3 SIDs for ~40 items
+
+
+def looc_dm(data, **sid) -> SequenceDataModule:
+    cfg = SIDConfig(n_levels=3, codebook_size=K, embeddings="content", embedding_dim=8, cache_dir=None, **sid)
+    dm = SequenceDataModule(data=str(data), sid=cfg, max_history=30, max_negatives=8, batch_size=16,
+                            protocol="looc", cold_seed_users=8, cold_seed=1,
+                            load_options={"low_ratings_as_negatives": False} if data != "synthetic:300x200" else {})
+    dm.setup()
+    return dm
+
+
+@pytest.fixture
+def tiny_ml(tmp_path) -> Path:
+    return ml.write_movielens(tmp_path / "tiny-ml")
+
+
+def test_cold_items_never_reach_training(tiny_ml):
+    dm = looc_dm(tiny_ml)
+    full, n_warm = dm.cold_split.log, dm.n_items
+    cold = np.arange(n_warm, full.n_items)
+    # The same cold set (by raw id) as RetrievalFormer's split of the same data and seeds.
+    plain = leave_one_out_cold(load_dataset(tiny_ml, low_ratings_as_negatives=False), 8, 1)
+    assert sorted(full.item_ids[cold].tolist()) == sorted(plain.log.item_ids[plain.cold_items].tolist())
+    assert np.array_equal(dm.cold_split.cold_items, cold) and len(cold) > 0
+    # The trained catalogue is the warm items: codes, SID index, training rows, batches.
+    assert dm.log_all.n_items == n_warm == len(dm.codes) == dm.sid_index.n_items
+    assert dm.train_log.item.max() < n_warm and dm.train_sequences.pos_items.max() < n_warm
+    for batch in dm.train_dataloader():
+        assert int(batch.items.max()) < n_warm
+    # Cold users: a cold target after a warm history; warm users never see a cold item.
+    es = dm.eval_sets["cold"]
+    assert (es.targets >= n_warm).all() and (es.history_items < n_warm).all()
+    assert (dm.eval_sets["test"].targets < n_warm).all() and (dm.eval_sets["valid"].targets < n_warm).all()
+    assert not set(es.users.tolist()) & set(dm.eval_sets["test"].users.tolist())
+
+
+def test_cold_items_are_never_entp_negatives():
+    # The synthetic feed has exposures (label 0): some of them are of cold items in the full log.
+    dm = looc_dm("synthetic:300x200")
+    n_warm, full = dm.n_items, dm.cold_split.log
+    assert ((full.label == 0) & (full.item >= n_warm)).any()  # otherwise the check below proves nothing
+    assert len(dm.train_sequences.neg_items) and dm.train_sequences.neg_items.max() < n_warm
+    for batch in dm.train_dataloader():
+        assert int(batch.neg_items.max()) < n_warm
+
+
+def test_content_vectors_and_sids_are_fitted_without_cold_items(tiny_ml, tmp_path):
+    dm = looc_dm(tiny_ml)
+    cold_raw = set(dm.cold_split.log.item_ids[dm.n_items:].tolist())
+    # The same data with every cold item's title, year and genre replaced (by values warm items have:
+    # a cold item with no known value cannot be placed at all, see test_clear_errors).
+    other = tmp_path / "other-ml"
+    other.mkdir()
+    for name in ("sequences.txt", "users.dat"):
+        (other / name).write_text((tiny_ml / name).read_text())
+    lines = []
+    for line in (tiny_ml / "movies.dat").read_text(encoding="latin-1").splitlines():
+        movie = int(line.split("::")[0])
+        lines.append(f"{movie}::Night River Horror (1981)::Horror" if movie in cold_raw else line)
+    (other / "movies.dat").write_text("\n".join(lines) + "\n", encoding="latin-1")
+    changed = looc_dm(other, content_features=["genres", "year", "title_words"])
+    base = looc_dm(tiny_ml, content_features=["genres", "year", "title_words"])
+    # Nothing fitted moved: warm SIDs, codebooks. The cold vectors did (the change reached them).
+    assert np.array_equal(changed.codes, base.codes)
+    for a, b in zip(changed.tokenizer.codebooks_, base.tokenizer.codebooks_):
+        torch.testing.assert_close(a, b)
+    assert not np.allclose(changed.cold_vectors, base.cold_vectors)
+
+
+def test_a_cold_item_gets_a_sid_from_the_fitted_tokenizer_and_is_retrievable(tiny_ml):
+    dm = looc_dm(tiny_ml)
+    n_warm = dm.n_items
+    raw_ids, codes = dm.cold_items()
+    # The fitted tokenizer's codes; only a last code may move, off a taken SID (unique_sids).
+    greedy = dm.tokenizer.encode(dm.cold_vectors)
+    assert np.array_equal(codes[:, :-1], greedy[:, :-1])
+    taken = {tuple(c) for c in dm.codes.tolist()}
+    for g, c in zip(greedy.tolist(), codes.tolist()):
+        assert c == g or tuple(g) in taken  # moved only off a SID a warm or earlier cold item holds
+        taken.add(tuple(c))
+    assert (codes != greedy).any()  # tiny codebooks: some cold item did collide, so the rule was exercised
+
+    torch.manual_seed(0)
+    model = DualGR(DualGRConfig(n_levels=3, codebook_size=K, n_items=0, d_model=32, n_heads=4, n_blocks=1,
+                                d_ffn=64, dropout=0.0, max_history=30, long_window=30, short_window=4,
+                                use_dbr=False)).eval()
+    model.set_item_codes(torch.as_tensor(dm.codes))
+    retriever = Retriever(model, dm.sid_index, dm.log_all.item_ids, kernel="torch")
+    sids = torch.as_tensor(np.unique(dm.codes, axis=0))
+    ptr0, items0 = retriever.index.items_of(sids)
+    retriever.add_items(raw_ids, codes)
+    # Existing items keep their SIDs (index and model table) and their order inside a SID; a cold
+    # item on a warm SID comes after the warm ones (the collision-order contract).
+    assert torch.equal(retriever.index.codes[:n_warm].cpu(), torch.as_tensor(dm.codes))
+    assert torch.equal(retriever.model.item_codes[:n_warm].cpu(), torch.as_tensor(dm.codes))
+    ptr1, items1 = retriever.index.items_of(sids)
+    for m in range(len(sids)):
+        old, new = items0[ptr0[m]:ptr0[m + 1]].tolist(), items1[ptr1[m]:ptr1[m + 1]].tolist()
+        assert new[:len(old)] == old and all(i >= n_warm for i in new[len(old):])
+    # Every cold item comes back from beam search over the whole catalogue, scored as teacher forcing scores it.
+    history = dm.log_all.item_ids[:5].tolist()
+    out = retriever.retrieve([history], k=retriever.index.n_items, exclude_seen=False)
+    got = dict(zip(out.items[0], out.scores[0]))
+    assert set(raw_ids.tolist()) <= set(got)
+    all_codes = retriever.model.item_codes.cpu()
+    for j in (0, len(raw_ids) - 1):
+        expected = beam.teacher_forced_logprob(model, list(range(5)), n_warm + j, all_codes)
+        assert got[raw_ids[j]] == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_spread_added_items_keeps_existing_sids_and_takes_free_codes():
+    class Book:  # a 1-level "tokenizer": decode = the chosen centroid
+        codebooks_ = [torch.tensor([[0.0], [1.0], [2.0], [3.0]])]
+
+        def decode(self, codes):
+            return self.codebooks_[0].numpy()[np.asarray(codes)[:, 0]]
+
+    existing = np.array([[1], [2]])
+    new = spread_added_items(Book(), np.array([[1.1], [1.2], [2.9]]), np.array([[1], [1], [3]]), existing)
+    # 1.1 is on taken SID 1 -> the nearest free code, 0 (2 is nearer but taken); 1.2 -> 3, the last
+    # free one; 2.9's greedy 3 is then taken and nothing is free, so it shares SID 3.
+    assert new[:, 0].tolist() == [0, 3, 3]
+    assert existing.tolist() == [[1], [2]]
+
+
+def test_clear_errors(tiny_ml, tmp_path):
+    from genret.data.item_features import content_tfidf
+    from genret.training.dualgr_module import DualGRModule
+
+    for embeddings in ("sequential", "collaborative", "auto"):
+        with pytest.raises(ValueError, match="data.sid.embeddings: content .* model.use_item_id: false"):
+            SequenceDataModule(data=str(tiny_ml), sid=SIDConfig(embeddings=embeddings), protocol="looc")
+    with pytest.raises(ValueError, match="data.protocol must be one of"):
+        SequenceDataModule(data=str(tiny_ml), protocol="cold")
+    dm = looc_dm(tiny_ml)
+    with pytest.raises(ValueError, match="set model.use_item_id: false"):
+        DualGRModule(use_item_id=True).build_from_data(dm)
+    DualGRModule(use_item_id=False).build_from_data(dm)  # the fix works
+    # An item without any feature value cannot be placed by content.
+    log = load_dataset(tiny_ml, low_ratings_as_negatives=False)
+    log.item_titles = list(log.item_titles)
+    log.item_titles[3] = ""
+    log.item_features = {k: v.copy() for k, v in log.item_features.items()}
+    log.item_features["genres"][3] = 0
+    log.item_features["genre"][3] = 0
+    with pytest.raises(ValueError, match=r"1 item\(s\) of tiny-ml have no feature value.*raw ids \[4\]"):
+        content_tfidf(log)
+    with pytest.raises(ValueError, match="'item_id' is not content"):
+        content_tfidf(log, ["genres", "item_id"])
+
+
+def test_benchmark_looc_writes_cold_and_warm_blocks(tiny_ml, tmp_path):
+    from genret.cli import main
+
+    out = tmp_path / "dualgr"
+    assert main(["benchmark", "--model", "dualgr", "--data", str(tiny_ml), "--config", str(CONFIG), "--out", str(out),
+                 "--protocol", "looc", "--ks", "5,20", "--trainer.max_epochs", "1", "--data.cold_seed_users", "8",
+                 "--data.sid.codebook_size", str(K), "--data.sid.embedding_dim", "8", "--data.sid.cache_dir", "null",
+                 "--data.side_features", "[]", "--kernel", "torch"]) == 0  # conftest's TRITON_INTERPRET: slow Triton
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["cold"]) == set(metrics["test"]) == set(metrics["warm"]) and "recall@20" in metrics["cold"]
+    assert metrics["warm"] == metrics["test"]
+    assert set(metrics["baselines"]["content"]) == {"cold", "warm"}
+    assert metrics["cold"]["n_users"] == metrics["looc"]["cold_users"] == metrics["baselines"]["content"]["cold"]["n_users"]
+    assert metrics["cold_start"]["cold_items_added"] == metrics["looc"]["cold_items"] > 0
+    # The ID-based SIDs of the plain ML-1M config are refused with the fix named.
+    with pytest.raises(ValueError, match="data.sid.embeddings: content"):
+        main(["benchmark", "--model", "dualgr", "--data", str(tiny_ml), "--config",
+              str(CONFIG.parent / "dualgr_ml1m.yaml"), "--out", str(tmp_path / "bad"), "--protocol", "looc"])

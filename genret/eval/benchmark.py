@@ -50,6 +50,11 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
     re-score a run after a decoding change. `seed` overrides the config's seed_everything (weights,
     batch order, dropout; the split and the SIDs do not depend on it). `stages=("valid",)` reads
     validation only (a sensitivity sweep must not look at test).
+
+    Under `data.protocol: looc` the cold items join the trained catalogue by their SIDs
+    (`dm.cold_items()`, `Retriever.add_items`) before anything is evaluated; "test" is then the
+    warm users, "cold" the cold users, and "extra" / "baselines" hold RetrievalFormer's LOOC
+    blocks (genret.eval.retrievalformer_benchmark.looc_blocks) for metrics.json.
     """
     from genret.decoding.retriever import Retriever
     from genret.training.run import build, fit

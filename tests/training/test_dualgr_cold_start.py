@@ -67,6 +67,8 @@ def test_cold_items_never_reach_training(tiny_ml):
     # Cold users: a cold target after a warm history; warm users never see a cold item.
     es = dm.eval_sets["cold"]
     assert (es.targets >= n_warm).all() and (es.history_items < n_warm).all()
+    # Their history rows index the warm catalogue's log, whose side features the decoder reads.
+    assert np.array_equal(dm.log_all.item[es.history_rows], es.history_items)
     assert (dm.eval_sets["test"].targets < n_warm).all() and (dm.eval_sets["valid"].targets < n_warm).all()
     assert not set(es.users.tolist()) & set(dm.eval_sets["test"].users.tolist())
 
@@ -186,11 +188,12 @@ def test_clear_errors(tiny_ml, tmp_path):
         content_tfidf(log, ["genres", "item_id"])
 
 
-def test_benchmark_looc_writes_cold_and_warm_blocks(tiny_ml, tmp_path):
+@pytest.mark.parametrize("family", ["dualgr", "tiger"])
+def test_benchmark_looc_writes_cold_and_warm_blocks(tiny_ml, tmp_path, family):
     from genret.cli import main
 
-    out = tmp_path / "dualgr"
-    assert main(["benchmark", "--model", "dualgr", "--data", str(tiny_ml), "--config", str(CONFIG), "--out", str(out),
+    out = tmp_path / family
+    assert main(["benchmark", "--model", family, "--data", str(tiny_ml), "--config", str(CONFIG), "--out", str(out),
                  "--protocol", "looc", "--ks", "5,20", "--trainer.max_epochs", "1", "--data.cold_seed_users", "8",
                  "--data.sid.codebook_size", str(K), "--data.sid.embedding_dim", "8", "--data.sid.cache_dir", "null",
                  "--data.side_features", "[]", "--kernel", "torch"]) == 0  # conftest's TRITON_INTERPRET: slow Triton

@@ -18,6 +18,10 @@ per variant, the mean and sd over seeds of the validation and test metrics and t
 difference to DualGR with a 95% interval (genret.eval.ablations), under "ablations"; the top-level
 "val" / "test" are the means. `--seeds 1` (the default) writes what it always did plus that summary.
 
+`--resume` reads back every run already finished in DIR with the same settings (its
+run_result.json) and trains only the others: a long `--ablations --seeds 3` job can be stopped and
+started again, or extended by seeds (`--seeds 0,1,2` after `--seeds 0,1`).
+
 `--sweep KEY=V1,V2,...` (e.g. `model.config.short_window=4,16,64`, the paper's Fig. 2) trains the
 model once per value (and seed) and reports validation only: a setting is chosen on validation,
 and test is read once, by the recipe that comes out of it.
@@ -46,6 +50,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sweep", metavar="KEY=V1,V2,...", default=None,
                         help="train once per value of one config key (e.g. model.config.short_window=4,16,64) "
                              "and report validation metrics only")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse every DualGR / TIGER run (variant, seed, sweep value) whose folder holds a "
+                             "finished run_result.json with the same settings, and train only the rest")
     parser.add_argument("--eval_batch_size", type=int, default=64)
     parser.add_argument("--max_eval_users", type=int, default=None, help="evaluate on the first N users only")
     parser.add_argument("--kernel", default="auto", choices=("auto", "torch", "triton"))
@@ -174,7 +181,8 @@ def main(argv: list[str]) -> int:
             res = runs.run_generative(args.config, sub, variant, data=args.data, overrides=overrides, ks=ks,
                                        eval_batch_size=args.eval_batch_size, max_eval_users=args.max_eval_users,
                                        kernel=args.kernel, branch_merge=args.branch_merge, checkpoint=args.checkpoint,
-                                       short_weight=args.short_weight, seed=None if len(seeds) == 1 else seed)
+                                       short_weight=args.short_weight, seed=None if len(seeds) == 1 else seed,
+                                       resume=args.resume)
             dm = res.pop("datamodule")
             res["has_negatives"] = bool((dm.train_log.label == 0).any()) and dm.max_negatives > 0
             results[variant] = res
@@ -302,7 +310,7 @@ def _run_sweep(args, sweep: tuple[str, list[str]], seeds: list[int], overrides: 
                                        eval_batch_size=args.eval_batch_size, max_eval_users=args.max_eval_users,
                                        kernel=args.kernel, branch_merge=args.branch_merge,
                                        short_weight=args.short_weight, seed=None if len(seeds) == 1 else seed,
-                                       stages=("valid",))
+                                       stages=("valid",), resume=args.resume)
             dm = res.pop("datamodule")
             runs_by_seed[seed][value] = res
     summary = summarize_ablations(runs_by_seed, reference=values[0])

@@ -115,7 +115,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from genret.eval import benchmark as runs
     from genret.eval import format_ablation_table, format_metrics_table, write_metrics, write_report
-    from genret.eval.ablations import format_ablation_summary, summarize_ablations
+    from genret.eval.ablations import format_ablation_summary, format_group_summary, summarize_ablations
     from genret.eval.distributed import init_from_env, is_main_process
     from genret.eval.report import code_version
     from genret.families import get_family, load_class
@@ -187,7 +187,9 @@ def main(argv: list[str]) -> int:
             res["has_negatives"] = bool((dm.train_log.label == 0).any()) and dm.max_negatives > 0
             results[variant] = res
         runs_by_seed[seed] = results
-    summary = summarize_ablations(runs_by_seed, reference=args.model)
+    groups = _negative_user_groups(dm, args.max_eval_users) if any(
+        r.get("has_negatives") for results in runs_by_seed.values() for r in results.values()) else None
+    summary = summarize_ablations(runs_by_seed, reference=args.model, groups=groups)
     if len(seeds) == 1:
         results = runs_by_seed[seeds[0]]
         main_res = results[args.model]
@@ -218,6 +220,8 @@ def main(argv: list[str]) -> int:
                                    **({"sid_embeddings": sid_stage} if sid_stage else {}),
                                    **({"evaluated_checkpoint": str(args.checkpoint)} if args.checkpoint else {})})
     sections = [("Table 2 over seeds" if args.ablations else "Seeds", format_ablation_summary(summary))]
+    if groups:
+        sections.append(("On the users whose history holds exposure negatives", format_group_summary(summary)))
     report = write_report(out, metrics, train_log_csv=_latest_metrics_csv(out), sections=sections)
     print(format_metrics_table({args.model: main_res, **baselines}))
     print(_sid_line(main_res["sid_report"]))
@@ -227,6 +231,8 @@ def main(argv: list[str]) -> int:
                                     ranks={name: r["test_ranks"] for name, r in results.items()}))
     if len(seeds) > 1:
         print(format_ablation_summary(summary))
+    if groups:
+        print(format_group_summary(summary))
     print(f"[genret] wrote {out / 'metrics.json'} and {report} in {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -330,6 +336,19 @@ def _run_sweep(args, sweep: tuple[str, list[str]], seeds: list[int], overrides: 
     print(table)
     print(f"[genret] wrote {out / 'metrics.json'} and {out / 'report.md'} in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def _negative_user_groups(dm, max_users: int | None) -> dict[str, dict[str, "np.ndarray"]]:
+    """The evaluated users whose history holds at least one exposure negative (the users ENTP can act
+    on), per stage, in the order the runs ranked them."""
+    import numpy as np
+
+    masks = {}
+    for stage, key in (("valid", "val"), ("test", "test")):
+        es = dm.split.eval_set(stage)
+        m = len(es) if max_users is None else min(len(es), max_users)
+        masks[key] = (np.diff(es.history_negatives_offsets) > 0)[:m]
+    return {"users with negatives": masks}
 
 
 def _sid_line(report: dict) -> str:

@@ -440,9 +440,13 @@ def test_benchmark_resume_reuses_finished_runs_and_trains_only_the_new_ones(tmp_
     out = tmp_path / "resume"
     argv = ["benchmark", "--model", "dualgr", "--data", "synthetic:300x400", "--config",
             str(ROOT / "configs" / "quickstart.yaml"), "--out", str(out), "--ks", "10,100", "--max_eval_users", "40",
-            "--kernel", "torch", "--resume", *tiny_args, "--data.max_negatives", "0"]
+            "--kernel", "torch", "--resume", *tiny_args]
     assert main([*argv, "--seeds", "0,1"]) == 0
     first = json.loads((out / "metrics.json").read_text())["seed_summary"]["variants"]["dualgr"]["per_seed"]
+    # The synthetic log has exposure negatives: the users who have some get their own block.
+    group = json.loads((out / "metrics.json").read_text())["seed_summary"]["variants"]["dualgr"]["groups"]
+    assert 0 < group["users with negatives"]["test"]["n_users"] <= 40
+    assert "users with negatives" in (out / "report.md").read_text()
     stamps = {s: (out / f"seed_{s}" / "model.ckpt").stat().st_mtime_ns for s in (0, 1)}
     record = json.loads((out / "seed_0" / "run_result.json").read_text())
     assert record["signature"]["seed"] == 0 and len(record["result"]["test_ranks"]) == 40

@@ -333,7 +333,7 @@ def test_benchmark_ablations_print_table_2_and_skip_entp_without_negatives(tmp_p
 
 
 @pytest.mark.parametrize("name", ["quickstart", "dualgr_ml1m", "dualgr_amazon", "dualgr_kuairand", "dualgr_paper",
-                                  "dualgr_ml1m_ablation"])
+                                  "dualgr_ml1m_ablation", "dualgr_amazon_ablation"])
 def test_shipped_configs_parse(tmp_path, name):
     """Every shipped DualGR YAML is valid for the CLI (keys, types); data is not loaded here."""
     module, dm, trainer = build("dualgr", ROOT / "configs" / f"{name}.yaml", tmp_path)
@@ -341,10 +341,12 @@ def test_shipped_configs_parse(tmp_path, name):
     assert dm.max_history >= module.config.long_window
     assert trainer.max_epochs >= 1
     # The Amazon recipe keeps its epoch by decoded validation HR@10, the others by validation loss.
-    assert trainer.checkpoint_callback.monitor == ("val/hr@10" if name == "dualgr_amazon" else "val/loss")
-    # The two real-data recipes validate, keep and save an exponential average of the weights.
+    amazon = name.startswith("dualgr_amazon")
+    assert trainer.checkpoint_callback.monitor == ("val/hr@10" if amazon else "val/loss")
+    # The two real-data recipes (and the Amazon reduced protocol) validate, keep and save an
+    # exponential average of the weights.
     averaged = any(type(cb).__name__ == "EMAWeightAveraging" for cb in trainer.callbacks)
-    assert averaged == (name in ("dualgr_ml1m", "dualgr_amazon"))
+    assert averaged == (name in ("dualgr_ml1m", "dualgr_amazon", "dualgr_amazon_ablation"))
 
 
 @pytest.mark.slow

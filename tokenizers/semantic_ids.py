@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +48,10 @@ class SIDConfig:
         path to an (n_items, d) .npy file in the data set's dense item order, or a KuaiFormer /
         SASRec checkpoint (.ckpt from `genret benchmark --model sasrec`) whose item vectors are used
         after checking that it was trained on the same catalogue.
+    fallback: what to use instead when the data set lacks what `embeddings` needs (a copy without
+        titles.tsv for "titles", no item embeddings for "dataset"), e.g. "sequential"; None makes
+        such data an error. Lets one recipe serve a whole family of data sets, the copies without the
+        optional files included; the SID report says which source was used.
     seed: RQ-KMeans' random_state, and the seed of the SVD item vectors.
     unique_sids: re-assign the last code inside each shared prefix so distinct items get distinct
         SIDs where the codebook allows (genret.tokenizers.spread_last_level); off keeps the greedy
@@ -59,6 +62,7 @@ class SIDConfig:
     codebook_size: int = 256
     n_iter: int = 20
     embeddings: str = "auto"
+    fallback: str | None = None
     embedding_dim: int = 64  # for collaborative, sequential and content embeddings
     content_features: list[str] | None = None  # for content embeddings; None = every feature but item_id
     sequence_window: int = 5  # for sequential embeddings: how many later actions count as an item's context
@@ -82,10 +86,20 @@ def item_embeddings_for(log_all, train_log, cfg: SIDConfig,
         embeddings (n_items, d) float32, and a short description of where they came from.
     """
     choice = cfg.embeddings
+    missing = _missing_source(log_all, choice)
+    if missing and cfg.fallback is not None:
+        if _missing_source(log_all, cfg.fallback) or cfg.fallback in ("titles", "dataset", "auto"):
+            raise ValueError(f"data.sid.fallback must be a source every data set has (collaborative, sequential, "
+                             f"or a file), got {cfg.fallback!r}")
+        log.warning("data set %r %s: SIDs from data.sid.fallback = %r instead of embeddings = %r", log_all.name,
+                    missing, cfg.fallback, choice)
+        emb, source = item_embeddings_for(log_all, train_log, replace(cfg, embeddings=cfg.fallback, fallback=None),
+                                          checkpoint_vectors)
+        return emb, f"{source} (fallback: the data set {missing})"
     if choice == "auto":
         choice = "dataset" if getattr(log_all, "item_embeddings", None) is not None else "collaborative"
     if choice in CONTENT_EMBEDDINGS:
-        return content_embeddings(log_all, dataclasses.replace(cfg, embeddings=choice))
+        return content_embeddings(log_all, replace(cfg, embeddings=choice))
     if choice == "collaborative":
         positive = train_log.label == 1
         emb = collaborative_item_embeddings(train_log.user[positive], train_log.item[positive],
@@ -121,13 +135,23 @@ def content_embeddings(log_all, cfg: SIDConfig, fit_items: np.ndarray | None = N
         return np.asarray(log_all.item_embeddings, np.float32), "dataset item embeddings"
     if choice == "titles":
         if not log_all.item_titles:
-            raise ValueError(f"data set {log_all.name!r} has no item titles; use embeddings: collaborative")
+            raise ValueError(f"data set {log_all.name!r} has no item titles; use embeddings: collaborative or sequential, "
+                             "or set data.sid.fallback to one of them")
         emb = title_embeddings(list(log_all.item_titles), log_all.name, cfg.cache_dir)
         return emb, "title sentence embeddings (all-MiniLM-L6-v2)"
     if choice == "content":
         emb = content_item_vectors(log_all, cfg.content_features, cfg.embedding_dim, fit_items, cfg.seed)
         return emb, f"content TF-IDF SVD ({emb.shape[1]}-d) of item features"
     raise ValueError(f"embeddings={choice!r} is not made from item content; choose one of {CONTENT_EMBEDDINGS}")
+
+
+def _missing_source(log_all, choice: str) -> str | None:
+    """Why the data set cannot supply `choice` (an optional file it lacks), or None when it can."""
+    if choice == "titles" and not log_all.item_titles:
+        return "has no item titles (no titles.tsv)"
+    if choice == "dataset" and getattr(log_all, "item_embeddings", None) is None:
+        return "has no item embeddings"
+    return None
 
 
 def fit_semantic_ids(log_all, train_log, cfg: SIDConfig, progress: bool = True,
@@ -151,7 +175,9 @@ def fit_semantic_ids(log_all, train_log, cfg: SIDConfig, progress: bool = True,
             f"codebook_size={K} exceeds the {embeddings.shape[0]} items of {log_all.name!r}; "
             f"a codebook larger than the catalogue is meaningless: use codebook_size <= {embeddings.shape[0] // 4}"
         )
-    key = hashlib.sha1(embeddings.tobytes() + json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    # The fallback only picks the vectors, which the key already hashes; leaving it out keeps older caches valid.
+    settings = {k: v for k, v in asdict(cfg).items() if k != "fallback"}
+    key = hashlib.sha1(embeddings.tobytes() + json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cfg.cache_dir) / f"rqkmeans-{log_all.name}-{key}.pt" if cfg.cache_dir else None
     tokenizer = None
     if cache is not None and cache.is_file():

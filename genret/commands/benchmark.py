@@ -18,6 +18,10 @@ per variant, the mean and sd over seeds of the validation and test metrics and t
 difference to DualGR with a 95% interval (genret.eval.ablations), under "ablations"; the top-level
 "val" / "test" are the means. `--seeds 1` (the default) writes what it always did plus that summary.
 
+`--resume` reads back every run already finished in DIR with the same settings (its
+run_result.json) and trains only the others: a long `--ablations --seeds 3` job can be stopped and
+started again, or extended by seeds (`--seeds 0,1,2` after `--seeds 0,1`).
+
 `--sweep KEY=V1,V2,...` (e.g. `model.config.short_window=4,16,64`, the paper's Fig. 2) trains the
 model once per value (and seed) and reports validation only: a setting is chosen on validation,
 and test is read once, by the recipe that comes out of it.
@@ -46,6 +50,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sweep", metavar="KEY=V1,V2,...", default=None,
                         help="train once per value of one config key (e.g. model.config.short_window=4,16,64) "
                              "and report validation metrics only")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse every DualGR / TIGER run (variant, seed, sweep value) whose folder holds a "
+                             "finished run_result.json with the same settings, and train only the rest")
     parser.add_argument("--eval_batch_size", type=int, default=64)
     parser.add_argument("--max_eval_users", type=int, default=None, help="evaluate on the first N users only")
     parser.add_argument("--kernel", default="auto", choices=("auto", "torch", "triton"))
@@ -108,7 +115,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from genret.eval import benchmark as runs
     from genret.eval import format_ablation_table, format_metrics_table, write_metrics, write_report
-    from genret.eval.ablations import format_ablation_summary, summarize_ablations
+    from genret.eval.ablations import format_ablation_summary, format_group_summary, summarize_ablations
     from genret.eval.distributed import init_from_env, is_main_process
     from genret.eval.report import code_version
     from genret.families import get_family, load_class
@@ -176,12 +183,15 @@ def main(argv: list[str]) -> int:
             res = runs.run_generative(args.config, sub, variant, data=args.data, overrides=overrides, ks=ks,
                                        eval_batch_size=args.eval_batch_size, max_eval_users=args.max_eval_users,
                                        kernel=args.kernel, branch_merge=args.branch_merge, checkpoint=args.checkpoint,
-                                       short_weight=args.short_weight, seed=None if len(seeds) == 1 else seed)
+                                       short_weight=args.short_weight, seed=None if len(seeds) == 1 else seed,
+                                       resume=args.resume)
             dm = res.pop("datamodule")
             res["has_negatives"] = bool((dm.train_log.label == 0).any()) and dm.max_negatives > 0
             results[variant] = res
         runs_by_seed[seed] = results
-    summary = summarize_ablations(runs_by_seed, reference=args.model)
+    groups = _negative_user_groups(dm, args.max_eval_users) if any(
+        r.get("has_negatives") for results in runs_by_seed.values() for r in results.values()) else None
+    summary = summarize_ablations(runs_by_seed, reference=args.model, groups=groups)
     if len(seeds) == 1:
         results = runs_by_seed[seeds[0]]
         main_res = results[args.model]
@@ -214,6 +224,8 @@ def main(argv: list[str]) -> int:
                                    **({"evaluated_checkpoint": str(args.checkpoint)} if args.checkpoint else {}),
                                    **main_res.get("extra", {})})  # --protocol looc: cold / warm blocks
     sections = [("Table 2 over seeds" if args.ablations else "Seeds", format_ablation_summary(summary))]
+    if groups:
+        sections.append(("On the users whose history holds exposure negatives", format_group_summary(summary)))
     report = write_report(out, metrics, train_log_csv=_latest_metrics_csv(out), sections=sections)
     print(format_metrics_table({args.model: main_res, **baselines}))
     print(_sid_line(main_res["sid_report"]))
@@ -223,6 +235,8 @@ def main(argv: list[str]) -> int:
                                     ranks={name: r["test_ranks"] for name, r in results.items()}))
     if len(seeds) > 1:
         print(format_ablation_summary(summary))
+    if groups:
+        print(format_group_summary(summary))
     print(f"[genret] wrote {out / 'metrics.json'} and {report} in {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -306,7 +320,7 @@ def _run_sweep(args, sweep: tuple[str, list[str]], seeds: list[int], overrides: 
                                        eval_batch_size=args.eval_batch_size, max_eval_users=args.max_eval_users,
                                        kernel=args.kernel, branch_merge=args.branch_merge,
                                        short_weight=args.short_weight, seed=None if len(seeds) == 1 else seed,
-                                       stages=("valid",))
+                                       stages=("valid",), resume=args.resume)
             dm = res.pop("datamodule")
             runs_by_seed[seed][value] = res
     summary = summarize_ablations(runs_by_seed, reference=values[0])
@@ -326,6 +340,19 @@ def _run_sweep(args, sweep: tuple[str, list[str]], seeds: list[int], overrides: 
     print(table)
     print(f"[genret] wrote {out / 'metrics.json'} and {out / 'report.md'} in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def _negative_user_groups(dm, max_users: int | None) -> dict[str, dict[str, "np.ndarray"]]:
+    """The evaluated users whose history holds at least one exposure negative (the users ENTP can act
+    on), per stage, in the order the runs ranked them."""
+    import numpy as np
+
+    masks = {}
+    for stage, key in (("valid", "val"), ("test", "test")):
+        es = dm.split.eval_set(stage)
+        m = len(es) if max_users is None else min(len(es), max_users)
+        masks[key] = (np.diff(es.history_negatives_offsets) > 0)[:m]
+    return {"users with negatives": masks}
 
 
 def _sid_line(report: dict) -> str:

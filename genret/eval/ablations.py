@@ -14,7 +14,7 @@ import numpy as np
 
 from genret.eval.metrics import paired_hit_difference_over_seeds
 
-__all__ = ["summarize_ablations", "format_ablation_summary"]
+__all__ = ["summarize_ablations", "format_ablation_summary", "format_group_summary"]
 
 _METRIC = re.compile(r"(hr|ndcg|recall)@(\d+)")
 
@@ -30,8 +30,8 @@ def _mean_sd(per_seed: list[Mapping[str, Any]]) -> dict[str, dict[str, float | N
     return {"mean": mean, "sd": sd, "n_users": per_seed[0].get("n_users")}
 
 
-def summarize_ablations(runs: Mapping[int, Mapping[str, Mapping[str, Any]]], reference: str = "dualgr"
-                        ) -> dict[str, Any]:
+def summarize_ablations(runs: Mapping[int, Mapping[str, Mapping[str, Any]]], reference: str = "dualgr",
+                        groups: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> dict[str, Any]:
     """Aggregate per-seed ablation runs.
 
     Args:
@@ -40,6 +40,11 @@ def summarize_ablations(runs: Mapping[int, Mapping[str, Mapping[str, Any]]], ref
             only has no "test"). Every seed must hold the same variants, evaluated on the same users
             (the benchmark keeps the split fixed).
         reference: the variant the paired differences are taken against (the full model).
+        groups: optional user subsets, name -> stage ("val" / "test") -> (m,) bool mask over the
+            evaluated users (e.g. the users whose history holds exposure negatives, the only ones
+            ENTP can act on). Each variant then also gets "groups": {name: {stage: {"n_users",
+            "hr@K" (mean over seeds of the group's hit rate), "paired" (the paired difference to
+            the reference on the group's users; absent for the reference)}}}.
 
     Returns:
         {"seeds": [...], "reference": name, "paired_method": text, "variants": {name: {"val", "test"
@@ -83,8 +88,53 @@ def summarize_ablations(runs: Mapping[int, Mapping[str, Mapping[str, Any]]], ref
                         f"hr@{k}": paired_hit_difference_over_seeds([r[key] for r in per],
                                                                     [runs[s][reference][key] for s in seeds], k)
                         for k in ks}
+        if groups:
+            entry["groups"] = {group: _group_block(per, [runs[s][reference] for s in seeds], masks,
+                                                   is_reference=name == reference)
+                               for group, masks in groups.items()}
         out["variants"][name] = entry
     return out
+
+
+def _group_block(per: list[Mapping[str, Any]], reference: list[Mapping[str, Any]],
+                 masks: Mapping[str, np.ndarray], is_reference: bool) -> dict[str, Any]:
+    """HR@K of one variant on a subset of the users, and its paired difference to the reference there."""
+    block = {}
+    for stage, mask in masks.items():
+        key = f"{stage}_ranks"
+        if not all(key in r for r in per):
+            continue
+        mask = np.asarray(mask, dtype=bool)
+        if any(len(r[key]) != len(mask) for r in per):
+            raise ValueError(f"the {stage} user mask has {len(mask)} entries, the runs ranked "
+                             f"{len(per[0][key])} users")
+        ks = sorted(int(m.group(2)) for n in per[0][stage] if (m := _METRIC.fullmatch(str(n))) and m.group(1) == "hr")
+        ranks = [np.asarray(r[key])[mask] for r in per]
+        row: dict[str, Any] = {"n_users": int(mask.sum())}
+        for k in ks:
+            row[f"hr@{k}"] = float(np.mean([((x >= 0) & (x < k)).mean() for x in ranks])) if mask.any() else None
+        if not is_reference and mask.sum() > 1:
+            ref = [np.asarray(r[key])[mask] for r in reference]
+            row["paired"] = {f"hr@{k}": paired_hit_difference_over_seeds(ranks, ref, k) for k in ks}
+        block[stage] = row
+    return block
+
+
+def format_group_summary(summary: Mapping[str, Any], stage: str = "test") -> str:
+    """One line per (user group, variant): HR@K on the group's users and the paired difference to
+    the reference there (empty text when the summary has no groups)."""
+    lines = []
+    for name, v in summary["variants"].items():
+        for group, block in v.get("groups", {}).items():
+            row = block.get(stage)
+            if row is None:
+                continue
+            cells = [f"HR@{k.split('@')[1]} {100 * row[k]:.3f}%" for k in row if k.startswith("hr@") and row[k] is not None]
+            paired = row.get("paired", {})
+            cells += [f"{k.upper()} - {summary['reference']} {100 * d['diff']:+.2f} ± {100 * d['half_width']:.2f} pts"
+                      for k, d in paired.items()]
+            lines.append(f"- {group} ({row['n_users']} users, {stage}), {name}: " + "; ".join(cells))
+    return "\n".join(lines)
 
 
 def _shown_ks(summary: Mapping[str, Any]) -> list[int]:

@@ -40,7 +40,8 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
                    overrides: list[str] | None = None, ks=DEFAULT_KS, eval_batch_size: int = 64,
                    max_eval_users: int | None = None, kernel: str = "auto", branch_merge: str = "sum",
                    checkpoint: str | Path | None = None, short_weight: float | None = None,
-                   seed: int | None = None, stages: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
+                   seed: int | None = None, stages: tuple[str, ...] = ("valid", "test"),
+                   resume: bool = False) -> dict[str, Any]:
     """Train one DualGR variant (a family, or an ABLATIONS name) and evaluate it on valid and test.
 
     Returns a result dict; its "val_ranks" / "test_ranks" hold each user's target rank (-1: not
@@ -55,8 +56,14 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
     (`dm.cold_items()`, `Retriever.add_items`) before anything is evaluated; "test" is then the
     warm users, "cold" the cold users, and "extra" / "baselines" hold RetrievalFormer's LOOC
     blocks (genret.eval.retrievalformer_benchmark.looc_blocks) for metrics.json.
+
+    Every finished run writes out_dir/run_result.json (genret.eval.run_record). With `resume`, a
+    run whose record was written with these same settings (config text, data, overrides, seed,
+    cut-offs, evaluation options) is read back instead of trained again, so a long `--seeds` or
+    `--ablations` job that stopped half-way picks up where it stopped.
     """
     from genret.decoding.retriever import Retriever
+    from genret.eval.run_record import RECORD_NAME, read_run_record, run_signature, write_run_record
     from genret.training.run import build, fit
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +74,16 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
     if seed is not None:
         extra += ["--seed_everything", str(int(seed))]
     family = variant if variant in ("dualgr", "tiger") else "dualgr"
+    signature = run_signature(config=config, variant=variant, data=data, overrides=overrides, seed=seed, ks=ks,
+                              max_eval_users=max_eval_users, stages=stages, kernel=kernel,
+                              branch_merge=branch_merge, short_weight=short_weight, checkpoint=checkpoint)
     module, dm, trainer = build(family, config, out_dir, extra + list(overrides or []), data)
+    if resume and (done := read_run_record(out_dir, signature)) is not None:
+        dm.setup("fit")  # the caller reads the split and the training log from it (baselines, negatives)
+        log.info("%s: reusing the finished run in %s (same settings)", variant, out_dir)
+        return done | {"datamodule": dm, "resumed": True}
+    # Whatever record is there describes a run this one replaces: it must not outlive it half-way.
+    (out_dir / RECORD_NAME).unlink(missing_ok=True)
     if checkpoint is None:
         ckpt, seconds = fit(module, dm, trainer, out_dir)
     else:
@@ -105,6 +121,7 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
         ranked_by_stage[stage] = ranked
     if "cold" in stages:
         result.update(_looc_result(dm, retriever, ranked_by_stage["cold"], result, ks, max_eval_users))
+    write_run_record(out_dir, signature, {k: v for k, v in result.items() if k != "datamodule"})
     return result
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from genret.eval.ablations import format_ablation_summary, summarize_ablations
+from genret.eval.ablations import format_ablation_summary, format_group_summary, summarize_ablations
 from genret.eval.metrics import paired_hit_difference, paired_hit_difference_over_seeds, ranking_metrics
 from genret.eval.report import format_sweep_table
 
@@ -90,3 +90,24 @@ def test_one_seed_has_no_sd_and_a_sweep_table_reads_validation():
                          for k, v in summary["variants"].items()}}
     table = format_sweep_table(sweep)
     assert "val HR@10" in table and "val HR@100 - 4 (95% CI)" in table and "validation only" in table
+
+
+def test_user_groups_get_their_own_hit_rates_and_paired_differences():
+    rng = np.random.default_rng(3)
+    runs = {s: {"dualgr": _run(rng), "w/o ENTP": _run(rng)} for s in (0, 1)}
+    mask = np.zeros(300, dtype=bool)
+    mask[::3] = True
+    summary = summarize_ablations(runs, groups={"users with negatives": {"test": mask, "val": mask}})
+    block = summary["variants"]["w/o ENTP"]["groups"]["users with negatives"]["test"]
+    assert block["n_users"] == 100
+    hits = [((runs[s]["w/o ENTP"]["test_ranks"][mask] >= 0) & (runs[s]["w/o ENTP"]["test_ranks"][mask] < 10)).mean()
+            for s in (0, 1)]
+    assert block["hr@10"] == pytest.approx(np.mean(hits))
+    expected = paired_hit_difference_over_seeds([runs[s]["w/o ENTP"]["test_ranks"][mask] for s in (0, 1)],
+                                                [runs[s]["dualgr"]["test_ranks"][mask] for s in (0, 1)], 10)
+    assert block["paired"]["hr@10"] == expected
+    assert "paired" not in summary["variants"]["dualgr"]["groups"]["users with negatives"]["test"]
+    text = format_group_summary(summary)
+    assert "users with negatives (100 users, test), w/o ENTP" in text and "HR@10 - dualgr" in text
+    with pytest.raises(ValueError, match="mask has 5 entries"):
+        summarize_ablations(runs, groups={"g": {"test": np.ones(5, dtype=bool)}})

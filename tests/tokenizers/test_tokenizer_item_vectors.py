@@ -99,3 +99,19 @@ def test_checkpoint_vectors_come_from_the_injected_reader_and_must_match_the_cat
         item_embeddings_for(log, log, cfg)
     with pytest.raises(ValueError, match=f"catalogue of {log.n_items - 1:,} items that is not the one of 'blocks'"):
         item_embeddings_for(log, log, cfg, checkpoint_vectors=lambda path: (vectors[1:], log.item_ids[1:]))
+
+
+def test_a_data_set_without_titles_uses_the_fallback_and_says_so():
+    users, items = blocked_sequences(n_users=40)
+    log = InteractionLog.from_raw("no-titles", users, items)  # like an Amazon copy without titles.tsv
+    assert not log.item_titles
+    with pytest.raises(ValueError, match="no item titles.*data.sid.fallback"):
+        item_embeddings_for(log, log, SIDConfig(embeddings="titles"))
+    cfg = SIDConfig(embeddings="titles", fallback="sequential", embedding_dim=8, sequence_window=3)
+    emb, source = item_embeddings_for(log, log, cfg)
+    direct, _ = item_embeddings_for(log, log, SIDConfig(embeddings="sequential", embedding_dim=8, sequence_window=3))
+    assert np.array_equal(emb, direct)
+    assert "sequential" in source and "fallback" in source and "no item titles" in source
+    for bad in ("titles", "dataset", "auto"):  # a fallback must exist on every data set
+        with pytest.raises(ValueError, match="data.sid.fallback"):
+            item_embeddings_for(log, log, SIDConfig(embeddings="titles", fallback=bad))

@@ -193,16 +193,23 @@ def test_benchmark_looc_writes_cold_and_warm_blocks(tiny_ml, tmp_path, family):
     from genret.cli import main
 
     out = tmp_path / family
-    assert main(["benchmark", "--model", family, "--data", str(tiny_ml), "--config", str(CONFIG), "--out", str(out),
-                 "--protocol", "looc", "--ks", "5,20", "--trainer.max_epochs", "1", "--data.cold_seed_users", "8",
-                 "--data.sid.codebook_size", str(K), "--data.sid.embedding_dim", "8", "--data.sid.cache_dir", "null",
-                 "--data.side_features", "[]", "--kernel", "torch"]) == 0  # conftest's TRITON_INTERPRET: slow Triton
+    argv = ["benchmark", "--model", family, "--data", str(tiny_ml), "--config", str(CONFIG), "--out", str(out),
+            "--protocol", "looc", "--ks", "5,20", "--trainer.max_epochs", "1", "--data.cold_seed_users", "8",
+            "--data.sid.codebook_size", str(K), "--data.sid.embedding_dim", "8", "--data.sid.cache_dir", "null",
+            "--data.side_features", "[]", "--kernel", "torch"]  # conftest's TRITON_INTERPRET: slow Triton
+    assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["cold"]) == set(metrics["test"]) == set(metrics["warm"]) and "recall@20" in metrics["cold"]
     assert metrics["warm"] == metrics["test"]
     assert set(metrics["baselines"]["content"]) == {"cold", "warm"}
     assert metrics["cold"]["n_users"] == metrics["looc"]["cold_users"] == metrics["baselines"]["content"]["cold"]["n_users"]
     assert metrics["cold_start"]["cold_items_added"] == metrics["looc"]["cold_items"] > 0
+    # --resume reads the finished run back (run_result.json) with its LOOC blocks.
+    (out / "metrics.json").unlink()
+    assert main([*argv, "--resume"]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert {k: again[k] for k in ("cold", "warm", "looc", "baselines")} == \
+        {k: metrics[k] for k in ("cold", "warm", "looc", "baselines")}
     # The ID-based SIDs of the plain ML-1M config are refused with the fix named.
     with pytest.raises(ValueError, match="data.sid.embeddings: content"):
         main(["benchmark", "--model", "dualgr", "--data", str(tiny_ml), "--config",

@@ -333,7 +333,7 @@ def test_benchmark_ablations_print_table_2_and_skip_entp_without_negatives(tmp_p
 
 
 @pytest.mark.parametrize("name", ["quickstart", "dualgr_ml1m", "dualgr_amazon", "dualgr_kuairand", "dualgr_paper",
-                                  "dualgr_ml1m_ablation"])
+                                  "dualgr_ml1m_ablation", "dualgr_amazon_ablation"])
 def test_shipped_configs_parse(tmp_path, name):
     """Every shipped DualGR YAML is valid for the CLI (keys, types); data is not loaded here."""
     module, dm, trainer = build("dualgr", ROOT / "configs" / f"{name}.yaml", tmp_path)
@@ -341,10 +341,12 @@ def test_shipped_configs_parse(tmp_path, name):
     assert dm.max_history >= module.config.long_window
     assert trainer.max_epochs >= 1
     # The Amazon recipe keeps its epoch by decoded validation HR@10, the others by validation loss.
-    assert trainer.checkpoint_callback.monitor == ("val/hr@10" if name == "dualgr_amazon" else "val/loss")
-    # The two real-data recipes validate, keep and save an exponential average of the weights.
+    amazon = name.startswith("dualgr_amazon")
+    assert trainer.checkpoint_callback.monitor == ("val/hr@10" if amazon else "val/loss")
+    # The two real-data recipes (and the Amazon reduced protocol) validate, keep and save an
+    # exponential average of the weights.
     averaged = any(type(cb).__name__ == "EMAWeightAveraging" for cb in trainer.callbacks)
-    assert averaged == (name in ("dualgr_ml1m", "dualgr_amazon"))
+    assert averaged == (name in ("dualgr_ml1m", "dualgr_amazon", "dualgr_amazon_ablation"))
 
 
 @pytest.mark.slow
@@ -432,3 +434,55 @@ def test_benchmark_sweep_reports_validation_only(tmp_path, tiny_args, capsys):
         with pytest.raises(SystemExit):
             main(["benchmark", "--data", "synthetic:300x400", "--config", str(ROOT / "configs" / "quickstart.yaml"),
                   "--out", str(tmp_path / "bad"), *bad, *tiny_args])
+
+
+def test_benchmark_resume_reuses_finished_runs_and_trains_only_the_new_ones(tmp_path, tiny_args):
+    from genret.cli import main
+
+    out = tmp_path / "resume"
+    argv = ["benchmark", "--model", "dualgr", "--data", "synthetic:300x400", "--config",
+            str(ROOT / "configs" / "quickstart.yaml"), "--out", str(out), "--ks", "10,100", "--max_eval_users", "40",
+            "--kernel", "torch", "--resume", *tiny_args]
+    assert main([*argv, "--seeds", "0,1"]) == 0
+    first = json.loads((out / "metrics.json").read_text())["seed_summary"]["variants"]["dualgr"]["per_seed"]
+    # The synthetic log has exposure negatives: the users who have some get their own block.
+    group = json.loads((out / "metrics.json").read_text())["seed_summary"]["variants"]["dualgr"]["groups"]
+    assert 0 < group["users with negatives"]["test"]["n_users"] <= 40
+    assert "users with negatives" in (out / "report.md").read_text()
+    stamps = {s: (out / f"seed_{s}" / "model.ckpt").stat().st_mtime_ns for s in (0, 1)}
+    record = json.loads((out / "seed_0" / "run_result.json").read_text())
+    assert record["signature"]["seed"] == 0 and len(record["result"]["test_ranks"]) == 40
+
+    assert main([*argv, "--seeds", "0,1,2"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    per_seed = metrics["seed_summary"]["variants"]["dualgr"]["per_seed"]
+    assert {s: (out / f"seed_{s}" / "model.ckpt").stat().st_mtime_ns for s in (0, 1)} == stamps  # not retrained
+    assert (out / "seed_2" / "model.ckpt").is_file() and metrics["seeds"] == [0, 1, 2]
+    assert per_seed["0"] == first["0"] and per_seed["1"] == first["1"]
+
+    # Another setting (here the cut-offs) is another run: trained again, not read back.
+    assert main([*argv[:argv.index("--ks")], "--ks", "10,50", *argv[argv.index("--ks") + 2:], "--seeds", "0,1"]) == 0
+    assert (out / "seed_0" / "model.ckpt").stat().st_mtime_ns != stamps[0]
+
+
+def test_run_record_is_read_back_only_for_the_same_signature(tmp_path):
+    import numpy as np
+
+    from genret.eval.run_record import read_run_record, run_signature, write_run_record
+
+    config = tmp_path / "c.yaml"
+    config.write_text("seed_everything: 0\n")
+    kwargs = dict(config=config, variant="dualgr", data="ml-1m", overrides=["--trainer.max_epochs", "2"], seed=1,
+                  ks=(100, 10), max_eval_users=None, stages=("valid", "test"), kernel="auto", branch_merge="sum",
+                  short_weight=None, checkpoint=None)
+    signature = run_signature(**kwargs)
+    assert read_run_record(tmp_path, signature) is None  # nothing written yet
+    write_run_record(tmp_path, signature, {"val": {"hr@10": 0.5}, "test_ranks": np.array([3, -1, 0])})
+    back = read_run_record(tmp_path, run_signature(**kwargs))
+    assert back["val"] == {"hr@10": 0.5} and back["test_ranks"].tolist() == [3, -1, 0]
+    assert back["test_ranks"].dtype == np.int64
+    assert read_run_record(tmp_path, run_signature(**(kwargs | {"seed": 2}))) is None
+    config.write_text("seed_everything: 0\ntrainer: {max_epochs: 3}\n")  # the YAML itself changed
+    assert read_run_record(tmp_path, run_signature(**kwargs)) is None
+    (tmp_path / "run_result.json").write_text("{not json")
+    assert read_run_record(tmp_path, signature) is None

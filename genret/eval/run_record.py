@@ -1,0 +1,74 @@
+"""A finished benchmark run's result on disk (out_dir/run_result.json), so that `genret benchmark
+--resume` can read it back instead of training the same run again.
+
+The record holds the run's signature: everything that decides its numbers (the config file's
+text, data, overrides, seed, cut-offs, evaluation options). A record is reused only when its
+signature equals the new run's; the code's commit is kept beside it for provenance but does not
+block reuse (a fix elsewhere in the tree should not throw away hours of training).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genret.io import write_json
+
+log = logging.getLogger(__name__)
+
+RECORD_NAME = "run_result.json"
+RECORD_VERSION = 1
+_RANKS = ("val_ranks", "test_ranks")
+
+
+def run_signature(*, config, variant: str, data, overrides, seed, ks, max_eval_users, stages, kernel,
+                  branch_merge, short_weight, checkpoint) -> dict[str, Any]:
+    """What decides a run's numbers, as plain JSON values (compared with ==)."""
+    config_path = Path(config)
+    text = config_path.read_bytes() if config_path.is_file() else str(config).encode()
+    return {"config_sha256": hashlib.sha256(text).hexdigest(), "variant": variant,
+            "data": None if data is None else str(data), "overrides": [str(a) for a in (overrides or [])],
+            "seed": None if seed is None else int(seed), "ks": sorted(int(k) for k in ks),
+            "max_eval_users": max_eval_users, "stages": list(stages), "kernel": kernel,
+            "branch_merge": branch_merge, "short_weight": short_weight,
+            "checkpoint": None if checkpoint is None else str(checkpoint)}
+
+
+def write_run_record(out_dir: str | Path, signature: dict[str, Any], result: dict[str, Any]) -> None:
+    """Write the finished run's result (atomically: a run killed while writing leaves no record)."""
+    from genret.eval.report import code_version
+
+    write_json(Path(out_dir) / RECORD_NAME, {"version": RECORD_VERSION, "commit": code_version(),
+                                             "signature": signature, "result": result})
+
+
+def read_run_record(out_dir: str | Path, signature: dict[str, Any]) -> dict[str, Any] | None:
+    """The recorded result when out_dir holds a finished run with this signature, else None (and a
+    log line saying why a record that is there is not used)."""
+    import json
+
+    path = Path(out_dir) / RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        log.warning("%s is unreadable (%s); training the run again", path, err)
+        return None
+    if record.get("version") != RECORD_VERSION:
+        log.warning("%s has record version %s, this genret writes %s; training the run again", path,
+                    record.get("version"), RECORD_VERSION)
+        return None
+    if record.get("signature") != signature:
+        changed = sorted(k for k in signature if record.get("signature", {}).get(k) != signature[k])
+        log.warning("%s was run with other settings (%s differ); training the run again", path, ", ".join(changed))
+        return None
+    result = dict(record["result"])
+    for key in _RANKS:
+        if key in result:
+            result[key] = np.asarray(result[key], dtype=np.int64)
+    return result

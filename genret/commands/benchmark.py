@@ -349,7 +349,7 @@ def _negative_user_groups(dm, max_users: int | None) -> dict[str, dict[str, "np.
 
     masks = {}
     for stage, key in (("valid", "val"), ("test", "test")):
-        es = dm.split.eval_set(stage)
+        es = dm.eval_sets[stage]  # the users the runs ranked (under --protocol looc, "test" = the warm users)
         m = len(es) if max_users is None else min(len(es), max_users)
         masks[key] = (np.diff(es.history_negatives_offsets) > 0)[:m]
     return {"users with negatives": masks}

@@ -196,7 +196,7 @@ def popularity_metrics(datamodule, ks, max_users: int | None = None) -> dict[str
     pop = PopularityRecommender().fit(datamodule.train_log)
     out = {}
     for stage in ("valid", "test"):
-        es = datamodule.split.eval_set(stage)
+        es = datamodule.eval_sets[stage]  # the models' users (under LOOC, "test" = the warm users)
         m = len(es) if max_users is None else min(len(es), max_users)
         ranked = pop.recommend(es, max(ks))[:m]
         out["val" if stage == "valid" else "test"] = ranking_metrics(ranked, es.targets[:m], ks)

@@ -214,3 +214,20 @@ def test_benchmark_looc_writes_cold_and_warm_blocks(tiny_ml, tmp_path, family):
     with pytest.raises(ValueError, match="data.sid.embeddings: content"):
         main(["benchmark", "--model", "dualgr", "--data", str(tiny_ml), "--config",
               str(CONFIG.parent / "dualgr_ml1m.yaml"), "--out", str(tmp_path / "bad"), "--protocol", "looc"])
+
+
+def test_benchmark_looc_on_data_with_exposure_negatives(tmp_path):
+    # With negatives the benchmark also reports the users whose history holds some: under LOOC its
+    # masks must cover the users the run ranked (the warm test users), not the whole warm split.
+    from genret.cli import main
+
+    out = tmp_path / "synthetic"
+    assert main(["benchmark", "--model", "dualgr", "--data", "synthetic:300x200", "--config", str(CONFIG),
+                 "--out", str(out), "--protocol", "looc", "--ks", "5,20", "--trainer.max_epochs", "1",
+                 "--data.cold_seed_users", "20", "--data.sid.codebook_size", "8", "--data.sid.embedding_dim", "8",
+                 "--data.sid.cache_dir", "null", "--data.sid.content_features", "null", "--data.load_options", "{}",
+                 "--data.side_features", "[]", "--kernel", "torch"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["n_users"] == metrics["looc"]["warm_test_users"] and metrics["cold"]["n_users"] > 0
+    # The popularity row is on the same (warm) test users.
+    assert metrics["baselines"]["popularity"]["test"]["n_users"] == metrics["test"]["n_users"]

@@ -22,3 +22,20 @@ def test_version_is_the_installed_metadata(capsys):
     assert capsys.readouterr().out == f"genret {genret.__version__}\n"
     assert main(["--help"]) == 0
     assert "--version" in capsys.readouterr().out
+
+
+def test_python_m_genret_from_the_checkout_does_not_shadow_hugging_face_packages(monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from genret.__main__ import drop_checkout_root_from_path
+
+    root = str(Path(__file__).resolve().parents[2])
+    monkeypatch.setattr(sys, "path", [root, "", *sys.path])
+    monkeypatch.chdir(root)
+    drop_checkout_root_from_path()
+    assert root not in sys.path and "" not in sys.path  # both name the checkout root here
+    import importlib.util
+
+    spec = importlib.util.find_spec("tokenizers")  # Hugging Face's when installed, else nothing
+    assert spec is None or not str(spec.origin).startswith(root + "/tokenizers")

@@ -6,6 +6,7 @@ works without triton installed (auto then means torch).
 """
 
 from genret.kernels.beam_step import beam_step, beam_step_reference, beam_step_triton
+from genret.kernels.csr_beam_step import csr_beam_step, csr_beam_step_reference, csr_beam_step_triton
 from genret.kernels.decode_attention import (
     decode_cross_attention,
     decode_cross_attention_reference,
@@ -19,6 +20,9 @@ __all__ = [
     "beam_step_reference",
     "beam_step_triton",
     "choose_kernel",
+    "csr_beam_step",
+    "csr_beam_step_reference",
+    "csr_beam_step_triton",
     "decode_cross_attention",
     "decode_cross_attention_reference",
     "decode_cross_attention_triton",

@@ -243,10 +243,19 @@ def beam_step_triton(
         num_warps=_row_warps(block_v),
     )
 
+    return merge_row_candidates(scores, index, k, V)
+
+
+def merge_row_candidates(scores: torch.Tensor, index: torch.Tensor, k: int, V: int
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stages 2 and 3 of the Triton beam step, shared with the CSR-driven step (csr_beam_step):
+    (U, n) unordered per-row survivors (fp32 scores, -inf empty; int32 flat indices w*V + c, -1
+    empty) -> each user's best k as (scores, parent, token), ordered like the reference."""
+    U, n_slots = scores.shape
+    device = scores.device
     # Stage 2: per user, best k of groups of slots until one group remains (always >= 1 level,
-    # which also pads to k slots when W * min(k, V) < k).
+    # which also pads to k slots when n < k).
     block_k = max(16, next_power_of_2(k))
-    n_slots = W * k_row
     while True:
         block = max(16, min(next_power_of_2(n_slots), max(MERGE_BLOCK, 2 * block_k)))
         n_groups = triton.cdiv(n_slots, block)

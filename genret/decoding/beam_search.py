@@ -5,9 +5,9 @@ One request batch runs both DBR branches (long, short) as one batch of stacked u
   level l > 1: W beam queries per user cross-attend their in-bucket keys (S2D): the user's
   history sorted by s1 once, so a beam's bucket is one contiguous key range.
 Each step's self-attention over the SID prefix reuses cached keys/values. The beam step
-(log-softmax, + beam score, constraint mask, top-W) and the decode cross-attention go through
-genret.kernels' dispatchers, so the same code runs the PyTorch reference on CPU and the Triton
-kernels on CUDA. Finished SIDs expand to items through the SID index; the branches are merged
+(the LM head's epilogue: log-softmax, + beam score, the SID index's CSR children lists as the
+constraint, top-W) and the decode cross-attention go through genret.kernels' dispatchers, so
+the same code runs the PyTorch reference on CPU and the Triton kernels on CUDA. Finished SIDs expand to items through the SID index; the branches are merged
 (each weighted by its routing prior from training; by default an item found by both scores the
 sum of its two weighted probabilities) and the top k distinct items returned.
 """
@@ -23,7 +23,7 @@ from torch.profiler import record_function
 
 from genret.decoding.op_count import LEVEL_STEP
 from genret.decoding.topk import distinct_topk
-from genret.kernels import beam_step, decode_cross_attention
+from genret.kernels import csr_beam_step, decode_cross_attention
 from genret.models.dualgr import DualGR
 
 
@@ -299,15 +299,14 @@ def _beam_search(model: DualGR, index, coarse: _Context, encoded: _EncodedHistor
         hidden = _decoder_step(model, x, cache, coarse, lo, hi, kernel)
         logits = model.heads[0](hidden)  # (U, 1, K)
         root = torch.zeros(U, 1, dtype=torch.long, device=device)
-        allowed = index.valid_mask(0, root.reshape(-1)).reshape(U, 1, K)
         scores = torch.zeros(U, 1, device=device)
-        scores, parent, token = beam_step(logits.float(), scores, allowed, min(beam_width, K), kernel=kernel)
+        scores, parent, token = csr_beam_step(logits, scores, root, *index.children(0), min(beam_width, K),
+                                              kernel=kernel)
         prefix = token.unsqueeze(-1)  # (U, W, 1)
         cache.reorder(parent)
 
     for level in range(1, L):
         with record_function(LEVEL_STEP):
-            alive = token >= 0
             safe_prefix = prefix.clamp(min=0)
             x = model.prefix_embeddings[level - 1](safe_prefix[..., -1]) + model.level_position[level]
             W = x.shape[1]
@@ -320,12 +319,11 @@ def _beam_search(model: DualGR, index, coarse: _Context, encoded: _EncodedHistor
                 hi = (coarse.lengths + 1).unsqueeze(1).expand(U, W)
             hidden = _decoder_step(model, x, cache, ctx, lo, hi, kernel)
             logits = model.heads[level](hidden)  # (U, W, K)
-            nodes = index.node_of(safe_prefix.reshape(U * W, level))  # depth-`level` node of each beam
-            allowed = index.valid_mask(level, nodes.clamp(min=0)).reshape(U, W, K)
-            allowed &= (alive & (nodes.reshape(U, W) >= 0)).unsqueeze(-1)
-            beam_scores = torch.where(alive, scores, torch.full_like(scores, float("-inf")))
-            scores, parent, token = beam_step(logits.float(), beam_scores, allowed, min(beam_width, W * K),
-                                              kernel=kernel)
+            # The depth-`level` node of each beam; its children in the index are the candidates.
+            # A dead beam (token -1) already has score -inf, which gives it none.
+            nodes = index.node_of(safe_prefix.reshape(U * W, level)).reshape(U, W)
+            scores, parent, token = csr_beam_step(logits, scores, nodes, *index.children(level),
+                                                  min(beam_width, W * K), kernel=kernel)
             gather = parent.clamp(min=0).unsqueeze(-1).expand(-1, -1, prefix.shape[-1])
             prefix = torch.cat([prefix.gather(1, gather), token.unsqueeze(-1)], dim=-1)
             cache.reorder(parent)

@@ -39,6 +39,7 @@ Three pieces, as for every op of genret.kernels:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from genret.kernels.beam_step import _empty_result, _finish, merge_row_candidates
 from genret.kernels.dispatch import HAVE_TRITON, choose_kernel, next_power_of_2, tl, triton
@@ -84,16 +85,6 @@ def _check_inputs(logits, beam_scores, parents, child_ptr, child_codes, max_chil
         raise ValueError(f"{name}: k (beams to keep) must be an int >= 1, got {k!r}")
 
 
-def _children_ranges(beam_scores, parents, child_ptr):
-    """Each row's children range [start, start + count); count 0 for a dead beam or no parent."""
-    n_parents = child_ptr.numel() - 1
-    has_parent = (parents >= 0) & (parents < n_parents) & (beam_scores > float("-inf"))
-    safe = torch.where(has_parent, parents, torch.zeros_like(parents))
-    start = child_ptr[safe]
-    count = torch.where(has_parent, child_ptr[safe + 1] - start, torch.zeros_like(start))
-    return start, count
-
-
 def csr_beam_step_reference(
     logits: torch.Tensor,
     beam_scores: torch.Tensor,
@@ -109,26 +100,31 @@ def csr_beam_step_reference(
     C = min(max_children, V)  # a parent cannot have more distinct children than there are codes
     if U * W == 0 or C == 0:
         return _empty_result(U, k, logits.device)
-    start, count = _children_ranges(beam_scores, parents, child_ptr)
-    slot = torch.arange(C, device=logits.device)
-    has = slot < count.unsqueeze(-1)  # (U, W, C)
-    position = (start.unsqueeze(-1) + slot).clamp(0, max(child_codes.numel() - 1, 0))
-    codes = torch.where(has, child_codes[position], torch.zeros_like(position)) if child_codes.numel() \
-        else torch.zeros_like(position)
+    # Each row's children range [start, end); parents is -1 or a node of the table. A dead beam
+    # keeps its range: its -inf score makes every candidate -inf, which is no candidate.
+    safe = parents.clamp(min=0)
+    start = child_ptr[safe]
+    end = torch.where(parents >= 0, child_ptr[safe + 1], start)
+    position = start.unsqueeze(-1) + torch.arange(C, device=logits.device)  # (U, W, C)
+    has = position < end.unsqueeze(-1)
+    codes = child_codes[position.clamp(max=max(child_codes.numel() - 1, 0))] if child_codes.numel() \
+        else torch.zeros_like(position)  # past a row's own children: another row's code, masked by `has`
     # The kernel's (and log_softmax's) order of operations: (x - max) - log(sum(exp(x - max))), then
     # + the beam score, so equal candidates stay equal bit for bit on both paths.
     logits = logits.float()
     row_max = logits.amax(-1, keepdim=True)
     log_sum = (logits - row_max).exp().sum(-1, keepdim=True).log()
     cand = ((logits.gather(2, codes) - row_max) - log_sum) + beam_scores.float().unsqueeze(-1)
-    cand = torch.where(has & ~cand.isnan(), cand, float("-inf"))
+    cand = torch.where(has & (cand > float("-inf")), cand, float("-inf"))  # NaN compares False too
     keep = min(k, W * C)
     top_scores, top_slot = torch.sort(cand.reshape(U, W * C), dim=1, descending=True, stable=True)
-    flat = (torch.arange(W, device=logits.device).unsqueeze(-1) * V + codes).reshape(U, W * C)
-    scores = torch.full((U, k), float("-inf"), dtype=torch.float32, device=logits.device)
-    index = torch.full((U, k), -1, dtype=torch.int64, device=logits.device)
-    scores[:, :keep] = top_scores[:, :keep]
-    index[:, :keep] = flat.gather(1, top_slot[:, :keep])
+    top_slot = top_slot[:, :keep]
+    # Slot s of the (W x C) grid is beam s // C, code codes[..., s % C]; the flat index w*K + c.
+    index = top_slot // C * V + codes.reshape(U, W * C).gather(1, top_slot)
+    scores = top_scores[:, :keep]
+    if keep < k:  # fewer candidate slots than beams to keep: -inf / -1 padding (a static shape)
+        scores = F.pad(scores, (0, k - keep), value=float("-inf"))
+        index = F.pad(index, (0, k - keep), value=-1)
     return _finish(scores, index, V)
 
 
@@ -136,7 +132,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _csr_row_kernel(
-        logits_ptr, beam_scores_ptr, start_ptr, count_ptr, child_codes_ptr, out_score_ptr, out_index_ptr,
+        logits_ptr, beam_scores_ptr, parents_ptr, child_ptr_ptr, child_codes_ptr, out_score_ptr, out_index_ptr,
         W, V, K_ROW,
         BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
@@ -144,8 +140,12 @@ if HAVE_TRITON:
         row = tl.program_id(0).to(tl.int64)
         beam = row % W
         beam_score = tl.load(beam_scores_ptr + row)
-        n_children = tl.load(count_ptr + row)  # 0 for a dead beam or a parent without children
-        start = tl.load(start_ptr + row)
+        parent = tl.load(parents_ptr + row)
+        # The row's children range; empty for a dead beam or a beam without a node (parent -1).
+        has_children = (parent >= 0) & (beam_score > float("-inf"))
+        safe_parent = tl.where(has_children, parent, 0)
+        start = tl.load(child_ptr_ptr + safe_parent)
+        n_children = tl.where(has_children, tl.load(child_ptr_ptr + safe_parent + 1) - start, 0)
         # Log-sum-exp of the whole row (the log-softmax is over all V codes), streamed in blocks.
         # A row without children skips it: its loop bound is 0.
         n_codes = tl.where(n_children > 0, V, 0)
@@ -200,14 +200,13 @@ def csr_beam_step_triton(
         raise ValueError(f"csr_beam_step: W * K = {W * V} must be < 2^31 (flat candidate indices are int32)")
     if U * W == 0 or C == 0:
         return _empty_result(U, k, logits.device)
-    start, count = _children_ranges(beam_scores, parents, child_ptr)
     k_row = min(k, C)
     block_c = max(16, next_power_of_2(C))
     block_v = max(16, min(next_power_of_2(V), LSE_BLOCK))
     scores = torch.empty((U, W * k_row), dtype=torch.float32, device=logits.device)
     index = torch.empty((U, W * k_row), dtype=torch.int32, device=logits.device)
     _csr_row_kernel[(U * W,)](
-        logits.contiguous(), beam_scores.to(torch.float32).contiguous(), start.contiguous(), count.contiguous(),
+        logits.contiguous(), beam_scores.to(torch.float32).contiguous(), parents.contiguous(), child_ptr,
         child_codes, scores, index, W, V, k_row,
         BLOCK_V=block_v, BLOCK_C=block_c, BLOCK_K=max(16, next_power_of_2(k_row)),
         num_warps=_row_warps(max(block_c, block_v)),

@@ -13,6 +13,7 @@ import torch
 from genret.data.side_features import SideFeatureBuckets
 from genret.decoding import requests
 from genret.decoding.beam_search import BRANCH_MERGES, Histories, check_short_weight, retrieve_indices
+from genret.decoding.decode_weights import decode_weights
 from genret.decoding.export import artifact_version, read_artifact
 from genret.models.dualgr import DualGR, DualGRConfig
 
@@ -71,6 +72,7 @@ class Retriever:
             raise ValueError(f"the model embeds {model.cfg.n_side_features} side features: pass their "
                              f"SideFeatureBuckets (Retriever.from_checkpoint does this)")
         self.model = model.eval()
+        decode_weights(self.model)  # the fused decode-time projections, built once here rather than at the first request
         self.side = side_features
         self.index = index
         self.item_ids = np.asarray(item_ids)

@@ -127,18 +127,26 @@ class DecoderBlock(nn.Module):
         causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
         return x + self.drop(self.self_attn.attend(q, k, v, causal.expand(x.shape[0], -1, -1)))
 
-    def cached_self_attention(self, x: torch.Tensor, extend_cache) -> torch.Tensor:
-        """One new prefix token per beam: x (U, W, d). `extend_cache(k, v)` appends this token's keys /
-        values (U, W, H, Dh) to the beams' prefix cache and returns all of them, (U, W, n, H, Dh)."""
-        U, W, _ = x.shape
-        h = self.norm_self(x)
-        q = self.self_attn.project_q(h)  # (U, W, H, Dh)
-        k, v = extend_cache(*self.self_attn.project_kv(h))
-        # One query over at most n_levels keys: an explicit softmax. SDPA's tiled kernels spent 64x64
-        # tiles on it (1.3 ms a call at 32 users x 256 beams on an H100, a third of the decode).
-        scores = torch.einsum("uwhd,uwnhd->uwhn", q, k).float() * q.shape[-1] ** -0.5
-        att = torch.einsum("uwhn,uwnhd->uwhd", scores.softmax(-1).to(v.dtype), v)
-        return x + self.drop(self.self_attn.out(att.reshape(U, W, -1)))
+    def cached_self_attention(self, x: torch.Tensor, qkv_projection: tuple[torch.Tensor, torch.Tensor],
+                              extend_cache) -> torch.Tensor:
+        """One new prefix token per beam: x (U, W, d).
+
+        qkv_projection: this block's (weight (3d, d), bias (3d,)) projecting to the query (scaled by
+        Dh^-0.5), key and value in one matmul (genret.decoding.decode_weights). `extend_cache(kv)`
+        stores this token's keys / values (U, W, 2, H, Dh) in the beams' prefix cache and returns
+        those of every prefix token so far, (U, W, n, 2, H, Dh) (any strides)."""
+        U, W, d = x.shape
+        H, Dh = self.self_attn.n_heads, self.self_attn.head_dim
+        qkv = F.linear(self.norm_self(x), *qkv_projection)  # (U, W, 3d)
+        q = qkv[..., :d].unflatten(-1, (1, H, Dh))  # (U, W, 1, H, Dh), broadcast over the prefix tokens
+        kv = extend_cache(qkv[..., d:].unflatten(-1, (2, H, Dh)))
+        # One query over at most n_levels keys: products and sums, which take the cache's strides as
+        # they are. SDPA's tiled kernels spent 64x64 tiles on it (1.3 ms a call at 32 users x 256
+        # beams on an H100, a third of the decode), and einsum copies a strided cache first.
+        scores = (q * kv[..., 0, :, :]).sum(-1)  # (U, W, n, H)
+        weights = scores.softmax(2, dtype=torch.float32).to(kv.dtype)
+        att = (weights.unsqueeze(-1) * kv[..., 1, :, :]).sum(2)  # (U, W, H, Dh)
+        return x + self.drop(self.self_attn.out(att.reshape(U, W, d)))
 
     def cross_attention(self, x: torch.Tensor, attend_heads, place_queries=None) -> torch.Tensor:
         """x + out(attend_heads(q)): q (..., H, Dh) is this block's query projection of LN(x),

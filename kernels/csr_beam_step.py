@@ -8,7 +8,9 @@ some item's SID):
 
 for c in children(parents[u, w]), nothing else. Per user the k best candidates over (w, c) are
 kept, descending; equal scores put the smaller flat index w*K + c first; slots past the finite
-candidates get -inf and parent = token = -1. This is exactly `beam_step` with the dense (U, W, K)
+candidates get -inf and parent = token = node = -1. Each kept candidate also comes with its node
+id in the index (the child's position in the CSR table), the next level's parent, so the decode
+loop never searches the index for its beams' nodes. This is exactly `beam_step` with the dense (U, W, K)
 mask that `SIDIndex.valid_mask` would build, except that no mask is ever built or read.
 
 Why the GEMM stays in torch and only the epilogue is fused: the log-softmax normaliser needs
@@ -32,7 +34,9 @@ Three pieces, as for every op of genret.kernels:
     blocks (online max / sum; a dead beam or a parent without children reads nothing), gathers
     its children's logits, and keeps its best min(k, max_children) by the threshold search of
     genret.kernels.beam_step; the per-user merge and the final ordering are beam_step's stages 2
-    and 3 (`merge_row_candidates`).
+    and 3 (`merge_row_candidates`), whose last kernel also turns each survivor's (beam, slot)
+    into parent, token and node. Three launches a level when a user's W x k candidates fit one
+    merge group, and no other op.
   * `csr_beam_step`: the dispatcher (`kernel="auto" | "torch" | "triton"`).
 """
 
@@ -41,7 +45,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from genret.kernels.beam_step import _empty_result, _finish, merge_row_candidates
+from genret.kernels.beam_step import _empty_result, merge_row_candidates
 from genret.kernels.dispatch import HAVE_TRITON, choose_kernel, next_power_of_2, tl, triton
 
 __all__ = ["csr_beam_step", "csr_beam_step_reference", "csr_beam_step_triton", "MAX_TRITON_CHILDREN"]
@@ -99,7 +103,7 @@ def csr_beam_step_reference(
     U, W, V = logits.shape
     C = min(max_children, V)  # a parent cannot have more distinct children than there are codes
     if U * W == 0 or C == 0:
-        return _empty_result(U, k, logits.device)
+        return _empty_result(U, k, logits.device) + (torch.full((U, k), -1, dtype=torch.int64, device=logits.device),)
     # Each row's children range [start, end); parents is -1 or a node of the table. A dead beam
     # keeps its range: its -inf score makes every candidate -inf, which is no candidate.
     safe = parents.clamp(min=0)
@@ -119,13 +123,18 @@ def csr_beam_step_reference(
     keep = min(k, W * C)
     top_scores, top_slot = torch.sort(cand.reshape(U, W * C), dim=1, descending=True, stable=True)
     top_slot = top_slot[:, :keep]
-    # Slot s of the (W x C) grid is beam s // C, code codes[..., s % C]; the flat index w*K + c.
-    index = top_slot // C * V + codes.reshape(U, W * C).gather(1, top_slot)
     scores = top_scores[:, :keep]
+    # Slot s of the (W x C) grid is beam s // C; its child's node id is the position it was read from.
+    node = position.reshape(U, W * C).gather(1, top_slot)
     if keep < k:  # fewer candidate slots than beams to keep: -inf / -1 padding (a static shape)
         scores = F.pad(scores, (0, k - keep), value=float("-inf"))
-        index = F.pad(index, (0, k - keep), value=-1)
-    return _finish(scores, index, V)
+        top_slot = F.pad(top_slot, (0, k - keep), value=-1)
+        node = F.pad(node, (0, k - keep), value=-1)
+    found = scores > float("-inf")
+    parent = torch.where(found, top_slot // C, -1)
+    token = torch.where(found, child_codes[node.clamp(0, max(child_codes.numel() - 1, 0))], -1) \
+        if child_codes.numel() else torch.full_like(node, -1)
+    return scores, parent, token, torch.where(found, node, -1)
 
 
 if HAVE_TRITON:
@@ -133,7 +142,7 @@ if HAVE_TRITON:
     @triton.jit
     def _csr_row_kernel(
         logits_ptr, beam_scores_ptr, parents_ptr, child_ptr_ptr, child_codes_ptr, out_score_ptr, out_index_ptr,
-        W, V, K_ROW,
+        W, V, C, K_ROW,
         BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         # Program = one beam row (u, w); logits are contiguous (U*W, V).
@@ -168,7 +177,9 @@ if HAVE_TRITON:
         cand = ((x - row_max) - log_sum) + beam_score  # the reference's logit - logsumexp + beam score
         cand = tl.where(cand == 0.0, 0.0, cand)  # -0.0 and +0.0 must be one key, as they compare equal
         valid = in_row & (cand > float("-inf"))  # False for NaN as well
-        index = (beam * V + child).to(tl.int32)
+        # Flat index beam * C + slot: as ordered as beam * V + code (children ascend), and the slot
+        # gives the child's node id (its position in child_codes) without a search.
+        index = (beam * C + slots).to(tl.int32)
         select = _top_k_mask(_ordered_key(cand), index, valid, K_ROW)
         _store_compacted(out_score_ptr, out_index_ptr, row * K_ROW, select, cand, index, K_ROW, BLOCK_K)
 
@@ -199,7 +210,7 @@ def csr_beam_step_triton(
     if W * V >= 2**31:
         raise ValueError(f"csr_beam_step: W * K = {W * V} must be < 2^31 (flat candidate indices are int32)")
     if U * W == 0 or C == 0:
-        return _empty_result(U, k, logits.device)
+        return _empty_result(U, k, logits.device) + (torch.full((U, k), -1, dtype=torch.int64, device=logits.device),)
     k_row = min(k, C)
     block_c = max(16, next_power_of_2(C))
     block_v = max(16, min(next_power_of_2(V), LSE_BLOCK))
@@ -207,11 +218,11 @@ def csr_beam_step_triton(
     index = torch.empty((U, W * k_row), dtype=torch.int32, device=logits.device)
     _csr_row_kernel[(U * W,)](
         logits.contiguous(), beam_scores.to(torch.float32).contiguous(), parents.contiguous(), child_ptr,
-        child_codes, scores, index, W, V, k_row,
+        child_codes, scores, index, W, V, C, k_row,
         BLOCK_V=block_v, BLOCK_C=block_c, BLOCK_K=max(16, next_power_of_2(k_row)),
         num_warps=_row_warps(max(block_c, block_v)),
     )
-    return merge_row_candidates(scores, index, k, V)
+    return merge_row_candidates(scores, index, k, C, (parents.contiguous(), child_ptr, child_codes))
 
 
 def csr_beam_step(
@@ -242,6 +253,8 @@ def csr_beam_step(
         scores: (U, k) float32, descending; equal scores ordered by smaller flat index w*K + c.
         parent: (U, k) int64 beam index in [0, W), -1 in slots without a finite candidate.
         token: (U, k) int64 code in [0, K), -1 in those slots (whose score is -inf).
+        node: (U, k) int64 the new beam's node id one level down (its position in child_codes),
+            which is its `parents` entry at the next level; -1 in those slots.
     """
     choice = choose_kernel(kernel, logits, op="csr_beam_step")
     if choice == "triton" and (kernel == "triton" or min(max_children, logits.shape[-1]) <= MAX_TRITON_CHILDREN):

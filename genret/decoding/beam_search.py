@@ -319,8 +319,9 @@ def _beam_search(model: DualGR, index, coarse: _Context, encoded: _EncodedHistor
         logits = model.heads[0](hidden)  # (U, 1, K)
         root = torch.zeros(U, 1, dtype=torch.long, device=device)
         scores = torch.zeros(U, 1, device=device)
-        scores, parent, token = csr_beam_step(logits, scores, root, *index.children(0), min(beam_width, K),
-                                              kernel=kernel)
+        # node: each new beam's node in the index (depth 1), whose children the next level expands.
+        scores, parent, token, node = csr_beam_step(logits, scores, root, *index.children(0), min(beam_width, K),
+                                                    kernel=kernel)
         prefix = token.unsqueeze(-1)  # (U, W, 1)
         if L > 1:
             cache.reorder(parent.clamp(min=0))
@@ -339,11 +340,10 @@ def _beam_search(model: DualGR, index, coarse: _Context, encoded: _EncodedHistor
                 hi = (coarse.lengths + 1).unsqueeze(1).expand(U, W)
             hidden = _decoder_step(model, weights, x, cache, ctx, lo, hi, kernel)
             logits = model.heads[level](hidden)  # (U, W, K)
-            # The depth-`level` node of each beam; its children in the index are the candidates.
-            # A dead beam (token -1) already has score -inf, which gives it none.
-            nodes = index.node_of(safe_prefix.reshape(U * W, level)).reshape(U, W)
-            scores, parent, token = csr_beam_step(logits, scores, nodes, *index.children(level),
-                                                  min(beam_width, W * K), kernel=kernel)
+            # Each beam's children under its depth-`level` node are its candidates; a dead beam
+            # (node -1, score -inf) has none.
+            scores, parent, token, node = csr_beam_step(logits, scores, node, *index.children(level),
+                                                        min(beam_width, W * K), kernel=kernel)
             parent_row = parent.clamp(min=0)
             prefix = torch.cat([prefix.gather(1, parent_row.unsqueeze(-1).expand(-1, -1, level)),
                                 token.unsqueeze(-1)], dim=-1)

@@ -73,8 +73,11 @@ def on_device(*tensors):
 
 
 def assert_same_result(got, expected, atol=1e-5):
-    scores, parent, token = got
-    ref_scores, ref_parent, ref_token = expected
+    """got (scores, parent, token, node) equals expected, which may lack the node (beam_step's result)."""
+    scores, parent, token = got[:3]
+    ref_scores, ref_parent, ref_token = expected[:3]
+    if len(expected) == 4:
+        assert torch.equal(got[3].cpu(), expected[3].cpu()), (got[3], expected[3])
     assert scores.dtype == torch.float32 and parent.dtype == torch.int64 and token.dtype == torch.int64
     assert torch.equal(parent.cpu(), ref_parent.cpu()), (parent, ref_parent)
     assert torch.equal(token.cpu(), ref_token.cpu()), (token, ref_token)
@@ -83,16 +86,18 @@ def assert_same_result(got, expected, atol=1e-5):
 
 
 def assert_only_children_selected(result, parents, ptr, codes, beam_scores):
-    scores, parent, token = result
+    """Every kept candidate is a child of its beam's parent node, and its node id is that child's."""
+    scores, parent, token, node = result
     for u in range(scores.shape[0]):
         for slot in range(scores.shape[1]):
-            w, c = int(parent[u, slot]), int(token[u, slot])
+            w, c, n = int(parent[u, slot]), int(token[u, slot]), int(node[u, slot])
             if w < 0:
-                assert c == -1 and scores[u, slot] == NEG_INF
+                assert c == -1 and n == -1 and scores[u, slot] == NEG_INF
                 continue
             p = int(parents[u, w])
             assert p >= 0 and beam_scores[u, w] > NEG_INF
             assert c in codes[ptr[p]:ptr[p + 1]].tolist(), (u, w, c)
+            assert ptr[p] <= n < ptr[p + 1] and codes[n] == c
 
 
 CASES = [
@@ -167,8 +172,8 @@ def test_single_child_beams_and_a_width_larger_than_the_children():
     logits, beam_scores, parents, ptr, codes, max_children = make_inputs(U, W, V, 3, seed=7, fan_outs=[1, 1, 1])
     parents = parents.clamp(min=0)
     for step in (csr_beam_step_reference, csr_beam_step_triton):
-        scores, parent, token = [t.cpu() for t in step(*on_device(logits, beam_scores, parents, ptr, codes),
-                                                          max_children, k)]
+        scores, parent, token, node = [t.cpu() for t in step(*on_device(logits, beam_scores, parents, ptr, codes),
+                                                                max_children, k)]
         assert torch.isfinite(scores[:, :W]).all() and (scores[:, W:] == NEG_INF).all()
         assert (parent[:, W:] == -1).all() and (token[:, W:] == -1).all()
         assert torch.equal(parent[:, :W].sort(1).values, torch.arange(W).expand(U, W))
@@ -179,8 +184,8 @@ def test_single_child_beams_and_a_width_larger_than_the_children():
 def test_no_children_anywhere_gives_an_empty_result():
     logits, beam_scores, parents, ptr, codes, _ = make_inputs(2, 3, 9, 2, seed=8, fan_outs=[0, 0])
     for step in (csr_beam_step_reference, csr_beam_step_triton):
-        scores, parent, token = step(*on_device(logits, beam_scores, parents, ptr, codes), 0, 4)
-        assert (scores == NEG_INF).all() and (parent == -1).all() and (token == -1).all()
+        scores, parent, token, node = step(*on_device(logits, beam_scores, parents, ptr, codes), 0, 4)
+        assert (scores == NEG_INF).all() and (parent == -1).all() and (token == -1).all() and (node == -1).all()
 
 
 @needs_triton
@@ -218,9 +223,17 @@ def test_sid_index_children_drive_the_step_like_its_valid_mask():
         parents = torch.randint(0, index.n_nodes(level), (U, W), generator=g)
         mask = index.valid_mask(level, parents.reshape(-1)).reshape(U, W, V)
         expected = beam_step_reference(logits, beam_scores, mask, k)
+        # Each beam's prefix (any prefix of that node: the node ids are what the step reads).
+        prefixes = torch.stack([index.codes[(index.node_of(index.codes[:, :level]) == p).nonzero()[0, 0], :level]
+                                for p in parents.reshape(-1).tolist()]).reshape(U, W, level)
         for kernel in ("torch", "triton"):
-            assert_same_result(csr_beam_step(logits, beam_scores, parents, ptr, codes, max_children, k,
-                                             kernel=kernel), expected)
+            got = csr_beam_step(logits, beam_scores, parents, ptr, codes, max_children, k, kernel=kernel)
+            assert_same_result(got, expected)
+            # The returned node is the one SIDIndex.node_of finds for prefix + token.
+            found = got[1] >= 0
+            grown = torch.cat([prefixes.gather(1, got[1].clamp(min=0)[..., None].expand(-1, -1, level)),
+                               got[2].unsqueeze(-1)], -1)
+            assert torch.equal(got[3][found], index.node_of(grown[found]))
 
 
 @needs_triton

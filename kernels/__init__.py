@@ -13,6 +13,11 @@ from genret.kernels.decode_attention import (
     decode_cross_attention_triton,
 )
 from genret.kernels.dispatch import HAVE_TRITON, choose_kernel
+from genret.kernels.prefix_attention import (
+    prefix_self_attention,
+    prefix_self_attention_reference,
+    prefix_self_attention_triton,
+)
 
 __all__ = [
     "HAVE_TRITON",
@@ -26,4 +31,7 @@ __all__ = [
     "decode_cross_attention",
     "decode_cross_attention_reference",
     "decode_cross_attention_triton",
+    "prefix_self_attention",
+    "prefix_self_attention_reference",
+    "prefix_self_attention_triton",
 ]

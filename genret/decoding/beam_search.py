@@ -24,7 +24,7 @@ from torch.profiler import record_function
 from genret.decoding.decode_weights import DecodeWeights, decode_weights
 from genret.decoding.op_count import LEVEL_STEP
 from genret.decoding.topk import distinct_topk
-from genret.kernels import csr_beam_step, decode_cross_attention
+from genret.kernels import csr_beam_step, decode_cross_attention, prefix_self_attention
 from genret.models.dualgr import DualGR
 
 
@@ -189,26 +189,24 @@ def _bucket_ranges(model: DualGR, sorted_items: torch.Tensor, beam_s1: torch.Ten
 
 class _PrefixCache:
     """Self-attention keys/values of the SID prefix tokens, every block in one buffer allocated at the
-    first write: (n_blocks, U, max_width, n_levels, 2, H, Dh). Level l writes its beams' new token
-    into slot l of their rows; `reorder` then moves each surviving beam's ancestry (its parent's
-    row, slots 0..l) into the beam's own row for every block at once: one gather and one copy a
-    level, where a cat and a gather per block and level rebuilt the cache before."""
+    first use: (n_blocks, U, max_width, n_levels, 2, H, Dh). Level l's tokens go to slot l of their
+    beams' rows (genret.kernels.prefix_self_attention writes them); `reorder` then moves each
+    surviving beam's ancestry (its parent's row, slots 0..l) into the beam's own row for every
+    block at once: one gather and one copy a level, where a cat and a gather per block and level
+    rebuilt the cache before."""
 
-    def __init__(self, n_blocks: int, n_users: int, max_width: int, n_levels: int, device: torch.device):
-        self.n_blocks, self.max_width, self.n_levels = n_blocks, max_width, n_levels
+    def __init__(self, n_blocks: int, n_users: int, max_width: int, n_levels: int, n_heads: int, head_dim: int,
+                 device: torch.device):
+        self.shape = (n_blocks, n_users, max_width, n_levels, 2, n_heads, head_dim)
         self.users = torch.arange(n_users, device=device).unsqueeze(1)  # (U, 1), indexes rows by user
         self.buffer: torch.Tensor | None = None
         self.level = 0  # the slot this level's tokens go to
-        self.width = 1  # beams per user at this level
 
-    def extend(self, block: int, kv: torch.Tensor) -> torch.Tensor:
-        """kv (U, W, 2, H, Dh) of this level's token -> (U, W, level + 1, 2, H, Dh), every prefix token's."""
-        U, W = kv.shape[:2]
+    def block(self, b: int, like: torch.Tensor) -> torch.Tensor:
+        """Block b's cache (U, max_width, n_levels, 2, H, Dh), in `like`'s dtype (the projections')."""
         if self.buffer is None:
-            self.buffer = kv.new_empty((self.n_blocks, U, self.max_width, self.n_levels) + kv.shape[2:])
-        self.width = W
-        self.buffer[block, :, :W, self.level] = kv
-        return self.buffer[block, :, :W, :self.level + 1]
+            self.buffer = like.new_empty(self.shape)
+        return self.buffer[b]
 
     def reorder(self, parent_row: torch.Tensor) -> None:
         """Keep the surviving beams' ancestries. parent_row (U, W') in [0, W) (an empty slot may
@@ -224,7 +222,9 @@ def _decoder_step(model: DualGR, weights: DecodeWeights, x: torch.Tensor, cache:
     U, W, _ = x.shape
     target_positions = ctx.lengths.unsqueeze(1).expand(U, W)
     for b, block in enumerate(model.blocks):
-        x = block.cached_self_attention(x, weights.qkv[b], lambda kv: cache.extend(b, kv))
+        x = block.cached_self_attention(
+            x, weights.qkv[b],
+            lambda qkv: prefix_self_attention(qkv, cache.block(b, qkv), cache.level, kernel=kernel))
         x = block.cross_attention(
             # The padded layout fixes every segment's length (ctx.rows), so nothing is read on the host.
             x, lambda q: decode_cross_attention(q, ctx.keys[b], ctx.values[b], ctx.seg_offsets, key_lo, key_hi,
@@ -308,7 +308,8 @@ def _beam_search(model: DualGR, index, coarse: _Context, encoded: _EncodedHistor
     device = coarse.lengths.device
     fine = encoded.fine
     weights = decode_weights(model)
-    cache = _PrefixCache(len(model.blocks), U, beam_width, L, device)
+    heads = model.blocks[0].self_attn
+    cache = _PrefixCache(len(model.blocks), U, beam_width, L, heads.n_heads, heads.head_dim, device)
 
     # Level 1: one start query per user (BOS, plus the newest action with last_action_query) over the window.
     x = model.start_tokens(coarse.latest)  # (U, 1, d)

@@ -128,24 +128,16 @@ class DecoderBlock(nn.Module):
         return x + self.drop(self.self_attn.attend(q, k, v, causal.expand(x.shape[0], -1, -1)))
 
     def cached_self_attention(self, x: torch.Tensor, qkv_projection: tuple[torch.Tensor, torch.Tensor],
-                              extend_cache) -> torch.Tensor:
+                              attend_prefix) -> torch.Tensor:
         """One new prefix token per beam: x (U, W, d).
 
         qkv_projection: this block's (weight (3d, d), bias (3d,)) projecting to the query (scaled by
-        Dh^-0.5), key and value in one matmul (genret.decoding.decode_weights). `extend_cache(kv)`
-        stores this token's keys / values (U, W, 2, H, Dh) in the beams' prefix cache and returns
-        those of every prefix token so far, (U, W, n, 2, H, Dh) (any strides)."""
+        Dh^-0.5), key and value in one matmul (genret.decoding.decode_weights). `attend_prefix(qkv)`
+        takes that projection (U, W, 3d), adds the token's key / value to the beams' prefix cache
+        and returns the heads' attention over the prefix, (U, W, H, Dh)
+        (genret.kernels.prefix_self_attention)."""
         U, W, d = x.shape
-        H, Dh = self.self_attn.n_heads, self.self_attn.head_dim
-        qkv = F.linear(self.norm_self(x), *qkv_projection)  # (U, W, 3d)
-        q = qkv[..., :d].unflatten(-1, (1, H, Dh))  # (U, W, 1, H, Dh), broadcast over the prefix tokens
-        kv = extend_cache(qkv[..., d:].unflatten(-1, (2, H, Dh)))
-        # One query over at most n_levels keys: products and sums, which take the cache's strides as
-        # they are. SDPA's tiled kernels spent 64x64 tiles on it (1.3 ms a call at 32 users x 256
-        # beams on an H100, a third of the decode), and einsum copies a strided cache first.
-        scores = (q * kv[..., 0, :, :]).sum(-1)  # (U, W, n, H)
-        weights = scores.softmax(2, dtype=torch.float32).to(kv.dtype)
-        att = (weights.unsqueeze(-1) * kv[..., 1, :, :]).sum(2)  # (U, W, H, Dh)
+        att = attend_prefix(F.linear(self.norm_self(x), *qkv_projection))
         return x + self.drop(self.self_attn.out(att.reshape(U, W, d)))
 
     def cross_attention(self, x: torch.Tensor, attend_heads, place_queries=None) -> torch.Tensor:

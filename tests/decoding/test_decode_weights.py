@@ -1,10 +1,12 @@
 """DecodeWeights: one fused QKV projection per decoder block, equal to the trained projections, and
 rebuilt whenever a source weight changes (so decoding during training never reads stale weights)."""
 
+import pytest
 import torch
 
 from genret.decoding.beam_search import _PrefixCache
 from genret.decoding.decode_weights import DecodeWeights, decode_weights
+from genret.kernels import prefix_self_attention
 from genret.models.dualgr import DualGR, DualGRConfig
 
 
@@ -37,17 +39,24 @@ def test_cached_until_a_source_weight_changes():
     assert decode_weights(model).qkv[0][0].dtype == torch.float64
 
 
-def test_cached_self_attention_over_the_prefix_cache_equals_causal_self_attention():
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
+def test_cached_self_attention_over_the_prefix_cache_equals_causal_self_attention(kernel):
     # Token by token through the cache (the beams of each level reordered by a parent map) must give
     # what the training path computes over each beam's whole prefix at once.
+    if kernel == "triton":
+        pytest.importorskip("triton")
     model = make_model()
     block = model.blocks[0]
     U, W, L = 2, 3, 3
     weights = decode_weights(model)
-    cache = _PrefixCache(1, U, W, L, torch.device("cpu"))
+    cache = _PrefixCache(1, U, W, L, block.self_attn.n_heads, block.self_attn.head_dim, torch.device("cpu"))
+
+    def attend(qkv):
+        return prefix_self_attention(qkv, cache.block(0, qkv), cache.level, kernel=kernel)
+
     tokens = torch.randn(U, 1, 16)
     prefixes = tokens.unsqueeze(2)  # (U, W, n, d): each beam's prefix tokens so far
-    out = block.cached_self_attention(tokens, weights.qkv[0], lambda kv: cache.extend(0, kv))
+    out = block.cached_self_attention(tokens, weights.qkv[0], attend)
     torch.testing.assert_close(out, block.self_attention(tokens))
     g = torch.Generator().manual_seed(3)
     for level in range(1, L):
@@ -57,6 +66,6 @@ def test_cached_self_attention_over_the_prefix_cache_equals_causal_self_attentio
         prefixes = prefixes.gather(1, parent[..., None, None].expand(-1, -1, *prefixes.shape[2:]))
         new = torch.randn(U, W, 16, generator=g)
         prefixes = torch.cat([prefixes, new.unsqueeze(2)], 2)
-        out = block.cached_self_attention(new, weights.qkv[0], lambda kv: cache.extend(0, kv))
+        out = block.cached_self_attention(new, weights.qkv[0], attend)
         full = block.self_attention(prefixes.reshape(U * W, level + 1, 16))[:, -1].reshape(U, W, 16)
         torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)

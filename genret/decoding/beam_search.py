@@ -330,7 +330,7 @@ def _beam_search(model: DualGR, index, coarse: _Context, encoded: _EncodedHistor
     for level in range(1, L):
         with record_function(LEVEL_STEP):
             safe_prefix = prefix.clamp(min=0)
-            x = model.prefix_embeddings[level - 1](safe_prefix[..., -1]) + model.level_position[level]
+            x = F.embedding(safe_prefix[..., -1], weights.prefix_tokens[level - 1])  # code + level position
             W = x.shape[1]
             if cfg.use_s2d:
                 ctx = fine

@@ -1,10 +1,13 @@
-"""DualGR's weights laid out for decoding: one fused QKV projection per decoder block.
+"""DualGR's weights laid out for decoding: one fused QKV projection per decoder block, and each
+level's prefix-token table with its level position already added.
 
 Trained, a block's self-attention projects queries and keys|values with two matmuls (training
 needs them apart: many query tokens share one key set). A decode step projects one new prefix
 token per beam to all three, so `DecodeWeights` concatenates them into one (3d, d) weight (and
 bias) per block: one GEMM launch instead of two. The query rows are pre-multiplied by the
-attention scale Dh^-0.5, so the step does not scale its scores either.
+attention scale Dh^-0.5, so the step does not scale its scores either. A level's input token is
+prefix_embeddings[l](code) + level_position[l + 1]; the sum is one (K, d) table per level, so the
+step looks it up with one embedding op instead of a lookup and an add.
 
 Built once per model: `Retriever` builds them when it loads, and `decode_weights(model)` caches
 them beside the model and rebuilds only when a source weight changed (an optimiser step updates
@@ -27,9 +30,12 @@ __all__ = ["DecodeWeights", "decode_weights"]
 
 @dataclass(frozen=True)
 class DecodeWeights:
-    """qkv[b]: block b's fused (weight (3d, d), bias (3d,)): rows [0, d) the scaled query, then key, value."""
+    """qkv[b]: block b's fused (weight (3d, d), bias (3d,)): rows [0, d) the scaled query, then key, value.
+    prefix_tokens[l]: (K, d) the input token of level l + 2 (the first prefix code is level 1's)
+    for each code of level l + 1."""
 
     qkv: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    prefix_tokens: tuple[torch.Tensor, ...]
 
     @classmethod
     @torch.no_grad()
@@ -41,7 +47,9 @@ class DecodeWeights:
             weight = torch.cat([attn.query.weight * scale, attn.key_value.weight])
             bias = torch.cat([attn.query.bias * scale, attn.key_value.bias])
             fused.append((weight, bias))
-        return cls(tuple(fused))
+        tables = tuple(embedding.weight + model.level_position[level + 1]
+                       for level, embedding in enumerate(model.prefix_embeddings))
+        return cls(tuple(fused), tables)
 
 
 def _source_key(model: DualGR) -> tuple:
@@ -49,6 +57,7 @@ def _source_key(model: DualGR) -> tuple:
     tensors = [t for block in model.blocks
                for t in (block.self_attn.query.weight, block.self_attn.query.bias,
                          block.self_attn.key_value.weight, block.self_attn.key_value.bias)]
+    tensors += [model.level_position] + [embedding.weight for embedding in model.prefix_embeddings]
     return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
 
 

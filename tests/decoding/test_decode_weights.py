@@ -26,6 +26,14 @@ def test_fused_projection_equals_query_key_value_projections():
         torch.testing.assert_close(kv, attn.key_value(x))
 
 
+def test_prefix_token_tables_equal_embedding_plus_level_position():
+    model = make_model()
+    codes = torch.tensor([[0, 3, 7], [5, 5, 1]])
+    for level, table in enumerate(DecodeWeights.build(model).prefix_tokens):
+        expected = model.prefix_embeddings[level](codes) + model.level_position[level + 1]
+        torch.testing.assert_close(torch.nn.functional.embedding(codes, table), expected)
+
+
 def test_cached_until_a_source_weight_changes():
     model = make_model()
     first = decode_weights(model)
@@ -35,6 +43,11 @@ def test_cached_until_a_source_weight_changes():
     second = decode_weights(model)
     assert second is not first
     torch.testing.assert_close(second.qkv[1][0][16:], model.blocks[1].self_attn.key_value.weight)
+    with torch.no_grad():
+        model.level_position.add_(1.0)
+    third = decode_weights(model)
+    assert third is not second
+    torch.testing.assert_close(third.prefix_tokens[0], model.prefix_embeddings[0].weight + model.level_position[1])
     model.double()  # new storage and dtype
     assert decode_weights(model).qkv[0][0].dtype == torch.float64
 

@@ -16,11 +16,12 @@ mask that `SIDIndex.valid_mask` would build, except that no mask is ever built o
 Why the GEMM stays in torch and only the epilogue is fused: the log-softmax normaliser needs
 every one of the K logits of a row, not only the children's, so a fused GEMM + epilogue still
 computes the whole (rows x K) product; what fusing it would save is one write and one read of the
-logits (at the paper's size, 2 x 32 users x 2 branches x 256 beams x 8192 codes in bf16, about
-0.27 GB a level, ~55 us at an H200's bandwidth, against ~140 us of tensor-core GEMM). That is worth
-having later, but a fused GEMM kernel with an online log-sum-exp across K tiles and a per-row
-top-k over gathered children is much harder to test in the CPU interpreter than a cuBLAS GEMM
-plus one epilogue kernel, whose every input the reference can read. The epilogue does remove what
+logits (at the paper's size, 32 users x 2 branches x 256 beams x 8192 codes in bf16 is 0.27 GB,
+so ~0.54 GB a level, ~110 us at an H200's bandwidth, against ~140 us for the GEMM at bf16 peak).
+That is a real saving and the next step once a GPU profile confirms it, but a fused GEMM kernel
+with an online log-sum-exp across K tiles and a per-row top-k over gathered children is much
+harder to get right and to test in the CPU interpreter than a cuBLAS GEMM plus one epilogue
+kernel, whose every input the reference can read. The epilogue does remove what
 the dense path paid: the fp32 copy of the logits, the mask's construction (scatter of the CSR
 lists into a (rows, K) bool tensor) and the mask's read by the beam step.
 

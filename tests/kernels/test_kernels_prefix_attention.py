@@ -91,3 +91,18 @@ def test_dispatch_and_bad_inputs():
         prefix_self_attention(qkv, cache, 3, kernel="torch")
     with pytest.raises(ValueError, match="does not fit the cache"):
         prefix_self_attention(qkv[..., :-1], cache, 1, kernel="torch")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAVE_TRITON and torch.cuda.is_available() and not interpreting()),
+                    reason="needs a CUDA GPU and TRITON_INTERPRET unset")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_serving_size(dtype):
+    # Paper serving size: 64 query users (two branches x 32), 256 beams, 8 heads of 64, the last level.
+    qkv, cache = make_inputs(64, 256, 256, 3, 8, 64, seed=30, dtype=dtype)
+    ref_cache, tri_cache = cache.clone(), cache.clone()
+    expected = prefix_self_attention_reference(qkv, ref_cache, 2)
+    got = prefix_self_attention_triton(qkv, tri_cache, 2)
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    torch.testing.assert_close(got.float(), expected.float(), atol=tol, rtol=tol)
+    assert torch.equal(tri_cache, ref_cache)

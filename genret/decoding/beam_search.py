@@ -4,12 +4,14 @@ One request batch runs both DBR branches (long, short) as one batch of stacked u
   level 1: one BOS query per user cross-attends the branch window;
   level l > 1: W beam queries per user cross-attend their in-bucket keys (S2D): the user's
   history sorted by s1 once, so a beam's bucket is one contiguous key range.
-Each step's self-attention over the SID prefix reuses cached keys/values. The beam step
-(the LM head's epilogue: log-softmax, + beam score, the SID index's CSR children lists as the
-constraint, top-W) and the decode cross-attention go through genret.kernels' dispatchers, so
-the same code runs the PyTorch reference on CPU and the Triton kernels on CUDA. Finished SIDs expand to items through the SID index; the branches are merged
-(each weighted by its routing prior from training; by default an item found by both scores the
-sum of its two weighted probabilities) and the top k distinct items returned.
+Each step's self-attention over the SID prefix reuses cached keys/values (one preallocated
+buffer, reordered by parent beam). The prefix self-attention, the beam step (the LM head's
+epilogue: log-softmax, + beam score, the SID index's CSR children lists as the constraint,
+top-W) and the decode cross-attention go through genret.kernels' dispatchers, so the same code
+runs the PyTorch references on CPU and the Triton kernels on CUDA. Finished SIDs expand to items
+through the SID index; the branches are merged (each weighted by its routing prior from
+training; by default an item found by both scores the sum of its two weighted probabilities) and
+the top k distinct items returned.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ class Retriever:
         if dtype is not None and dtype != model.bos.dtype:
             model = copy.deepcopy(model).to(dtype)
         self.model = model.eval()
-        decode_weights(self.model)  # the fused decode-time projections, built once here rather than at the first request
+        decode_weights(self.model)  # the fused decode-time projections: built here, not at the first request
         self.side = side_features
         self.index = index
         self.item_ids = np.asarray(item_ids)

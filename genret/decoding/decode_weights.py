@@ -58,7 +58,12 @@ def _source_key(model: DualGR) -> tuple:
                for t in (block.self_attn.query.weight, block.self_attn.query.bias,
                          block.self_attn.key_value.weight, block.self_attn.key_value.bias)]
     tensors += [model.level_position] + [embedding.weight for embedding in model.prefix_embeddings]
-    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+    return tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in tensors)
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The in-place update counter; None for an inference tensor (torch.inference_mode), which keeps none."""
+    return None if t.is_inference() else t._version
 
 
 _CACHE: "weakref.WeakKeyDictionary[DualGR, tuple[tuple, DecodeWeights]]" = weakref.WeakKeyDictionary()

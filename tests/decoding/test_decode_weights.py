@@ -52,6 +52,15 @@ def test_cached_until_a_source_weight_changes():
     assert decode_weights(model).qkv[0][0].dtype == torch.float64
 
 
+def test_a_model_built_under_inference_mode_gets_its_weights():
+    # Inference tensors keep no version counter; the cache key must not need one.
+    with torch.inference_mode():
+        model = make_model()
+        weights = decode_weights(model)
+    assert decode_weights(model) is weights
+    torch.testing.assert_close(weights.qkv[0][0][16:], model.blocks[0].self_attn.key_value.weight)
+
+
 @pytest.mark.parametrize("kernel", ["torch", "triton"])
 def test_cached_self_attention_over_the_prefix_cache_equals_causal_self_attention(kernel):
     # Token by token through the cache (the beams of each level reordered by a parent map) must give

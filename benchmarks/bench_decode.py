@@ -17,6 +17,7 @@ peak come from benchmarks/bench_kernels.py run at the same shapes (printed at th
     python benchmarks/bench_decode.py --device cuda   # GPU, paper size
     python benchmarks/bench_decode.py --device cuda --profile 20   # + where the time goes
     python benchmarks/bench_decode.py --device cuda --precision bf16   # bf16 autocast, all paths
+    python benchmarks/bench_decode.py --device cuda --precision bf16-weights   # bf16 weights (serving), no autocast
     python benchmarks/bench_decode.py --count-ops     # ops launched / host syncs per level-step (JSON, last line)
     python benchmarks/bench_decode.py --device cuda --precision tf32   # tf32 matmuls
 
@@ -60,8 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-triton", action="store_true", help="skip the Triton path")
     p.add_argument("--no-kernel-bench", action="store_true", help="skip the per-kernel rates")
-    p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
-                   help="every path alike: fp32; tf32 matmuls (CUDA); or bf16 autocast (weights stay fp32)")
+    p.add_argument("--precision", choices=["fp32", "tf32", "bf16", "bf16-weights"], default="fp32",
+                   help="every path alike: fp32; tf32 matmuls (CUDA); bf16 autocast (weights stay fp32); or "
+                        "bf16-weights: the model cast to bf16, no autocast (Retriever(dtype=torch.bfloat16))")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing, profile one batch of the fastest path and print its N costliest ops")
     p.add_argument("--count-ops", action="store_true",
@@ -87,6 +89,8 @@ def build(args):
                        n_blocks=args.blocks, d_ffn=2 * args.d_model, dropout=0.0, max_history=args.history,
                        long_window=args.history, short_window=min(64, args.history), in_bucket_cap=256)
     model = DualGR(cfg).eval().to(args.device)
+    if args.precision == "bf16-weights":
+        model = model.to(torch.bfloat16)
     # Random SIDs with a skewed level 1 (real codebooks are not uniform).
     g = torch.Generator().manual_seed(1)
     level1 = torch.multinomial(torch.rand(args.codes, generator=g) ** 3 + 1e-3, args.items, replacement=True,
@@ -184,7 +188,7 @@ def roofline(model, args) -> dict:
     d, f, K, L, H = cfg.d_model, cfg.d_ffn, cfg.codebook_size, cfg.n_levels, len(model.blocks)
     U, T = args.users, min(args.history, cfg.max_history)
     branches = 2 if cfg.use_dbr else 1
-    width = 2 if args.precision == "bf16" else 4
+    width = 2 if args.precision.startswith("bf16") else 4
     # Per query token and block: self-attention q, kv, out; cross-attention q, out; the FFN's two layers.
     per_token_block = 2 * (d * d + 2 * d * d + d * d) + 2 * (2 * d * d) + 2 * (2 * d * f)
     flops = 2 * U * (1 + T) * d * 2 * d * H  # the history's K/V, once per block
@@ -208,7 +212,7 @@ def roofline(model, args) -> dict:
     name = torch.cuda.get_device_name(0) if args.device == "cuda" and torch.cuda.is_available() else ""
     peak = next((v for k, v in GPU_PEAKS.items() if k in name), None)
     if peak is not None:
-        rate = peak["bf16" if args.precision == "bf16" else "tf32" if args.precision == "tf32" else "fp32"]
+        rate = peak["bf16" if args.precision.startswith("bf16") else "tf32" if args.precision == "tf32" else "fp32"]
         out["roofline_s"] = max(flops / rate, bytes_ / peak["bytes"])
     return out
 

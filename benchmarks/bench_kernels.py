@@ -8,6 +8,11 @@ Ops:
                           vs reference (pad + mask + fp32 softmax) vs naive (K/V copied per beam + SDPA).
   beam step               Triton (fused log-softmax + mask + two-stage top-k) vs reference
                           (log_softmax + stable sort) vs naive (log_softmax + masked_fill + torch.topk).
+  CSR beam step           the same candidates given as CSR children lists instead of a dense mask
+                          (csr_beam_step, what the decode loop runs): Triton vs its reference vs the
+                          dense Triton beam step reading the mask.
+  prefix self-attention   Triton (cache write + attention over the prefix slots, one launch) vs
+                          reference (cache write + products, sums and a softmax).
 
 GB/s and TFLOP/s are effective rates: the minimal bytes an implementation must move and the useful
 FLOPs, divided by each implementation's measured time. On CUDA, time is triton.testing.do_bench's
@@ -188,8 +193,12 @@ def main(argv=None) -> int:
         HAVE_TRITON,
         beam_step_reference,
         beam_step_triton,
+        csr_beam_step_reference,
+        csr_beam_step_triton,
         decode_cross_attention_reference,
         decode_cross_attention_triton,
+        prefix_self_attention_reference,
+        prefix_self_attention_triton,
     )
 
     device = args.device
@@ -282,6 +291,50 @@ def main(argv=None) -> int:
         ("naive", measure(lambda: naive_beam_step(logits, beam_scores, allowed, keep)), "(topk, ties unordered)"),
     ]
     report(rows, n_bytes, flops, peaks, None if peaks is None else peaks[3])
+
+    # ---- CSR beam step: the same candidates as children lists, one parent node per beam ----
+    counts = allowed.reshape(-1, V).sum(1)
+    child_ptr = torch.nn.functional.pad(counts.cumsum(0), (1, 0))
+    child_codes = allowed.reshape(-1, V).nonzero()[:, 1].contiguous()  # row-major: ascending inside a row
+    max_children = int(counts.max()) if counts.numel() else 0
+    parents = torch.arange(args.users * W, device=device).reshape(args.users, W)
+    csr_args = (logits, beam_scores, parents, child_ptr, child_codes, max_children, keep)
+    n_bytes = logits.numel() * element + child_codes.numel() * 8 + beam_scores.numel() * 4
+    print(f"\nCSR beam step: same shapes, largest fan-out {max_children}; min traffic {n_bytes / 1e6:.2f} MB "
+          f"(logits + children lists, no mask)")
+    csr_expected = csr_beam_step_reference(*csr_args)
+    triton_ms, note, got = time_triton(lambda: csr_beam_step_triton(*csr_args))
+    if got is not None:
+        same = ((got[1] == csr_expected[1]) & (got[2] == csr_expected[2])).float().mean().item()
+        dense_same = ((csr_expected[1] == expected[1]) & (csr_expected[2] == expected[2])).float().mean().item()
+        print(f"  check: (parent, token) equal to its reference in {100 * same:.2f}% of slots; the reference "
+              f"equals the dense beam step's in {100 * dense_same:.2f}%")
+    dense_ms, dense_note, _ = time_triton(run_beam_triton)
+    rows = [
+        ("triton", triton_ms, note),
+        ("reference", measure(lambda: csr_beam_step_reference(*csr_args)), "(gathered children, stable sort)"),
+        ("dense", dense_ms, dense_note or "(Triton beam step reading the dense mask)"),
+        ("naive", measure(lambda: naive_beam_step(logits, beam_scores, allowed, keep)), "(topk, ties unordered)"),
+    ]
+    report(rows, n_bytes, flops, peaks, None if peaks is None else peaks[3])
+
+    # ---- prefix self-attention: the last level (every prefix slot read) ----
+    H, Dh, n_levels = args.heads, args.d_model // args.heads, 3
+    g = torch.Generator().manual_seed(args.seed + 2)
+    qkv = torch.randn(args.users, W, 3 * H * Dh, generator=g).to(device=device, dtype=dtype)
+    cache = torch.randn(args.users, W, n_levels, 2, H, Dh, generator=g).to(device=device, dtype=dtype)
+    n_bytes = element * (qkv.numel() + cache.numel() + 2 * args.users * W * H * Dh)  # qkv, cache, new slot + out
+    flops = 4 * args.users * W * H * Dh * n_levels
+    print(f"\nprefix self-attention: U={args.users} W={W} H={H} Dh={Dh} level {n_levels - 1}; "
+          f"min traffic {n_bytes / 1e6:.2f} MB")
+    expected = prefix_self_attention_reference(qkv, cache.clone(), n_levels - 1)
+    triton_ms, note, got = time_triton(lambda: prefix_self_attention_triton(qkv, cache, n_levels - 1))
+    if got is not None:
+        print(f"  check: max |triton - reference| = {(got.float() - expected.float()).abs().max().item():.2e}")
+    rows = [("triton", triton_ms, note),
+            ("reference", measure(lambda: prefix_self_attention_reference(qkv, cache, n_levels - 1)),
+             "(no naive form: the ratio's baseline)")]
+    report(rows, n_bytes, flops, peaks, None if peaks is None else (peaks[1] if dtype == torch.bfloat16 else peaks[3]))
     return 0
 
 

@@ -6,12 +6,18 @@ works without triton installed (auto then means torch).
 """
 
 from genret.kernels.beam_step import beam_step, beam_step_reference, beam_step_triton
+from genret.kernels.csr_beam_step import csr_beam_step, csr_beam_step_reference, csr_beam_step_triton
 from genret.kernels.decode_attention import (
     decode_cross_attention,
     decode_cross_attention_reference,
     decode_cross_attention_triton,
 )
 from genret.kernels.dispatch import HAVE_TRITON, choose_kernel
+from genret.kernels.prefix_attention import (
+    prefix_self_attention,
+    prefix_self_attention_reference,
+    prefix_self_attention_triton,
+)
 
 __all__ = [
     "HAVE_TRITON",
@@ -19,7 +25,13 @@ __all__ = [
     "beam_step_reference",
     "beam_step_triton",
     "choose_kernel",
+    "csr_beam_step",
+    "csr_beam_step_reference",
+    "csr_beam_step_triton",
     "decode_cross_attention",
     "decode_cross_attention_reference",
     "decode_cross_attention_triton",
+    "prefix_self_attention",
+    "prefix_self_attention_reference",
+    "prefix_self_attention_triton",
 ]

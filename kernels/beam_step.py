@@ -12,9 +12,11 @@ and `beam_step` (the dispatcher). The Triton path:
      on order-preserving integer keys (no sort of the V codes);
   2. a merge kernel keeps the best k of each group of up to 4096 of those slots, per user, and
      runs again until one group is left (at W = k = 256: 16 groups per user, then 1);
-  3. the k survivors per user (a (U, k) tensor) are ordered by (score desc, flat index asc).
+  3. the k survivors per user (a (U, k) tensor) are ordered by (score desc, flat index asc) and
+     split into parent and token.
 The order-preserving keys make ties exact: selection and order depend only on the fp32 bits
-and the flat index, never on thread timing.
+and the flat index, never on thread timing. Stage 3 is one kernel per user: each survivor's rank
+is the number of survivors before it (k x k comparisons in chunks), and it is written there.
 """
 
 from __future__ import annotations
@@ -202,6 +204,58 @@ if HAVE_TRITON:
         _store_compacted(out_score_ptr, out_index_ptr, (user * n_groups + group) * K, select, score, index, K, BLOCK_K)
 
 
+    @triton.jit
+    def _beam_emit_kernel(
+        in_score_ptr, in_index_ptr, parents_ptr, child_ptr_ptr, child_codes_ptr,
+        out_score_ptr, out_parent_ptr, out_token_ptr, out_node_ptr,
+        K, W, STRIDE,
+        CSR: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
+    ):
+        # Program = one user: its k survivors (unordered, -inf / -1 where empty) are written to
+        # their rank (score desc, flat index asc), then the empty slots; index = parent * STRIDE + rest.
+        user = tl.program_id(0).to(tl.int64)
+        i = tl.arange(0, BLOCK_K)
+        in_i = i < K
+        score_i = tl.load(in_score_ptr + user * K + i, mask=in_i, other=float("-inf"))
+        index_i = tl.load(in_index_ptr + user * K + i, mask=in_i, other=-1)
+        valid_i = in_i & (score_i > float("-inf"))
+        key_i = _ordered_key(score_i)
+        # rank_i = valid entries before i; indices are unique, so ranks are too.
+        rank = tl.zeros((BLOCK_K,), dtype=tl.int32)
+        for start in range(0, K, CHUNK):
+            j = start + tl.arange(0, CHUNK)
+            in_j = j < K
+            score_j = tl.load(in_score_ptr + user * K + j, mask=in_j, other=float("-inf"))
+            index_j = tl.load(in_index_ptr + user * K + j, mask=in_j, other=-1)
+            valid_j = in_j & (score_j > float("-inf"))
+            key_j = _ordered_key(score_j)
+            before = (key_j[None, :] > key_i[:, None]) | ((key_j[None, :] == key_i[:, None])
+                                                          & (index_j[None, :] < index_i[:, None]))
+            rank += tl.sum((valid_j[None, :] & before).to(tl.int32), axis=1)
+        parent = index_i // STRIDE
+        rest = index_i % STRIDE
+        if CSR:
+            # rest is the child's slot in its parent's children list, whose position is the node id.
+            parent_node = tl.load(parents_ptr + user * W + parent, mask=valid_i, other=0)
+            node = tl.load(child_ptr_ptr + parent_node, mask=valid_i, other=0) + rest
+            token = tl.load(child_codes_ptr + node, mask=valid_i, other=0)
+            tl.store(out_node_ptr + user * K + rank, node.to(tl.int64), mask=valid_i)
+        else:
+            token = rest
+        out = user * K + rank
+        tl.store(out_score_ptr + out, score_i, mask=valid_i)
+        tl.store(out_parent_ptr + out, parent.to(tl.int64), mask=valid_i)
+        tl.store(out_token_ptr + out, token.to(tl.int64), mask=valid_i)
+        n_valid = tl.sum(valid_i.to(tl.int32), axis=0)
+        empty = in_i & (i >= n_valid)
+        tl.store(out_score_ptr + user * K + i, tl.full((BLOCK_K,), float("-inf"), tl.float32), mask=empty)
+        minus_one = tl.full((BLOCK_K,), -1, tl.int64)
+        tl.store(out_parent_ptr + user * K + i, minus_one, mask=empty)
+        tl.store(out_token_ptr + user * K + i, minus_one, mask=empty)
+        if CSR:
+            tl.store(out_node_ptr + user * K + i, minus_one, mask=empty)
+
+
 def _row_warps(block_v: int) -> int:
     return 4 if block_v <= 2048 else 8 if block_v <= 8192 else 16
 
@@ -243,10 +297,22 @@ def beam_step_triton(
         num_warps=_row_warps(block_v),
     )
 
+    return merge_row_candidates(scores, index, k, V)
+
+
+def merge_row_candidates(scores: torch.Tensor, index: torch.Tensor, k: int, stride: int, children=None):
+    """Stages 2 and 3 of the Triton beam step, shared with the CSR-driven step (csr_beam_step):
+    (U, n) unordered per-row survivors (fp32 scores, -inf empty; int32 flat indices
+    parent * stride + rest, -1 empty) -> each user's best k, ordered like the reference.
+
+    Without `children`, rest is the token: returns (scores, parent, token). With children =
+    (parents (U, W) int64 node ids, child_ptr, child_codes), rest is the slot in the parent node's
+    children list: returns (scores, parent, token, node), node being the child's node id."""
+    U, n_slots = scores.shape
+    device = scores.device
     # Stage 2: per user, best k of groups of slots until one group remains (always >= 1 level,
-    # which also pads to k slots when W * min(k, V) < k).
+    # which also pads to k slots when n < k).
     block_k = max(16, next_power_of_2(k))
-    n_slots = W * k_row
     while True:
         block = max(16, min(next_power_of_2(n_slots), max(MERGE_BLOCK, 2 * block_k)))
         n_groups = triton.cdiv(n_slots, block)
@@ -260,12 +326,21 @@ def beam_step_triton(
         if n_groups == 1:
             break
 
-    # Stage 3: order the k survivors by (score desc, flat index asc): sort by index, then stable by score.
-    index = index.long()
-    by_index = torch.argsort(torch.where(index >= 0, index, torch.iinfo(torch.int64).max), dim=1)
-    scores, index = scores.gather(1, by_index), index.gather(1, by_index)
-    by_score = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    return _finish(scores.gather(1, by_score), index.gather(1, by_score), V)
+    # Stage 3: each survivor to its rank (score desc, flat index asc) by counting the survivors
+    # before it, with parent and token (and node) decoded from its index: one launch.
+    out_scores = torch.empty((U, k), dtype=torch.float32, device=device)
+    parent = torch.empty((U, k), dtype=torch.int64, device=device)
+    token = torch.empty((U, k), dtype=torch.int64, device=device)
+    node = torch.empty((U, k), dtype=torch.int64, device=device) if children is not None else token
+    parents, child_ptr, child_codes = children if children is not None else (index, index, index)  # unused
+    _beam_emit_kernel[(U,)](
+        scores, index, parents, child_ptr, child_codes, out_scores, parent, token, node,
+        k, parents.shape[1] if children is not None else 1, stride,
+        CSR=children is not None, BLOCK_K=block_k, CHUNK=min(block_k, 64), num_warps=_row_warps(block_k),
+    )
+    if children is None:
+        return out_scores, parent, token
+    return out_scores, parent, token, node
 
 
 def beam_step(

@@ -73,9 +73,12 @@ class SIDIndex:
             + child
             for ptr, child in zip(self.child_ptr, self.child_codes)
         ]
-        # The most children any depth-(j+1) node has: `valid_mask` reads that many per parent, a
-        # static width, so it needs no host sync per call (this one happens once, here).
+        # The most children any depth-(j+1) node has: `valid_mask` reads that many per parent and
+        # `children` hands it to the decode step, a static width, so neither needs a host sync per
+        # call (this one happens once, here).
         self._max_children = [int(ptr.diff().max()) if ptr.numel() > 1 else 0 for ptr in self.child_ptr]
+        # The root as a one-parent CSR table, so `children(0)` looks like every other level.
+        self._root_ptr = torch.tensor([0, root_children.numel()], dtype=torch.long, device=root_children.device)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -251,6 +254,23 @@ class SIDIndex:
         row = torch.repeat_interleave(torch.arange(leaf.numel(), device=self.device), counts)
         offset = torch.arange(row.numel(), device=self.device) - ptr[row]
         return ptr, self.leaf_items[start[row] + offset]
+
+    def children(self, level: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The CSR children lists of the depth-`level` nodes (the codes that may follow each prefix).
+
+        Args:
+            level: depth of the parents (0 = root, ..., L-1).
+
+        Returns:
+            ptr (n_level + 1,) int64 offsets into codes; codes int64, the level+1 codes of each
+            parent's children, ascending inside its range; and the largest fan-out of the level
+            (known on the host, so a decode step can use it as a static width).
+        """
+        if not 0 <= level < self.n_levels:
+            raise ValueError(f"level must be in [0, {self.n_levels - 1}] (the parents' depth); got {level}")
+        if level == 0:
+            return self._root_ptr, self.root_children, int(self.root_children.numel())
+        return self.child_ptr[level - 1], self.child_codes[level - 1], self._max_children[level - 1]
 
     def valid_mask(self, level: int, node_ids: torch.Tensor, codebook_size: int | None = None) -> torch.Tensor:
         """Which next codes exist below each parent node.

@@ -4,12 +4,14 @@ One request batch runs both DBR branches (long, short) as one batch of stacked u
   level 1: one BOS query per user cross-attends the branch window;
   level l > 1: W beam queries per user cross-attend their in-bucket keys (S2D): the user's
   history sorted by s1 once, so a beam's bucket is one contiguous key range.
-Each step's self-attention over the SID prefix reuses cached keys/values. The beam step
-(log-softmax, + beam score, constraint mask, top-W) and the decode cross-attention go through
-genret.kernels' dispatchers, so the same code runs the PyTorch reference on CPU and the Triton
-kernels on CUDA. Finished SIDs expand to items through the SID index; the branches are merged
-(each weighted by its routing prior from training; by default an item found by both scores the
-sum of its two weighted probabilities) and the top k distinct items returned.
+Each step's self-attention over the SID prefix reuses cached keys/values (one preallocated
+buffer, reordered by parent beam). The prefix self-attention, the beam step (the LM head's
+epilogue: log-softmax, + beam score, the SID index's CSR children lists as the constraint,
+top-W) and the decode cross-attention go through genret.kernels' dispatchers, so the same code
+runs the PyTorch references on CPU and the Triton kernels on CUDA. Finished SIDs expand to items
+through the SID index; the branches are merged (each weighted by its routing prior from
+training; by default an item found by both scores the sum of its two weighted probabilities) and
+the top k distinct items returned.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
+from genret.decoding.decode_weights import DecodeWeights, decode_weights
 from genret.decoding.op_count import LEVEL_STEP
 from genret.decoding.topk import distinct_topk
-from genret.kernels import beam_step, decode_cross_attention
+from genret.kernels import csr_beam_step, decode_cross_attention, prefix_self_attention
 from genret.models.dualgr import DualGR
 
 
@@ -160,54 +163,70 @@ def _sorted_by_bucket(model: DualGR, window: torch.Tensor, side: torch.Tensor
     return window.gather(1, order), side.gather(1, order.unsqueeze(-1).expand_as(side)), order
 
 
+def _bucket_keys(model: DualGR, sorted_items: torch.Tensor) -> torch.Tensor:
+    """(U, T) bucket-sorted history -> (U, 1 + T) the s1 of each key row of the user's segment:
+    -1 for the user token (below every code), then the actions' s1, K for padding (above every
+    code). Ascending, so a beam's bucket is one searchsorted away; built once per request."""
+    K = model.cfg.codebook_size
+    s1 = model_codes(model, sorted_items)[..., 0]
+    s1 = torch.where(sorted_items >= 0, s1, torch.full_like(s1, K))
+    return F.pad(s1, (1, 0), value=-1).contiguous()
+
+
+def _key_ranges(bucket_keys: torch.Tensor, beam_s1: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """bucket_keys (U, 1 + T) from `_bucket_keys`, beam s1 (U, W) -> key_lo, key_hi (U, W) relative
+    to the segment start (the user token's row counts, so the actions start at 1), capped to the
+    `cap` most recent keys of the bucket."""
+    beam_s1 = beam_s1.contiguous()
+    lo = torch.searchsorted(bucket_keys, beam_s1, right=False)
+    hi = torch.searchsorted(bucket_keys, beam_s1, right=True)
+    return torch.maximum(lo, hi - cap), hi
+
+
 def _bucket_ranges(model: DualGR, sorted_items: torch.Tensor, beam_s1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(U, T) bucket-sorted history, (U, W) beam s1 -> key_lo, key_hi (U, W), relative to the
     segment start (+1 for the user token), capped to the `in_bucket_cap` most recent."""
-    K = model.cfg.codebook_size
-    s1 = model_codes(model, sorted_items)[..., 0]
-    s1 = torch.where(sorted_items >= 0, s1, torch.full_like(s1, K))  # padding sorts after every bucket
-    lo = torch.searchsorted(s1.contiguous(), beam_s1.contiguous(), right=False)
-    hi = torch.searchsorted(s1.contiguous(), beam_s1.contiguous(), right=True)
-    lo = torch.maximum(lo, hi - model.cfg.in_bucket_cap)
-    return lo + 1, hi + 1
+    return _key_ranges(_bucket_keys(model, sorted_items), beam_s1, model.cfg.in_bucket_cap)
 
 
 class _PrefixCache:
-    """Self-attention keys/values of the SID prefix tokens, per block: (U, W, n, H, Dh)."""
+    """Self-attention keys/values of the SID prefix tokens, every block in one buffer allocated at the
+    first use: (n_blocks, U, max_width, n_levels, 2, H, Dh). Level l's tokens go to slot l of their
+    beams' rows (genret.kernels.prefix_self_attention writes them); `reorder` then moves each
+    surviving beam's ancestry (its parent's row, slots 0..l) into the beam's own row for every
+    block at once: one gather and one copy a level, where a cat and a gather per block and level
+    rebuilt the cache before."""
 
-    def __init__(self, n_blocks: int):
-        self.keys: list[torch.Tensor | None] = [None] * n_blocks
-        self.values: list[torch.Tensor | None] = [None] * n_blocks
+    def __init__(self, n_blocks: int, n_users: int, max_width: int, n_levels: int, n_heads: int, head_dim: int,
+                 device: torch.device):
+        self.shape = (n_blocks, n_users, max_width, n_levels, 2, n_heads, head_dim)
+        self.users = torch.arange(n_users, device=device).unsqueeze(1)  # (U, 1), indexes rows by user
+        self.buffer: torch.Tensor | None = None
+        self.level = 0  # the slot this level's tokens go to
 
-    def extend(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v = k.unsqueeze(2), v.unsqueeze(2)  # (U, W, 1, H, Dh)
-        if self.keys[block] is not None:
-            W = k.shape[1]
-            k = torch.cat([self.keys[block].expand(-1, W, -1, -1, -1), k], dim=2)
-            v = torch.cat([self.values[block].expand(-1, W, -1, -1, -1), v], dim=2)
-        self.keys[block], self.values[block] = k, v
-        return k, v
+    def block(self, b: int, like: torch.Tensor) -> torch.Tensor:
+        """Block b's cache (U, max_width, n_levels, 2, H, Dh), in `like`'s dtype (the projections')."""
+        if self.buffer is None:
+            self.buffer = like.new_empty(self.shape)
+        return self.buffer[b]
 
-    def reorder(self, parent: torch.Tensor) -> None:
-        """Keep the caches of the surviving beams' parents. parent (U, W') in [0, W)."""
-        for b, (k, v) in enumerate(zip(self.keys, self.values)):
-            if k is None:
-                continue
-            idx = parent.clamp(min=0)
-            if k.shape[1] == 1:  # shared BOS cache
-                self.keys[b], self.values[b] = k.expand(-1, idx.shape[1], -1, -1, -1), v.expand(-1, idx.shape[1], -1, -1, -1)
-                continue
-            gather = idx[:, :, None, None, None].expand(-1, -1, *k.shape[2:])
-            self.keys[b], self.values[b] = k.gather(1, gather), v.gather(1, gather)
+    def reorder(self, parent_row: torch.Tensor) -> None:
+        """Keep the surviving beams' ancestries. parent_row (U, W') in [0, W) (an empty slot may
+        point anywhere: its score is -inf, so it never becomes a parent)."""
+        self.level += 1
+        ancestry = self.buffer[:, self.users, parent_row, :self.level]  # (n_blocks, U, W', level, 2, H, Dh)
+        self.buffer[:, :, :parent_row.shape[1], :self.level] = ancestry
 
 
-def _decoder_step(model: DualGR, x: torch.Tensor, cache: _PrefixCache, ctx: _Context,
+def _decoder_step(model: DualGR, weights: DecodeWeights, x: torch.Tensor, cache: _PrefixCache, ctx: _Context,
                   key_lo: torch.Tensor, key_hi: torch.Tensor, kernel: str) -> torch.Tensor:
     """One new prefix token per beam through every block. x (U, W, d) -> hidden (U, W, d)."""
     U, W, _ = x.shape
     target_positions = ctx.lengths.unsqueeze(1).expand(U, W)
     for b, block in enumerate(model.blocks):
-        x = block.cached_self_attention(x, lambda k, v: cache.extend(b, k, v))
+        x = block.cached_self_attention(
+            x, weights.qkv[b],
+            lambda qkv: prefix_self_attention(qkv, cache.block(b, qkv), cache.level, kernel=kernel))
         x = block.cross_attention(
             # The padded layout fixes every segment's length (ctx.rows), so nothing is read on the host.
             x, lambda q: decode_cross_attention(q, ctx.keys[b], ctx.values[b], ctx.seg_offsets, key_lo, key_hi,
@@ -229,6 +248,7 @@ class _EncodedHistories:
     kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block (U, 1+T, H, Dh) keys, values
     full_sorted: torch.Tensor | None  # (U, T) sorted by (s1, time); None without S2D
     fine: _Context | None
+    bucket_keys: torch.Tensor | None = None  # (U, 1+T) s1 of the fine context's key rows (`_bucket_keys`)
 
 
 def _encode_histories(model: DualGR, hist: Histories, copies: int = 1) -> _EncodedHistories:
@@ -247,7 +267,7 @@ def _encode_histories(model: DualGR, hist: Histories, copies: int = 1) -> _Encod
     users = torch.arange(full.shape[0], device=full.device).repeat(copies)
     full_sorted, order = full_sorted.repeat(copies, 1), order.repeat(copies, 1)
     fine = _pack_context(model, ctx, kv, order, full_sorted, order, users)
-    return _EncodedHistories(full, ctx, kv, full_sorted, fine)
+    return _EncodedHistories(full, ctx, kv, full_sorted, fine, _bucket_keys(model, full_sorted))
 
 
 @torch.no_grad()
@@ -288,47 +308,50 @@ def _beam_search(model: DualGR, index, coarse: _Context, encoded: _EncodedHistor
     L, K = cfg.n_levels, cfg.codebook_size
     U = coarse.lengths.shape[0]
     device = coarse.lengths.device
-    full_sorted, fine = encoded.full_sorted, encoded.fine
-    cache = _PrefixCache(len(model.blocks))
+    fine = encoded.fine
+    weights = decode_weights(model)
+    heads = model.blocks[0].self_attn
+    cache = _PrefixCache(len(model.blocks), U, beam_width, L, heads.n_heads, heads.head_dim, device)
 
     # Level 1: one start query per user (BOS, plus the newest action with last_action_query) over the window.
     x = model.start_tokens(coarse.latest)  # (U, 1, d)
     lo = torch.ones(U, 1, dtype=torch.long, device=device)
     hi = (coarse.lengths + 1).unsqueeze(1)
     with record_function(LEVEL_STEP):
-        hidden = _decoder_step(model, x, cache, coarse, lo, hi, kernel)
+        hidden = _decoder_step(model, weights, x, cache, coarse, lo, hi, kernel)
         logits = model.heads[0](hidden)  # (U, 1, K)
         root = torch.zeros(U, 1, dtype=torch.long, device=device)
-        allowed = index.valid_mask(0, root.reshape(-1)).reshape(U, 1, K)
         scores = torch.zeros(U, 1, device=device)
-        scores, parent, token = beam_step(logits.float(), scores, allowed, min(beam_width, K), kernel=kernel)
+        # node: each new beam's node in the index (depth 1), whose children the next level expands.
+        scores, parent, token, node = csr_beam_step(logits, scores, root, *index.children(0), min(beam_width, K),
+                                                    kernel=kernel)
         prefix = token.unsqueeze(-1)  # (U, W, 1)
-        cache.reorder(parent)
+        if L > 1:
+            cache.reorder(parent.clamp(min=0))
 
     for level in range(1, L):
         with record_function(LEVEL_STEP):
-            alive = token >= 0
             safe_prefix = prefix.clamp(min=0)
-            x = model.prefix_embeddings[level - 1](safe_prefix[..., -1]) + model.level_position[level]
+            x = F.embedding(safe_prefix[..., -1], weights.prefix_tokens[level - 1])  # code + level position
             W = x.shape[1]
             if cfg.use_s2d:
                 ctx = fine
-                lo, hi = _bucket_ranges(model, full_sorted, safe_prefix[..., 0])
+                lo, hi = _key_ranges(encoded.bucket_keys, safe_prefix[..., 0], cfg.in_bucket_cap)
             else:
                 ctx = coarse
                 lo = torch.ones(U, W, dtype=torch.long, device=device)
                 hi = (coarse.lengths + 1).unsqueeze(1).expand(U, W)
-            hidden = _decoder_step(model, x, cache, ctx, lo, hi, kernel)
+            hidden = _decoder_step(model, weights, x, cache, ctx, lo, hi, kernel)
             logits = model.heads[level](hidden)  # (U, W, K)
-            nodes = index.node_of(safe_prefix.reshape(U * W, level))  # depth-`level` node of each beam
-            allowed = index.valid_mask(level, nodes.clamp(min=0)).reshape(U, W, K)
-            allowed &= (alive & (nodes.reshape(U, W) >= 0)).unsqueeze(-1)
-            beam_scores = torch.where(alive, scores, torch.full_like(scores, float("-inf")))
-            scores, parent, token = beam_step(logits.float(), beam_scores, allowed, min(beam_width, W * K),
-                                              kernel=kernel)
-            gather = parent.clamp(min=0).unsqueeze(-1).expand(-1, -1, prefix.shape[-1])
-            prefix = torch.cat([prefix.gather(1, gather), token.unsqueeze(-1)], dim=-1)
-            cache.reorder(parent)
+            # Each beam's children under its depth-`level` node are its candidates; a dead beam
+            # (node -1, score -inf) has none.
+            scores, parent, token, node = csr_beam_step(logits, scores, node, *index.children(level),
+                                                        min(beam_width, W * K), kernel=kernel)
+            parent_row = parent.clamp(min=0)
+            prefix = torch.cat([prefix.gather(1, parent_row.unsqueeze(-1).expand(-1, -1, level)),
+                                token.unsqueeze(-1)], dim=-1)
+            if level < L - 1:  # the last level's cache is never read again
+                cache.reorder(parent_row)
     dead = ~torch.isfinite(scores)
     prefix = prefix.masked_fill(dead.unsqueeze(-1), -1)
     return prefix, scores

@@ -24,6 +24,12 @@ Both are properties of the op stream, not of the GPU, so they are counted on a C
   On CUDA `torch.cuda.set_sync_debug_mode("warn")` is the device's own check; this list is what
   makes the count measurable on a CPU, where nothing ever waits.
 
+* **Triton kernels**: a Triton launch (`kernel[grid](...)`) is no ATen op, so the dispatch mode
+  alone would not see it (and under TRITON_INTERPRET=1 it would see the interpreter's own tensor
+  copies instead). While counting, `triton.runtime.jit.KernelInterface.__getitem__` is wrapped:
+  each launch counts as one op named `triton.<kernel>` and nothing run inside it is counted, so
+  the Triton path's count is its real launch count on CUDA and in the interpreter alike.
+
 Regions: counts are kept per `torch.profiler.record_function` name (the decode loop marks each
 level-step `genret.decode.level_step`), so a caller can tell the loop from the set-up around it.
 The record_function markers themselves are not counted.
@@ -87,6 +93,36 @@ def _forces_sync(func, args, kwargs, out) -> bool:
     return False
 
 
+def _count_triton_launches(counter: "OpCounter"):
+    """Make every Triton launch count as one op of `counter` until the returned undo is called."""
+    try:
+        from triton.runtime.jit import KernelInterface
+    except Exception:  # no triton (or a broken install): nothing can launch
+        return lambda: None
+    original = KernelInterface.__getitem__
+
+    def counted_getitem(kernel, grid):
+        launch = original(kernel, grid)
+        name = getattr(getattr(kernel, "fn", kernel), "__name__", "kernel")
+
+        def counted_launch(*args, **kwargs):
+            counter._record_launch(f"triton.{name}")
+            counter._inside_kernel += 1
+            try:
+                return launch(*args, **kwargs)
+            finally:
+                counter._inside_kernel -= 1
+
+        return counted_launch
+
+    KernelInterface.__getitem__ = counted_getitem
+
+    def undo():
+        KernelInterface.__getitem__ = original
+
+    return undo
+
+
 @dataclass
 class RegionCount:
     """ops: kernels launched; syncs: host synchronisations; entries: times the region was entered."""
@@ -105,7 +141,8 @@ class _HostReads(TorchFunctionMode):
         self.counter = counter
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in (torch.Tensor.tolist, torch.Tensor.numpy) and args and not args[0].is_cuda:
+        if (func in (torch.Tensor.tolist, torch.Tensor.numpy) and args and not args[0].is_cuda
+                and not self.counter._inside_kernel):
             self.counter._record_sync(f"Tensor.{func.__name__}")
         return func(*args, **(kwargs or {}))
 
@@ -126,15 +163,24 @@ class OpCounter(TorchDispatchMode):
         self.sync_sites: Counter = Counter()
         self._stack: list[str] = []
         self._host_reads = _HostReads(self)
+        self._inside_kernel = 0  # > 0 while a Triton launch runs (the interpreter's ops are not counted)
+        self._unwrap_triton = lambda: None
 
     def __enter__(self):
+        self._unwrap_triton = _count_triton_launches(self)
         self._host_reads.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc):
         out = super().__exit__(*exc)
         self._host_reads.__exit__(*exc)
+        self._unwrap_triton()
         return out
+
+    def _record_launch(self, name: str) -> None:
+        for count in self._counts():
+            count.ops += 1
+            count.op_names[name] += 1
 
     def _counts(self):
         yield self.total
@@ -159,6 +205,8 @@ class OpCounter(TorchDispatchMode):
                 self._stack.pop()
             return func(*args, **kwargs)
         out = func(*args, **kwargs)
+        if self._inside_kernel:
+            return out
         if _forces_sync(func, args, kwargs, out):
             self._record_sync(str(func.overloadpacket.__name__))
         if not func.is_view and func not in _NO_KERNEL:

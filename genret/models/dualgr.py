@@ -127,18 +127,18 @@ class DecoderBlock(nn.Module):
         causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
         return x + self.drop(self.self_attn.attend(q, k, v, causal.expand(x.shape[0], -1, -1)))
 
-    def cached_self_attention(self, x: torch.Tensor, extend_cache) -> torch.Tensor:
-        """One new prefix token per beam: x (U, W, d). `extend_cache(k, v)` appends this token's keys /
-        values (U, W, H, Dh) to the beams' prefix cache and returns all of them, (U, W, n, H, Dh)."""
-        U, W, _ = x.shape
-        h = self.norm_self(x)
-        q = self.self_attn.project_q(h)  # (U, W, H, Dh)
-        k, v = extend_cache(*self.self_attn.project_kv(h))
-        # One query over at most n_levels keys: an explicit softmax. SDPA's tiled kernels spent 64x64
-        # tiles on it (1.3 ms a call at 32 users x 256 beams on an H100, a third of the decode).
-        scores = torch.einsum("uwhd,uwnhd->uwhn", q, k).float() * q.shape[-1] ** -0.5
-        att = torch.einsum("uwhn,uwnhd->uwhd", scores.softmax(-1).to(v.dtype), v)
-        return x + self.drop(self.self_attn.out(att.reshape(U, W, -1)))
+    def cached_self_attention(self, x: torch.Tensor, qkv_projection: tuple[torch.Tensor, torch.Tensor],
+                              attend_prefix) -> torch.Tensor:
+        """One new prefix token per beam: x (U, W, d).
+
+        qkv_projection: this block's (weight (3d, d), bias (3d,)) projecting to the query (scaled by
+        Dh^-0.5), key and value in one matmul (genret.decoding.decode_weights). `attend_prefix(qkv)`
+        takes that projection (U, W, 3d), adds the token's key / value to the beams' prefix cache
+        and returns the heads' attention over the prefix, (U, W, H, Dh)
+        (genret.kernels.prefix_self_attention)."""
+        U, W, d = x.shape
+        att = attend_prefix(F.linear(self.norm_self(x), *qkv_projection))
+        return x + self.drop(self.self_attn.out(att.reshape(U, W, d)))
 
     def cross_attention(self, x: torch.Tensor, attend_heads, place_queries=None) -> torch.Tensor:
         """x + out(attend_heads(q)): q (..., H, Dh) is this block's query projection of LN(x),

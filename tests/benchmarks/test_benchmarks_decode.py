@@ -50,3 +50,14 @@ def test_count_ops_prints_one_json_line_last(bench, capsys):
     assert result["level_steps"] == 3  # 3 levels, both DBR branches in one batch
     assert result["ops_per_level_step"] > 0
     assert result["roofline"]["flops"] > 0 and result["roofline"]["bytes"] > 0
+
+
+def test_bf16_weights_run_decodes_every_path_in_bf16(bench, capsys):
+    # Serving in bf16 weights (no autocast): the model really is bf16, and every path still runs.
+    args = bench.parse_args(TINY + ["--precision", "bf16-weights"])
+    model, _ = bench.build(args)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert bench.main(TINY + ["--no-triton", "--no-kernel-bench", "--precision", "bf16-weights"]) == 0
+    out = capsys.readouterr().out
+    assert "precision bf16-weights" in out
+    assert "naive (recompute" in out and "reference (kernel=torch)" in out

@@ -54,14 +54,17 @@ def teacher_forced_logprob(model, history, target, codes, side=None):
     # The action encoder: its tokens are computed over the whole history, also for a narrow window.
     (True, 2, True, True, 1, 30), (False, 0, False, False, 2, 30), (True, 0, True, False, 2, 4),
     (False, 2, False, True, 1, 4)])
-def test_beam_scores_equal_teacher_forced_log_probs(use_s2d, n_side, rope, last, enc, window):
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
+def test_beam_scores_equal_teacher_forced_log_probs(use_s2d, n_side, rope, last, enc, window, kernel):
+    if kernel == "triton":
+        pytest.importorskip("triton")
     model, index, codes = make_model(use_dbr=False, use_s2d=use_s2d, n_side_features=n_side, side_buckets=5,
                                      cross_rope=rope, last_action_query=last, encoder_blocks=enc,
                                      long_window=window, short_window=min(4, window))
     history = [3, 7, 11, 12, 15, 19, 20, 23, 27, 3]
     side = torch.randint(0, 6, (len(history), n_side), generator=torch.Generator().manual_seed(2)) if n_side else None
     sids, scores = decode_branch(model, index, histories([history], side), window_width=window, beam_width=64,
-                                 kernel="torch")
+                                 kernel=kernel)
     # With a beam this wide every existing SID is enumerated; each score must be the teacher-forced one.
     found = 0
     for target in (0, 5, 13, 22):

@@ -54,3 +54,24 @@ def test_the_decode_loop_forces_no_host_sync(use_s2d, rope, dbr):
     assert steps.entries == L  # both DBR branches decode as one batch
     assert steps.syncs == 0, counter.sync_sites
     assert steps.ops > 0
+
+
+def test_a_triton_launch_counts_as_one_op_and_its_insides_as_none():
+    # A Triton launch is no ATen op: the counter wraps the launch so that it counts once, and the
+    # interpreter's own tensor copies inside it (TRITON_INTERPRET=1 on a CPU) count not at all.
+    pytest.importorskip("triton")
+    from genret.kernels import beam_step_triton
+    from genret.kernels.dispatch import interpreting
+
+    if not (interpreting() or torch.cuda.is_available()):
+        pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1")
+    device = "cpu" if interpreting() else "cuda"
+    logits, scores = torch.randn(2, 3, 10, device=device), torch.zeros(2, 3, device=device)
+    with OpCounter() as counter:
+        beam_step_triton(logits, scores, None, 4)
+    names = counter.total.op_names
+    assert names["triton._beam_row_kernel"] == 1 and names["triton._beam_merge_kernel"] == 1
+    assert "set_" not in names  # the interpreter's copies into numpy-backed storage
+    # Leaving the counter restores the launch path: no count outside it.
+    from triton.runtime.jit import KernelInterface
+    assert KernelInterface.__getitem__.__name__ == "__getitem__"

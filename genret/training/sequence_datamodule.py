@@ -226,13 +226,18 @@ class SequenceDataModule(pl.LightningDataModule):
             "valid", "test" (warm users) and "cold" (cold users).
         cold_seed_users: LOOC: users drawn whose final items become cold.
         cold_seed: LOOC: the draw's seed.
+        cold_sids: LOOC: "shared" (default) gives a cold item the fitted tokenizer's SID as it is, even
+            when a warm item holds it (the cold item is then listed right after it); "spread" moves
+            it to a free last code under the same prefix. The decoder's heads never saw a free code
+            as a target, so they give it almost no probability: with "spread" ML-1M's cold items
+            were all but never decoded (docs/experiments/2026-12-05-dualgr-cold-start.md).
     """
 
     def __init__(self, data: str = "synthetic", sid: SIDConfig = SIDConfig(), max_history: int = 200,
                  max_negatives: int = 64, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
                  load_options: dict | None = None, side_features: list[str] | None = None,
                  side_buckets: int = 16, train_windows: str = "last", protocol: str = "loo",
-                 cold_seed_users: int = 500, cold_seed: int = 0):
+                 cold_seed_users: int = 500, cold_seed: int = 0, cold_sids: str = "shared"):
         super().__init__()
         self.data = data
         self.load_options = dict(load_options or {})
@@ -250,6 +255,9 @@ class SequenceDataModule(pl.LightningDataModule):
         self.protocol = protocol
         self.cold_seed_users = cold_seed_users
         self.cold_seed = cold_seed
+        if cold_sids not in ("shared", "spread"):
+            raise ValueError(f"data.cold_sids must be 'shared' or 'spread', got {cold_sids!r}")
+        self.cold_sids = cold_sids
         self._ready = False
 
     # -- facts the model needs (valid after setup)
@@ -314,15 +322,15 @@ class SequenceDataModule(pl.LightningDataModule):
 
     def cold_items(self) -> tuple[np.ndarray, np.ndarray]:
         """LOOC: the cold items' raw ids and SIDs, their content vectors encoded by the tokenizer fitted
-        on the warm items (no refit; with unique_sids a taken SID moves to a free last code, warm
-        SIDs unchanged); pass them to `Retriever.add_items` after training. Their dense ids in the
-        full catalogue follow the warm ones, in this order."""
+        on the warm items (no refit; with `cold_sids: spread` a taken SID moves to a free last
+        code; warm SIDs never change); pass them to `Retriever.add_items` after training. Their
+        dense ids in the full catalogue follow the warm ones, in this order."""
         from genret.tokenizers.unique_codes import spread_added_items
 
         if self.cold_split is None:
             raise ValueError("cold_items exists under data.protocol: looc only")
         codes = self.tokenizer.encode(self.cold_vectors)
-        if self.sid.unique_sids:
+        if self.cold_sids == "spread":
             codes = spread_added_items(self.tokenizer, self.cold_vectors, codes, self.codes)
         return self.cold_split.log.item_ids[self.n_items:], codes
 

@@ -109,9 +109,12 @@ def test_content_vectors_and_sids_are_fitted_without_cold_items(tiny_ml, tmp_pat
 def test_a_cold_item_gets_a_sid_from_the_fitted_tokenizer_and_is_retrievable(tiny_ml):
     dm = looc_dm(tiny_ml)
     n_warm = dm.n_items
-    raw_ids, codes = dm.cold_items()
-    # The fitted tokenizer's codes; only a last code may move, off a taken SID (unique_sids).
     greedy = dm.tokenizer.encode(dm.cold_vectors)
+    raw_ids, shared = dm.cold_items()
+    assert np.array_equal(shared, greedy)  # the default: the fitted tokenizer's SIDs as they are
+    dm.cold_sids = "spread"
+    raw_ids, codes = dm.cold_items()
+    # Spread: only a last code may move, off a taken SID.
     assert np.array_equal(codes[:, :-1], greedy[:, :-1])
     taken = {tuple(c) for c in dm.codes.tolist()}
     for g, c in zip(greedy.tolist(), codes.tolist()):
@@ -231,3 +234,9 @@ def test_benchmark_looc_on_data_with_exposure_negatives(tmp_path):
     assert metrics["test"]["n_users"] == metrics["looc"]["warm_test_users"] and metrics["cold"]["n_users"] > 0
     # The popularity row is on the same (warm) test users.
     assert metrics["baselines"]["popularity"]["test"]["n_users"] == metrics["test"]["n_users"]
+
+
+def test_cold_sids_must_be_shared_or_spread():
+    with pytest.raises(ValueError, match="data.cold_sids must be 'shared' or 'spread'"):
+        SequenceDataModule(data="synthetic", protocol="looc", cold_sids="nearest",
+                           sid=SIDConfig(embeddings="content"))

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from genret.eval.metrics import paired_hit_difference_over_seeds
+from genret.eval.metrics import hits_at, paired_hit_difference_over_seeds
 
 __all__ = ["summarize_ablations", "format_ablation_summary", "format_group_summary"]
 
@@ -112,7 +112,7 @@ def _group_block(per: list[Mapping[str, Any]], reference: list[Mapping[str, Any]
         ranks = [np.asarray(r[key])[mask] for r in per]
         row: dict[str, Any] = {"n_users": int(mask.sum())}
         for k in ks:
-            row[f"hr@{k}"] = float(np.mean([((x >= 0) & (x < k)).mean() for x in ranks])) if mask.any() else None
+            row[f"hr@{k}"] = float(np.mean([hits_at(x, k).mean() for x in ranks])) if mask.any() else None
         if not is_reference and mask.sum() > 1:
             ref = [np.asarray(r[key])[mask] for r in reference]
             row["paired"] = {f"hr@{k}": paired_hit_difference_over_seeds(ranks, ref, k) for k in ks}

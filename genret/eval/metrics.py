@@ -108,6 +108,11 @@ def ranking_metrics(ranked: Any, targets: Any, ks: Sequence[int] = DEFAULT_KS) -
     return out
 
 
+def hits_at(ranks: np.ndarray, k: int) -> np.ndarray:
+    """(m,) float64: 1 where a `target_ranks` rank is in the top k (-1 = not listed counts as a miss)."""
+    return ((ranks >= 0) & (ranks < k)).astype(np.float64)
+
+
 def paired_hit_difference(ranks_a: Any, ranks_b: Any, k: int) -> tuple[float, float]:
     """HR@k of A minus HR@k of B on the same users, with the half-width of its 95% interval.
 
@@ -128,7 +133,7 @@ def paired_hit_difference(ranks_a: Any, ranks_b: Any, k: int) -> tuple[float, fl
         raise ValueError(f"ranks_a and ranks_b must be (m,) for the same users, got {a.shape} and {b.shape}")
     if a.shape[0] == 0:
         raise ValueError("no users to compare (the rank arrays are empty)")
-    diff = ((a >= 0) & (a < k)).astype(np.float64) - ((b >= 0) & (b < k)).astype(np.float64)
+    diff = hits_at(a, k) - hits_at(b, k)
     half_width = 1.96 * float(diff.std(ddof=1)) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
     return float(diff.mean()), half_width
 
@@ -171,7 +176,7 @@ def paired_hit_difference_over_seeds(ranks_a: Sequence[Any], ranks_b: Sequence[A
                              f"and {b.shape}")
         if a.shape[0] == 0:
             raise ValueError("no users to compare (the rank arrays are empty)")
-        diffs.append(((a >= 0) & (a < k)).astype(np.float64) - ((b >= 0) & (b < k)).astype(np.float64))
+        diffs.append(hits_at(a, k) - hits_at(b, k))
     per_user = np.mean(diffs, axis=0)  # (m,) each user's difference averaged over seeds
     m = per_user.shape[0]
     half = 1.96 * float(per_user.std(ddof=1)) / np.sqrt(m) if m > 1 else 0.0

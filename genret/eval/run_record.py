@@ -10,6 +10,7 @@ block reuse (a fix elsewhere in the tree should not throw away hours of training
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,6 @@ def write_run_record(out_dir: str | Path, signature: dict[str, Any], result: dic
 def read_run_record(out_dir: str | Path, signature: dict[str, Any]) -> dict[str, Any] | None:
     """The recorded result when out_dir holds a finished run with this signature, else None (and a
     log line saying why a record that is there is not used)."""
-    import json
-
     path = Path(out_dir) / RECORD_NAME
     if not path.is_file():
         return None

@@ -20,7 +20,8 @@ difference to DualGR with a 95% interval (genret.eval.ablations), under "ablatio
 
 `--resume` reads back every run already finished in DIR with the same settings (its
 run_result.json) and trains only the others: a long `--ablations --seeds 3` job can be stopped and
-started again, or extended by seeds (`--seeds 0,1,2` after `--seeds 0,1`).
+started again, or extended by seeds (`--seeds 0,1,2` after `--seeds 0,1`); a run stopped during
+training continues from its last finished epoch (DIR/.../checkpoints/last.ckpt), not from scratch.
 
 `--sweep KEY=V1,V2,...` (e.g. `model.config.short_window=4,16,64`, the paper's Fig. 2) trains the
 model once per value (and seed) and reports validation only: a setting is chosen on validation,
@@ -52,7 +53,8 @@ def main(argv: list[str]) -> int:
                              "and report validation metrics only")
     parser.add_argument("--resume", action="store_true",
                         help="reuse every DualGR / TIGER run (variant, seed, sweep value) whose folder holds a "
-                             "finished run_result.json with the same settings, and train only the rest")
+                             "finished run_result.json with the same settings, continue runs stopped during "
+                             "training from their last epoch, and train only the rest")
     parser.add_argument("--eval_batch_size", type=int, default=64)
     parser.add_argument("--max_eval_users", type=int, default=None, help="evaluate on the first N users only")
     parser.add_argument("--kernel", default="auto", choices=("auto", "torch", "triton"))

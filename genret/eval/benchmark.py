@@ -60,10 +60,13 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
     Every finished run writes out_dir/run_result.json (genret.eval.run_record). With `resume`, a
     run whose record was written with these same settings (config text, data, overrides, seed,
     cut-offs, evaluation options) is read back instead of trained again, so a long `--seeds` or
-    `--ablations` job that stopped half-way picks up where it stopped.
+    `--ablations` job that stopped half-way picks up where it stopped; a run that stopped during
+    training (its out_dir/run_started.json has these settings) continues from its last epoch's
+    checkpoint.
     """
     from genret.decoding.retriever import Retriever
-    from genret.eval.run_record import RECORD_NAME, read_run_record, run_signature, write_run_record
+    from genret.eval.run_record import (RECORD_NAME, mark_run_started, read_run_record, run_signature,
+                                        unfinished_checkpoint, write_run_record)
     from genret.training.run import build, fit
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +88,14 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
     # Whatever record is there describes a run this one replaces: it must not outlive it half-way.
     (out_dir / RECORD_NAME).unlink(missing_ok=True)
     if checkpoint is None:
-        ckpt, seconds = fit(module, dm, trainer, out_dir)
+        unfinished = unfinished_checkpoint(out_dir, signature) if resume else None
+        if unfinished is None:
+            mark_run_started(out_dir, signature)
+        else:
+            # Lightning restores weights, optimiser, schedule, epoch, EMA and the epoch selection;
+            # the batch order after the stop is not the one the uninterrupted run would have drawn.
+            log.info("%s: continuing the unfinished run in %s from %s", variant, out_dir, unfinished)
+        ckpt, seconds = fit(module, dm, trainer, out_dir, ckpt_path=None if unfinished is None else str(unfinished))
     else:
         ckpt, seconds = Path(checkpoint), 0.0
         dm.setup("fit")
@@ -99,6 +109,8 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
         result["short_weight"] = retriever.short_weight
     if seed is not None:
         result["seed"] = int(seed)
+    if checkpoint is None and unfinished is not None:
+        result["continued_from"] = str(unfinished)  # train_seconds counts the continuation only
     looc = getattr(dm, "cold_split", None) is not None
     if looc and "test" in stages:  # a validation-only run (a sweep) must not read the cold users either
         # DualGR's cold start: the cold items join the trained model's catalogue by the SIDs the

@@ -1,5 +1,7 @@
 """A finished benchmark run's result on disk (out_dir/run_result.json), so that `genret benchmark
---resume` can read it back instead of training the same run again.
+--resume` can read it back instead of training the same run again; and the mark of a run that has
+started (out_dir/run_started.json), so that `--resume` continues one that stopped half-way from its
+last epoch's checkpoint instead of starting it over.
 
 The record holds the run's signature: everything that decides its numbers (the config file's
 text, data, overrides, seed, cut-offs, evaluation options). A record is reused only when its
@@ -22,6 +24,8 @@ from genret.io import write_json
 log = logging.getLogger(__name__)
 
 RECORD_NAME = "run_result.json"
+STARTED_NAME = "run_started.json"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"  # genret.training.run.set_checkpointing writes it every epoch
 RECORD_VERSION = 1
 _RANKS = ("val_ranks", "test_ranks")
 
@@ -45,6 +49,34 @@ def write_run_record(out_dir: str | Path, signature: dict[str, Any], result: dic
 
     write_json(Path(out_dir) / RECORD_NAME, {"version": RECORD_VERSION, "commit": code_version(),
                                              "signature": signature, "result": result})
+
+
+def mark_run_started(out_dir: str | Path, signature: dict[str, Any]) -> None:
+    """Say which settings the training about to start in out_dir runs with (its checkpoints/ are
+    then this run's), so that a stopped run can be continued only by the same settings."""
+    from genret.eval.report import code_version
+
+    write_json(Path(out_dir) / STARTED_NAME, {"version": RECORD_VERSION, "commit": code_version(),
+                                              "signature": signature})
+
+
+def unfinished_checkpoint(out_dir: str | Path, signature: dict[str, Any]) -> Path | None:
+    """The last epoch's checkpoint of a run with this signature that started in out_dir and did not
+    finish, else None (and a log line saying why a checkpoint that is there is not used)."""
+    out_dir = Path(out_dir)
+    last = out_dir / LAST_CHECKPOINT
+    if not last.is_file():
+        return None
+    try:
+        started = json.loads((out_dir / STARTED_NAME).read_text())
+    except (OSError, ValueError):
+        log.warning("%s has no readable %s to say which settings wrote it; training the run from the start",
+                    last, STARTED_NAME)
+        return None
+    if started.get("version") != RECORD_VERSION or started.get("signature") != signature:
+        log.warning("%s belongs to a run with other settings; training the run from the start", last)
+        return None
+    return last
 
 
 def read_run_record(out_dir: str | Path, signature: dict[str, Any]) -> dict[str, Any] | None:

@@ -469,6 +469,53 @@ def test_benchmark_resume_reuses_finished_runs_and_trains_only_the_new_ones(tmp_
     assert (out / "seed_0" / "model.ckpt").stat().st_mtime_ns != stamps[0]
 
 
+def test_benchmark_resume_continues_a_run_stopped_during_training(tmp_path, tiny_args, monkeypatch):
+    from pytorch_lightning.callbacks import Callback
+
+    import genret.training.run as run
+    from genret.eval.benchmark import run_generative
+
+    class Epochs(Callback):  # records the epochs a fit trains; stops it at its 2nd epoch if asked
+        def __init__(self, stop: bool):
+            self.seen, self.stop = [], stop
+
+        def on_train_epoch_start(self, trainer, module):
+            self.seen.append(trainer.current_epoch)
+            if self.stop and trainer.current_epoch == 1:
+                raise RuntimeError("the machine went away")
+
+    fits, stop, real_fit = [], [True], run.fit
+
+    def fit(module, datamodule, trainer, out_dir, ckpt_path=None):
+        fits.append((Epochs(stop[0]), ckpt_path))
+        trainer.callbacks.insert(0, fits[-1][0])
+        return real_fit(module, datamodule, trainer, out_dir, ckpt_path=ckpt_path)
+
+    monkeypatch.setattr(run, "fit", fit)
+    out, config = tmp_path / "run", ROOT / "configs" / "quickstart.yaml"
+    kwargs = dict(data="synthetic:300x400", ks=(10,), max_eval_users=20, kernel="torch", resume=True,
+                  overrides=[*tiny_args, "--trainer.max_epochs", "2"])
+    with pytest.raises(RuntimeError, match="went away"):
+        run_generative(config, out, seed=0, **kwargs)
+    assert fits[-1][0].seen == [0, 1] and (out / "checkpoints" / "last.ckpt").is_file()
+    assert not (out / "run_result.json").exists()
+
+    # Other settings do not continue it: they start from the first epoch (and stop again).
+    with pytest.raises(RuntimeError, match="went away"):
+        run_generative(config, out, seed=1, **kwargs)
+    assert fits[-1][1] is None and fits[-1][0].seen == [0, 1]
+
+    # The same settings with --resume continue from the last finished epoch and finish the run.
+    stop[0] = False
+    result = run_generative(config, out, seed=1, **kwargs)
+    assert fits[-1][1] == str(out / "checkpoints" / "last.ckpt") and fits[-1][0].seen == [1]
+    assert result["continued_from"] == fits[-1][1] and (out / "run_result.json").is_file()
+
+    # Without --resume the run starts over.
+    run_generative(config, out, seed=1, **(kwargs | {"resume": False}))
+    assert fits[-1][1] is None and fits[-1][0].seen == [0, 1]
+
+
 def test_run_record_is_read_back_only_for_the_same_signature(tmp_path):
     import numpy as np
 

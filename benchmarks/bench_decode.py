@@ -24,7 +24,9 @@ peak come from benchmarks/bench_kernels.py run at the same shapes (printed at th
 Every run prints the roofline of its configuration (FLOPs and bytes from the shapes, see
 `roofline`) and, on an H100 / H200, each path's achieved fraction of it.
 
---count-ops runs genret's decode path once (kernel=torch on a CPU, triton on CUDA) under
+--count-ops runs genret's decode path once (by default the serving path, kernel=triton: on CUDA, or
+in the Triton interpreter on a CPU, where a launch is counted as on a GPU; kernel=torch when triton
+is not installed or with `--kernel torch`) under
 genret.decoding.op_count.OpCounter, which counts every ATen op that launches work and every op that
 forces a host synchronisation on CUDA (see that module for the list and why it is sound on a CPU),
 per level-step of the beam search (one level, both DBR branches in one batch; marked by
@@ -36,6 +38,7 @@ last line is one JSON object: {"host_syncs": syncs inside the level-steps of one
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -69,7 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--count-ops", action="store_true",
                    help="count launched ops and host syncs per level-step of one batch; prints one JSON line last")
     p.add_argument("--kernel", choices=["auto", "torch", "triton"], default=None,
-                   help="kernel of the --count-ops run (default: triton on CUDA, torch on a CPU)")
+                   help="kernel of the --count-ops run (default: triton, the serving path, interpreted on "
+                        "a CPU; torch when triton is not installed)")
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = args.device == "cuda"
@@ -299,10 +303,19 @@ def count_ops(args, model, index, hist) -> dict:
     }
 
 
+def _rerun_interpreted(argv) -> int:
+    """The Triton interpreter must be chosen before triton is imported: run ourselves again with it set."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    return subprocess.call([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])], env=env)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.count_ops:
-        # No interpreter unless asked for (--kernel triton on a CPU needs TRITON_INTERPRET=1 set by the caller).
+        if args.kernel is None:
+            args.kernel = "triton" if importlib.util.find_spec("triton") is not None else "torch"
+        if args.device == "cpu" and args.kernel == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+            return _rerun_interpreted(argv)
         model, index = build(args)
         hist = histories(args)
         result = count_ops(args, model, index, hist)
@@ -312,9 +325,7 @@ def main(argv=None) -> int:
         print(json.dumps(result), flush=True)
         return 0
     if args.device == "cpu" and not args.no_triton and os.environ.get("TRITON_INTERPRET") != "1":
-        # The interpreter must be chosen before triton is imported: re-run ourselves with it set.
-        env = dict(os.environ, TRITON_INTERPRET="1")
-        return subprocess.call([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])], env=env)
+        return _rerun_interpreted(argv)
     from genret.decoding.beam_search import retrieve_indices
 
     model, index = build(args)

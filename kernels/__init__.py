@@ -5,6 +5,7 @@ TRITON_INTERPRET=1 (the interpreter, on CPU tensors), else the reference. Import
 works without triton installed (auto then means torch).
 """
 
+from genret.kernels.add_layer_norm import add_layer_norm, add_layer_norm_reference, add_layer_norm_triton
 from genret.kernels.beam_step import beam_step, beam_step_reference, beam_step_triton
 from genret.kernels.csr_beam_step import csr_beam_step, csr_beam_step_reference, csr_beam_step_triton
 from genret.kernels.decode_attention import (
@@ -21,6 +22,9 @@ from genret.kernels.prefix_attention import (
 
 __all__ = [
     "HAVE_TRITON",
+    "add_layer_norm",
+    "add_layer_norm_reference",
+    "add_layer_norm_triton",
     "beam_step",
     "beam_step_reference",
     "beam_step_triton",

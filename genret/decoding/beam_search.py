@@ -26,7 +26,7 @@ from torch.profiler import record_function
 from genret.decoding.decode_weights import DecodeWeights, decode_weights
 from genret.decoding.op_count import LEVEL_STEP
 from genret.decoding.topk import distinct_topk
-from genret.kernels import csr_beam_step, decode_cross_attention, prefix_self_attention
+from genret.kernels import add_layer_norm, csr_beam_step, decode_cross_attention, prefix_self_attention
 from genret.models.dualgr import DualGR
 
 
@@ -220,21 +220,35 @@ class _PrefixCache:
 
 def _decoder_step(model: DualGR, weights: DecodeWeights, x: torch.Tensor, cache: _PrefixCache, ctx: _Context,
                   key_lo: torch.Tensor, key_hi: torch.Tensor, kernel: str) -> torch.Tensor:
-    """One new prefix token per beam through every block. x (U, W, d) -> hidden (U, W, d)."""
-    U, W, _ = x.shape
+    """One new prefix token per beam through every block. x (U, W, d) -> hidden (U, W, d), normed.
+
+    The blocks of DecoderBlock (pre-norm: self-attention over the prefix, cross-attention to the
+    context, FFN), laid out for one token per beam: self-attention through the fused QKV weight and
+    the prefix cache, cross-attention through the packed decode kernel, and each residual add fused
+    with the LayerNorm that reads its sum (the next sub-layer's, the next block's first, or the
+    final norm after the last block), one launch for the two (genret.kernels.add_layer_norm).
+    Eval-mode only: dropout is not applied."""
+    U, W, d = x.shape
     target_positions = ctx.lengths.unsqueeze(1).expand(U, W)
-    for b, block in enumerate(model.blocks):
-        x = block.cached_self_attention(
-            x, weights.qkv[b],
-            lambda qkv: prefix_self_attention(qkv, cache.block(b, qkv), cache.level, kernel=kernel))
-        x = block.cross_attention(
-            # The padded layout fixes every segment's length (ctx.rows), so nothing is read on the host.
-            x, lambda q: decode_cross_attention(q, ctx.keys[b], ctx.values[b], ctx.seg_offsets, key_lo, key_hi,
-                                                n_always=1, kernel=kernel, max_len=ctx.rows,
-                                                check_offsets=False),
-            lambda q: model.position_queries(q, target_positions))
-        x = block.ffn_residual(x)
-    return model.final_norm(x)
+    blocks = model.blocks
+    h = blocks[0].norm_self(x)
+    for b, block in enumerate(blocks):
+        qkv = F.linear(h, *weights.qkv[b])
+        att = prefix_self_attention(qkv, cache.block(b, qkv), cache.level, kernel=kernel)
+        x, h = _add_norm(x, block.self_attn.out(att.reshape(U, W, d)), block.norm_cross, kernel)
+        q = model.position_queries(block.cross_attn.project_q(h), target_positions)
+        # The padded layout fixes every segment's length (ctx.rows), so nothing is read on the host.
+        att = decode_cross_attention(q, ctx.keys[b], ctx.values[b], ctx.seg_offsets, key_lo, key_hi, n_always=1,
+                                     kernel=kernel, max_len=ctx.rows, check_offsets=False)
+        x, h = _add_norm(x, block.cross_attn.out(att.flatten(-2)), block.norm_ffn, kernel)
+        after = blocks[b + 1].norm_self if b + 1 < len(blocks) else model.final_norm
+        x, h = _add_norm(x, block.ffn(h), after, kernel)
+    return h
+
+
+def _add_norm(x: torch.Tensor, y: torch.Tensor, norm: torch.nn.LayerNorm, kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + y, norm(x + y))."""
+    return add_layer_norm(x, y, norm.weight, norm.bias, norm.eps, kernel=kernel)
 
 
 @dataclass

@@ -103,9 +103,9 @@ class DualGRConfig:
 class DecoderBlock(nn.Module):
     """Pre-norm block: causal self-attention over the SID prefix, cross-attention to the context, FFN.
 
-    Training and beam search run the same three steps; they differ only in how the self-attention
-    sees the prefix (the whole group at once, or one new token against the prefix cache) and in
-    which kernel attends the context (a padded mask, or the packed decode kernel).
+    Training runs these methods; beam search runs the same three steps laid out for one new token
+    per beam (genret.decoding.beam_search._decoder_step): the self-attention against the prefix
+    cache, the context through the packed decode kernel, each residual add fused with the next norm.
     """
 
     def __init__(self, cfg: DualGRConfig):
@@ -126,19 +126,6 @@ class DecoderBlock(nn.Module):
         k, v = self.self_attn.project_kv(h)
         causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
         return x + self.drop(self.self_attn.attend(q, k, v, causal.expand(x.shape[0], -1, -1)))
-
-    def cached_self_attention(self, x: torch.Tensor, qkv_projection: tuple[torch.Tensor, torch.Tensor],
-                              attend_prefix) -> torch.Tensor:
-        """One new prefix token per beam: x (U, W, d).
-
-        qkv_projection: this block's (weight (3d, d), bias (3d,)) projecting to the query (scaled by
-        Dh^-0.5), key and value in one matmul (genret.decoding.decode_weights). `attend_prefix(qkv)`
-        takes that projection (U, W, 3d), adds the token's key / value to the beams' prefix cache
-        and returns the heads' attention over the prefix, (U, W, H, Dh)
-        (genret.kernels.prefix_self_attention)."""
-        U, W, d = x.shape
-        att = attend_prefix(F.linear(self.norm_self(x), *qkv_projection))
-        return x + self.drop(self.self_attn.out(att.reshape(U, W, d)))
 
     def cross_attention(self, x: torch.Tensor, attend_heads, place_queries=None) -> torch.Tensor:
         """x + out(attend_heads(q)): q (..., H, Dh) is this block's query projection of LN(x),

@@ -3,6 +3,7 @@ rebuilt whenever a source weight changes (so decoding during training never read
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from genret.decoding.beam_search import _PrefixCache
 from genret.decoding.decode_weights import DecodeWeights, decode_weights
@@ -62,7 +63,7 @@ def test_a_model_built_under_inference_mode_gets_its_weights():
 
 
 @pytest.mark.parametrize("kernel", ["torch", "triton"])
-def test_cached_self_attention_over_the_prefix_cache_equals_causal_self_attention(kernel):
+def test_self_attention_through_the_prefix_cache_equals_causal_self_attention(kernel):
     # Token by token through the cache (the beams of each level reordered by a parent map) must give
     # what the training path computes over each beam's whole prefix at once.
     if kernel == "triton":
@@ -73,12 +74,14 @@ def test_cached_self_attention_over_the_prefix_cache_equals_causal_self_attentio
     weights = decode_weights(model)
     cache = _PrefixCache(1, U, W, L, block.self_attn.n_heads, block.self_attn.head_dim, torch.device("cpu"))
 
-    def attend(qkv):
-        return prefix_self_attention(qkv, cache.block(0, qkv), cache.level, kernel=kernel)
+    def attend(x):  # the decode step's self-attention sub-layer (genret.decoding.beam_search._decoder_step)
+        qkv = F.linear(block.norm_self(x), *weights.qkv[0])
+        att = prefix_self_attention(qkv, cache.block(0, qkv), cache.level, kernel=kernel)
+        return x + block.self_attn.out(att.flatten(-2))
 
     tokens = torch.randn(U, 1, 16)
     prefixes = tokens.unsqueeze(2)  # (U, W, n, d): each beam's prefix tokens so far
-    out = block.cached_self_attention(tokens, weights.qkv[0], attend)
+    out = attend(tokens)
     torch.testing.assert_close(out, block.self_attention(tokens))
     g = torch.Generator().manual_seed(3)
     for level in range(1, L):
@@ -88,6 +91,6 @@ def test_cached_self_attention_over_the_prefix_cache_equals_causal_self_attentio
         prefixes = prefixes.gather(1, parent[..., None, None].expand(-1, -1, *prefixes.shape[2:]))
         new = torch.randn(U, W, 16, generator=g)
         prefixes = torch.cat([prefixes, new.unsqueeze(2)], 2)
-        out = block.cached_self_attention(new, weights.qkv[0], attend)
+        out = attend(new)
         full = block.self_attention(prefixes.reshape(U * W, level + 1, 16))[:, -1].reshape(U, W, 16)
         torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)

@@ -4,6 +4,8 @@ write DIR/model.ckpt. `genret train` and `genret benchmark` both run training th
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 import time
@@ -93,6 +95,41 @@ def set_checkpointing(trainer, dirpath: Path, module) -> None:
     trainer.callbacks = others + averaging + [best, last]
 
 
+def _csv_log(trainer) -> tuple[Path, list[dict], list[str]] | None:
+    """The CSV log a continued run will write to, with the rows already in it (path, rows, columns)."""
+    from pytorch_lightning.loggers import CSVLogger
+
+    if not isinstance(trainer.logger, CSVLogger):
+        return None
+    path = Path(trainer.logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        return path, list(reader), list(reader.fieldnames or [])
+
+
+def _keep_earlier_epochs(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """Lightning's CSVLogger starts its file afresh when a run continues from a checkpoint: put the
+    epochs before the continuation back in front of the new rows, so the log covers the whole run."""
+    from genret.io import write_text
+
+    new_rows, new_columns = [], []
+    if path.is_file():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            new_rows, new_columns = list(reader), list(reader.fieldnames or [])
+    new_epochs = [int(float(r["epoch"])) for r in new_rows if r.get("epoch")]
+    first_new = min(new_epochs) if new_epochs else None
+    kept = [r for r in rows if first_new is None or not r.get("epoch") or int(float(r["epoch"])) < first_new]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns + [c for c in new_columns if c not in columns],
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(kept + new_rows)
+    write_text(path, out.getvalue())
+
+
 def fit(module, datamodule, trainer, out_dir: str | Path, ckpt_path: str | None = None) -> tuple[Path, float]:
     """Fit, load the kept epoch's weights and write out_dir/model.ckpt (atomically).
 
@@ -101,9 +138,12 @@ def fit(module, datamodule, trainer, out_dir: str | Path, ckpt_path: str | None 
 
     from genret.training.checkpoint import load_checkpoint
 
+    earlier_log = _csv_log(trainer) if ckpt_path is not None else None
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
+    if earlier_log is not None:
+        _keep_earlier_epochs(*earlier_log)
     selector = trainer.checkpoint_callback
     best = getattr(selector, "best_model_path", "")
     if best and selector.best_model_score is not None:

@@ -1,5 +1,6 @@
 """Lightning training end to end on small synthetic data: fit, checkpoint selection, resume, retrieve, DDP."""
 
+import csv
 import json
 import os
 import subprocess
@@ -510,6 +511,9 @@ def test_benchmark_resume_continues_a_run_stopped_during_training(tmp_path, tiny
     result = run_generative(config, out, seed=1, **kwargs)
     assert fits[-1][1] == str(out / "checkpoints" / "last.ckpt") and fits[-1][0].seen == [1]
     assert result["continued_from"] == fits[-1][1] and (out / "run_result.json").is_file()
+    # The training log covers both parts of the run, each epoch once.
+    epochs = [int(r["epoch"]) for r in csv.DictReader((out / "logs" / "version_0" / "metrics.csv").open())]
+    assert sorted(set(epochs)) == [0, 1] and epochs == sorted(epochs)
 
     # Without --resume the run starts over.
     run_generative(config, out, seed=1, **(kwargs | {"resume": False}))

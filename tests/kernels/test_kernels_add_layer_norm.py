@@ -13,10 +13,6 @@ from genret.kernels.dispatch import HAVE_TRITON, interpreting
 pytestmark = pytest.mark.kernels
 
 DEVICE = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
-needs_triton = pytest.mark.skipif(
-    not HAVE_TRITON or (DEVICE == "cpu" and not interpreting()),
-    reason="Triton kernels need triton plus a GPU or TRITON_INTERPRET=1",
-)
 
 
 def make_inputs(shape, seed, dtype=torch.float32):
@@ -35,18 +31,22 @@ def test_reference_is_the_sum_and_its_layer_norm():
     torch.testing.assert_close(h, (s - mean) / torch.sqrt(var + 1e-6) * weight + bias, atol=1e-5, rtol=1e-5)
 
 
-@needs_triton
-@pytest.mark.parametrize("shape", [(4, 5, 16), (7, 48), (1, 1, 130), (3, 0, 8)])
-def test_triton_equals_reference_fp32(shape):
+@pytest.mark.triton
+@pytest.mark.parametrize("shape,y_dtype", [
+    ((4, 5, 16), torch.float32), ((7, 48), torch.float32), ((1, 1, 130), torch.float32), ((3, 0, 8), torch.float32),
+    ((5, 24), torch.bfloat16),  # under autocast: an fp32 stream plus a bf16 sub-layer output sums in fp32
+])
+def test_triton_equals_reference_fp32(shape, y_dtype):
     x, y, weight, bias = make_inputs(shape, seed=shape[-1])
+    y = y.to(y_dtype)
     s, h = add_layer_norm_triton(x, y, weight, bias)
     s_ref, h_ref = add_layer_norm_reference(x, y, weight, bias)
-    assert s.shape == h.shape == x.shape
+    assert s.shape == h.shape == x.shape and s.dtype == h.dtype == torch.float32
     torch.testing.assert_close(s, s_ref, atol=0, rtol=0)
     torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=1e-5)
 
 
-@needs_triton
+@pytest.mark.triton
 def test_triton_equals_reference_bf16():
     x, y, weight, bias = make_inputs((6, 96), seed=1, dtype=torch.bfloat16)
     s, h = add_layer_norm_triton(x, y, weight, bias)
@@ -62,7 +62,7 @@ def test_triton_equals_reference_bf16():
     torch.testing.assert_close(h.float(), h_ref.float(), atol=3e-2, rtol=2e-2)
 
 
-@needs_triton
+@pytest.mark.triton
 @pytest.mark.parametrize("layout", ["transposed", "broadcast row", "strided rows"])
 def test_triton_reads_inputs_in_any_layout(layout):
     x, y, weight, bias = make_inputs((4, 3, 32), seed=2)
@@ -87,18 +87,6 @@ def test_bad_shapes_name_the_problem():
         add_layer_norm(x, y, weight[:4], bias, kernel="torch")
     with pytest.raises(ValueError, match="floating point"):
         add_layer_norm(x, y.long(), weight, bias, kernel="torch")
-
-
-@needs_triton
-def test_triton_promotes_mixed_dtypes_as_torch_does():
-    # Under autocast the stream is fp32 and a sub-layer's output bf16: the sum is fp32.
-    x, y, weight, bias = make_inputs((5, 24), seed=4)
-    y = y.bfloat16()
-    s, h = add_layer_norm_triton(x, y, weight, bias)
-    s_ref, h_ref = add_layer_norm_reference(x, y, weight, bias)
-    assert s.dtype == h.dtype == torch.float32
-    torch.testing.assert_close(s, s_ref, atol=0, rtol=0)
-    torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.gpu

@@ -18,10 +18,6 @@ pytestmark = pytest.mark.kernels
 beam_step_module = importlib.import_module("genret.kernels.beam_step")
 
 DEVICE = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
-needs_triton = pytest.mark.skipif(
-    not HAVE_TRITON or (DEVICE == "cpu" and not interpreting()),
-    reason="Triton kernels need triton plus a GPU or TRITON_INTERPRET=1",
-)
 needs_gpu = pytest.mark.skipif(
     not (HAVE_TRITON and torch.cuda.is_available() and not interpreting()),
     reason="needs a CUDA GPU and TRITON_INTERPRET unset",
@@ -98,7 +94,7 @@ CASES = [
 ]
 
 
-@needs_triton
+@pytest.mark.triton
 @pytest.mark.parametrize("U,W,V,k,density,dead,seed", CASES)
 def test_triton_matches_reference(U, W, V, k, density, dead, seed):
     logits, beam_scores, allowed = make_inputs(U, W, V, density, seed, dead=dead)
@@ -113,7 +109,7 @@ def test_triton_matches_reference(U, W, V, k, density, dead, seed):
     assert bool(((parent == -1) == torch.isinf(scores)).all()) and bool(((token == -1) == (parent == -1)).all())
 
 
-@needs_triton
+@pytest.mark.triton
 @pytest.mark.parametrize("seed", [0, 1])
 def test_constructed_ties_are_exact_and_deterministic(seed):
     # Logits in {0, 1, 2} and beam scores in {0, -1}: many exactly equal candidates, also across the
@@ -127,7 +123,7 @@ def test_constructed_ties_are_exact_and_deterministic(seed):
         assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
-@needs_triton
+@pytest.mark.triton
 def test_all_equal_candidates_come_in_flat_index_order():
     U, W, V, k = 2, 3, 10, 7
     logits = torch.zeros(U, W, V, device=DEVICE)
@@ -138,7 +134,7 @@ def test_all_equal_candidates_come_in_flat_index_order():
     torch.testing.assert_close(scores, torch.full((U, k), -torch.log(torch.tensor(10.0)).item(), device=DEVICE))
 
 
-@needs_triton
+@pytest.mark.triton
 def test_several_merge_levels(monkeypatch):
     # A small merge block forces the per-user merge to run over several groups and levels.
     monkeypatch.setattr(beam_step_module, "MERGE_BLOCK", 16)
@@ -148,7 +144,7 @@ def test_several_merge_levels(monkeypatch):
                            beam_step_reference(logits, beam_scores, allowed, k))
 
 
-@needs_triton
+@pytest.mark.triton
 def test_dispatch_auto_and_codebook_limit(monkeypatch):
     logits, beam_scores, allowed = make_inputs(1, 2, 10, 0.5, seed=12)
     auto = beam_step(logits, beam_scores, allowed, 3, kernel="auto")

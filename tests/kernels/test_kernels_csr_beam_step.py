@@ -21,10 +21,6 @@ csr_module = importlib.import_module("genret.kernels.csr_beam_step")
 beam_step_module = importlib.import_module("genret.kernels.beam_step")
 
 DEVICE = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
-needs_triton = pytest.mark.skipif(
-    not HAVE_TRITON or (DEVICE == "cpu" and not interpreting()),
-    reason="Triton kernels need triton plus a GPU or TRITON_INTERPRET=1",
-)
 NEG_INF = float("-inf")
 
 
@@ -120,7 +116,7 @@ def test_reference_equals_beam_step_with_the_dense_mask(U, W, V, n_parents, k, d
     assert_only_children_selected(got, parents, ptr, codes, beam_scores)
 
 
-@needs_triton
+@pytest.mark.triton
 @pytest.mark.parametrize("U,W,V,n_parents,k,dead,seed", CASES)
 def test_triton_equals_reference(U, W, V, n_parents, k, dead, seed):
     logits, beam_scores, parents, ptr, codes, max_children = make_inputs(U, W, V, n_parents, seed, dead)
@@ -135,7 +131,7 @@ def test_triton_equals_reference(U, W, V, n_parents, k, dead, seed):
     assert torch.equal(torch.isfinite(got[0]).sum(1).cpu(), n_children.clamp(max=k))
 
 
-@needs_triton
+@pytest.mark.triton
 def test_invalid_children_are_never_selected_even_when_their_logits_dominate():
     U, W, V, k = 2, 3, 24, 6
     logits, beam_scores, parents, ptr, codes, max_children = make_inputs(U, W, V, 5, seed=6)
@@ -148,7 +144,7 @@ def test_invalid_children_are_never_selected_even_when_their_logits_dominate():
         assert torch.isfinite(result[0]).any()
 
 
-@needs_triton
+@pytest.mark.triton
 @pytest.mark.parametrize("seed", [0, 1])
 def test_ties_are_exact_and_ordered_by_flat_index(seed):
     # Logits in {0, 1, 2}, beam scores in {0, -1}, and every parent the same children: many exactly
@@ -165,7 +161,7 @@ def test_ties_are_exact_and_ordered_by_flat_index(seed):
         assert bool((flat[:, 1:] > flat[:, :-1])[same_score].all())
 
 
-@needs_triton
+@pytest.mark.triton
 def test_single_child_beams_and_a_width_larger_than_the_children():
     # Every beam has exactly one child: the new width holds W candidates, then -inf / -1 padding.
     U, W, V, k = 2, 3, 10, 8
@@ -180,7 +176,7 @@ def test_single_child_beams_and_a_width_larger_than_the_children():
         assert torch.equal(token[:, :W], codes[parents.gather(1, parent[:, :W])])
 
 
-@needs_triton
+@pytest.mark.triton
 def test_no_children_anywhere_gives_an_empty_result():
     logits, beam_scores, parents, ptr, codes, _ = make_inputs(2, 3, 9, 2, seed=8, fan_outs=[0, 0])
     for step in (csr_beam_step_reference, csr_beam_step_triton):
@@ -188,7 +184,7 @@ def test_no_children_anywhere_gives_an_empty_result():
         assert (scores == NEG_INF).all() and (parent == -1).all() and (token == -1).all() and (node == -1).all()
 
 
-@needs_triton
+@pytest.mark.triton
 def test_long_rows_stream_the_log_sum_exp_and_merge_in_several_levels(monkeypatch):
     # A small log-sum-exp block and a small merge block force the loops over several iterations.
     monkeypatch.setattr(csr_module, "LSE_BLOCK", 16)
@@ -200,7 +196,7 @@ def test_long_rows_stream_the_log_sum_exp_and_merge_in_several_levels(monkeypatc
                            csr_beam_step_reference(*args, max_children, k))
 
 
-@needs_triton
+@pytest.mark.triton
 def test_bf16_logits_are_read_in_fp32():
     logits, beam_scores, parents, ptr, codes, max_children = make_inputs(2, 4, 40, 5, seed=10)
     logits = logits.bfloat16()
@@ -208,7 +204,7 @@ def test_bf16_logits_are_read_in_fp32():
     assert_same_result(csr_beam_step_triton(*args, max_children, 6), csr_beam_step_reference(*args, max_children, 6))
 
 
-@needs_triton
+@pytest.mark.triton
 def test_sid_index_children_drive_the_step_like_its_valid_mask():
     g = torch.Generator().manual_seed(11)
     V = 12
@@ -236,7 +232,7 @@ def test_sid_index_children_drive_the_step_like_its_valid_mask():
             assert torch.equal(got[3][found], index.node_of(grown[found]))
 
 
-@needs_triton
+@pytest.mark.triton
 def test_dispatch_auto_and_the_children_limit(monkeypatch):
     logits, beam_scores, parents, ptr, codes, max_children = make_inputs(1, 2, 10, 3, seed=12)
     args = (logits, beam_scores, parents, ptr, codes, max_children, 3)

@@ -15,10 +15,6 @@ from genret.kernels.dispatch import HAVE_TRITON, interpreting
 pytestmark = pytest.mark.kernels
 
 DEVICE = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
-needs_triton = pytest.mark.skipif(
-    not HAVE_TRITON or (DEVICE == "cpu" and not interpreting()),
-    reason="Triton kernels need triton plus a GPU or TRITON_INTERPRET=1",
-)
 needs_gpu = pytest.mark.skipif(
     not (HAVE_TRITON and torch.cuda.is_available() and not interpreting()),
     reason="needs a CUDA GPU and TRITON_INTERPRET unset",
@@ -86,7 +82,7 @@ CASES = [
 ]
 
 
-@needs_triton
+@pytest.mark.triton
 @pytest.mark.parametrize("lengths,W,H,Dh,n_always,seed", CASES)
 def test_triton_matches_reference(lengths, W, H, Dh, n_always, seed):
     inputs = make_inputs(lengths, W, H, Dh, seed)
@@ -95,7 +91,7 @@ def test_triton_matches_reference(lengths, W, H, Dh, n_always, seed):
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
 
 
-@needs_triton
+@pytest.mark.triton
 def test_far_apart_buckets_skip_blocks_correctly():
     # One tile, beams whose ranges sit at both ends of a 200-key history: the blocks between are skipped.
     q, k, v, seg_offsets, _, _ = make_inputs([200, 40], W=5, H=2, Dh=16, seed=5)
@@ -109,7 +105,7 @@ def test_far_apart_buckets_skip_blocks_correctly():
         torch.testing.assert_close(got.cpu().double(), naive, atol=2e-5, rtol=2e-5)
 
 
-@needs_triton
+@pytest.mark.triton
 def test_empty_union_gives_zeros():
     q, k, v, seg_offsets, _, _ = make_inputs([12, 0], W=3, H=2, Dh=16, seed=6)
     key_lo = torch.tensor([[4, 12, 0], [0, 0, 1]], device=DEVICE)
@@ -123,7 +119,7 @@ def test_empty_union_gives_zeros():
         assert torch.equal(out[1], torch.zeros_like(out[1]))  # empty history: nothing, not even the static token
 
 
-@needs_triton
+@pytest.mark.triton
 def test_strided_inputs_custom_scale_and_dispatch():
     q, k, v, seg_offsets, key_lo, key_hi = make_inputs([30, 7], W=6, H=2, Dh=16, seed=7)
     q_strided = q.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)  # same values, other strides
@@ -139,7 +135,7 @@ def test_strided_inputs_custom_scale_and_dispatch():
     assert torch.equal(torch_out, expected)
 
 
-@needs_triton
+@pytest.mark.triton
 def test_half_precision_inputs_keep_their_dtype():
     q, k, v, seg_offsets, key_lo, key_hi = make_inputs([40, 9], W=4, H=2, Dh=16, seed=8, dtype=torch.bfloat16)
     got = decode_cross_attention_triton(q, k, v, seg_offsets, key_lo, key_hi, 1)

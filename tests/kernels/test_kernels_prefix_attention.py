@@ -12,10 +12,6 @@ from genret.kernels.dispatch import HAVE_TRITON, interpreting
 pytestmark = pytest.mark.kernels
 
 DEVICE = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
-needs_triton = pytest.mark.skipif(
-    not HAVE_TRITON or (DEVICE == "cpu" and not interpreting()),
-    reason="Triton kernels need triton plus a GPU or TRITON_INTERPRET=1",
-)
 
 
 def make_inputs(U, W, max_width, n_levels, H, Dh, seed, dtype=torch.float32):
@@ -57,7 +53,7 @@ def test_reference_equals_attention_by_hand_and_writes_the_cache(U, W, max_width
     assert torch.equal(cache, written)  # the new slot, nothing else
 
 
-@needs_triton
+@pytest.mark.triton
 @pytest.mark.parametrize("U,W,max_width,n_levels,H,Dh,level", [
     (2, 3, 3, 3, 2, 8, 0), (2, 3, 5, 3, 2, 8, 1), (1, 4, 4, 4, 3, 5, 3), (3, 1, 2, 3, 4, 16, 2)])
 def test_triton_equals_reference(U, W, max_width, n_levels, H, Dh, level):
@@ -69,7 +65,7 @@ def test_triton_equals_reference(U, W, max_width, n_levels, H, Dh, level):
     assert torch.equal(tri_cache, ref_cache)
 
 
-@needs_triton
+@pytest.mark.triton
 def test_bf16_within_bf16_tolerance():
     qkv, cache = make_inputs(2, 3, 3, 3, 2, 8, seed=20, dtype=torch.bfloat16)
     ref_cache, tri_cache = cache.clone(), cache.clone()
@@ -80,7 +76,7 @@ def test_bf16_within_bf16_tolerance():
     assert torch.equal(tri_cache, ref_cache)
 
 
-@needs_triton
+@pytest.mark.triton
 def test_dispatch_and_bad_inputs():
     qkv, cache = make_inputs(2, 3, 3, 3, 2, 8, seed=21)
     auto = prefix_self_attention(qkv, cache.clone(), 1, kernel="auto")

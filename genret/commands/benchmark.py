@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
                              "comma list of seeds; reports mean, sd and paired intervals over them")
     parser.add_argument("--sweep", metavar="KEY=V1,V2,...", default=None,
                         help="train once per value of one config key (e.g. model.config.short_window=4,16,64) "
-                             "and report validation metrics only")
+                             "and report validation metrics only; one value: a validation-only run of that setting")
     parser.add_argument("--resume", action="store_true",
                         help="reuse every DualGR / TIGER run (variant, seed, sweep value) whose folder holds a "
                              "finished run_result.json with the same settings, continue runs stopped during "
@@ -285,10 +285,11 @@ def seed_list(spec: str, config: str | Path, overrides: list[str]) -> list[int]:
 
 def parse_sweep(spec: str) -> tuple[str, list[str]]:
     """`--sweep KEY=V1,V2,...` -> (KEY, [V1, V2, ...]); KEY is a LightningCLI config key such as
-    model.config.short_window (a leading -- is accepted).
+    model.config.short_window (a leading -- is accepted). One value is a validation-only run of
+    that setting, to be set beside a run of the config as it is that exists already.
 
     Raises:
-        ValueError: no "=", an empty key, fewer than two values, or repeated values.
+        ValueError: no "=", an empty key, no value, or repeated values.
     """
     key, sep, values = str(spec).partition("=")
     key = key.strip().lstrip("-")
@@ -296,8 +297,8 @@ def parse_sweep(spec: str) -> tuple[str, list[str]]:
     if not sep or not key or "." not in key:
         raise ValueError(f"expected KEY=V1,V2,... with a dotted config key (model.config.short_window=4,16,64), "
                          f"got {spec!r}")
-    if len(parts) < 2 or len(set(parts)) != len(parts):
-        raise ValueError(f"give at least two distinct values, got {parts}")
+    if not parts or len(set(parts)) != len(parts):
+        raise ValueError(f"give one or more distinct values, got {parts or values!r}")
     return key, parts
 
 

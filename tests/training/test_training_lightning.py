@@ -541,3 +541,13 @@ def test_run_record_is_read_back_only_for_the_same_signature(tmp_path):
     assert read_run_record(tmp_path, run_signature(**kwargs)) is None
     (tmp_path / "run_result.json").write_text("{not json")
     assert read_run_record(tmp_path, signature) is None
+
+
+def test_sweep_spec_takes_one_or_more_distinct_values():
+    from genret.commands.benchmark import parse_sweep
+
+    assert parse_sweep("model.use_item_id=false") == ("model.use_item_id", ["false"])
+    assert parse_sweep("--model.config.short_window=4, 16,64") == ("model.config.short_window", ["4", "16", "64"])
+    for bad in ("model.use_item_id=", "model.config.alpha=0.1,0.1", "short_window=4,16", "model.config.alpha"):
+        with pytest.raises(ValueError):
+            parse_sweep(bad)

@@ -6,6 +6,7 @@ what metrics.json and the report need. One function per kind of family (see genr
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,8 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
     if checkpoint is None:
         unfinished = unfinished_checkpoint(out_dir, signature) if resume else None
         if unfinished is None:
+            # A new run: checkpoints another run left here must not pass for this one's if it stops early.
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
             mark_run_started(out_dir, signature)
         else:
             # Lightning restores weights, optimiser, schedule, epoch, EMA and the epoch selection;

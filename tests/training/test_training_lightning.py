@@ -476,16 +476,16 @@ def test_benchmark_resume_continues_a_run_stopped_during_training(tmp_path, tiny
     import genret.training.run as run
     from genret.eval.benchmark import run_generative
 
-    class Epochs(Callback):  # records the epochs a fit trains; stops it at its 2nd epoch if asked
-        def __init__(self, stop: bool):
+    class Epochs(Callback):  # records the epochs a fit trains; stops it at the start of epoch `stop`
+        def __init__(self, stop: int | None):
             self.seen, self.stop = [], stop
 
         def on_train_epoch_start(self, trainer, module):
             self.seen.append(trainer.current_epoch)
-            if self.stop and trainer.current_epoch == 1:
+            if trainer.current_epoch == self.stop:
                 raise RuntimeError("the machine went away")
 
-    fits, stop, real_fit = [], [True], run.fit
+    fits, stop, real_fit = [], [1], run.fit
 
     def fit(module, datamodule, trainer, out_dir, ckpt_path=None):
         fits.append((Epochs(stop[0]), ckpt_path))
@@ -507,7 +507,7 @@ def test_benchmark_resume_continues_a_run_stopped_during_training(tmp_path, tiny
     assert fits[-1][1] is None and fits[-1][0].seen == [0, 1]
 
     # The same settings with --resume continue from the last finished epoch and finish the run.
-    stop[0] = False
+    stop[0] = None
     result = run_generative(config, out, seed=1, **kwargs)
     assert fits[-1][1] == str(out / "checkpoints" / "last.ckpt") and fits[-1][0].seen == [1]
     assert result["continued_from"] == fits[-1][1] and (out / "run_result.json").is_file()
@@ -517,6 +517,15 @@ def test_benchmark_resume_continues_a_run_stopped_during_training(tmp_path, tiny
 
     # Without --resume the run starts over.
     run_generative(config, out, seed=1, **(kwargs | {"resume": False}))
+    assert fits[-1][1] is None and fits[-1][0].seen == [0, 1]
+
+    # A new run stopped before its first checkpoint does not inherit the checkpoints of the run before it.
+    stop[0] = 0
+    with pytest.raises(RuntimeError, match="went away"):
+        run_generative(config, out, seed=2, **kwargs)
+    assert not (out / "checkpoints" / "last.ckpt").exists()
+    stop[0] = None
+    run_generative(config, out, seed=2, **kwargs)
     assert fits[-1][1] is None and fits[-1][0].seen == [0, 1]
 
 

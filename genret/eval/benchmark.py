@@ -66,8 +66,8 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
     checkpoint.
     """
     from genret.decoding.retriever import Retriever
-    from genret.eval.run_record import (RECORD_NAME, mark_run_started, read_run_record, run_signature,
-                                        unfinished_checkpoint, write_run_record)
+    from genret.eval.run_record import (RECORD_NAME, earlier_signatures, mark_run_started, read_run_record,
+                                        run_signature, unfinished_checkpoint, write_run_record)
     from genret.training.run import build, fit
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,14 +82,15 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
                               max_eval_users=max_eval_users, stages=stages, kernel=kernel,
                               branch_merge=branch_merge, short_weight=short_weight, checkpoint=checkpoint)
     module, dm, trainer = build(family, config, out_dir, extra + list(overrides or []), data)
-    if resume and (done := read_run_record(out_dir, signature)) is not None:
+    earlier = earlier_signatures(signature, config)
+    if resume and (done := read_run_record(out_dir, signature, earlier)) is not None:
         dm.setup("fit")  # the caller reads the split and the training log from it (baselines, negatives)
         log.info("%s: reusing the finished run in %s (same settings)", variant, out_dir)
         return done | {"datamodule": dm, "resumed": True}
     # Whatever record is there describes a run this one replaces: it must not outlive it half-way.
     (out_dir / RECORD_NAME).unlink(missing_ok=True)
     if checkpoint is None:
-        unfinished = unfinished_checkpoint(out_dir, signature) if resume else None
+        unfinished = unfinished_checkpoint(out_dir, signature, earlier) if resume else None
         if unfinished is None:
             # A new run: checkpoints another run left here must not pass for this one's if it stops early.
             shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)

@@ -4,7 +4,9 @@ started (out_dir/run_started.json), so that `--resume` continues one that stoppe
 last epoch's checkpoint instead of starting it over.
 
 The record holds the run's signature: everything that decides its numbers (the config file's
-text, data, overrides, seed, cut-offs, evaluation options). A record is reused only when its
+settings, data, overrides, seed, cut-offs, evaluation options). The config counts by its parsed
+settings, not its text, so editing a comment keeps the runs; records written when the text counted
+(its bytes' hash) are still read back while the file's bytes are unchanged. A record is reused only when its
 signature equals the new run's; the code's commit is kept beside it for provenance but does not
 block reuse (a fix elsewhere in the tree should not throw away hours of training).
 """
@@ -30,12 +32,37 @@ RECORD_VERSION = 1
 _RANKS = ("val_ranks", "test_ranks")
 
 
+def config_digest(config) -> str:
+    """SHA-256 of a config's settings: the parsed YAML as canonical JSON (comments, key order and
+    layout do not count). A config that is not a readable YAML mapping counts by its bytes."""
+    import yaml
+
+    path = Path(config)
+    if not path.is_file():
+        return hashlib.sha256(str(config).encode()).hexdigest()
+    try:
+        settings = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        settings = None
+    if not isinstance(settings, dict):
+        return _bytes_digest(config)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _bytes_digest(config) -> str:
+    path = Path(config)
+    return hashlib.sha256(path.read_bytes() if path.is_file() else str(config).encode()).hexdigest()
+
+
+def earlier_signatures(signature: dict[str, Any], config) -> list[dict[str, Any]]:
+    """The forms the same run's signature had in earlier genret versions (the config's bytes hashed)."""
+    return [signature | {"config_sha256": _bytes_digest(config)}]
+
+
 def run_signature(*, config, variant: str, data, overrides, seed, ks, max_eval_users, stages, kernel,
                   branch_merge, short_weight, checkpoint) -> dict[str, Any]:
     """What decides a run's numbers, as plain JSON values (compared with ==)."""
-    config_path = Path(config)
-    text = config_path.read_bytes() if config_path.is_file() else str(config).encode()
-    return {"config_sha256": hashlib.sha256(text).hexdigest(), "variant": variant,
+    return {"config_sha256": config_digest(config), "variant": variant,
             "data": None if data is None else str(data), "overrides": [str(a) for a in (overrides or [])],
             "seed": None if seed is None else int(seed), "ks": sorted(int(k) for k in ks),
             "max_eval_users": max_eval_users, "stages": list(stages), "kernel": kernel,
@@ -60,9 +87,11 @@ def mark_run_started(out_dir: str | Path, signature: dict[str, Any]) -> None:
                                               "signature": signature})
 
 
-def unfinished_checkpoint(out_dir: str | Path, signature: dict[str, Any]) -> Path | None:
-    """The last epoch's checkpoint of a run with this signature that started in out_dir and did not
-    finish, else None (and a log line saying why a checkpoint that is there is not used)."""
+def unfinished_checkpoint(out_dir: str | Path, signature: dict[str, Any],
+                          earlier: list[dict[str, Any]] = ()) -> Path | None:
+    """The last epoch's checkpoint of a run with this signature (or one of its `earlier` forms) that
+    started in out_dir and did not finish, else None (and a log line saying why a checkpoint that is
+    there is not used)."""
     out_dir = Path(out_dir)
     last = out_dir / LAST_CHECKPOINT
     if not last.is_file():
@@ -73,15 +102,16 @@ def unfinished_checkpoint(out_dir: str | Path, signature: dict[str, Any]) -> Pat
         log.warning("%s has no readable %s to say which settings wrote it; training the run from the start",
                     last, STARTED_NAME)
         return None
-    if started.get("version") != RECORD_VERSION or started.get("signature") != signature:
+    if started.get("version") != RECORD_VERSION or started.get("signature") not in [signature, *earlier]:
         log.warning("%s belongs to a run with other settings; training the run from the start", last)
         return None
     return last
 
 
-def read_run_record(out_dir: str | Path, signature: dict[str, Any]) -> dict[str, Any] | None:
-    """The recorded result when out_dir holds a finished run with this signature, else None (and a
-    log line saying why a record that is there is not used)."""
+def read_run_record(out_dir: str | Path, signature: dict[str, Any],
+                    earlier: list[dict[str, Any]] = ()) -> dict[str, Any] | None:
+    """The recorded result when out_dir holds a finished run with this signature (or one of its
+    `earlier` forms), else None (and a log line saying why a record that is there is not used)."""
     path = Path(out_dir) / RECORD_NAME
     if not path.is_file():
         return None
@@ -94,7 +124,7 @@ def read_run_record(out_dir: str | Path, signature: dict[str, Any]) -> dict[str,
         log.warning("%s has record version %s, this genret writes %s; training the run again", path,
                     record.get("version"), RECORD_VERSION)
         return None
-    if record.get("signature") != signature:
+    if record.get("signature") not in [signature, *earlier]:
         changed = sorted(k for k in signature if record.get("signature", {}).get(k) != signature[k])
         log.warning("%s was run with other settings (%s differ); training the run again", path, ", ".join(changed))
         return None

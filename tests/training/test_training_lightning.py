@@ -532,7 +532,9 @@ def test_benchmark_resume_continues_a_run_stopped_during_training(tmp_path, tiny
 def test_run_record_is_read_back_only_for_the_same_signature(tmp_path):
     import numpy as np
 
-    from genret.eval.run_record import read_run_record, run_signature, write_run_record
+    import hashlib
+
+    from genret.eval.run_record import earlier_signatures, read_run_record, run_signature, write_run_record
 
     config = tmp_path / "c.yaml"
     config.write_text("seed_everything: 0\n")
@@ -546,8 +548,19 @@ def test_run_record_is_read_back_only_for_the_same_signature(tmp_path):
     assert back["val"] == {"hr@10": 0.5} and back["test_ranks"].tolist() == [3, -1, 0]
     assert back["test_ranks"].dtype == np.int64
     assert read_run_record(tmp_path, run_signature(**(kwargs | {"seed": 2}))) is None
-    config.write_text("seed_everything: 0\ntrainer: {max_epochs: 3}\n")  # the YAML itself changed
+    config.write_text("# why seed 0\nseed_everything:   0   # a comment\n")  # comments and layout only
+    assert read_run_record(tmp_path, run_signature(**kwargs))["val"] == {"hr@10": 0.5}
+    config.write_text("seed_everything: 0\ntrainer: {max_epochs: 3}\n")  # the settings changed
     assert read_run_record(tmp_path, run_signature(**kwargs)) is None
+    # A record from when the config counted by its bytes is read back while those bytes are unchanged.
+    legacy = run_signature(**kwargs) | {"config_sha256": hashlib.sha256(config.read_bytes()).hexdigest()}
+    write_run_record(tmp_path, legacy, {"val": {"hr@10": 0.25}})
+    assert read_run_record(tmp_path, run_signature(**kwargs)) is None
+    signature = run_signature(**kwargs)
+    assert read_run_record(tmp_path, signature, earlier_signatures(signature, config))["val"] == {"hr@10": 0.25}
+    config.write_text("seed_everything: 0\ntrainer: {max_epochs: 3}  # edited\n")
+    signature = run_signature(**kwargs)
+    assert read_run_record(tmp_path, signature, earlier_signatures(signature, config)) is None
     (tmp_path / "run_result.json").write_text("{not json")
     assert read_run_record(tmp_path, signature) is None
 

@@ -133,19 +133,8 @@ class GRankRetriever:
     def external_candidates(self, offsets: np.ndarray, items: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:
         """The external generator's top k1 unseen items per CSR history, in its order: (U, k1) dense
         indices (-1 where fewer remain) and its scores (-inf there)."""
-        lengths = np.diff(offsets)
-        ask = int(min(k1 + min(int(lengths.max(initial=0)), self.generator_margin), len(self.item_ids)))
-        histories = [self.item_ids[items[a:b]].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
-        result = self.generator.retrieve(histories, k=ask)
-        candidates = np.full((len(histories), k1), -1, np.int64)
-        scores = np.full((len(histories), k1), -np.inf)
-        for u, (raw, score) in enumerate(zip(result.items, result.scores)):
-            seen = set(items[offsets[u]:offsets[u + 1]].tolist())
-            kept = [(self._item_index[x], s) for x, s in zip(raw, score) if self._item_index[x] not in seen][:k1]
-            if kept:
-                candidates[u, :len(kept)] = [i for i, _ in kept]
-                scores[u, :len(kept)] = [s for _, s in kept]
-        return candidates, scores
+        return generator_candidates(self.generator, self.item_ids, offsets, items, k1, self.generator_margin,
+                                    self._item_index)
 
     @torch.no_grad()
     def rerank(self, offsets: np.ndarray, items: np.ndarray, candidates: np.ndarray, chunk: int = 256
@@ -222,6 +211,73 @@ class GRankRetriever:
                 items_out.append(self.item_ids[picked].tolist())
                 scores_out.append(final[u, row].astype(float).tolist())
         return RetrievalResult(items_out, scores_out)
+
+
+def generator_candidates(generator: Any, item_ids: np.ndarray, offsets: np.ndarray, items: np.ndarray, k1: int,
+                         margin: int = 100, item_index: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Another family's retriever's top k1 unseen items per CSR dense history, in its order: (U, k1)
+    dense indices (-1 where fewer remain) and its scores (-inf there).
+
+    Args:
+        generator: a loaded retriever over the catalogue `item_ids` (raw id of each dense index).
+        offsets, items: CSR dense histories (U + 1,), (N,); every history item is dropped.
+        margin: extra items asked per history item it may return (up to this many), so k1 remain.
+        item_index: raw id -> dense index (built from item_ids when not given).
+    """
+    item_index = item_index if item_index is not None else requests.item_lookup(item_ids)
+    lengths = np.diff(offsets)
+    ask = int(min(k1 + min(int(lengths.max(initial=0)), margin), len(item_ids)))
+    histories = [item_ids[items[a:b]].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+    result = generator.retrieve(histories, k=ask)
+    candidates = np.full((len(histories), k1), -1, np.int64)
+    scores = np.full((len(histories), k1), -np.inf)
+    for u, (raw, score) in enumerate(zip(result.items, result.scores)):
+        seen = set(items[offsets[u]:offsets[u + 1]].tolist())
+        kept = [(item_index[x], s) for x, s in zip(raw, score) if item_index[x] not in seen][:k1]
+        if kept:
+            candidates[u, :len(kept)] = [i for i, _ in kept]
+            scores[u, :len(kept)] = [s for _, s in kept]
+    return candidates, scores
+
+
+@torch.no_grad()
+def generator_top_items(generator: str, item_ids: Sequence[Any], offsets: np.ndarray, items: np.ndarray, k: int,
+                        device: str | torch.device = "cpu", beam_width: int | None = None, batch_size: int = 256,
+                        width: int | None = None, progress: bool | None = None) -> np.ndarray:
+    """The top k unseen items of the generator checkpoint at `generator` for every CSR dense history:
+    (U, width or k) int64 dense indices in its order, -1 where fewer remain.
+
+    The generator is loaded (frozen: it is only asked) on `device`, asked `batch_size` histories at
+    a time behind a tqdm bar (`progress` None: only on a terminal), and freed before returning.
+    GRank's `hard_negatives_from: generator` caches these for its ranker's hard negatives.
+    """
+    import gc
+
+    from tqdm.auto import tqdm
+
+    item_ids = np.asarray(item_ids)
+    model = load_generator(generator, device, beam_width)
+    if model is None:
+        raise ValueError("generator_top_items needs a generator checkpoint, not 'grank'")
+    if not np.array_equal(np.asarray(model.item_ids), item_ids):
+        raise ValueError(f"the generator {generator} serves another catalogue ({len(model.item_ids):,} items) than "
+                         f"the training data ({len(item_ids):,}); train both on the same data")
+    index = requests.item_lookup(item_ids)
+    k = min(k, len(item_ids))
+    n_users = len(offsets) - 1
+    out = np.full((n_users, max(width or k, k)), -1, np.int64)
+    try:
+        for start in tqdm(range(0, n_users, batch_size), desc="generator candidates", unit="batch",
+                          disable=None if progress is None else not progress):
+            stop = min(start + batch_size, n_users)
+            out[start:stop, :k], _ = generator_candidates(model, item_ids, offsets[start:stop + 1] - offsets[start],
+                                                         items[offsets[start]:offsets[stop]], k, item_index=index)
+    finally:
+        del model
+        gc.collect()
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+    return out
 
 
 def load_generator(generator: str, device, beam_width: int | None = None):

@@ -3,7 +3,9 @@
 A training example is a cut t of a user's training positives: the generator window (the last
 `max_len` positives before t), the ranker window (the last `long_len` before t) and the target
 (item t). Evaluation batches add each user's seen items as a (B, n_items) mask, so generation
-never returns a history item.
+never returns a history item. With `example_rows` set (GRankModule sets it for
+`hard_negatives_from: generator`) training batches also say which training user each example is
+and whether its cut is the user's last.
 """
 
 from __future__ import annotations
@@ -31,13 +33,17 @@ class GRankDataModule(KuaiFormerDataModule):
         if long_len < 1:
             raise ValueError(f"data.long_len must be >= 1, got {long_len}")
         self.long_len = long_len
+        # Set by the module, not a config key: add "user_rows" / "last_cut" to training batches.
+        self.example_rows = False
 
     def _long(self, users, ends, offsets, items) -> torch.Tensor:
         window, valid = gather_windows(offsets, items, users, ends, self.long_len, -1)
         return torch.from_numpy(window[:, -_trim(valid):])
 
     def train_batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        """items (N, T), long (N, L), targets (N,) for N = len(rows) * cuts_per_user examples."""
+        """items (N, T), long (N, L), targets (N,) for N = len(rows) * cuts_per_user examples; with
+        `example_rows` also user_rows (N,) int64 (the example's index into `train_users`) and
+        last_cut (N,) bool (its target is the user's last training positive, its history all before)."""
         users = self.train_users[rows]
         lengths = np.diff(self.train_offsets)[users]
         C = self.cuts_per_user
@@ -46,9 +52,23 @@ class GRankDataModule(KuaiFormerDataModule):
             cuts[:, 0] = lengths - 1
         users_rep, cuts = np.repeat(users, C), cuts.reshape(-1)
         window, valid = gather_windows(self.train_offsets, self.train_items, users_rep, cuts, self.max_len, -1)
-        return {"items": torch.from_numpy(window[:, -_trim(valid):]),
-                "long": self._long(users_rep, cuts, self.train_offsets, self.train_items),
-                "targets": torch.from_numpy(self.train_items[self.train_offsets[users_rep] + cuts])}
+        batch = {"items": torch.from_numpy(window[:, -_trim(valid):]),
+                 "long": self._long(users_rep, cuts, self.train_offsets, self.train_items),
+                 "targets": torch.from_numpy(self.train_items[self.train_offsets[users_rep] + cuts])}
+        if self.example_rows:
+            batch["user_rows"] = torch.from_numpy(np.repeat(np.asarray(rows, np.int64), C))
+            batch["last_cut"] = torch.from_numpy(cuts == np.repeat(lengths, C) - 1)
+        return batch
+
+    def last_cut_histories(self) -> tuple[np.ndarray, np.ndarray]:
+        """CSR dense histories (offsets (U + 1,), items) of every training user's last cut, in
+        `train_users` order: the user's training positives but the last one."""
+        starts = self.train_offsets[self.train_users]
+        lengths = np.diff(self.train_offsets)[self.train_users] - 1
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        owner = np.repeat(np.arange(len(lengths)), lengths)
+        return offsets, self.train_items[starts[owner] + np.arange(offsets[-1]) - offsets[owner]]
 
     def eval_batch(self, stage: str, rows: np.ndarray) -> dict[str, torch.Tensor]:
         """items (B, T), long (B, L), seen (B, n_items) bool, index (B,) of evaluation examples `rows`."""

@@ -7,9 +7,16 @@ on a CPU budget). Every term is InfoNCE at one `temperature`:
     targets with log Q ("in_batch", for large ones).
   * L_SA: each example's target and `aux_negatives` other targets of the batch as candidate tokens;
     their s_sa scores, target first.
-  * L_CA: the ranker's s_ca for the target, `hard_negatives` drawn from the generator's own top
+  * L_CA: the ranker's s_ca for the target, `hard_negatives` drawn uniformly from a generator's top
     `hard_pool` (no gradient; the paper is silent, but a re-ranker only ever sees the generator's top
-    items) and `ranker_negatives` other targets of the batch.
+    items) and `ranker_negatives` other targets of the batch. Whose top items is
+    `hard_negatives_from`: "own" = GRank's own generator, recomputed every step (history and target
+    removed); "generator" = the external `generator` checkpoint (e.g. DualGR) whose candidates the
+    ranker re-orders at serving: its top `hard_pool` for each training user's last cut (history
+    excluded) is computed once when fitting starts (frozen model, then freed; the family's callback
+    genret.eval.grank_negatives.GeneratorHardNegatives, as training may not import decoding), and the ranker
+    trains on the batch's last-cut examples only, against those cached items (target and padding
+    removed).
 With `freeze_generator` only the ranker's own layers train (the item table belongs to the
 generator), so the generator's candidates cannot move; `init_from` loads a GRank checkpoint's
 weights first (e.g. a pure-generator run).
@@ -35,6 +42,7 @@ from genret.training.family_module import ItemSoftmaxModule
 log = logging.getLogger(__name__)
 
 NTP_NEGATIVES = ("full", "in_batch")
+HARD_NEGATIVE_SOURCES = ("own", "generator")
 
 
 class GRankModule(ItemSoftmaxModule):
@@ -58,7 +66,13 @@ class GRankModule(ItemSoftmaxModule):
         generator: whose top k1 the ranker re-orders at serving and in the benchmark: "grank" (its own
             MIPS) or the checkpoint of a SASRec / KuaiFormer / DualGR model trained on the same data
             (never trained here: frozen). Training is the same either way: the ranker's hard negatives
-            come from GRank's own generator (decoding DualGR beams every step is too slow for a CPU).
+            come from GRank's own generator unless `hard_negatives_from` is "generator".
+        hard_negatives_from: "own" (GRank's own generator's top `hard_pool`, every step) or
+            "generator" (the `generator` checkpoint's top `hard_pool` for each training user's last
+            cut, computed once before training: the ranker learns to order exactly what that
+            generator proposes; it then trains on last-cut examples only). See the module docstring.
+            With hard_negatives 0 or ranker_weight 0 there is nothing to cache and both are the same.
+        generator_batch_size: histories per call to the external generator when caching its candidates.
         beam_width: beams per level of a DualGR generator (default: what k1 needs).
         lr, weight_decay, warmup_steps, cosine: AdamW and its schedule.
         monitor, patience, eval_ks: epoch selection (val/ndcg@10 is generator + ranker).
@@ -72,7 +86,8 @@ class GRankModule(ItemSoftmaxModule):
                  hard_negatives: int = 32, hard_pool: int = 200, ranker_rows: int = 128,
                  freeze_generator: bool = False,
                  init_from: str | None = None, k1: int = 1000, val_k1: int = 200, blend: float = 0.0,
-                 generator: str = "grank", beam_width: int | None = None,
+                 generator: str = "grank", beam_width: int | None = None, hard_negatives_from: str = "own",
+                 generator_batch_size: int = 256,
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, cosine: bool = True,
                  monitor: str = "val/ndcg@10", patience: int | None = None, eval_ks: list[int] | None = None):
         super().__init__()
@@ -87,6 +102,15 @@ class GRankModule(ItemSoftmaxModule):
                              "generator produces random candidates")
         if freeze_generator and ranker_weight == 0:
             raise ValueError("freeze_generator trains the ranker only; set ranker_weight > 0")
+        if hard_negatives_from not in HARD_NEGATIVE_SOURCES:
+            raise ValueError(f"model.hard_negatives_from must be one of {HARD_NEGATIVE_SOURCES}, "
+                             f"got {hard_negatives_from!r}")
+        if hard_negatives_from == "generator" and generator in (None, "grank"):
+            raise ValueError("model.hard_negatives_from: generator draws the ranker's hard negatives from an "
+                             "external generator's candidates; set model.generator to its checkpoint (a SASRec / "
+                             "KuaiFormer / DualGR model trained on the same data), or use hard_negatives_from: own")
+        if generator_batch_size < 1:
+            raise ValueError(f"model.generator_batch_size must be >= 1, got {generator_batch_size}")
         self.config = config or GRankConfig()
         self.ntp_weight, self.aux_weight, self.ranker_weight = ntp_weight, aux_weight, ranker_weight
         self.position_loss_weight = position_loss_weight
@@ -97,6 +121,7 @@ class GRankModule(ItemSoftmaxModule):
         self.freeze_generator, self.init_from = freeze_generator, init_from
         self.k1, self.val_k1, self.blend = k1, val_k1, blend
         self.generator, self.beam_width = generator, beam_width
+        self.hard_negatives_from, self.generator_batch_size = hard_negatives_from, generator_batch_size
         self.lr, self.weight_decay, self.warmup_steps, self.cosine = lr, weight_decay, warmup_steps, cosine
         self.monitor, self.patience = monitor, patience
         self.eval_ks = sorted(set(eval_ks or [10, 50]))
@@ -104,6 +129,11 @@ class GRankModule(ItemSoftmaxModule):
         self.save_hyperparameters({"config": dataclasses.asdict(self.config), **hp})
         self.model: GRank | None = None
         self.catalogue: dict[str, Any] | None = None
+        # (n_train_users, hard_pool) dense ids, -1 padded: the external generator's top items for each
+        # training user's last cut ("generator" only; a non-persistent buffer that
+        # genret.eval.grank_negatives.GeneratorHardNegatives fills when fitting starts).
+        self.register_buffer("generator_pool", None, persistent=False)
+        self._ranker_examples = 0  # last-cut examples the ranker trained on in the latest step ("generator")
 
     # ------------------------------------------------------------------ model from data facts
     def build_from_data(self, dm) -> GRank:
@@ -125,7 +155,32 @@ class GRankModule(ItemSoftmaxModule):
         if self.freeze_generator:
             for name, param in self.model.named_parameters():
                 param.requires_grad_(name.startswith("ranker."))
+        if self.uses_generator_pool:
+            dm.example_rows = True  # batches say which cached row each example reads
         return self.model
+
+    @property
+    def uses_generator_pool(self) -> bool:
+        """Whether the ranker's hard negatives come from the cached external generator's candidates."""
+        return self.hard_negatives_from == "generator" and self.ranker_weight > 0 and self.hard_negatives > 0
+
+    def on_fit_start(self) -> None:
+        if not self.uses_generator_pool:
+            return
+        n_users = len(self.trainer.datamodule.train_users)
+        if self.generator_pool is None or self.generator_pool.shape != (n_users, self.hard_pool):
+            raise RuntimeError("hard_negatives_from: generator needs the external generator's candidates for the "
+                               f"{n_users} training users before training; the grank family's callback "
+                               "genret.eval.grank_negatives.GeneratorHardNegatives computes them (genret train / "
+                               "benchmark add it; a hand-built Trainer must list it)")
+
+    def set_generator_pool(self, pool: torch.Tensor) -> None:
+        """Keep the external generator's top `hard_pool` per training user's last cut: (n_train_users,
+        hard_pool) int64 dense ids, -1 padded, in `train_users` order; a non-persistent buffer."""
+        if pool.dtype != torch.int64 or pool.ndim != 2 or pool.shape[1] != self.hard_pool:
+            raise ValueError(f"the generator pool must be (users, hard_pool={self.hard_pool}) int64, got "
+                             f"{tuple(pool.shape)} {pool.dtype}")
+        self.register_buffer("generator_pool", pool.to(self.device), persistent=False)
 
     # ------------------------------------------------------------------ losses
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -156,7 +211,22 @@ class GRankModule(ItemSoftmaxModule):
             column = torch.zeros(n, dtype=torch.long, device=rng_device)
             out["aux"] = self.aux_weight * info_nce(self.model.aux_scores(cand_states), column, self.temperature,
                                                     allowed)
-        if self.ranker_weight > 0:
+        if self.ranker_weight > 0 and self.uses_generator_pool:
+            # Only last-cut examples: the cached candidates are those of the user's last cut.
+            if "last_cut" not in batch:
+                raise RuntimeError("hard_negatives_from: generator needs training batches with user_rows / last_cut "
+                                   "(GRankDataModule with example_rows set; build_from_data sets it)")
+            rows = batch["last_cut"].nonzero().squeeze(1)
+            if len(rows) > self.ranker_rows:
+                rows = rows[torch.randperm(len(rows), device=rng_device)[:self.ranker_rows]]
+            self._ranker_examples = len(rows)
+            if len(rows):
+                pool_rows = self.generator_hard_negatives(batch["user_rows"][rows], targets[rows])
+                out["ranker"] = self.ranker_weight * self.ranker_loss(
+                    users[rows].detach(), table.detach(), items[rows], long_items[rows], targets[rows], pool_rows)
+            else:  # nothing to rank against the cached candidates this step
+                out["ranker"] = torch.zeros((), device=rng_device)
+        elif self.ranker_weight > 0:
             rows = torch.randperm(n, device=rng_device)[:self.ranker_rows] if n > self.ranker_rows else slice(None)
             out["ranker"] = self.ranker_weight * self.ranker_loss(users[rows].detach(), table.detach(), items[rows],
                                                                   long_items[rows], targets[rows])
@@ -173,13 +243,30 @@ class GRankModule(ItemSoftmaxModule):
         logits = logits - sampling_log_q(self.item_log_prob, candidates, len(targets), 0, self.config.n_items)[None]
         return info_nce(logits, inverse, 1.0)
 
+    def generator_hard_negatives(self, user_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """`hard_negatives` items per example drawn uniformly (with replacement) from its cached row
+        of `generator_pool` without the target and the padding: (N, hard_negatives) dense ids, -1
+        where the row holds nothing else (those columns are masked out of the loss)."""
+        if self.generator_pool is None:
+            raise RuntimeError("hard_negatives_from: generator needs the cached generator candidates; "
+                               "genret.eval.grank_negatives.GeneratorHardNegatives computes them when fitting starts")
+        pool = self.generator_pool[user_rows]
+        valid = (pool >= 0) & (pool != targets[:, None])
+        has = valid.any(dim=1)
+        weights = torch.where(has[:, None], valid, torch.ones_like(valid)).float()
+        picked = pool.gather(1, torch.multinomial(weights, self.hard_negatives, replacement=True))
+        return picked.masked_fill(~has[:, None], -1)
+
     def ranker_loss(self, users: torch.Tensor, table: torch.Tensor, items: torch.Tensor, long_items: torch.Tensor,
-                    targets: torch.Tensor) -> torch.Tensor:
+                    targets: torch.Tensor, hard: torch.Tensor | None = None) -> torch.Tensor:
         """InfoNCE of s_ca: the target (column 0), hard negatives from the generator's top items
-        (history and target removed) and other in-batch targets."""
+        (history and target removed; `hard` (N, hard_negatives): drawn already, -1 = none, e.g. by
+        `generator_hard_negatives`) and other in-batch targets."""
         n, device = len(targets), targets.device
         columns = [targets[:, None]]
-        if self.hard_negatives > 0:
+        if hard is not None:
+            columns.append(hard)
+        elif self.hard_negatives > 0:
             with torch.no_grad():
                 scores = users.float() @ table.float().T
                 rows = torch.arange(n, device=device)
@@ -194,6 +281,9 @@ class GRankModule(ItemSoftmaxModule):
         candidates = torch.cat(columns, dim=1)
         allowed = candidates != targets[:, None]
         allowed[:, 0] = True
+        if hard is not None:
+            allowed &= candidates >= 0
+            candidates = candidates.clamp(min=0)
         scores = self.model.rank_scores(candidates, long_items, users)
         return info_nce(scores, torch.zeros(n, dtype=torch.long, device=device), self.temperature, allowed)
 
@@ -202,6 +292,11 @@ class GRankModule(ItemSoftmaxModule):
         n = len(batch["targets"])
         for name, value in terms.items():
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=n)
+        if self.uses_generator_pool:
+            # How many last-cut examples the ranker trained on (0: its term was 0 this step).
+            self.log("train/ranker_examples", float(self._ranker_examples), batch_size=n)
+        if not terms["loss"].requires_grad:
+            return None  # only a ranker term and no last-cut example: nothing to learn this step
         return terms["loss"]
 
     # ------------------------------------------------------------------ validation
@@ -222,7 +317,9 @@ class GRankModule(ItemSoftmaxModule):
     def checkpoint_extra(self) -> dict[str, Any]:
         """How the retriever serves this model: k1, the score blend, the generator, ranker on or off."""
         return {"serving": {"k1": self.k1, "blend": self.blend, "generator": self.generator,
-                            "ranker": self.ranker_weight > 0, "beam_width": self.beam_width}}
+                            "ranker": self.ranker_weight > 0, "beam_width": self.beam_width,
+                            # provenance (serving does not read it): whose candidates the ranker trained on
+                            "hard_negatives_from": self.hard_negatives_from}}
 
 
 def load_grank(path, device: str | torch.device = "cpu") -> tuple[GRank, dict[str, Any]]:

@@ -1,5 +1,6 @@
 """GRank end to end on synthetic data: shipped configs, a tiny run, checkpoint round trip, serving
-rules (candidates only, never the history), bad input, and a frozen generator under ranker training."""
+rules (candidates only, never the history), bad input, a frozen generator under ranker training,
+and the ranker's hard negatives from an external generator (hard_negatives_from: generator)."""
 
 from pathlib import Path
 
@@ -37,6 +38,18 @@ def trained(tmp_path_factory):
     module, dm, trainer = build("grank", CONFIGS / "grank_ml1m.yaml", out, TINY)
     ckpt, _ = fit(module, dm, trainer, out)
     return module, dm, ckpt
+
+
+@pytest.fixture(scope="module")
+def sasrec_ckpt(tmp_path_factory):
+    """A tiny SASRec checkpoint of the same synthetic data: an external generator."""
+    out = tmp_path_factory.mktemp("sasrec")
+    sasrec, sdm, trainer = build("sasrec", CONFIGS / "sasrec_ml1m.yaml", out,
+                                 ["--data.data", "synthetic:200x150", "--data.load_kwargs", "{}",
+                                  "--trainer.max_epochs", "1", "--model.config.d_model", "16",
+                                  "--model.config.d_ffn", "32", "--data.max_len", "8"])
+    ckpt, _ = fit(sasrec, sdm, trainer, out)
+    return str(ckpt)
 
 
 def _histories(dm, n=6):
@@ -114,17 +127,12 @@ def test_frozen_generator_keeps_its_candidates_while_the_ranker_trains(trained, 
     assert changed and all(n.startswith("ranker.") for n in changed)
 
 
-def test_the_ranker_reorders_another_generators_candidates(trained, tmp_path):
+def test_the_ranker_reorders_another_generators_candidates(trained, sasrec_ckpt, tmp_path):
     """SASRec top-K as the generator: the ranker's list is a re-ordering of SASRec's unseen top k1."""
     from genret.decoding.embedding_retriever import EmbeddingRetriever
     from genret.eval.grank_benchmark import run_grank
 
     module, dm, ckpt = trained
-    sasrec, sdm, trainer = build("sasrec", CONFIGS / "sasrec_ml1m.yaml", tmp_path / "sasrec",
-                                 ["--data.data", "synthetic:200x150", "--data.load_kwargs", "{}",
-                                  "--trainer.max_epochs", "1", "--model.config.d_model", "16",
-                                  "--model.config.d_ffn", "32", "--data.max_len", "8"])
-    sasrec_ckpt, _ = fit(sasrec, sdm, trainer, tmp_path / "sasrec")
     r = GRankRetriever.from_checkpoint(ckpt, device="cpu", generator=str(sasrec_ckpt))
     assert isinstance(r.generator, EmbeddingRetriever)
     histories = _histories(dm)
@@ -178,3 +186,115 @@ def test_benchmark_and_decode_commands_with_a_grank_model(tmp_path):
     assert row["user"] == "u" and len(row["items"]) == 5 and not {1, 2, 3} & set(row["items"])
     with pytest.raises(SystemExit, match="exceeds the 40 candidates"):
         main(["decode", "--checkpoint", str(out / "model.ckpt"), "--histories", str(histories), "--k", "41"])
+
+
+# ------------------------------------------------------------------ hard_negatives_from: generator
+FROM_GENERATOR = ["--model.hard_negatives_from", "generator"]
+
+
+def test_own_hard_negatives_keep_the_training_batches_as_they_were(trained):
+    module, dm, _ = trained
+    assert module.hard_negatives_from == "own" and module.generator_pool is None
+    assert set(dm.train_batch(np.arange(4))) == {"items", "long", "targets"}
+    assert "generator_pool" not in module.state_dict()
+
+
+def test_hard_negatives_from_generator_needs_a_generator_checkpoint():
+    from genret.training.grank_module import GRankModule
+
+    with pytest.raises(ValueError, match="set model.generator"):
+        GRankModule(hard_negatives_from="generator")
+    with pytest.raises(ValueError, match="hard_negatives_from must be one of"):
+        GRankModule(hard_negatives_from="dualgr", generator="x.ckpt")
+
+
+def test_generator_hard_negatives_come_from_its_cached_last_cut_candidates(sasrec_ckpt, tmp_path):
+    from genret.eval.grank_negatives import cache_generator_pool
+
+    torch.manual_seed(0)
+    module, dm, _ = build("grank", CONFIGS / "grank_ml1m.yaml", tmp_path,
+                          TINY + FROM_GENERATOR + ["--model.generator", sasrec_ckpt, "--model.ranker_rows", "5"])
+    dm.setup("fit")
+    module.build_from_data(dm)
+    pool = cache_generator_pool(module, dm)
+    assert pool.shape == (len(dm.train_users), 20) and pool.dtype == torch.int64
+    assert "generator_pool" not in module.state_dict()  # non-persistent: never in a checkpoint
+    # By hand for a few users: SASRec's top items for the user's training positives but the last,
+    # history excluded, in SASRec's order.
+    sasrec = load_retriever(sasrec_ckpt, device="cpu")
+    ids = dm.log_all.item_ids
+    for row in (0, 7, len(dm.train_users) - 1):
+        u = dm.train_users[row]
+        history = dm.train_items[dm.train_offsets[u]:dm.train_offsets[u + 1] - 1]
+        cached = pool[row].numpy()
+        assert (cached >= 0).all() and not set(cached.tolist()) & set(history.tolist())
+        top = [x for x in sasrec.retrieve([ids[history].tolist()], k=150).items[0]
+               if x not in set(ids[history].tolist())][:20]
+        assert ids[cached].tolist() == top
+    # A training batch says which cached row each example reads and whether its cut is the last.
+    batch = dm.train_batch(np.arange(16))
+    rows, last = batch["user_rows"].numpy(), batch["last_cut"].numpy()
+    users = dm.train_users[rows]
+    last_targets = dm.train_items[dm.train_offsets[users + 1] - 1]
+    assert last.any() and not last.all()
+    np.testing.assert_array_equal(last, batch["targets"].numpy() == last_targets)  # synthetic: no repeats
+    drawn = []
+    original = module.generator_hard_negatives
+
+    def record(user_rows, targets):
+        picked = original(user_rows, targets)
+        drawn.append((user_rows, targets, picked))
+        return picked
+
+    module.generator_hard_negatives = record
+    terms = module.losses(batch)
+    assert torch.isfinite(terms["ranker"]) and terms["ranker"] > 0
+    (user_rows, targets, picked), = drawn
+    assert len(user_rows) == 5  # ranker_rows among the last-cut examples
+    for r, t, p in zip(user_rows.tolist(), targets.tolist(), picked.tolist()):
+        assert r in set(rows[last].tolist())  # a last-cut example of this batch ...
+        assert t == dm.train_items[dm.train_offsets[dm.train_users[r] + 1] - 1]  # ... with its own target
+        assert set(p) <= set(pool[r].tolist()) and t not in p and min(p) >= 0
+    # No last-cut example in the batch: the ranker term is 0 this step.
+    batch["last_cut"][:] = False
+    assert module.losses(batch)["ranker"] == 0
+
+
+def test_generator_hard_negatives_skip_the_target_and_padding():
+    from genret.training.grank_module import GRankModule
+
+    module = GRankModule(hard_negatives_from="generator", generator="x.ckpt", hard_negatives=50)
+    module.generator_pool = torch.tensor([[4, 9, -1, -1], [3, -1, -1, -1], [-1, -1, -1, -1]])
+    picked = module.generator_hard_negatives(torch.tensor([0, 1, 2]), torch.tensor([9, 3, 1]))
+    assert set(picked[0].tolist()) == {4} and set(picked[1].tolist()) == {-1} and set(picked[2].tolist()) == {-1}
+
+
+def test_a_fit_with_generator_hard_negatives_serves_from_its_checkpoint(sasrec_ckpt, tmp_path):
+    torch.manual_seed(0)
+    module, dm, trainer = build("grank", CONFIGS / "grank_ml1m.yaml", tmp_path,
+                                TINY + FROM_GENERATOR + ["--model.generator", sasrec_ckpt,
+                                                         "--trainer.log_every_n_steps", "1"])
+    ckpt, _ = fit(module, dm, trainer, tmp_path)
+    assert module.generator_pool.shape == (len(dm.train_users), 20)
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert checkpoint["genret"]["serving"]["hard_negatives_from"] == "generator"
+    assert "generator_pool" not in checkpoint["state_dict"]
+    logged = (tmp_path / "logs" / "version_0" / "metrics.csv").read_text()
+    assert "train/ranker_examples" in logged
+    r = GRankRetriever.from_checkpoint(ckpt, device="cpu")
+    assert r.generator is not None  # serves SASRec's candidates, as it trained on them
+    histories = _histories(dm)
+    result = r.retrieve(histories, k=10)
+    assert all(len(items) == 10 and not set(items) & set(h) for items, h in zip(result.items, histories))
+
+
+def test_generator_hard_negatives_without_the_callback_get_a_clear_error(sasrec_ckpt, tmp_path):
+    """A Trainer built by hand without the family's callback must not train on an empty pool."""
+    from genret.eval.grank_negatives import GeneratorHardNegatives
+
+    module, dm, trainer = build("grank", CONFIGS / "grank_ml1m.yaml", tmp_path,
+                                TINY + FROM_GENERATOR + ["--model.generator", sasrec_ckpt])
+    assert any(isinstance(cb, GeneratorHardNegatives) for cb in trainer.callbacks)
+    trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, GeneratorHardNegatives)]
+    with pytest.raises(RuntimeError, match="GeneratorHardNegatives"):
+        trainer.fit(module, datamodule=dm)

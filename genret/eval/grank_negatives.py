@@ -1,0 +1,47 @@
+"""GRank's `hard_negatives_from: generator`: before training, the external generator's top
+`hard_pool` items (history excluded) for each training user's last cut, handed to the module as
+the pool its ranker's hard negatives are drawn from (genret.training.grank_module).
+
+A callback (the grank family lists it, like GRankValidation) because training may not import the
+decoding stage that loads another family's retriever.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+
+from genret.decoding.grank_retriever import generator_top_items
+
+log = logging.getLogger(__name__)
+
+
+def cache_generator_pool(module, dm) -> torch.Tensor:
+    """Compute the external generator's candidates for `dm`'s training users (`dm.train_users`
+    order, the history of each one's last cut) and keep them in `module.generator_pool`."""
+    if not dm.include_last_cut:
+        log.warning("hard_negatives_from: generator with data.include_last_cut false: the ranker only trains on "
+                    "the random cuts that fall on a user's last training positive")
+    offsets, items = dm.last_cut_histories()
+    n_users = len(offsets) - 1
+    log.info("caching %s's top %d items for %d training users (the ranker's hard negatives)", module.generator,
+             module.hard_pool, n_users)
+    pool = generator_top_items(module.generator, module.catalogue["item_ids"], offsets, items, module.hard_pool,
+                               device=module.device, beam_width=module.beam_width,
+                               batch_size=module.generator_batch_size, width=module.hard_pool)
+    empty = int((pool[:, 0] < 0).sum())
+    if empty:
+        log.warning("%d of %d training users get no candidate from %s; the ranker skips them", empty, n_users,
+                    module.generator)
+    module.set_generator_pool(torch.from_numpy(pool))
+    return module.generator_pool
+
+
+class GeneratorHardNegatives(pl.Callback):
+    """Fills a GRankModule's `generator_pool` when fitting starts (a no-op unless it asks for one)."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if getattr(pl_module, "uses_generator_pool", False):
+            cache_generator_pool(pl_module, trainer.datamodule)

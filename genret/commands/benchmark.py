@@ -25,7 +25,9 @@ training continues from its last finished epoch (DIR/.../checkpoints/last.ckpt),
 
 `--sweep KEY=V1,V2,...` (e.g. `model.config.short_window=4,16,64`, the paper's Fig. 2) trains the
 model once per value (and seed) and reports validation only: a setting is chosen on validation,
-and test is read once, by the recipe that comes out of it.
+and test is read once, by the recipe that comes out of it. Under `--protocol looc` with
+`data.cold_valid_users` the validation cold users are reported too ("cold_val"), so a cold-start
+setting is chosen without reading the cold test users.
 """
 
 from __future__ import annotations
@@ -33,9 +35,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from genret.commands.arguments import Parser
 from genret.families import FAMILIES
+
+if TYPE_CHECKING:  # annotations only: the CLI imports numpy where it needs it
+    import numpy as np
 
 
 def main(argv: list[str]) -> int:
@@ -329,6 +335,9 @@ def _run_sweep(args, sweep: tuple[str, list[str]], seeds: list[int], overrides: 
     summary = summarize_ablations(runs_by_seed, reference=values[0])
     rows = {value: {"val": v["val"], "paired_val": v.get("paired_val"), "train_seconds": v["train_seconds"]}
             for value, v in summary["variants"].items()}
+    for value, v in summary["variants"].items():
+        if "cold_val" in v:  # --protocol looc with data.cold_valid_users: cold-start choices are made on these
+            rows[value].update(cold_val=v["cold_val"], paired_cold_val=v.get("paired_cold_val"))
     if not is_main_process():
         return 0
     record = {"model": args.model, "dataset": dm.log_all.name, "commit": code_version(), "device": runs.device_name(),

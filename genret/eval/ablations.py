@@ -47,10 +47,11 @@ def summarize_ablations(runs: Mapping[int, Mapping[str, Mapping[str, Any]]], ref
             the reference on the group's users; absent for the reference)}}}.
 
     Returns:
-        {"seeds": [...], "reference": name, "paired_method": text, "variants": {name: {"val", "test"
-        ({"mean", "sd", "n_users"}; the stages every seed measured), "per_seed": {seed: {"val", "test"}},
+        {"seeds": [...], "reference": name, "paired_method": text, "variants": {name: {"val", "test",
+        "cold_val" ({"mean", "sd", "n_users"}; the stages every seed measured), "per_seed": {seed:
+        {"val", "test", "cold_val"}},
         "train_seconds": [...],
-        "paired_test" / "paired_val": {"hr@K": paired_hit_difference_over_seeds(...)} (absent for the
+        "paired_test" / "paired_val" / "paired_cold_val": {"hr@K": paired_hit_difference_over_seeds(...)} (absent for the
         reference), "note" (when a seed's run says one)}}}.
     """
     seeds = sorted(runs)
@@ -69,8 +70,9 @@ def summarize_ablations(runs: Mapping[int, Mapping[str, Mapping[str, Any]]], ref
                            "variants": {}}
     for name in variants:
         per = [runs[s][name] for s in seeds]
-        stages = [key for key in ("val", "test") if all(key in r for r in per)]  # a sweep measures "val" only
-        if not stages:
+        # A sweep measures "val" only; "cold_val": the LOOC cold validation users (data.cold_valid_users).
+        stages = [key for key in ("val", "test", "cold_val") if all(key in r for r in per)]
+        if not {"val", "test"} & set(stages):
             raise ValueError(f"variant {name!r} has neither validation nor test metrics in every seed")
         entry: dict[str, Any] = {key: _mean_sd([r[key] for r in per]) for key in stages}
         entry["per_seed"] = {str(s): {key: dict(r[key]) for key in stages} for s, r in zip(seeds, per)}

@@ -56,7 +56,13 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
     Under `data.protocol: looc` the cold items join the trained catalogue by their SIDs
     (`dm.cold_items()`, `Retriever.add_items`) before anything is evaluated; "test" is then the
     warm users, "cold" the cold users, and "extra" / "baselines" hold RetrievalFormer's LOOC
-    blocks (genret.eval.retrievalformer_benchmark.looc_blocks) for metrics.json.
+    blocks (genret.eval.retrievalformer_benchmark.looc_blocks) for metrics.json. With a cold
+    validation set (`data.cold_valid_users`) its users are ranked too ("cold_val", in "extra" and
+    in the content baseline), also by a validation-only run, which still reads no test user: the
+    cold items (test ones included: a catalogue holds every item, and their content is no test
+    user's behaviour) join the catalogue there as well, so "val" and "cold_val" are the numbers a
+    full run of the same model gets. Without a cold validation set a validation-only run adds no
+    cold item and ranks "val" on the warm catalogue, as before.
 
     Every finished run writes out_dir/run_result.json (genret.eval.run_record). With `resume`, a
     run whose record was written with these same settings (config text, data, overrides, seed,
@@ -116,15 +122,19 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
     if checkpoint is None and unfinished is not None:
         result["continued_from"] = str(unfinished)  # train_seconds counts the continuation only
     looc = getattr(dm, "cold_split", None) is not None
-    if looc and "test" in stages:  # a validation-only run (a sweep) must not read the cold users either
+    cold_valid = looc and "cold_valid" in dm.eval_sets
+    read_test = "test" in stages
+    # A validation-only run (a sweep) must not read the cold test users: it ranks the validation
+    # cold users only, and without a cold validation set no cold user at all.
+    if looc and (read_test or cold_valid):
         # DualGR's cold start: the cold items join the trained model's catalogue by the SIDs the
         # fitted tokenizer gives their content vectors (no retraining), then every user is served
         # from the full catalogue, as RetrievalFormer's LOOC users are.
         cold_ids, cold_codes = dm.cold_items()
         retriever.add_items(cold_ids, cold_codes)
-        stages = (*stages, "cold")
+        stages = (*stages, *(("cold",) if read_test else ()), *(("cold_valid",) if cold_valid else ()))
     ranked_by_stage = {}
-    for stage, key in (("valid", "val"), ("test", "test"), ("cold", "cold")):
+    for stage, key in (("valid", "val"), ("test", "test"), ("cold", "cold"), ("cold_valid", "cold_val")):
         if stage not in stages:
             continue
         es = dm.eval_sets[stage]
@@ -135,30 +145,37 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
         result[key] = ranking_metrics(ranked, targets, ks)
         result[f"{key}_ranks"] = target_ranks(ranked, targets)
         ranked_by_stage[stage] = ranked
-    if "cold" in stages:
-        result.update(_looc_result(dm, retriever, ranked_by_stage["cold"], result, ks, max_eval_users))
+    if "cold" in stages or "cold_valid" in stages:
+        result.update(_looc_result(dm, retriever, ranked_by_stage, result, ks, max_eval_users, test=read_test))
     write_run_record(out_dir, signature, {k: v for k, v in result.items() if k != "datamodule"})
     return result
 
 
-def _looc_result(dm, retriever, cold_ranked: np.ndarray, result: dict[str, Any], ks,
-                 max_eval_users: int | None) -> dict[str, Any]:
+def _looc_result(dm, retriever, ranked_by_stage: dict[str, np.ndarray], result: dict[str, Any], ks,
+                 max_eval_users: int | None, test: bool = True) -> dict[str, Any]:
     """metrics.json's LOOC blocks of a generative run, as RetrievalFormer writes them: "cold" and
-    "warm" (= "test": the warm users), the split's sizes, the content baseline (on the same users)
-    and how the cold items' SIDs sit in the index."""
+    "warm" (= "test": the warm users), "cold_val" (the validation cold users, with a cold
+    validation set), the split's sizes, the content baseline (on the same users) and how the cold
+    items' SIDs sit in the index. `test` False (a validation-only run): "cold_val" only, of the
+    model and of the baseline."""
     from genret.data.item_features import content_tfidf
     from genret.eval.retrievalformer_benchmark import looc_blocks
 
     n_warm = dm.n_items
     # The baseline's TF-IDF of every item with vocabularies and IDF fitted on the warm items.
     content, _ = content_tfidf(dm.cold_split.log, dm.sid.content_features, fit_items=np.arange(n_warm))
-    blocks = looc_blocks(dm, ks, cold_ranked=cold_ranked, content=content, max_users=max_eval_users)
+    blocks = looc_blocks(dm, ks, cold_ranked=ranked_by_stage.get("cold"),
+                         cold_valid_ranked=ranked_by_stage.get("cold_valid"), content=content,
+                         max_users=max_eval_users, test=test)
     codes = retriever.model.item_codes.cpu().numpy()
     warm_sids = {tuple(c) for c in codes[:n_warm].tolist()}
     shared = sum(tuple(c) in warm_sids for c in codes[n_warm:].tolist())
-    extra = {"cold": blocks["cold"], "warm": result["test"], "looc": blocks["looc"],
-             "cold_start": {"cold_items_added": int(len(codes) - n_warm), "sharing_a_warm_sid": int(shared),
-                            "sid_source": dm.sid_report.get("embedding_source")}}
+    extra = {"cold": blocks["cold"], "warm": result["test"]} if test else {}
+    if "cold_val" in blocks:
+        extra["cold_val"] = blocks["cold_val"]
+    extra.update(looc=blocks["looc"],
+                 cold_start={"cold_items_added": int(len(codes) - n_warm), "sharing_a_warm_sid": int(shared),
+                             "sid_source": dm.sid_report.get("embedding_source")})
     return {"extra": extra, "baselines": blocks["baselines"]}
 
 

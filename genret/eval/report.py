@@ -167,7 +167,8 @@ def format_sweep_table(sweep: Mapping[str, Any]) -> str:
 
     Args:
         sweep: metrics.json's "sweep" dict: "key", "values", "seeds", "reference", "results"
-            (value -> {"val": {"mean", "sd"}, "paired_val": {"hr@K": {...}} or None}).
+            (value -> {"val": {"mean", "sd"}, "paired_val": {"hr@K": {...}} or None}, and under LOOC
+            with a cold validation set "cold_val": {"mean", "sd"}, shown as more columns).
 
     Returns:
         The table as text (markdown pipe syntax).
@@ -190,6 +191,13 @@ def format_sweep_table(sweep: Mapping[str, Any]) -> str:
             paired = (r.get("paired_val") or {}).get(f"hr@{paired_k}")
             row.append("-" if paired is None else f"{100 * paired['diff']:+.2f} ± {100 * paired['half_width']:.2f} pts")
         body.append(row)
+    if all("cold_val" in r for r in results.values()):  # LOOC with a cold validation set
+        header += [f"cold val {n}@{k}" for k in shown for n in ("HR", "NDCG")]
+        for row, r in zip(body, results.values()):
+            for k in shown:
+                for name in ("hr", "ndcg"):
+                    mean, sd = r["cold_val"]["mean"].get(f"{name}@{k}"), r["cold_val"]["sd"].get(f"{name}@{k}")
+                    row.append("-" if mean is None else f"{100 * mean:.3f}%" + ("" if sd is None else f" ± {100 * sd:.3f}"))
     return _render_table(header, body) + f"\nvalidation only; mean ± sd over seeds {sweep['seeds']}."
 
 

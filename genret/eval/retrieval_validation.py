@@ -69,7 +69,7 @@ class RetrievalValidation(pl.Callback):
     def _sampled_eval_set(self, dm):
 
         if self._sample is None or self._sample_of is not dm:
-            es = dm.split.eval_set("valid")
+            es = dm.eval_sets["valid"]  # under LOOC with a cold validation set: without its users
             if self.users is not None and self.users < len(es):
                 rng = np.random.default_rng(self.seed)
                 es = es.subset(rng.choice(len(es), self.users, replace=False))

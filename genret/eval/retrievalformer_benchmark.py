@@ -105,7 +105,8 @@ def run_retrievalformer(family: str, config: str | Path, out_dir: Path, data: st
 
     Under `data.protocol: looc`, "test" is the warm users' test, and "extra" holds "cold" and
     "warm" blocks (same keys as "test"), the split's sizes, and "baselines": {"content": {"cold",
-    "warm"}}.
+    "warm"}}; with `data.cold_valid_users` also "cold_val" (the validation cold users), in "extra"
+    and in the content baseline.
     """
     from genret.training.run import build, fit
 
@@ -140,29 +141,38 @@ def run_retrievalformer(family: str, config: str | Path, out_dir: Path, data: st
 
 
 def looc_blocks(dm, ks, model=None, cold_ranked: np.ndarray | None = None, content=None,
-                max_users: int | None = None) -> dict[str, Any]:
-    """The cold block of a model (if given), the content baseline's cold / warm blocks, the split's sizes.
+                max_users: int | None = None, cold_valid_ranked: np.ndarray | None = None,
+                test: bool = True) -> dict[str, Any]:
+    """The cold block of a model (if given), the content baseline's cold / warm blocks, the split's sizes;
+    with a cold validation set (`eval_sets["cold_valid"]`) also "cold_val" (the model's) and the
+    baseline's "cold_val", with the same keys as "cold".
 
     Any family's LOOC data module serves (`eval_sets` "cold" and "test", `train_log`, `cold_split`).
     Args:
-        model: a RetrievalFormer, ranked here; or `cold_ranked`: another model's (m, k) lists for
-            the first m cold users (DualGR's beam search).
+        model: a RetrievalFormer, ranked here; or `cold_ranked` / `cold_valid_ranked`: another
+            model's (m, k) lists for the first m cold / validation cold users (DualGR's beam search).
         content: the baseline's (n_items, V) item rows (default: `content_vectors(dm)`, the
             RetrievalFormer data module's feature tables).
         max_users: the baseline ranks only the first users of each set, as the model was evaluated.
+        test: False for a validation-only run (a sweep): nothing of the cold or warm test users is
+            read, only "cold_val" and the split's sizes are written.
     """
-    cold, warm = dm.eval_sets["cold"], dm.eval_sets["test"]
     if np.isin(dm.train_log.item, dm.cold_split.cold_items).any():
         raise RuntimeError("LOOC: a cold item is in the training log")
+    sets = {"cold": dm.eval_sets["cold"], "warm": dm.eval_sets["test"]} if test else {}
+    if "cold_valid" in dm.eval_sets:
+        sets["cold_val"] = dm.eval_sets["cold_valid"]
     out: dict[str, Any] = {"looc": dm.cold_split.summary()}
+    ranked = {"cold": cold_ranked, "cold_val": cold_valid_ranked}
     if model is not None:
-        cold_ranked = eval_retrievalformer(model, dm, cold, max(ks))
-    if cold_ranked is not None:
-        out["cold"] = ranking_metrics(cold_ranked, cold.targets[:len(cold_ranked)], ks)
+        ranked = {name: eval_retrievalformer(model, dm, sets[name], max(ks)) for name in ("cold", "cold_val")
+                  if name in sets}
+    for name in ("cold", "cold_val"):
+        if name in sets and ranked.get(name) is not None:
+            out[name] = ranking_metrics(ranked[name], sets[name].targets[:len(ranked[name])], ks)
     if max_users is not None:  # the same first users as the model's blocks
-        cold, warm = (es.subset(np.arange(min(len(es), max_users))) for es in (cold, warm))
+        sets = {name: es.subset(np.arange(min(len(es), max_users))) for name, es in sets.items()}
     vectors = content_vectors(dm) if content is None else content
     out["baselines"] = {"content": {
-        "cold": ranking_metrics(content_ranked_lists(vectors, cold, max(ks)), cold.targets, ks),
-        "warm": ranking_metrics(content_ranked_lists(vectors, warm, max(ks)), warm.targets, ks)}}
+        name: ranking_metrics(content_ranked_lists(vectors, es, max(ks)), es.targets, ks) for name, es in sets.items()}}
     return out

@@ -5,7 +5,9 @@ protocol (`protocol: looc`).
 Under LOOC the data module's `log_all` is the warm log (cold items and all their rows removed;
 same dense ids and catalogue) and every vocabulary and statistic is fitted on it: the item-feature
 vocabularies on the warm items only, log Q on the warm training rows. `eval_sets` then holds
-"valid" (warm validation, picks the epoch), "test" (warm users) and "cold" (cold users).
+"valid" (warm validation, picks the epoch), "test" (warm users) and "cold" (cold users); with
+`cold_valid_users` also "cold_valid" (the validation cold users, genret.data.cold), whose items
+leave training as the test cold items do, and "valid" then leaves out their users.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class RetrievalFormerDataModule(KuaiFormerDataModule):
         protocol: "loo" (leave-one-out) or "looc" (leave-one-out-cold).
         cold_seed_users: LOOC: users drawn whose final items become cold.
         cold_seed: LOOC: the draw's seed.
+        cold_valid_users: LOOC: users drawn for the cold validation set (genret.data.cold's
+            `valid_seed_users`); 0 (default) = none, the split as before.
+        cold_valid_seed: LOOC: the validation draw's seed (default: cold_seed + 1).
     """
 
     def __init__(self, data: str = "synthetic", load_kwargs: dict[str, Any] | None = None, max_len: int = 50,
@@ -42,7 +47,8 @@ class RetrievalFormerDataModule(KuaiFormerDataModule):
                  batch_size: int = 128, eval_batch_size: int = 512, item_features: list[str] | None = None,
                  item_feature_table: str | None = None, min_count: int | dict[str, int] = 2, max_values: int = 16,
                  user_features: bool = True, protocol: str = "loo", cold_seed_users: int = 500,
-                 cold_seed: int = 0, num_workers: int = 0, seed: int = 0):
+                 cold_seed: int = 0, num_workers: int = 0, seed: int = 0, cold_valid_users: int = 0,
+                 cold_valid_seed: int | None = None):
         super().__init__(data=data, load_kwargs=load_kwargs, max_len=max_len, targets=targets,
                          cuts_per_user=cuts_per_user, include_last_cut=include_last_cut, batch_size=batch_size,
                          eval_batch_size=eval_batch_size, item_features=None, side_features=None,
@@ -57,6 +63,10 @@ class RetrievalFormerDataModule(KuaiFormerDataModule):
         self.protocol = protocol
         self.cold_seed_users = cold_seed_users
         self.cold_seed = cold_seed
+        if cold_valid_users < 0:
+            raise ValueError(f"data.cold_valid_users must be >= 0 (0 = no cold validation set), got {cold_valid_users}")
+        self.cold_valid_users = cold_valid_users
+        self.cold_valid_seed = cold_valid_seed
 
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
@@ -70,7 +80,9 @@ class RetrievalFormerDataModule(KuaiFormerDataModule):
         if self.protocol == "looc":
             from genret.data.cold import leave_one_out_cold
 
-            self.cold_split = leave_one_out_cold(full, self.cold_seed_users, self.cold_seed)
+            self.cold_split = leave_one_out_cold(full, self.cold_seed_users, self.cold_seed,
+                                                 valid_seed_users=self.cold_valid_users,
+                                                 valid_seed=self.cold_valid_seed)
             self.log_all = self.cold_split.warm_log
             self.split = self.cold_split.warm_split
             log.info("LOOC split of %s: %s", full.name, self.cold_split.summary())
@@ -119,6 +131,9 @@ class RetrievalFormerDataModule(KuaiFormerDataModule):
         if self.cold_split is not None:
             self.eval_sets["test"] = self.cold_split.warm_test
             self.eval_sets["cold"] = self.cold_split.cold
+            if self.cold_split.cold_valid is not None:
+                self.eval_sets["valid"] = self.cold_split.warm_valid
+                self.eval_sets["cold_valid"] = self.cold_split.cold_valid
         for name, es in self.eval_sets.items():
             self._check_eval_histories(es, name)
         self._rng = np.random.default_rng(self.seed)

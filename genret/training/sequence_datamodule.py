@@ -223,9 +223,16 @@ class SequenceDataModule(pl.LightningDataModule):
             tokenizer and SIDs, the side-feature buckets; training sequences and ENTP negatives
             hold warm items only. `cold_vectors` keeps the cold items' content vectors (made with
             the warm fit) for `cold_items`, which gives them SIDs after training. `eval_sets`:
-            "valid", "test" (warm users) and "cold" (cold users).
+            "valid", "test" (warm users) and "cold" (cold users), and "cold_valid" with
+            `cold_valid_users`.
         cold_seed_users: LOOC: users drawn whose final items become cold.
         cold_seed: LOOC: the draw's seed.
+        cold_valid_users: LOOC: users drawn (after the test draw, among the others) whose final items
+            become validation cold items (genret.data.cold's `valid_seed_users`): they leave training
+            as the test cold items do, and their users make `eval_sets["cold_valid"]`, on which
+            cold-start choices are made without reading the cold test users. 0 (default) = off,
+            the split as before.
+        cold_valid_seed: LOOC: the validation draw's seed (default: cold_seed + 1).
         cold_sids: LOOC: "shared" (default) gives a cold item the fitted tokenizer's SID as it is, even
             when a warm item holds it (the cold item is then listed right after it); "spread" moves
             it to a free last code under the same prefix. The decoder's heads never saw a free code
@@ -237,7 +244,8 @@ class SequenceDataModule(pl.LightningDataModule):
                  max_negatives: int = 64, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
                  load_options: dict | None = None, side_features: list[str] | None = None,
                  side_buckets: int = 16, train_windows: str = "last", protocol: str = "loo",
-                 cold_seed_users: int = 500, cold_seed: int = 0, cold_sids: str = "shared"):
+                 cold_seed_users: int = 500, cold_seed: int = 0, cold_sids: str = "shared",
+                 cold_valid_users: int = 0, cold_valid_seed: int | None = None):
         super().__init__()
         self.data = data
         self.load_options = dict(load_options or {})
@@ -255,6 +263,10 @@ class SequenceDataModule(pl.LightningDataModule):
         self.protocol = protocol
         self.cold_seed_users = cold_seed_users
         self.cold_seed = cold_seed
+        if cold_valid_users < 0:
+            raise ValueError(f"data.cold_valid_users must be >= 0 (0 = no cold validation set), got {cold_valid_users}")
+        self.cold_valid_users = cold_valid_users
+        self.cold_valid_seed = cold_valid_seed
         if cold_sids not in ("shared", "spread"):
             raise ValueError(f"data.cold_sids must be 'shared' or 'spread', got {cold_sids!r}")
         self.cold_sids = cold_sids
@@ -271,7 +283,9 @@ class SequenceDataModule(pl.LightningDataModule):
         if self.protocol == "looc":
             from genret.data.cold import leave_one_out_cold
 
-            self.cold_split = leave_one_out_cold(full, self.cold_seed_users, self.cold_seed, cold_last=True)
+            self.cold_split = leave_one_out_cold(full, self.cold_seed_users, self.cold_seed, cold_last=True,
+                                                 valid_seed_users=self.cold_valid_users,
+                                                 valid_seed=self.cold_valid_seed)
             self.log_all = self.cold_split.warm_catalogue()
             # Content vectors of every item, fitted on the warm ones (the first n_warm after renumbering).
             n_warm = self.log_all.n_items
@@ -287,6 +301,10 @@ class SequenceDataModule(pl.LightningDataModule):
         self.eval_sets = {"valid": self.split.eval_set("valid"), "test": self.split.eval_set("test")}
         if self.cold_split is not None:
             self.eval_sets.update(test=self.cold_split.warm_test, cold=self.cold_split.cold)
+            if self.cold_split.cold_valid is not None:
+                # The cold split's warm split has log_all's rows, so its sets index log_all too; warm
+                # validation then leaves out the validation cold users (cold_valid holds them).
+                self.eval_sets.update(valid=self.cold_split.warm_valid, cold_valid=self.cold_split.cold_valid)
         # Side-feature boundaries come from the training positives only (no peeking at targets).
         self.side = SideFeatureBuckets.fit(self.train_log, self.side_features, self.side_buckets)
         self.side_codes = self.side.transform(self.log_all)  # (rows of log_all, S)
@@ -324,7 +342,10 @@ class SequenceDataModule(pl.LightningDataModule):
         """LOOC: the cold items' raw ids and SIDs, their content vectors encoded by the tokenizer fitted
         on the warm items (no refit; with `cold_sids: spread` a taken SID moves to a free last
         code; warm SIDs never change); pass them to `Retriever.add_items` after training. Their
-        dense ids in the full catalogue follow the warm ones, in this order."""
+        dense ids in the full catalogue follow the warm ones, in this order. Every item outside the
+        trained catalogue is here: the test cold items and, with `cold_valid_users`, the
+        validation cold items (interleaved in their original order; `cold_split.test_cold_items`
+        / `valid_cold_items` tell them apart)."""
         from genret.tokenizers.unique_codes import spread_added_items
 
         if self.cold_split is None:

@@ -37,10 +37,10 @@ beam = _load("beam_search_tests", TESTS / "decoding" / "test_beam_search.py")  #
 K = 4  # tiny codebooks: 4^3 SIDs for ~40 items
 
 
-def looc_dm(data, **sid) -> SequenceDataModule:
+def looc_dm(data, cold_valid_users: int = 0, **sid) -> SequenceDataModule:
     cfg = SIDConfig(n_levels=3, codebook_size=K, embeddings="content", embedding_dim=8, cache_dir=None, **sid)
     dm = SequenceDataModule(data=str(data), sid=cfg, max_history=30, max_negatives=8, batch_size=16,
-                            protocol="looc", cold_seed_users=8, cold_seed=1,
+                            protocol="looc", cold_seed_users=8, cold_seed=1, cold_valid_users=cold_valid_users,
                             load_options={"low_ratings_as_negatives": False} if data != "synthetic:300x200" else {})
     dm.setup()
     return dm
@@ -71,6 +71,33 @@ def test_cold_items_never_reach_training(tiny_ml):
     assert np.array_equal(dm.log_all.item[es.history_rows], es.history_items)
     assert (dm.eval_sets["test"].targets < n_warm).all() and (dm.eval_sets["valid"].targets < n_warm).all()
     assert not set(es.users.tolist()) & set(dm.eval_sets["test"].users.tolist())
+
+
+def test_cold_validation_items_leave_training_and_join_after_it(tiny_ml):
+    dm = looc_dm(tiny_ml, cold_valid_users=8)
+    split, n_warm = dm.cold_split, dm.n_items
+    plain = looc_dm(tiny_ml)
+    # The same test cold items and users as without the validation draw.
+    assert sorted(split.log.item_ids[split.test_cold_items]) == sorted(plain.cold_split.log.item_ids[plain.n_items:])
+    assert np.array_equal(dm.eval_sets["cold"].users, plain.eval_sets["cold"].users)
+    # Both kinds are outside the trained catalogue, numbered last, and added after training.
+    assert len(split.valid_cold_items) and np.array_equal(split.cold_items, np.arange(n_warm, split.log.n_items))
+    assert n_warm == plain.n_items - len(split.valid_cold_items) == len(dm.codes)
+    assert dm.train_log.item.max() < n_warm and dm.train_sequences.pos_items.max() < n_warm
+    raw_ids, codes = dm.cold_items()
+    assert np.array_equal(raw_ids, split.log.item_ids[split.cold_items]) and len(codes) == len(raw_ids)
+    cv = dm.eval_sets["cold_valid"]
+    assert len(cv) and set(cv.targets.tolist()) <= set(split.valid_cold_items.tolist())
+    assert (cv.history_items < n_warm).all() and np.array_equal(dm.log_all.item[cv.history_rows], cv.history_items)
+    # Warm validation and test leave the validation cold users out (Lightning validates on the former).
+    users = set(cv.users.tolist())
+    for stage in ("valid", "test", "cold"):
+        assert not users & set(dm.eval_sets[stage].users.tolist()), stage
+    assert np.array_equal(dm.valid_users, dm.eval_sets["valid"].users)
+    assert users <= set(plain.eval_sets["valid"].users.tolist())  # without the draw they were warm validation users
+    with pytest.raises(ValueError, match="data.cold_valid_users must be >= 0"):
+        SequenceDataModule(data=str(tiny_ml), sid=SIDConfig(embeddings="content"), protocol="looc",
+                           cold_valid_users=-1)
 
 
 def test_cold_items_are_never_entp_negatives():
@@ -192,31 +219,85 @@ def test_clear_errors(tiny_ml, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["dualgr", "tiger"])
-def test_benchmark_looc_writes_cold_and_warm_blocks(tiny_ml, tmp_path, family):
+def test_benchmark_looc_writes_cold_and_warm_blocks(tiny_ml, tmp_path, family, monkeypatch):
     from genret.cli import main
 
     out = tmp_path / family
+    overrides = ["--trainer.max_epochs", "1", "--data.cold_seed_users", "8", "--data.cold_valid_users", "8",
+                 "--data.sid.codebook_size", str(K), "--data.sid.embedding_dim", "8", "--data.sid.cache_dir", "null",
+                 "--data.side_features", "[]"]
     argv = ["benchmark", "--model", family, "--data", str(tiny_ml), "--config", str(CONFIG), "--out", str(out),
-            "--protocol", "looc", "--ks", "5,20", "--trainer.max_epochs", "1", "--data.cold_seed_users", "8",
-            "--data.sid.codebook_size", str(K), "--data.sid.embedding_dim", "8", "--data.sid.cache_dir", "null",
-            "--data.side_features", "[]", "--kernel", "torch"]  # conftest's TRITON_INTERPRET: slow Triton
+            "--protocol", "looc", "--ks", "5,20", *overrides, "--kernel", "torch"]  # conftest's TRITON_INTERPRET: slow Triton
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["cold"]) == set(metrics["test"]) == set(metrics["warm"]) and "recall@20" in metrics["cold"]
+    assert set(metrics["cold"]) == set(metrics["test"]) == set(metrics["warm"]) == set(metrics["cold_val"])
+    assert "recall@20" in metrics["cold"]
     assert metrics["warm"] == metrics["test"]
-    assert set(metrics["baselines"]["content"]) == {"cold", "warm"}
-    assert metrics["cold"]["n_users"] == metrics["looc"]["cold_users"] == metrics["baselines"]["content"]["cold"]["n_users"]
-    assert metrics["cold_start"]["cold_items_added"] == metrics["looc"]["cold_items"] > 0
+    content = metrics["baselines"]["content"]
+    assert set(content) == {"cold", "warm", "cold_val"} and set(content["cold_val"]) == set(content["cold"])
+    assert metrics["cold"]["n_users"] == metrics["looc"]["cold_users"] == content["cold"]["n_users"]
+    assert metrics["cold_val"]["n_users"] == metrics["looc"]["cold_valid_users"] == content["cold_val"]["n_users"] > 0
+    # Every item outside the trained catalogue joined it: the test and the validation cold items.
+    looc = metrics["looc"]
+    assert metrics["cold_start"]["cold_items_added"] == looc["cold_items"] > 0
+    assert looc["cold_items"] == looc["test_cold_items"] + looc["valid_cold_items"] and looc["valid_cold_items"] > 0
     # --resume reads the finished run back (run_result.json) with its LOOC blocks.
     (out / "metrics.json").unlink()
     assert main([*argv, "--resume"]) == 0
     again = json.loads((out / "metrics.json").read_text())
-    assert {k: again[k] for k in ("cold", "warm", "looc", "baselines")} == \
-        {k: metrics[k] for k in ("cold", "warm", "looc", "baselines")}
+    keys = ("cold", "cold_val", "warm", "looc", "baselines")
+    assert {k: again[k] for k in keys} == {k: metrics[k] for k in keys}
+    if family == "dualgr":
+        # A validation-only run of the same model (a sweep's): it ranks the validation cold users,
+        # with the same numbers as the full run, and never the test or cold test users.
+        from genret.eval import benchmark, retrievalformer_benchmark
+
+        ranked_sets = []
+        for module, name in ((benchmark, "retriever_ranked_lists"), (retrievalformer_benchmark, "content_ranked_lists")):
+            original = getattr(module, name)
+
+            def recorded(*args, _original=original, _name=name, **kwargs):
+                ranked_sets.append((_name, args[1]))  # (retriever | vectors, EvalSet, ...)
+                return _original(*args, **kwargs)
+            monkeypatch.setattr(module, name, recorded)
+        res = benchmark.run_generative(CONFIG, tmp_path / "valid_only", data=str(tiny_ml), ks=(5, 20),
+                                       overrides=["--data.protocol", "looc", *overrides], kernel="torch",
+                                       checkpoint=out / "model.ckpt", stages=("valid",))
+        dm = res["datamodule"]
+        read = {id(es) for _, es in ranked_sets}
+        assert id(dm.eval_sets["cold_valid"]) in read and id(dm.eval_sets["valid"]) in read
+        assert id(dm.eval_sets["cold"]) not in read and id(dm.eval_sets["test"]) not in read
+        assert all(es.stage == "valid" for _, es in ranked_sets)
+        assert "test" not in res and "cold" not in res
+        assert set(res["extra"]) == {"cold_val", "looc", "cold_start"} and set(res["baselines"]["content"]) == {"cold_val"}
+        assert res["extra"]["cold_val"] == metrics["cold_val"] and res["val"] == metrics["val"]
+        assert res["baselines"]["content"]["cold_val"] == content["cold_val"]
+        record = json.loads((tmp_path / "valid_only" / "run_result.json").read_text())["result"]
+        assert "cold_val" in record["extra"] and "cold" not in record["extra"] and "warm" not in record["extra"]
+        assert "test" not in record and "cold" not in record
+        # A sweep (validation only) reports the validation cold users beside validation.
+        monkeypatch.undo()
+        sweep = tmp_path / "sweep"
+        assert main(["benchmark", "--model", family, "--data", str(tiny_ml), "--config", str(CONFIG), "--out",
+                     str(sweep), "--protocol", "looc", "--ks", "5,20", *overrides, "--kernel", "torch",
+                     "--sweep", "data.cold_sids=spread"]) == 0
+        row = json.loads((sweep / "metrics.json").read_text())["sweep"]["results"]["spread"]
+        assert set(row["cold_val"]["mean"]) >= {"recall@20", "ndcg@20"} and row["cold_val"]["n_users"] > 0
+        assert "cold val HR@" in (sweep / "report.md").read_text()
     # The ID-based SIDs of the plain ML-1M config are refused with the fix named.
     with pytest.raises(ValueError, match="data.sid.embeddings: content"):
         main(["benchmark", "--model", "dualgr", "--data", str(tiny_ml), "--config",
               str(CONFIG.parent / "dualgr_ml1m.yaml"), "--out", str(tmp_path / "bad"), "--protocol", "looc"])
+
+
+def test_benchmark_looc_cold_validation_too_large_names_the_fix(tiny_ml, tmp_path):
+    from genret.cli import main
+    from genret.data.interactions import DataError
+
+    # The shipped config draws 500 validation users: far more than this tiny data has.
+    with pytest.raises(DataError, match="valid_seed_users must lie in 0..* lower data.cold_valid_users"):
+        main(["benchmark", "--model", "dualgr", "--data", str(tiny_ml), "--config", str(CONFIG), "--out",
+              str(tmp_path / "big"), "--protocol", "looc", "--data.cold_seed_users", "8", "--data.sid.cache_dir", "null"])
 
 
 def test_benchmark_looc_on_data_with_exposure_negatives(tmp_path):
@@ -227,7 +308,8 @@ def test_benchmark_looc_on_data_with_exposure_negatives(tmp_path):
     out = tmp_path / "synthetic"
     assert main(["benchmark", "--model", "dualgr", "--data", "synthetic:300x200", "--config", str(CONFIG),
                  "--out", str(out), "--protocol", "looc", "--ks", "5,20", "--trainer.max_epochs", "1",
-                 "--data.cold_seed_users", "20", "--data.sid.codebook_size", "8", "--data.sid.embedding_dim", "8",
+                 "--data.cold_seed_users", "20", "--data.cold_valid_users", "0", "--data.sid.codebook_size", "8",
+                 "--data.sid.embedding_dim", "8",
                  "--data.sid.cache_dir", "null", "--data.sid.content_features", "null", "--data.load_options", "{}",
                  "--data.side_features", "[]", "--kernel", "torch"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())

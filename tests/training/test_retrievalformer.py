@@ -9,6 +9,7 @@ import torch
 
 from genret.data import load_dataset
 from genret.data.cold import leave_one_out_cold
+from genret.data.interactions import DataError
 from genret.data.item_features import ItemFeatureEncoder, load_item_feature_table, raw_item_features, title_words
 from genret.models.retrievalformer import RetrievalFormer, RetrievalFormerConfig
 
@@ -78,6 +79,122 @@ def test_looc_cold_items_never_reach_training(tiny_ml):
     assert not (set(split.cold.history_items.tolist()) & cold)
     # Every user whose final item is cold is a cold user, and no warm test user is one.
     assert not set(split.cold.users.tolist()) & set(split.warm_test.users.tolist())
+
+
+def _split_fingerprint(split) -> str:
+    """A hash of every array of a LOOC split: its logs, cold items and evaluation sets."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for es in (split.cold, split.warm_test, split.warm_split.eval_set("valid")):
+        for a in (es.users, es.history_offsets, es.history_items, es.targets, es.target_rows, es.history_rows):
+            h.update(np.ascontiguousarray(a, np.int64).tobytes())
+    for lg in (split.log, split.warm_log, split.train):
+        for a in (lg.user, lg.item, lg.label):
+            h.update(np.ascontiguousarray(a, np.int64).tobytes())
+    h.update(np.asarray(split.cold_items, np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _same_eval_set(a, b) -> bool:
+    return a.stage == b.stage and all(np.array_equal(getattr(a, f), getattr(b, f)) for f in (
+        "users", "history_offsets", "history_items", "history_negatives_offsets", "history_negatives", "targets",
+        "target_rows", "history_rows"))
+
+
+def _same_log(a, b) -> bool:
+    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("user", "item", "label", "time", "item_ids"))
+
+
+def test_looc_without_cold_validation_is_the_split_it_always_was():
+    log = load_dataset("synthetic:300x400")
+    # The hashes of the split made by cold.py before the cold validation set existed (commit bfca762)
+    # on this synthetic log: existing LOOC results stay reproducible. (A change to the synthetic
+    # generator changes them too: recompute them with that commit's cold.py.)
+    pinned = {False: "0d8d0e4bb0950d41", True: "4d67d3cabaf99b19"}
+    for cold_last in (False, True):
+        before = leave_one_out_cold(log, 20, 3, cold_last=cold_last)
+        assert _split_fingerprint(before) == pinned[cold_last]
+        off = leave_one_out_cold(log, 20, 3, cold_last=cold_last, valid_seed_users=0, valid_seed=11)
+        assert _split_fingerprint(off) == pinned[cold_last]
+        for name in ("log", "warm_log", "train"):
+            assert _same_log(getattr(off, name), getattr(before, name))
+        for name in ("cold_items", "test_cold_items", "valid_cold_items"):
+            assert np.array_equal(getattr(off, name), getattr(before, name))
+        assert _same_eval_set(off.cold, before.cold) and _same_eval_set(off.warm_test, before.warm_test)
+        assert _same_eval_set(off.warm_valid, before.warm_split.eval_set("valid"))
+        assert off.cold_valid is None and len(off.valid_cold_items) == 0
+        assert np.array_equal(off.test_cold_items, off.cold_items)
+        assert off.summary() == before.summary() and set(off.summary()) == {
+            "cold_items", "cold_users", "warm_test_users", "train_rows", "removed_rows"}
+
+
+@pytest.mark.parametrize("cold_last", [False, True])
+def test_looc_cold_validation_set(cold_last):
+    log = load_dataset("synthetic:300x400")
+    plain = leave_one_out_cold(log, 20, 3, cold_last=cold_last)
+    split = leave_one_out_cold(log, 20, 3, cold_last=cold_last, valid_seed_users=20)
+    raw = split.log.item_ids
+    # The test cold set is the one without the validation draw (by raw id: cold_last renumbers).
+    assert sorted(raw[split.test_cold_items]) == sorted(plain.log.item_ids[plain.cold_items])
+    assert np.array_equal(split.cold.users, plain.cold.users)
+    assert np.array_equal(raw[split.cold.targets], plain.log.item_ids[plain.cold.targets])
+    test_cold, valid_cold = set(split.test_cold_items.tolist()), set(split.valid_cold_items.tolist())
+    assert valid_cold and not test_cold & valid_cold
+    assert set(split.cold_items.tolist()) == test_cold | valid_cold
+    assert np.array_equal(split.cold_items, np.sort(split.cold_items))
+    # Neither kind reaches anything fitted.
+    assert not set(split.train.item.tolist()) & (test_cold | valid_cold)
+    assert not set(split.warm_log.item.tolist()) & (test_cold | valid_cold)
+    # Validation cold users: a validation cold target that is their final positive; no cold item in
+    # any cold user's history (the other kind's cold items are dropped from it too).
+    cv = split.cold_valid
+    assert len(cv) and cv.stage == "valid" and set(cv.targets.tolist()) <= valid_cold
+    assert set(split.cold.targets.tolist()) <= test_cold
+    for es in (cv, split.cold):
+        assert not set(es.history_items.tolist()) & (test_cold | valid_cold)
+        assert np.array_equal(split.log.item[es.target_rows], es.targets)
+        assert np.array_equal(split.warm_log.item[es.history_rows], es.history_items)
+    pos = split.log.label == 1
+    final_row = {u: r for r, u in zip(np.flatnonzero(pos), split.log.user[pos])}  # the last write wins
+    assert all(final_row[u] == r for u, r in zip(cv.users.tolist(), cv.target_rows.tolist()))
+    # The sets are disjoint in users where a user's targets would disagree.
+    users = {name: set(getattr(split, name).users.tolist()) for name in ("cold", "cold_valid", "warm_test",
+                                                                          "warm_valid")}
+    for a, b in (("cold", "cold_valid"), ("cold", "warm_test"), ("cold_valid", "warm_test"),
+                 ("cold_valid", "warm_valid")):
+        assert not users[a] & users[b], (a, b)
+    # Warm validation = the warm split's validation users but the validation cold ones (test cold
+    # users stay, as without the draw); the validation cold users leave the warm test set too.
+    assert users["warm_valid"] == set(split.warm_split.eval_set("valid").users.tolist()) - users["cold_valid"]
+    assert users["cold"] & users["warm_valid"]
+    assert users["warm_test"] <= set(plain.warm_test.users.tolist()) - users["cold_valid"]
+    summary = split.summary()
+    assert summary["test_cold_items"] == len(test_cold) and summary["valid_cold_items"] == len(valid_cold)
+    assert summary["cold_valid_users"] == len(cv) and summary["cold_items"] == len(test_cold | valid_cold)
+    if cold_last:  # every cold item, of either kind, numbered last; the warm catalogue is the rest
+        n_warm = split.log.n_items - len(split.cold_items)
+        assert np.array_equal(split.cold_items, np.arange(n_warm, split.log.n_items))
+        assert split.warm_catalogue().n_items == n_warm
+    else:
+        with pytest.raises(ValueError, match="cold_last=True"):
+            split.warm_catalogue()
+    # The draws do not depend on the numbering, but on the validation seed (default: seed + 1).
+    other = leave_one_out_cold(log, 20, 3, cold_last=not cold_last, valid_seed_users=20)
+    assert sorted(other.log.item_ids[other.valid_cold_items]) == sorted(raw[split.valid_cold_items])
+    assert np.array_equal(other.cold_valid.users, cv.users)
+    same = leave_one_out_cold(log, 20, 3, cold_last=cold_last, valid_seed_users=20, valid_seed=4)
+    assert np.array_equal(same.valid_cold_items, split.valid_cold_items)
+    moved = leave_one_out_cold(log, 20, 3, cold_last=cold_last, valid_seed_users=20, valid_seed=5)
+    assert not np.array_equal(moved.cold_valid.users, cv.users)
+
+
+def test_looc_cold_validation_sizes_are_checked():
+    log = load_dataset("synthetic:300x400")
+    with pytest.raises(DataError, match=r"valid_seed_users must lie in 0\.\.\d+ .*lower data.cold_valid_users"):
+        leave_one_out_cold(log, 20, 3, valid_seed_users=10_000)
+    with pytest.raises(DataError, match="valid_seed_users must be >= 0"):
+        leave_one_out_cold(log, 20, 3, valid_seed_users=-1)
 
 
 def _model(n_items=6, cards=(5, 4, 7)) -> RetrievalFormer:
@@ -196,8 +313,20 @@ def test_benchmark_looc_cli(tiny_ml, tmp_path, capsys):
                  "--data.cold_seed_users", "8", "--data.min_count", "1"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["cold"]) == set(metrics["test"]) == set(metrics["warm"])
-    assert set(metrics["baselines"]["content"]) == {"cold", "warm"}
+    assert set(metrics["baselines"]["content"]) == {"cold", "warm"} and "cold_val" not in metrics
     assert metrics["looc"]["cold_items"] > 0
+    # With a cold validation set: "cold_val" with the same keys as "cold", for the model and the baseline.
+    out = tmp_path / "rf_cold_val"
+    assert main(["benchmark", "--model", "retrievalformer", "--data", str(tiny_ml), "--config",
+                 str(config / "retrievalformer_ml1m.yaml"), "--out", str(out), "--protocol", "looc", "--ks", "5,20",
+                 "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1", "--data.batch_size", "16",
+                 "--data.cold_seed_users", "8", "--data.cold_valid_users", "8", "--data.min_count", "1"]) == 0
+    with_val = json.loads((out / "metrics.json").read_text())
+    content = with_val["baselines"]["content"]
+    assert set(with_val["cold_val"]) == set(with_val["cold"]) and "recall@20" in with_val["cold_val"]
+    assert set(content) == {"cold", "warm", "cold_val"} and set(content["cold_val"]) == set(content["cold"])
+    assert with_val["cold_val"]["n_users"] == with_val["looc"]["cold_valid_users"] == content["cold_val"]["n_users"] > 0
+    assert with_val["cold"]["n_users"] == metrics["cold"]["n_users"]  # the same cold test users
 
 
 @pytest.mark.parametrize("name", ["retrievalformer_ml1m.yaml", "retrievalformer_amazon.yaml"])
@@ -224,6 +353,29 @@ def test_benchmark_evaluates_a_retrievalformer_checkpoint(tiny_ml, tmp_path):
     assert main([*common, "--out", str(tmp_path / "b"), "--checkpoint", str(tmp_path / "a" / "model.ckpt")]) == 0
     a, b = (json.loads((tmp_path / x / "metrics.json").read_text()) for x in "ab")
     assert a["test"] == b["test"] and b["train_seconds"] == 0.0
+
+
+def test_looc_cold_validation_items_never_reach_retrievalformer_training(tiny_ml):
+    from genret.training.retrievalformer_datamodule import RetrievalFormerDataModule
+
+    dm = RetrievalFormerDataModule(data=str(tiny_ml), load_kwargs={"low_ratings_as_negatives": False}, max_len=8,
+                                   protocol="looc", cold_seed_users=10, cold_valid_users=10, min_count=1)
+    dm.setup()
+    split = dm.cold_split
+    assert len(split.valid_cold_items) and np.array_equal(split.cold_items, np.union1d(split.test_cold_items,
+                                                                                         split.valid_cold_items))
+    # Neither kind is a training target or negative, nor in the feature vocabularies' fit.
+    assert not dm.train_item_mask[split.cold_items].any()
+    assert dm.train_item_mask.sum() == dm.n_items - len(split.cold_items)
+    assert not np.isin(dm.train_items, split.cold_items).any()
+    cv = dm.eval_sets["cold_valid"]
+    assert len(cv) and set(cv.targets.tolist()) <= set(split.valid_cold_items.tolist())
+    assert not set(cv.users.tolist()) & set(dm.eval_sets["valid"].users.tolist())
+    assert not set(cv.users.tolist()) & set(dm.eval_sets["test"].users.tolist())
+    batch = dm.eval_batch("cold_valid", np.arange(len(cv)))  # its histories are the log's positives (checked in setup)
+    assert batch["user_features"].shape[0] == len(cv)
+    with pytest.raises(ValueError, match="data.cold_valid_users must be >= 0"):
+        RetrievalFormerDataModule(data=str(tiny_ml), protocol="looc", cold_valid_users=-1)
 
 
 def test_looc_training_never_uses_cold_items_as_negatives(tiny_ml):

@@ -294,10 +294,11 @@ def test_benchmark_looc_cold_validation_too_large_names_the_fix(tiny_ml, tmp_pat
     from genret.cli import main
     from genret.data.interactions import DataError
 
-    # The shipped config draws 500 validation users: far more than this tiny data has.
+    # 500 validation users: far more than this tiny data has.
     with pytest.raises(DataError, match="valid_seed_users must lie in 0..* lower data.cold_valid_users"):
         main(["benchmark", "--model", "dualgr", "--data", str(tiny_ml), "--config", str(CONFIG), "--out",
-              str(tmp_path / "big"), "--protocol", "looc", "--data.cold_seed_users", "8", "--data.sid.cache_dir", "null"])
+              str(tmp_path / "big"), "--protocol", "looc", "--data.cold_seed_users", "8",
+              "--data.cold_valid_users", "500", "--data.sid.cache_dir", "null"])
 
 
 def test_benchmark_looc_on_data_with_exposure_negatives(tmp_path):

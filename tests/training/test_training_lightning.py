@@ -432,7 +432,7 @@ def test_benchmark_sweep_reports_validation_only(tmp_path, tiny_args, capsys):
         ckpt = torch.load(out / f"short_window_{value}" / "model.ckpt", map_location="cpu", weights_only=False)
         assert ckpt["hyper_parameters"]["config"]["short_window"] == int(value)
     assert "validation only" in (out / "report.md").read_text()
-    for bad in (["--sweep", "short_window=2,8"], ["--sweep", "model.config.short_window=2"],
+    for bad in (["--sweep", "short_window=2,8"], ["--sweep", "model.config.short_window=2,2"],
                 ["--sweep", "model.config.short_window=2,8", "--ablations"],
                 ["--sweep", "model.config.short_window=2,8", "--model", "sasrec"],
                 ["--seeds", "2", "--model", "popularity"], ["--seeds", "0,0"], ["--seeds", "0"]):

@@ -1,22 +1,15 @@
 """benchmarks/compare_runs.py: paired differences of finished runs against a reference, per stage both read."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from genret.eval.run_record import write_run_record
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_runs.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("compare_runs", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("compare_runs")
 
 
 def write(folder, val, test=None):

@@ -1,22 +1,16 @@
 """benchmarks/bench_decode.py: its naive baseline decodes what genret's path decodes, and its options run."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_decode.py"
 TINY = ["--device", "cpu", "--users", "2", "--beam", "8", "--history", "30", "--items", "500", "--codes", "32",
         "--d-model", "32", "--heads", "2", "--blocks", "1", "--repeats", "1"]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_decode", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("bench_decode")
 
 
 def test_naive_baseline_returns_the_reference_items(bench):

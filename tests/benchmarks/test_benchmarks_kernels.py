@@ -1,19 +1,13 @@
 """benchmarks/bench_kernels.py: every section runs at a tiny size and its Triton kernels agree with
 their references (in the interpreter on a CPU)."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kernels.py"
 
-
-def test_every_kernel_section_runs_and_agrees_with_its_reference(capsys):
+def test_every_kernel_section_runs_and_agrees_with_its_reference(capsys, load_benchmark):
     pytest.importorskip("triton")
-    spec = importlib.util.spec_from_file_location("bench_kernels", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_kernels")
     assert bench.main(["--device", "cpu", "--users", "2", "--beams", "8", "--codes", "64", "--history", "50",
                        "--d-model", "32", "--heads", "2", "--repeats", "1", "--density", "0.2"]) == 0
     out = capsys.readouterr().out

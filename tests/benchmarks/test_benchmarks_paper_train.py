@@ -1,22 +1,15 @@
 """benchmarks/bench_paper_train.py: its FLOP count (the MFU numerator) agrees with torch's own count."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 from genret.models.dualgr import DualGR, DualGRConfig, TrainBatch
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_paper_train.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_paper_train", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("bench_paper_train")
 
 
 @pytest.mark.parametrize("n_neg", [0, 6])

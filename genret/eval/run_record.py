@@ -38,10 +38,8 @@ def config_digest(config) -> str:
     import yaml
 
     path = Path(config)
-    if not path.is_file():
-        return hashlib.sha256(str(config).encode()).hexdigest()
     try:
-        settings = yaml.safe_load(path.read_text())
+        settings = yaml.safe_load(path.read_text()) if path.is_file() else None
     except (OSError, ValueError, yaml.YAMLError):
         settings = None
     if not isinstance(settings, dict):

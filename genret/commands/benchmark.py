@@ -24,7 +24,7 @@ started again, or extended by seeds (`--seeds 0,1,2` after `--seeds 0,1`); a run
 training continues from its last finished epoch (DIR/.../checkpoints/last.ckpt), not from scratch.
 
 `--sweep KEY=V1,V2,...` (e.g. `model.config.short_window=4,16,64`, the paper's Fig. 2) trains the
-model once per value (and seed) and reports validation only: a setting is chosen on validation,
+model (DualGR, TIGER-style or RetrievalFormer) once per value (and seed) and reports validation only: a setting is chosen on validation,
 and test is read once, by the recipe that comes out of it. Under `--protocol looc` with
 `data.cold_valid_users` the validation cold users are reported too ("cold_val"), so a cold-start
 setting is chosen without reading the cold test users.
@@ -98,14 +98,19 @@ def main(argv: list[str]) -> int:
         seeds = seed_list(args.seeds, args.config, overrides)
     except ValueError as err:
         parser.error(f"--seeds: {err}")
-    if len(seeds) > 1 and (args.checkpoint or args.model not in ("dualgr", "tiger")):
-        parser.error("--seeds trains DualGR / TIGER-style runs once per seed: use --model dualgr or tiger, "
-                     "without --checkpoint")
+    sweepable = ("dualgr", "tiger", "retrievalformer")
+    if len(seeds) > 1 and (args.checkpoint or args.model not in ("dualgr", "tiger")) and not (
+            args.sweep is not None and args.model in sweepable):
+        parser.error("--seeds trains DualGR / TIGER-style runs (or the runs of a --sweep) once per seed: use "
+                     "--model dualgr or tiger, or --sweep, without --checkpoint")
+    if args.resume and args.model not in ("dualgr", "tiger"):
+        parser.error(f"--resume reuses DualGR / TIGER-style runs; --model {args.model} runs are trained again "
+                     "each time: drop --resume")
     sweep = None
     if args.sweep is not None:
-        if args.ablations or args.checkpoint or args.model not in ("dualgr", "tiger"):
-            parser.error("--sweep trains one DualGR / TIGER-style model per value: use --model dualgr or tiger, "
-                         "without --ablations and --checkpoint")
+        if args.ablations or args.checkpoint or args.model not in sweepable:
+            parser.error("--sweep trains one DualGR / TIGER-style / RetrievalFormer model per value: use --model "
+                         "dualgr, tiger or retrievalformer, without --ablations and --checkpoint")
         try:
             sweep = parse_sweep(args.sweep)
         except ValueError as err:
@@ -145,6 +150,8 @@ def main(argv: list[str]) -> int:
         if family.kind == "generative" and (args.ablations or len(seeds) > 1):
             parser.error("--protocol looc writes the cold / warm blocks of one run: drop --ablations and --seeds")
         overrides = [*overrides, "--data.protocol", "looc"]
+    if sweep is not None and family.kind != "generative":  # RetrievalFormer: no SID stage to build first
+        return _run_sweep(args, sweep, seeds, overrides, ks, out, started)
     if family.kind != "generative":
         # Every other family runs through the benchmark function its registry entry names.
         run_kwargs = {"checkpoint": args.checkpoint} if args.checkpoint else {}
@@ -324,12 +331,20 @@ def _run_sweep(args, sweep: tuple[str, list[str]], seeds: list[int], overrides: 
         for value in values:
             sub = out / f"{key.rsplit('.', 1)[-1]}_{value}"
             sub = sub if len(seeds) == 1 else sub / f"seed_{seed}"
-            res = runs.run_generative(args.config, sub, args.model, data=args.data,
-                                       overrides=[*overrides, f"--{key}", value], ks=ks,
-                                       eval_batch_size=args.eval_batch_size, max_eval_users=args.max_eval_users,
-                                       kernel=args.kernel, branch_merge=args.branch_merge,
-                                       short_weight=args.short_weight, seed=None if len(seeds) == 1 else seed,
-                                       stages=("valid",), resume=args.resume)
+            seed_arg = None if len(seeds) == 1 else seed
+            if args.model == "retrievalformer":
+                from genret.eval.retrievalformer_benchmark import run_retrievalformer
+
+                res = run_retrievalformer(args.model, args.config, sub, data=args.data,
+                                          overrides=[*overrides, f"--{key}", value], ks=ks, seed=seed_arg,
+                                          stages=("valid",))
+            else:
+                res = runs.run_generative(args.config, sub, args.model, data=args.data,
+                                           overrides=[*overrides, f"--{key}", value], ks=ks,
+                                           eval_batch_size=args.eval_batch_size, max_eval_users=args.max_eval_users,
+                                           kernel=args.kernel, branch_merge=args.branch_merge,
+                                           short_weight=args.short_weight, seed=seed_arg,
+                                           stages=("valid",), resume=args.resume)
             dm = res.pop("datamodule")
             runs_by_seed[seed][value] = res
     summary = summarize_ablations(runs_by_seed, reference=values[0])
@@ -340,9 +355,13 @@ def _run_sweep(args, sweep: tuple[str, list[str]], seeds: list[int], overrides: 
             rows[value].update(cold_val=v["cold_val"], paired_cold_val=v.get("paired_cold_val"))
     if not is_main_process():
         return 0
+    # The content baseline ranks the same cold validation users in every run: the first run's is the one.
+    first = runs_by_seed[seeds[0]][values[0]]
+    content = {**first.get("baselines", {}), **first.get("extra", {}).get("baselines", {})}.get("content", {})
     record = {"model": args.model, "dataset": dm.log_all.name, "commit": code_version(), "device": runs.device_name(),
               "sweep": {"key": key, "values": values, "seeds": seeds, "reference": values[0],
-                        "paired_method": summary["paired_method"], "results": rows},
+                        "paired_method": summary["paired_method"], "results": rows,
+                        **({"content_cold_val": content["cold_val"]} if "cold_val" in content else {})},
               "eval_users": args.max_eval_users or "all", "stages": ["valid"],
               "total_seconds": time.perf_counter() - started}
     write_json(out / "metrics.json", record)

@@ -191,14 +191,23 @@ def format_sweep_table(sweep: Mapping[str, Any]) -> str:
             paired = (r.get("paired_val") or {}).get(f"hr@{paired_k}")
             row.append("-" if paired is None else f"{100 * paired['diff']:+.2f} ± {100 * paired['half_width']:.2f} pts")
         body.append(row)
+    footer = ""
     if all("cold_val" in r for r in results.values()):  # LOOC with a cold validation set
         header += [f"cold val {n}@{k}" for k in shown for n in ("HR", "NDCG")]
+        header += [f"cold val HR@{paired_k} - {sweep['reference']} (95% CI)"] if paired_k else []
         for row, r in zip(body, results.values()):
             for k in shown:
                 for name in ("hr", "ndcg"):
                     mean, sd = r["cold_val"]["mean"].get(f"{name}@{k}"), r["cold_val"]["sd"].get(f"{name}@{k}")
                     row.append("-" if mean is None else f"{100 * mean:.3f}%" + ("" if sd is None else f" ± {100 * sd:.3f}"))
-    return _render_table(header, body) + f"\nvalidation only; mean ± sd over seeds {sweep['seeds']}."
+            if paired_k:
+                paired = (r.get("paired_cold_val") or {}).get(f"hr@{paired_k}")
+                row.append("-" if paired is None else f"{100 * paired['diff']:+.2f} ± {100 * paired['half_width']:.2f} pts")
+        content = sweep.get("content_cold_val")
+        if content:  # the floor a cold-start setting has to clear, on the same users
+            footer = "\ncontent-only baseline on the same cold validation users: " + ", ".join(
+                f"HR@{k} {100 * content[f'hr@{k}']:.3f}%" for k in shown if f"hr@{k}" in content) + "."
+    return _render_table(header, body) + f"\nvalidation only; mean ± sd over seeds {sweep['seeds']}." + footer
 
 
 @functools.cache

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genret.eval.metrics import ranking_metrics
+from genret.eval.metrics import ranking_metrics, target_ranks
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,16 @@ def content_ranked_lists(vectors, es, k: int, chunk: int = 2048) -> np.ndarray:
 
 def run_retrievalformer(family: str, config: str | Path, out_dir: Path, data: str | None = None,
                         overrides: list[str] | None = None, ks=DEFAULT_KS,
-                        checkpoint: str | Path | None = None) -> dict[str, Any]:
+                        checkpoint: str | Path | None = None, seed: int | None = None,
+                        stages: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
     """Train RetrievalFormer from a YAML and evaluate it (genret.eval.benchmark.run_embedding's shape).
 
     With `checkpoint`, that trained model is evaluated instead (no training; "train_seconds" 0) on
-    the YAML's split, e.g. the best epoch of a run that was stopped before it finished.
+    the YAML's split, e.g. the best epoch of a run that was stopped before it finished. `seed`
+    overrides the config's seed_everything. `stages=("valid",)` is a validation-only run (a sweep):
+    no test user, warm or cold, is ranked; under LOOC with `data.cold_valid_users` the validation
+    cold users are ("cold_val"). "val_ranks" / "test_ranks" / "cold_val_ranks" hold each user's
+    target rank (-1: not listed) for paired comparisons.
 
     Under `data.protocol: looc`, "test" is the warm users' test, and "extra" holds "cold" and
     "warm" blocks (same keys as "test"), the split's sizes, and "baselines": {"content": {"cold",
@@ -110,8 +115,12 @@ def run_retrievalformer(family: str, config: str | Path, out_dir: Path, data: st
     """
     from genret.training.run import build, fit
 
+    bad = set(stages) - {"valid", "test"}
+    if bad or not stages:
+        raise ValueError(f"stages must be a non-empty subset of ('valid', 'test'), got {stages!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    overrides = list(overrides or []) + ([] if seed is None else ["--seed_everything", str(int(seed))])
     module, dm, trainer = build(family, config, out_dir, overrides, data)
     if checkpoint is None:
         checkpoint, train_seconds = fit(module, dm, trainer, out_dir)
@@ -126,17 +135,32 @@ def run_retrievalformer(family: str, config: str | Path, out_dir: Path, data: st
         train_seconds = 0.0
     result: dict[str, Any] = {"model": family, "dataset": dm.log_all.name, "train_seconds": train_seconds,
                               "checkpoint": str(checkpoint)}
+    if seed is not None:
+        result["seed"] = int(seed)
+    read_test = "test" in stages
     for stage, key in (("valid", "val"), ("test", "test")):
+        if stage not in stages:
+            continue
         ranked = eval_retrievalformer(model, dm, dm.eval_sets[stage], max(ks))
         result[key] = ranking_metrics(ranked, dm.eval_sets[stage].targets, ks)
+        result[f"{key}_ranks"] = target_ranks(ranked, dm.eval_sets[stage].targets)
     extra: dict[str, Any] = {"item_features": dm.feature_report, "user_features": dm.user_feature_names}
     if dm.protocol == "looc":
-        extra.update(looc_blocks(dm, ks, model=model))
-        extra["warm"] = result["test"]
+        # The cold test users only when test is read; the validation cold users whenever there are some.
+        cold = {stage: eval_retrievalformer(model, dm, dm.eval_sets[stage], max(ks))
+                for stage in (("cold",) if read_test else ()) + ("cold_valid",) if stage in dm.eval_sets}
+        extra.update(looc_blocks(dm, ks, cold_ranked=cold.get("cold"), cold_valid_ranked=cold.get("cold_valid"),
+                                 test=read_test))
+        if read_test:
+            extra["warm"] = result["test"]
+        if "cold_valid" in cold:  # cold-start settings are chosen on these users
+            result["cold_val"] = extra["cold_val"]
+            result["cold_val_ranks"] = target_ranks(cold["cold_valid"], dm.eval_sets["cold_valid"].targets)
     result["extra"] = extra
     result["datamodule"] = dm
-    log.info("%s on %s: test hr@20 %.4f, %.0f s training", family, result["dataset"],
-             result["test"].get("hr@20", float("nan")), train_seconds)
+    stage, key = ("test", "test") if read_test else ("validation", "val")
+    log.info("%s on %s: %s hr@20 %.4f, %.0f s training", family, result["dataset"], stage,
+             result[key].get("hr@20", float("nan")), train_seconds)
     return result
 
 

@@ -399,3 +399,56 @@ def test_looc_training_never_uses_cold_items_as_negatives(tiny_ml):
         with torch.no_grad():
             assert torch.isfinite(loss_value)
         assert module.cold_mask[cold_only_rows].all() and tables[0].shape[0] == dm.n_items
+
+
+def test_retrievalformer_sweep_reads_validation_only(tiny_ml, tmp_path, monkeypatch):
+    """`--sweep` on RetrievalFormer under LOOC ranks the validation users and the validation cold users,
+    never a test user, and reports the paired cold-validation differences a cold-start choice needs."""
+    import json
+
+    import genret.eval.retrievalformer_benchmark as rfb
+    from genret.cli import main
+
+    ranked_sets = []
+    real = rfb.eval_retrievalformer
+
+    def spy(model, dm, es, k):
+        ranked_sets.append(next(name for name, s in dm.eval_sets.items() if s is es))
+        return real(model, dm, es, k)
+
+    monkeypatch.setattr(rfb, "eval_retrievalformer", spy)
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "retrievalformer_ml1m.yaml")
+    out = tmp_path / "sweep"
+    assert main(["benchmark", "--model", "retrievalformer", "--data", str(tiny_ml), "--config", config,
+                 "--out", str(out), "--protocol", "looc", "--ks", "5,20", "--sweep", "model.config.normalize=false,true",
+                 "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1", "--data.batch_size", "16",
+                 "--data.cold_seed_users", "8", "--data.cold_valid_users", "8", "--data.min_count", "1"]) == 0
+    assert sorted(set(ranked_sets)) == ["cold_valid", "valid"] and len(ranked_sets) == 4
+    sweep = json.loads((out / "metrics.json").read_text())["sweep"]
+    assert sweep["key"] == "model.config.normalize" and sweep["reference"] == "false"
+    rows = sweep["results"]
+    assert "recall@20" in rows["true"]["cold_val"]["mean"] and "recall@20" in rows["true"]["val"]["mean"]
+    assert set(rows["true"]["paired_cold_val"]) == {"hr@5", "hr@20"} and rows["false"]["paired_cold_val"] is None
+    assert "test" not in rows["true"]
+    # The floor a cold-start setting must clear, on the same validation cold users, in the record and the report.
+    assert "recall@20" in sweep["content_cold_val"]
+    assert sweep["content_cold_val"]["n_users"] == rows["true"]["cold_val"]["n_users"] > 0
+    assert "content-only baseline on the same cold validation users" in (out / "report.md").read_text()
+    # A validation-only run measures what a full run of the same settings measures on validation.
+    full = rfb.run_retrievalformer("retrievalformer", config, tmp_path / "full", data=str(tiny_ml), ks=(5, 20),
+                                   overrides=[
+                                       "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
+                                       "--data.batch_size", "16", "--data.protocol", "looc",
+                                       "--data.cold_seed_users", "8", "--data.cold_valid_users", "8",
+                                       "--data.min_count", "1", "--model.config.normalize", "true"])
+    assert full["val"]["recall@20"] == rows["true"]["val"]["mean"]["recall@20"]
+    assert full["cold_val"]["recall@20"] == rows["true"]["cold_val"]["mean"]["recall@20"]
+
+
+def test_retrievalformer_resume_is_refused(tiny_ml, tmp_path):
+    from genret.cli import main
+
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "retrievalformer_ml1m.yaml")
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--model", "retrievalformer", "--data", str(tiny_ml), "--config", config,
+              "--out", str(tmp_path / "x"), "--resume"])

@@ -27,7 +27,9 @@ training continues from its last finished epoch (DIR/.../checkpoints/last.ckpt),
 model (DualGR, TIGER-style or RetrievalFormer) once per value (and seed) and reports validation only: a setting is chosen on validation,
 and test is read once, by the recipe that comes out of it. Under `--protocol looc` with
 `data.cold_valid_users` the validation cold users are reported too ("cold_val"), so a cold-start
-setting is chosen without reading the cold test users.
+setting is chosen without reading the cold test users. With `--checkpoint` a sweep of a data.*
+setting that acts at evaluation (e.g. `data.cold_sids=shared,paths`) evaluates that one trained
+model once per value instead of training again.
 """
 
 from __future__ import annotations
@@ -108,13 +110,21 @@ def main(argv: list[str]) -> int:
                      "each time: drop --resume")
     sweep = None
     if args.sweep is not None:
-        if args.ablations or args.checkpoint or args.model not in sweepable:
+        if args.ablations or args.model not in sweepable:
             parser.error("--sweep trains one DualGR / TIGER-style / RetrievalFormer model per value: use --model "
-                         "dualgr, tiger or retrievalformer, without --ablations and --checkpoint")
+                         "dualgr, tiger or retrievalformer, without --ablations")
         try:
             sweep = parse_sweep(args.sweep)
         except ValueError as err:
             parser.error(f"--sweep: {err}")
+        if args.checkpoint and not sweep[0].startswith("data."):
+            # A checkpoint fixes the model and its training; only what the data module does at
+            # evaluation (e.g. data.cold_sids) can differ between the values.
+            parser.error(f"--sweep {sweep[0]} with --checkpoint: a trained model's model / trainer settings are "
+                         "fixed; with --checkpoint sweep a data.* setting that acts at evaluation (e.g. "
+                         "data.cold_sids), or drop --checkpoint to train once per value")
+        if args.checkpoint and len(seeds) > 1:
+            parser.error("--sweep with --checkpoint evaluates one trained model: drop --seeds")
     if args.sid_embeddings_from is not None:
         if args.model not in ("dualgr", "tiger"):
             parser.error(f"--sid_embeddings_from builds SIDs, which --model {args.model} does not use")
@@ -337,14 +347,14 @@ def _run_sweep(args, sweep: tuple[str, list[str]], seeds: list[int], overrides: 
 
                 res = run_retrievalformer(args.model, args.config, sub, data=args.data,
                                           overrides=[*overrides, f"--{key}", value], ks=ks, seed=seed_arg,
-                                          stages=("valid",))
+                                          stages=("valid",), checkpoint=args.checkpoint)
             else:
                 res = runs.run_generative(args.config, sub, args.model, data=args.data,
                                            overrides=[*overrides, f"--{key}", value], ks=ks,
                                            eval_batch_size=args.eval_batch_size, max_eval_users=args.max_eval_users,
                                            kernel=args.kernel, branch_merge=args.branch_merge,
                                            short_weight=args.short_weight, seed=seed_arg,
-                                           stages=("valid",), resume=args.resume)
+                                           stages=("valid",), resume=args.resume, checkpoint=args.checkpoint)
             dm = res.pop("datamodule")
             runs_by_seed[seed][value] = res
     summary = summarize_ablations(runs_by_seed, reference=values[0])

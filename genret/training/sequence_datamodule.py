@@ -238,6 +238,9 @@ class SequenceDataModule(pl.LightningDataModule):
             it to a free last code under the same prefix. The decoder's heads never saw a free code
             as a target, so they give it almost no probability: with "spread" ML-1M's cold items
             were all but never decoded (docs/experiments/2026-12-05-dualgr-cold-start.md).
+            "paths" encodes it greedily among the codes that continue a warm SID's prefix at every
+            level (genret.tokenizers.catalogue_paths), so every cold item sits on a path training
+            targets took; an item "shared" already puts on such a path keeps its SID.
     """
 
     def __init__(self, data: str = "synthetic", sid: SIDConfig = SIDConfig(), max_history: int = 200,
@@ -267,8 +270,8 @@ class SequenceDataModule(pl.LightningDataModule):
             raise ValueError(f"data.cold_valid_users must be >= 0 (0 = no cold validation set), got {cold_valid_users}")
         self.cold_valid_users = cold_valid_users
         self.cold_valid_seed = cold_valid_seed
-        if cold_sids not in ("shared", "spread"):
-            raise ValueError(f"data.cold_sids must be 'shared' or 'spread', got {cold_sids!r}")
+        if cold_sids not in ("shared", "spread", "paths"):
+            raise ValueError(f"data.cold_sids must be 'shared', 'spread' or 'paths', got {cold_sids!r}")
         self.cold_sids = cold_sids
         self._ready = False
 
@@ -341,16 +344,20 @@ class SequenceDataModule(pl.LightningDataModule):
     def cold_items(self) -> tuple[np.ndarray, np.ndarray]:
         """LOOC: the cold items' raw ids and SIDs, their content vectors encoded by the tokenizer fitted
         on the warm items (no refit; with `cold_sids: spread` a taken SID moves to a free last
-        code; warm SIDs never change); pass them to `Retriever.add_items` after training. Their
+        code, with `paths` every code continues a warm SID's prefix; warm SIDs never change); pass them to `Retriever.add_items` after training. Their
         dense ids in the full catalogue follow the warm ones, in this order. Every item outside the
         trained catalogue is here: the test cold items and, with `cold_valid_users`, the
         validation cold items (interleaved in their original order; `cold_split.test_cold_items`
         / `valid_cold_items` tell them apart)."""
+        from genret.tokenizers.catalogue_paths import encode_on_paths
         from genret.tokenizers.unique_codes import spread_added_items
 
         if self.cold_split is None:
             raise ValueError("cold_items exists under data.protocol: looc only")
-        codes = self.tokenizer.encode(self.cold_vectors)
+        if self.cold_sids == "paths":
+            codes = encode_on_paths(self.tokenizer, self.cold_vectors, self.codes)
+        else:
+            codes = self.tokenizer.encode(self.cold_vectors)
         if self.cold_sids == "spread":
             codes = spread_added_items(self.tokenizer, self.cold_vectors, codes, self.codes)
         return self.cold_split.log.item_ids[self.n_items:], codes

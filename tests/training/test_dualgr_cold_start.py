@@ -148,6 +148,15 @@ def test_a_cold_item_gets_a_sid_from_the_fitted_tokenizer_and_is_retrievable(tin
         assert c == g or tuple(g) in taken  # moved only off a SID a warm or earlier cold item holds
         taken.add(tuple(c))
     assert (codes != greedy).any()  # tiny codebooks: some cold item did collide, so the rule was exercised
+    # Paths: every prefix of a cold SID is a warm SID's prefix; a greedy SID already on one is kept.
+    dm.cold_sids = "paths"
+    _, on_paths = dm.cold_items()
+    for level in (1, 2, 3):
+        warm = {tuple(c) for c in dm.codes[:, :level].tolist()}
+        assert all(tuple(c) in warm for c in on_paths[:, :level].tolist())
+    warm_sids = {tuple(c) for c in dm.codes.tolist()}
+    kept = np.array([tuple(g) in warm_sids for g in greedy.tolist()])
+    assert kept.any() and np.array_equal(on_paths[kept], greedy[kept])
 
     torch.manual_seed(0)
     model = DualGR(DualGRConfig(n_levels=3, codebook_size=K, n_items=0, d_model=32, n_heads=4, n_blocks=1,
@@ -284,6 +293,20 @@ def test_benchmark_looc_writes_cold_and_warm_blocks(tiny_ml, tmp_path, family, m
         row = json.loads((sweep / "metrics.json").read_text())["sweep"]["results"]["spread"]
         assert set(row["cold_val"]["mean"]) >= {"recall@20", "ndcg@20"} and row["cold_val"]["n_users"] > 0
         assert "cold val HR@" in (sweep / "report.md").read_text()
+        # With --checkpoint a sweep of an evaluation-time data setting scores that one model per value:
+        # "shared" is the full run's own cold validation block; "paths" differs only in the cold SIDs.
+        again = tmp_path / "sweep_checkpoint"
+        assert main(["benchmark", "--model", family, "--data", str(tiny_ml), "--config", str(CONFIG), "--out",
+                     str(again), "--protocol", "looc", "--ks", "5,20", *overrides, "--kernel", "torch",
+                     "--checkpoint", str(out / "model.ckpt"), "--sweep", "data.cold_sids=shared,paths"]) == 0
+        rows = json.loads((again / "metrics.json").read_text())["sweep"]["results"]
+        shared = rows["shared"]["cold_val"]["mean"]
+        assert "recall@20" in shared and shared == {k: metrics["cold_val"][k] for k in shared}
+        assert rows["paths"]["val"]["mean"]["hr@20"] >= 0 and rows["paths"]["paired_cold_val"] is not None
+        with pytest.raises(SystemExit):  # a model setting cannot change under a trained checkpoint
+            main(["benchmark", "--model", family, "--data", str(tiny_ml), "--config", str(CONFIG), "--out",
+                  str(tmp_path / "refused"), "--protocol", "looc", *overrides, "--checkpoint", str(out / "model.ckpt"),
+                  "--sweep", "model.config.alpha=0,0.1"])
     # The ID-based SIDs of the plain ML-1M config are refused with the fix named.
     with pytest.raises(ValueError, match="data.sid.embeddings: content"):
         main(["benchmark", "--model", "dualgr", "--data", str(tiny_ml), "--config",
@@ -319,7 +342,7 @@ def test_benchmark_looc_on_data_with_exposure_negatives(tmp_path):
     assert metrics["baselines"]["popularity"]["test"]["n_users"] == metrics["test"]["n_users"]
 
 
-def test_cold_sids_must_be_shared_or_spread():
-    with pytest.raises(ValueError, match="data.cold_sids must be 'shared' or 'spread'"):
+def test_cold_sids_must_be_a_known_scheme():
+    with pytest.raises(ValueError, match="data.cold_sids must be 'shared', 'spread' or 'paths'"):
         SequenceDataModule(data="synthetic", protocol="looc", cold_sids="nearest",
                            sid=SIDConfig(embeddings="content"))

@@ -140,8 +140,9 @@ def content_embeddings(log_all, cfg: SIDConfig, fit_items: np.ndarray | None = N
         emb = title_embeddings(list(log_all.item_titles), log_all.name, cfg.cache_dir)
         return emb, "title sentence embeddings (all-MiniLM-L6-v2)"
     if choice == "content":
-        emb = content_item_vectors(log_all, cfg.content_features, cfg.embedding_dim, fit_items, cfg.seed)
-        return emb, f"content TF-IDF SVD ({emb.shape[1]}-d) of item features"
+        emb, used = content_item_vectors(log_all, cfg.content_features, cfg.embedding_dim, fit_items, cfg.seed,
+                                         return_features=True)
+        return emb, f"content TF-IDF SVD ({emb.shape[1]}-d) of item features: {', '.join(used)}"
     raise ValueError(f"embeddings={choice!r} is not made from item content; choose one of {CONTENT_EMBEDDINGS}")
 
 

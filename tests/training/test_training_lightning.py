@@ -334,7 +334,8 @@ def test_benchmark_ablations_print_table_2_and_skip_entp_without_negatives(tmp_p
 
 
 @pytest.mark.parametrize("name", ["quickstart", "dualgr_ml1m", "dualgr_encoder_ml1m", "dualgr_amazon", "dualgr_kuairand",
-                                  "dualgr_paper", "dualgr_ml1m_ablation", "dualgr_amazon_ablation", "dualgr_ml1m_looc"])
+                                  "dualgr_paper", "dualgr_ml1m_ablation", "dualgr_amazon_ablation", "dualgr_ml1m_looc",
+                                  "dualgr_amazon_looc"])
 def test_shipped_configs_parse(tmp_path, name):
     """Every shipped DualGR YAML is valid for the CLI (keys, types); data is not loaded here."""
     module, dm, trainer = build("dualgr", ROOT / "configs" / f"{name}.yaml", tmp_path)
@@ -348,7 +349,7 @@ def test_shipped_configs_parse(tmp_path, name):
     # exponential average of the weights.
     averaged = any(type(cb).__name__ == "EMAWeightAveraging" for cb in trainer.callbacks)
     assert averaged == (name in ("dualgr_ml1m", "dualgr_encoder_ml1m", "dualgr_amazon", "dualgr_amazon_ablation",
-                                 "dualgr_ml1m_looc"))
+                                 "dualgr_ml1m_looc", "dualgr_amazon_looc"))
     # The recipes named for the paper's model are its encoder-free decoder; additions carry their own name.
     if name in ("dualgr_ml1m", "dualgr_amazon", "dualgr_kuairand", "dualgr_paper"):
         assert module.config.encoder_blocks == 0

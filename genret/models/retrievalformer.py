@@ -4,7 +4,7 @@ features only, so an item never seen in training still gets a vector.
 Item tower. Each item feature f (genres, release year, title words, categories, optionally the
 item id) has one embedding table E_f, shared by every place the feature appears (the item tower
 and, through it, every history token). A multi-valued feature is the mean of its values'
-embeddings; each feature is projected by its own W_f, giving H = [W_1 E_1(f_1); ...; W_M E_M(f_M)]
+embeddings (with `value_pooling: attention`, their softmax-weighted sum); each feature is projected by its own W_f, giving H = [W_1 E_1(f_1); ...; W_M E_M(f_M)]
 (n, M, d). AttentionFusion (the paper's eq.: Z = LN(H + MHA(H)), U = LN(Z + FFN(Z)), mean over the
 present features; no positions, missing features masked) fuses them into h_i, and a small MLP
 (the "item tower DNN") gives the scoring vector y_i.
@@ -50,6 +50,10 @@ class RetrievalFormerConfig:
     normalize: bool = False  # L2-normalise both towers and divide scores by `temperature`
     temperature: float = 0.05
     id_dropout: float = 0.0  # training: chance an item's id feature is hidden (cold-start practice)
+    # How a multi-valued feature's values (title words, attribute ids) become one vector: "mean", or
+    # "attention" (the paper allows both): softmax weights from a learned query per feature, so a
+    # brand or a product-line word can outweigh "cream" and "oz"; the query starts at zero (= mean).
+    value_pooling: str = "mean"
     item_feature_names: list[str] = field(default_factory=list)  # (from the data)
     item_feature_widths: list[int] = field(default_factory=list)  # values per item, per feature (from the data)
     item_feature_cardinalities: list[int] = field(default_factory=list)  # (from the data)
@@ -77,6 +81,8 @@ class RetrievalFormerConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.id_dropout < 1.0:
             raise ValueError(f"id_dropout must lie in [0, 1), got {self.id_dropout}")
+        if self.value_pooling not in ("mean", "attention"):
+            raise ValueError(f"value_pooling must be 'mean' or 'attention', got {self.value_pooling!r}")
 
 
 class AttentionFusion(nn.Module):
@@ -132,6 +138,9 @@ class RetrievalFormer(nn.Module):
         self.final_norm = nn.RMSNorm(d, eps=1e-6)
         self.dropout = nn.Dropout(c.dropout)
         self.apply(init_weights)
+        # One pooling query per item feature (after init_weights: zero queries pool as the mean does).
+        self.value_queries = (nn.Parameter(torch.zeros(len(c.item_feature_cardinalities), d))
+                              if c.value_pooling == "attention" else None)
         self._id_feature = c.item_feature_names.index("item_id") if "item_id" in c.item_feature_names else None
 
     # ------------------------------------------------------------------------------ catalogue
@@ -175,7 +184,13 @@ class RetrievalFormer(nn.Module):
                 ids = ids * (torch.rand(ids.shape[0], 1, device=ids.device) >= self.config.id_dropout)
             has = ids > 0
             count = has.sum(-1, keepdim=True)
-            parts.append(proj(table(ids).sum(-2) / count.clamp(min=1)))
+            values = table(ids)  # (n, W_f, d); padding rows are zero
+            if self.value_queries is None:
+                pooled = values.sum(-2) / count.clamp(min=1)
+            else:
+                logits = (values @ self.value_queries[f]).masked_fill(~has, float("-inf"))
+                pooled = (torch.softmax(logits, -1).nan_to_num(0.0)[..., None] * values).sum(-2)  # no value: zeros
+            parts.append(proj(pooled))
             present.append(count[:, 0] > 0)
         return self.item_fusion(torch.stack(parts, 1), torch.stack(present, 1))
 

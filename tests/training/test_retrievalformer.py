@@ -208,6 +208,32 @@ def _model(n_items=6, cards=(5, 4, 7)) -> RetrievalFormer:
     return model.eval()
 
 
+def test_attention_value_pooling_starts_as_the_mean_and_can_single_out_a_value():
+    torch.manual_seed(0)
+    mean = _model()
+    torch.manual_seed(0)
+    cfg = RetrievalFormerConfig(**{**mean.config.__dict__, "value_pooling": "attention"})
+    attention = RetrievalFormer(cfg)
+    attention.load_state_dict({**mean.state_dict(), "value_queries": torch.zeros(3, 16)})
+    attention.eval()
+    # Zero queries: every present value weighs the same, as the mean.
+    with torch.no_grad():
+        torch.testing.assert_close(attention.item_vectors(), mean.item_vectors())
+    # A query that prefers value 1: [1, 3] pools to (almost) value 1 alone; the mean does not.
+    two, one = [torch.tensor([[1, 3]])], [torch.tensor([[1, 0]])]
+    rest = [torch.tensor([[2]]), torch.tensor([[0]])]
+    with torch.no_grad():
+        gap = attention.feature_tables[0].weight[1] - attention.feature_tables[0].weight[3]
+        attention.value_queries[0] = 1e3 * gap / gap.square().sum()  # value 1's logit 1,000 above value 3's
+        assert torch.allclose(attention.encode_features(two + rest), attention.encode_features(one + rest), atol=1e-4)
+        assert not torch.allclose(mean.encode_features(two + rest), mean.encode_features(one + rest), atol=1e-2)
+        # An item without any value of a feature: no NaN, the feature is masked as missing.
+        empty = attention.encode_features([torch.zeros(1, 2, dtype=torch.long), *rest])
+    assert torch.isfinite(empty).all()
+    with pytest.raises(ValueError, match="value_pooling must be 'mean' or 'attention'"):
+        RetrievalFormer(RetrievalFormerConfig(**{**mean.config.__dict__, "value_pooling": "max"}))
+
+
 def test_model_scores_an_unseen_item_from_its_features():
     model = _model()
     tables = model.feature_tables_of()

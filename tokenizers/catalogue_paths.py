@@ -8,8 +8,10 @@ users (docs/experiments/2026-12-05-dualgr-cold-start.md). `encode_on_paths` enco
 RQ-KMeans does, but at every level chooses among the codes that continue some catalogue SID's
 prefix: the item lands on a path the decoder walks, beside the catalogue items nearest to it at
 each level. Where its greedy code already continues a catalogue prefix it is kept, so an item the
-plain encoder puts on a catalogue path gets the same SID here. An added item then often shares a
-catalogue item's full SID, and is listed after it (the SID index's order for added items).
+plain encoder puts on a catalogue path gets the same SID here. The last level allows only codes
+that complete a catalogue SID, so every added item shares the full SID of some catalogue item (the
+nearest by residual at each level) and is listed right after it (the SID index's order for added
+items): its score is that item's.
 """
 
 from __future__ import annotations

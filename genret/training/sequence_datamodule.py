@@ -239,8 +239,9 @@ class SequenceDataModule(pl.LightningDataModule):
             as a target, so they give it almost no probability: with "spread" ML-1M's cold items
             were all but never decoded (docs/experiments/2026-12-05-dualgr-cold-start.md).
             "paths" encodes it greedily among the codes that continue a warm SID's prefix at every
-            level (genret.tokenizers.catalogue_paths), so every cold item sits on a path training
-            targets took; an item "shared" already puts on such a path keeps its SID.
+            level (genret.tokenizers.catalogue_paths), so every cold item shares the SID of a warm
+            item near it, a path training targets took, and is listed right after that item; an
+            item "shared" already puts on a warm SID keeps it.
     """
 
     def __init__(self, data: str = "synthetic", sid: SIDConfig = SIDConfig(), max_history: int = 200,

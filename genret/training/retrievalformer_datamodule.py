@@ -29,7 +29,9 @@ class RetrievalFormerDataModule(KuaiFormerDataModule):
 
     Args:
         item_features: raw feature names (genret.data.item_features), e.g. ["genres", "year",
-            "title_words", "item_id"]; None = every feature the data set has.
+            "title_words", "item_id"]; None = every feature the data set has; "content" = every
+            feature but the item id (what a cold-start recipe wants on any copy of a family, with
+            or without its optional files).
         item_feature_table: a CSV/TSV/Parquet table of extra item features (item id + columns).
         min_count: a feature value on fewer fitting items is unknown (per feature name, or one int).
         max_values: values kept per item and feature.
@@ -44,7 +46,7 @@ class RetrievalFormerDataModule(KuaiFormerDataModule):
 
     def __init__(self, data: str = "synthetic", load_kwargs: dict[str, Any] | None = None, max_len: int = 50,
                  targets: str = "every_position", cuts_per_user: int = 8, include_last_cut: bool = True,
-                 batch_size: int = 128, eval_batch_size: int = 512, item_features: list[str] | None = None,
+                 batch_size: int = 128, eval_batch_size: int = 512, item_features: list[str] | str | None = None,
                  item_feature_table: str | None = None, min_count: int | dict[str, int] = 2, max_values: int = 16,
                  user_features: bool = True, protocol: str = "loo", cold_seed_users: int = 500,
                  cold_seed: int = 0, num_workers: int = 0, seed: int = 0, cold_valid_users: int = 0,
@@ -55,7 +57,10 @@ class RetrievalFormerDataModule(KuaiFormerDataModule):
                          num_workers=num_workers, seed=seed)
         if protocol not in PROTOCOLS:
             raise ValueError(f"data.protocol must be one of {PROTOCOLS}, got {protocol!r}")
-        self.feature_names = None if item_features is None else list(item_features)
+        if isinstance(item_features, str) and item_features != "content":
+            raise ValueError(f"data.item_features must be a list of feature names, null (every feature) or "
+                             f"'content' (every feature but item_id), got {item_features!r}")
+        self.feature_names = item_features if item_features in (None, "content") else list(item_features)
         self.item_feature_table = item_feature_table
         self.min_count = min_count
         self.max_values = max_values
@@ -92,7 +97,15 @@ class RetrievalFormerDataModule(KuaiFormerDataModule):
         self.train_log = self.split.train
         self.n_items = self.log_all.n_items
         # Item features: raw lists from the data, vocabularies fitted on the warm items only.
-        self.raw_features = raw_item_features(full, self.feature_names, self.item_feature_table)
+        content_only = self.feature_names == "content"
+        self.raw_features = raw_item_features(full, None if content_only else self.feature_names,
+                                              self.item_feature_table)
+        if content_only:
+            self.raw_features.pop("item_id", None)
+            if not self.raw_features:
+                raise ValueError(f"{full.name} has no item feature besides the item id (data.item_features: "
+                                 "content): add titles, attributes or an item feature table "
+                                 "(data.item_feature_table)")
         self.feature_report = feature_report(self.raw_features)
         log.info("item features of %s: %s", full.name, self.feature_report)
         fit_items = np.ones(self.n_items, bool)

@@ -355,7 +355,8 @@ def test_benchmark_looc_cli(tiny_ml, tmp_path, capsys):
     assert with_val["cold"]["n_users"] == metrics["cold"]["n_users"]  # the same cold test users
 
 
-@pytest.mark.parametrize("name", ["retrievalformer_ml1m.yaml", "retrievalformer_amazon.yaml"])
+@pytest.mark.parametrize("name", ["retrievalformer_ml1m.yaml", "retrievalformer_amazon.yaml",
+                                  "retrievalformer_ml1m_looc.yaml", "retrievalformer_amazon_looc.yaml"])
 def test_shipped_configs_build(name, tmp_path):
     from genret.families import family_for_config
     from genret.training.run import build
@@ -364,7 +365,13 @@ def test_shipped_configs_build(name, tmp_path):
     family = family_for_config(config)
     assert family.name == "retrievalformer"
     module, dm, _ = build(family, config, tmp_path)
-    assert module.loss_name in ("full_softmax", "sampled_softmax") and dm.targets == "every_position" and dm.protocol == "loo"
+    assert module.loss_name in ("full_softmax", "sampled_softmax") and dm.targets == "every_position"
+    assert dm.protocol == ("looc" if "looc" in name else "loo")
+    if dm.protocol == "looc":  # warm and cold items described alike: features only, no item id
+        import yaml
+
+        features = yaml.safe_load(config.read_text())["data"]["item_features"]
+        assert (features == "content" or "item_id" not in features) and module.config.id_dropout == 0.0
 
 
 def test_benchmark_evaluates_a_retrievalformer_checkpoint(tiny_ml, tmp_path):
@@ -478,3 +485,39 @@ def test_retrievalformer_resume_is_refused(tiny_ml, tmp_path):
     with pytest.raises(SystemExit):
         main(["benchmark", "--model", "retrievalformer", "--data", str(tiny_ml), "--config", config,
               "--out", str(tmp_path / "x"), "--resume"])
+
+
+def test_content_item_features_on_amazon_copies_with_and_without_optional_files(tmp_path):
+    """`data.item_features: content` (configs/retrievalformer_amazon_looc.yaml) takes whatever content a
+    copy has, never the item id, and names the problem when a copy has none."""
+    import json
+
+    from genret.training.retrievalformer_datamodule import RetrievalFormerDataModule
+
+    def copy(name, titles, attributes):
+        folder = tmp_path / name
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        (folder / "sequential.txt").write_text("".join(
+            " ".join(map(str, [u, *rng.choice(np.arange(1, 31), size=6, replace=False).tolist()])) + "\n"
+            for u in range(1, 41)))
+        if attributes:
+            (folder / "item2attributes.json").write_text(json.dumps({str(i): [i % 5 + 1, 9] for i in range(1, 31)}))
+        if titles:
+            (folder / "titles.tsv").write_text("item_id\tasin\ttitle\n" + "".join(
+                f"{i}\tA{i}\tbrand{i % 4} face cream\n" for i in range(1, 31)))
+        return str(folder)
+
+    found = {}
+    for name, titles in (("full", True), ("no_titles", False)):
+        dm = RetrievalFormerDataModule(data=copy(name, titles, True), item_features="content", min_count=1,
+                                       batch_size=8)
+        dm.setup()
+        found[name] = dm.item_features
+    assert "item_id" not in found["full"] and {"attributes", "title_words"} <= set(found["full"])
+    assert found["no_titles"] == ["attributes"]
+    dm = RetrievalFormerDataModule(data=copy("sequential_only", False, False), item_features="content")
+    with pytest.raises(ValueError, match="no item feature besides the item id"):
+        dm.setup()
+    with pytest.raises(ValueError, match="data.item_features must be a list of feature names"):
+        RetrievalFormerDataModule(data="synthetic", item_features="everything")

@@ -294,15 +294,16 @@ def test_benchmark_looc_writes_cold_and_warm_blocks(tiny_ml, tmp_path, family, m
         assert set(row["cold_val"]["mean"]) >= {"recall@20", "ndcg@20"} and row["cold_val"]["n_users"] > 0
         assert "cold val HR@" in (sweep / "report.md").read_text()
         # With --checkpoint a sweep of an evaluation-time data setting scores that one model per value:
-        # "shared" is the full run's own cold validation block; "paths" differs only in the cold SIDs.
+        # "paths" (the config's scheme) is the full run's own cold validation block; "shared" differs
+        # only in the cold SIDs.
         again = tmp_path / "sweep_checkpoint"
         assert main(["benchmark", "--model", family, "--data", str(tiny_ml), "--config", str(CONFIG), "--out",
                      str(again), "--protocol", "looc", "--ks", "5,20", *overrides, "--kernel", "torch",
                      "--checkpoint", str(out / "model.ckpt"), "--sweep", "data.cold_sids=shared,paths"]) == 0
         rows = json.loads((again / "metrics.json").read_text())["sweep"]["results"]
-        shared = rows["shared"]["cold_val"]["mean"]
-        assert "recall@20" in shared and shared == {k: metrics["cold_val"][k] for k in shared}
-        assert rows["paths"]["val"]["mean"]["hr@20"] >= 0 and rows["paths"]["paired_cold_val"] is not None
+        own = rows["paths"]["cold_val"]["mean"]
+        assert "recall@20" in own and own == {k: metrics["cold_val"][k] for k in own}
+        assert rows["paths"]["paired_cold_val"] is not None and rows["shared"]["paired_cold_val"] is None
         with pytest.raises(SystemExit):  # a model setting cannot change under a trained checkpoint
             main(["benchmark", "--model", family, "--data", str(tiny_ml), "--config", str(CONFIG), "--out",
                   str(tmp_path / "refused"), "--protocol", "looc", *overrides, "--checkpoint", str(out / "model.ckpt"),

@@ -24,8 +24,8 @@ started again, or extended by seeds (`--seeds 0,1,2` after `--seeds 0,1`); a run
 training continues from its last finished epoch (DIR/.../checkpoints/last.ckpt), not from scratch.
 
 `--sweep KEY=V1,V2,...` (e.g. `model.config.short_window=4,16,64`, the paper's Fig. 2) trains the
-model (DualGR, TIGER-style or RetrievalFormer) once per value (and seed) and reports validation only: a setting is chosen on validation,
-and test is read once, by the recipe that comes out of it. Under `--protocol looc` with
+model (DualGR, TIGER-style or RetrievalFormer) once per value (and seed) and reports validation
+only: a setting is chosen on validation, and test is read once, by the recipe that comes out of it. Under `--protocol looc` with
 `data.cold_valid_users` the validation cold users are reported too ("cold_val"), so a cold-start
 setting is chosen without reading the cold test users. With `--checkpoint` a sweep of a data.*
 setting that acts at evaluation (e.g. `data.cold_sids=shared,paths`) evaluates that one trained

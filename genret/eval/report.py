@@ -178,31 +178,30 @@ def format_sweep_table(sweep: Mapping[str, Any]) -> str:
     hr_ks = _ks_in(means, "hr")
     shown = [k for k in hr_ks if k in (10, 100, 500)] or hr_ks
     paired_k = shown[-1] if shown else None
-    header = [sweep["key"], "seeds"] + [f"val {n}@{k}" for k in shown for n in ("HR", "NDCG")]
-    header += [f"val HR@{paired_k} - {sweep['reference']} (95% CI)"] if paired_k else []
-    body = []
-    for value, r in results.items():
-        row = [str(value), str(len(sweep["seeds"]))]
+
+    def cells(r: Mapping[str, Any], stage: str) -> list[str]:
+        """One stage's HR@K / NDCG@K mean ± sd (percent) and its paired HR difference to the reference."""
+        out = []
         for k in shown:
             for name in ("hr", "ndcg"):
-                mean, sd = r["val"]["mean"].get(f"{name}@{k}"), r["val"]["sd"].get(f"{name}@{k}")
-                row.append("-" if mean is None else f"{100 * mean:.3f}%" + ("" if sd is None else f" ± {100 * sd:.3f}"))
+                mean, sd = r[stage]["mean"].get(f"{name}@{k}"), r[stage]["sd"].get(f"{name}@{k}")
+                out.append("-" if mean is None else f"{100 * mean:.3f}%" + ("" if sd is None else f" ± {100 * sd:.3f}"))
         if paired_k:
-            paired = (r.get("paired_val") or {}).get(f"hr@{paired_k}")
-            row.append("-" if paired is None else f"{100 * paired['diff']:+.2f} ± {100 * paired['half_width']:.2f} pts")
-        body.append(row)
+            paired = (r.get(f"paired_{stage}") or {}).get(f"hr@{paired_k}")
+            out.append("-" if paired is None else f"{100 * paired['diff']:+.2f} ± {100 * paired['half_width']:.2f} pts")
+        return out
+
+    def stage_header(label: str) -> list[str]:
+        return ([f"{label} {n}@{k}" for k in shown for n in ("HR", "NDCG")]
+                + ([f"{label} HR@{paired_k} - {sweep['reference']} (95% CI)"] if paired_k else []))
+
+    header = [sweep["key"], "seeds"] + stage_header("val")
+    body = [[str(value), str(len(sweep["seeds"]))] + cells(r, "val") for value, r in results.items()]
     footer = ""
     if all("cold_val" in r for r in results.values()):  # LOOC with a cold validation set
-        header += [f"cold val {n}@{k}" for k in shown for n in ("HR", "NDCG")]
-        header += [f"cold val HR@{paired_k} - {sweep['reference']} (95% CI)"] if paired_k else []
+        header += stage_header("cold val")
         for row, r in zip(body, results.values()):
-            for k in shown:
-                for name in ("hr", "ndcg"):
-                    mean, sd = r["cold_val"]["mean"].get(f"{name}@{k}"), r["cold_val"]["sd"].get(f"{name}@{k}")
-                    row.append("-" if mean is None else f"{100 * mean:.3f}%" + ("" if sd is None else f" ± {100 * sd:.3f}"))
-            if paired_k:
-                paired = (r.get("paired_cold_val") or {}).get(f"hr@{paired_k}")
-                row.append("-" if paired is None else f"{100 * paired['diff']:+.2f} ± {100 * paired['half_width']:.2f} pts")
+            row += cells(r, "cold_val")
         content = sweep.get("content_cold_val")
         if content:  # the floor a cold-start setting has to clear, on the same users
             footer = "\ncontent-only baseline on the same cold validation users: " + ", ".join(

@@ -4,8 +4,8 @@ features only, so an item never seen in training still gets a vector.
 Item tower. Each item feature f (genres, release year, title words, categories, optionally the
 item id) has one embedding table E_f, shared by every place the feature appears (the item tower
 and, through it, every history token). A multi-valued feature is the mean of its values'
-embeddings (with `value_pooling: attention`, their softmax-weighted sum); each feature is projected by its own W_f, giving H = [W_1 E_1(f_1); ...; W_M E_M(f_M)]
-(n, M, d). AttentionFusion (the paper's eq.: Z = LN(H + MHA(H)), U = LN(Z + FFN(Z)), mean over the
+embeddings (with `value_pooling: attention`, their softmax-weighted sum); each feature is
+projected by its own W_f, giving H = [W_1 E_1(f_1); ...; W_M E_M(f_M)] (n, M, d). AttentionFusion (the paper's eq.: Z = LN(H + MHA(H)), U = LN(Z + FFN(Z)), mean over the
 present features; no positions, missing features masked) fuses them into h_i, and a small MLP
 (the "item tower DNN") gives the scoring vector y_i.
 

@@ -345,8 +345,9 @@ class SequenceDataModule(pl.LightningDataModule):
     def cold_items(self) -> tuple[np.ndarray, np.ndarray]:
         """LOOC: the cold items' raw ids and SIDs, their content vectors encoded by the tokenizer fitted
         on the warm items (no refit; with `cold_sids: spread` a taken SID moves to a free last
-        code, with `paths` every code continues a warm SID's prefix; warm SIDs never change); pass them to `Retriever.add_items` after training. Their
-        dense ids in the full catalogue follow the warm ones, in this order. Every item outside the
+        code, with `paths` every code continues a warm SID's prefix; warm SIDs never change); pass
+        them to `Retriever.add_items` after training. Their dense ids in the full catalogue follow
+        the warm ones, in this order. Every item outside the
         trained catalogue is here: the test cold items and, with `cold_valid_users`, the
         validation cold items (interleaved in their original order; `cold_split.test_cold_items`
         / `valid_cold_items` tell them apart)."""

@@ -5,9 +5,10 @@ Item tower. Each item feature f (genres, release year, title words, categories, 
 item id) has one embedding table E_f, shared by every place the feature appears (the item tower
 and, through it, every history token). A multi-valued feature is the mean of its values'
 embeddings (with `value_pooling: attention`, their softmax-weighted sum); each feature is
-projected by its own W_f, giving H = [W_1 E_1(f_1); ...; W_M E_M(f_M)] (n, M, d). AttentionFusion (the paper's eq.: Z = LN(H + MHA(H)), U = LN(Z + FFN(Z)), mean over the
-present features; no positions, missing features masked) fuses them into h_i, and a small MLP
-(the "item tower DNN") gives the scoring vector y_i.
+projected by its own W_f, giving H = [W_1 E_1(f_1); ...; W_M E_M(f_M)] (n, M, d).
+AttentionFusion (the paper's eq.: Z = LN(H + MHA(H)), U = LN(Z + FFN(Z)), mean over the present
+features; no positions, missing features masked) fuses them into h_i, and a small MLP (the "item
+tower DNN") gives the scoring vector y_i.
 
 User tower. A history of items becomes the sequence [p_u, h_1, ..., h_T] where h_t is the item
 tower's fused vector of the t-th item (the tables and the fusion are shared with the item tower)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genret.eval.metrics import paired_hit_difference
+from genret.eval.metrics import hits_at, paired_hit_difference
 from genret.eval.run_record import RECORD_NAME
 
 STAGES = (("val", "val_ranks"), ("test", "test_ranks"))
@@ -43,7 +43,7 @@ def compare(reference: dict, other: dict, ks: list[int]) -> list[str]:
         cells = []
         for k in ks:
             diff, half = paired_hit_difference(a, b, k)
-            cells.append(f"HR@{k} {((a >= 0) & (a < k)).mean():.4f} ({100 * diff:+.2f} +- {100 * half:.2f} pts)")
+            cells.append(f"HR@{k} {hits_at(a, k).mean():.4f} ({100 * diff:+.2f} +- {100 * half:.2f} pts)")
         lines.append(f"  {stage}: " + "; ".join(cells))
     return lines
 

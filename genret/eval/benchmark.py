@@ -37,6 +37,12 @@ def _config_overrides(overrides: dict[str, Any]) -> list[str]:
     return args
 
 
+def check_stages(stages: tuple[str, ...]) -> None:
+    """A benchmark run reads validation, test or both (("valid",) = a validation-only run, a sweep's)."""
+    if not stages or set(stages) - {"valid", "test"}:
+        raise ValueError(f"stages must be a non-empty subset of ('valid', 'test'), got {stages!r}")
+
+
 def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", data: str | None = None,
                    overrides: list[str] | None = None, ks=DEFAULT_KS, eval_batch_size: int = 64,
                    max_eval_users: int | None = None, kernel: str = "auto", branch_merge: str = "sum",
@@ -77,9 +83,7 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
     from genret.training.run import build, fit
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    bad = set(stages) - {"valid", "test"}
-    if bad or not stages:
-        raise ValueError(f"stages must be a non-empty subset of ('valid', 'test'), got {stages!r}")
+    check_stages(stages)
     extra = _config_overrides(ABLATIONS.get(variant, {}))
     if seed is not None:
         extra += ["--seed_everything", str(int(seed))]

@@ -113,11 +113,10 @@ def run_retrievalformer(family: str, config: str | Path, out_dir: Path, data: st
     "warm"}}; with `data.cold_valid_users` also "cold_val" (the validation cold users), in "extra"
     and in the content baseline.
     """
+    from genret.eval.benchmark import check_stages
     from genret.training.run import build, fit
 
-    bad = set(stages) - {"valid", "test"}
-    if bad or not stages:
-        raise ValueError(f"stages must be a non-empty subset of ('valid', 'test'), got {stages!r}")
+    check_stages(stages)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     overrides = list(overrides or []) + ([] if seed is None else ["--seed_everything", str(int(seed))])

@@ -25,11 +25,12 @@ training continues from its last finished epoch (DIR/.../checkpoints/last.ckpt),
 
 `--sweep KEY=V1,V2,...` (e.g. `model.config.short_window=4,16,64`, the paper's Fig. 2) trains the
 model (DualGR, TIGER-style or RetrievalFormer) once per value (and seed) and reports validation
-only: a setting is chosen on validation, and test is read once, by the recipe that comes out of it. Under `--protocol looc` with
-`data.cold_valid_users` the validation cold users are reported too ("cold_val"), so a cold-start
-setting is chosen without reading the cold test users. With `--checkpoint` a sweep of a data.*
-setting that acts at evaluation (e.g. `data.cold_sids=shared,paths`) evaluates that one trained
-model once per value instead of training again.
+only: a setting is chosen on validation, and test is read once, by the recipe that comes out of
+it. Under `--protocol looc` with `data.cold_valid_users` the validation cold users are reported
+too ("cold_val"), so a cold-start setting is chosen without reading the cold test users. With
+`--checkpoint` a sweep of a data.* setting that acts at evaluation (e.g.
+`data.cold_sids=shared,paths`) evaluates that one trained model once per value instead of
+training again.
 """
 
 from __future__ import annotations

@@ -51,8 +51,8 @@ def summarize_ablations(runs: Mapping[int, Mapping[str, Mapping[str, Any]]], ref
         "cold_val" ({"mean", "sd", "n_users"}; the stages every seed measured), "per_seed": {seed:
         {"val", "test", "cold_val"}},
         "train_seconds": [...],
-        "paired_test" / "paired_val" / "paired_cold_val": {"hr@K": paired_hit_difference_over_seeds(...)} (absent for the
-        reference), "note" (when a seed's run says one)}}}.
+        "paired_test" / "paired_val" / "paired_cold_val": {"hr@K": paired_hit_difference_over_seeds(...)}
+        (absent for the reference), "note" (when a seed's run says one)}}}.
     """
     seeds = sorted(runs)
     if not seeds:

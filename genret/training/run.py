@@ -106,7 +106,10 @@ def _csv_log(trainer) -> tuple[Path, list[dict], list[str]] | None:
         return None
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        return path, list(reader), list(reader.fieldnames or [])
+        # A run stopped while Lightning was adding a column leaves rows longer than the header; their
+        # unnamed extra values (csv's None key) cannot be written back under any column: drop them.
+        rows = [{k: v for k, v in row.items() if k is not None} for row in reader]
+        return path, rows, list(reader.fieldnames or [])
 
 
 def _keep_earlier_epochs(path: Path, rows: list[dict], columns: list[str]) -> None:
@@ -118,7 +121,8 @@ def _keep_earlier_epochs(path: Path, rows: list[dict], columns: list[str]) -> No
     if path.is_file():
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
-            new_rows, new_columns = list(reader), list(reader.fieldnames or [])
+            new_rows = [{k: v for k, v in row.items() if k is not None} for row in reader]
+            new_columns = list(reader.fieldnames or [])
     new_epochs = [int(float(r["epoch"])) for r in new_rows if r.get("epoch")]
     first_new = min(new_epochs) if new_epochs else None
     kept = [r for r in rows if first_new is None or not r.get("epoch") or int(float(r["epoch"])) < first_new]

@@ -471,6 +471,30 @@ def test_benchmark_resume_reuses_finished_runs_and_trains_only_the_new_ones(tmp_
     assert (out / "seed_0" / "model.ckpt").stat().st_mtime_ns != stamps[0]
 
 
+def test_continued_log_keeps_the_earlier_epochs_of_a_ragged_log(tmp_path):
+    """A run killed while Lightning rewrote its CSV header leaves rows longer than the header; putting
+    the earlier epochs back must keep their named values, not fail on the unnamed ones."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.loggers import CSVLogger
+
+    from genret.training.run import _csv_log, _keep_earlier_epochs
+
+    logger = CSVLogger(save_dir=tmp_path, name="logs", version=0)
+    path = Path(logger.log_dir) / "metrics.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("epoch,step,train/loss\n0,9,2.5\n1,19,2.1,0.07\n")
+    found = _csv_log(SimpleNamespace(logger=logger))
+    assert found is not None and found[0] == path
+    path.write_text("epoch,step,train/loss,val/hr@10\n2,29,1.9,0.08\n")   # the continued run's file
+    _keep_earlier_epochs(*found)
+    with path.open(newline="") as f:
+        got = list(csv.DictReader(f))
+    assert [r["epoch"] for r in got] == ["0", "1", "2"]
+    assert [r["train/loss"] for r in got] == ["2.5", "2.1", "1.9"]
+    assert got[2]["val/hr@10"] == "0.08" and got[0]["val/hr@10"] == ""
+
+
 def test_benchmark_resume_continues_a_run_stopped_during_training(tmp_path, tiny_args, monkeypatch):
     from pytorch_lightning.callbacks import Callback
 

@@ -18,7 +18,7 @@ import torch
 
 from genret.decoding import requests
 from genret.decoding.retriever import RetrievalResult
-from genret.models.grank import GRank
+from genret.models.grank import GRank, blended_scores
 
 
 def windows(offsets: np.ndarray, items: np.ndarray, length: int) -> torch.Tensor:
@@ -106,11 +106,23 @@ class GRankRetriever:
         return retriever
 
     # ------------------------------------------------------------------------------ indices
-    @torch.no_grad()
     def generate_and_rank(self, offsets: np.ndarray, items: np.ndarray, k1: int | None = None
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One batch of CSR dense histories -> (candidates in generator order (U, k1), generator
         scores, final scores), history excluded, -1 / -inf where fewer than k1 items remain."""
+        candidates, gen, rank = self.candidate_scores(offsets, items, k1)
+        return candidates, gen, self.final_scores(gen, rank)
+
+    def final_scores(self, gen: np.ndarray, rank: np.ndarray, blend: float | None = None) -> np.ndarray:
+        """What the served list is sorted by: the generator's score without a ranker, else s_ca +
+        blend (default: the retriever's) x the generator's score."""
+        return gen if not self.ranker else blended_scores(gen, rank, self.blend if blend is None else blend)
+
+    @torch.no_grad()
+    def candidate_scores(self, offsets: np.ndarray, items: np.ndarray, k1: int | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One batch of CSR dense histories -> (candidates in generator order (U, k1), generator
+        scores, ranker scores), history excluded, -1 / -inf where fewer than k1 items remain."""
         k1 = min(k1 or self.k1, self.model.config.n_items)
         c = self.model.config
         dev = self.device
@@ -121,14 +133,11 @@ class GRankRetriever:
             users = self.model.user_vectors(windows(offsets, items, c.max_len).to(dev))
             rank = torch.cat([self.model.rank_scores(cand[:, s:s + 256].clamp(min=0), long_items, users)
                               for s in range(0, k1, 256)], dim=1).float().masked_fill(cand < 0, float("-inf"))
-            rank = rank.cpu().numpy()
-            final = gen if not self.ranker else rank if self.blend == 0 else rank + self.blend * gen
-            return candidates, gen, final
+            return candidates, gen, rank.cpu().numpy()
         cand, gen, rank = self.model.generate_and_rank(
             windows(offsets, items, c.max_len).to(dev), windows(offsets, items, c.long_len).to(dev), k1,
             seen_mask(offsets, items, c.n_items).to(dev))
-        final = gen if not self.ranker else rank if self.blend == 0 else rank + self.blend * gen
-        return cand.cpu().numpy(), gen.cpu().numpy(), final.cpu().numpy()
+        return cand.cpu().numpy(), gen.cpu().numpy(), rank.cpu().numpy()
 
     def external_candidates(self, offsets: np.ndarray, items: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:
         """The external generator's top k1 unseen items per CSR history, in its order: (U, k1) dense

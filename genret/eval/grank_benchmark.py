@@ -21,24 +21,76 @@ log = logging.getLogger(__name__)
 DEEP_KS = (50, 100, 500, 1000)
 
 
-def grank_lists(retriever, eval_set, k1: int, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, float]:
-    """Generator-order and ranker-order lists (m, k1) for every user of an EvalSet, and the seconds
-    the generate-and-rank calls took."""
+def grank_lists(retriever, eval_set, k1: int, batch_size: int = 256, blends: list[float] | None = None
+                ) -> tuple[np.ndarray, dict[float, np.ndarray], float]:
+    """Generator-order lists (m, k1) for every user of an EvalSet, the ranked lists (m, k1) for each
+    blend (default: the retriever's own), and the seconds the scoring calls took. The candidates
+    and both scores are computed once; each blend only re-sorts them."""
+    blends = [retriever.blend] if blends is None else list(blends)
     offsets, items = np.asarray(eval_set.history_offsets), np.asarray(eval_set.history_items)
     m = len(eval_set)
     generated = np.full((m, k1), -1, np.int64)
-    ranked = np.full((m, k1), -1, np.int64)
+    ranked = {b: np.full((m, k1), -1, np.int64) for b in blends}
     seconds = 0.0
     for start in range(0, m, batch_size):
         stop = min(start + batch_size, m)
         started = time.perf_counter()
-        cand, _, final = retriever.generate_and_rank(offsets[start:stop + 1] - offsets[start],
+        cand, gen, rank = retriever.candidate_scores(offsets[start:stop + 1] - offsets[start],
                                                      items[offsets[start]:offsets[stop]], k1)
         seconds += time.perf_counter() - started
         generated[start:stop, :cand.shape[1]] = cand
-        order = np.argsort(-final, axis=1, kind="stable")
-        ranked[start:stop, :cand.shape[1]] = np.take_along_axis(cand, order, 1)
+        for b in blends:
+            order = np.argsort(-retriever.final_scores(gen, rank, b), axis=1, kind="stable")
+            ranked[b][start:stop, :cand.shape[1]] = np.take_along_axis(cand, order, 1)
     return generated, ranked, seconds
+
+
+def evaluate_grank(retriever, eval_sets: dict, k1: int, ks, batch_size: int, blends: list[float] | None,
+                   metric: str) -> dict[str, Any]:
+    """Generator-only and ranked metrics on "val" and "test" for one retriever, the blend chosen on
+    validation (best `metric`, e.g. "ndcg@10"; the first listed on a tie; `blends` None: the
+    retriever's own) and the test ranks of both lists.
+
+    Test is scored once, with the chosen blend."""
+    choices = [retriever.blend] if not blends or not retriever.ranker else list(blends)
+    out: dict[str, Any] = {"ranked": {}, "generator_only": {}, "candidate_recall": {}, "ms_per_user": {}}
+    for key, stage in (("val", "valid"), ("test", "test")):
+        es = eval_sets[stage]
+        generated, ranked, seconds = grank_lists(retriever, es, k1, batch_size, choices)
+        if key == "val":
+            by_blend = {b: ranking_metrics(ranked[b], es.targets, ks) for b in choices}
+            best = max(range(len(choices)), key=lambda i: (by_blend[choices[i]][metric], -i))
+            out["blend"] = choices[best]
+            if len(choices) > 1:
+                out["val_by_blend"] = {str(b): by_blend[b] for b in choices}
+                log.info("blend chosen on validation %s: %s", metric,
+                         ", ".join(f"{b:g} -> {by_blend[b][metric]:.4f}" for b in choices))
+            choices = [out["blend"]]
+        final = ranked[out["blend"]]
+        out["ranked"][key] = ranking_metrics(final, es.targets, ks)
+        out["generator_only"][key] = ranking_metrics(generated, es.targets, ks)
+        out["candidate_recall"][key] = float((generated == es.targets[:, None]).any(1).mean())
+        out["ms_per_user"][key] = 1000.0 * seconds / len(es)
+        if key == "test":
+            out["test_ranks"] = {"ranked": target_ranks(final, es.targets).tolist(),
+                                 "generator": target_ranks(generated, es.targets).tolist()}
+    return out
+
+
+def record_blend(checkpoint: str | Path, blend: float) -> None:
+    """Write the blend chosen on validation into a GRank checkpoint's serving settings (atomically),
+    so `GRankRetriever.from_checkpoint` serves what was measured."""
+    import torch
+
+    from genret.io import atomic_path
+    from genret.training.checkpoint import load_checkpoint
+
+    state, entry = load_checkpoint(checkpoint, family="grank")
+    if entry.get("serving", {}).get("blend") == blend:
+        return
+    entry.setdefault("serving", {})["blend"] = blend
+    with atomic_path(checkpoint) as tmp:
+        torch.save(state, tmp)
 
 
 def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None = None,
@@ -69,38 +121,35 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
                                                             ranker=module.ranker_weight > 0)
     name = "grank generator" if external is None else f"{_family_of(module.generator)} generator"
     all_ks = sorted({*ks, k1, *(k for k in DEEP_KS if k <= k1)})
+    metric = module.monitor.removeprefix("val/")
     result: dict[str, Any] = {"model": family, "dataset": dm.log_all.name, "train_seconds": train_seconds,
                               "checkpoint": str(checkpoint)}
-    generator_only, candidate_recall, ranks, timing, own_ranked = {}, {}, {}, {}, {}
-    for stage, key in (("valid", "val"), ("test", "test")):
-        es = dm.eval_sets[stage]
-        generated, ranked, seconds = grank_lists(retriever, es, k1, dm.eval_batch_size)
-        result[key] = ranking_metrics(ranked, es.targets, all_ks)
-        generator_only[key] = ranking_metrics(generated, es.targets, all_ks)
-        candidate_recall[key] = float((generated == es.targets[:, None]).any(1).mean())
-        timing[key] = 1000.0 * seconds / len(es)
-        if external is not None:  # GRank's own generator + the same ranker, for comparison
-            own_generated, own_list, _ = grank_lists(own, es, k1, dm.eval_batch_size)
-            own_ranked[key] = {"ranked": ranking_metrics(own_list, es.targets, all_ks),
-                               "generator_only": ranking_metrics(own_generated, es.targets, all_ks)}
-        if key == "test":
-            ranks = {"ranked": target_ranks(ranked, es.targets).tolist(),
-                     "generator": target_ranks(generated, es.targets).tolist()}
-    result["extra"] = {"k1": k1, "generator": module.generator, "generator_only": generator_only, "candidate_recall": candidate_recall,
-                       "generate_and_rank_ms_per_user": timing, "test_ranks": ranks,
+    main = evaluate_grank(retriever, dm.eval_sets, k1, all_ks, dm.eval_batch_size, module.blend_choices, metric)
+    if main["blend"] != module.blend:
+        record_blend(checkpoint, main["blend"])
+    result["val"], result["test"] = main["ranked"]["val"], main["ranked"]["test"]
+    generator_only = main["generator_only"]
+    result["extra"] = {"k1": k1, "generator": module.generator, "generator_only": generator_only,
+                       "candidate_recall": main["candidate_recall"], "blend": main["blend"],
+                       "generate_and_rank_ms_per_user": main["ms_per_user"], "test_ranks": main["test_ranks"],
                        "loss_weights": {"ntp": module.ntp_weight, "aux": module.aux_weight,
                                         "ranker": module.ranker_weight, "position": module.position_loss_weight,
                                         "temperature": module.temperature}}
+    if "val_by_blend" in main:
+        result["extra"]["val_by_blend"] = main["val_by_blend"]
     result["baselines"] = {f"{name} only": {"val": generator_only["val"], "test": generator_only["test"]}}
-    if own_ranked:
-        result["extra"]["grank_own_generator"] = own_ranked
+    if external is not None:  # GRank's own generator + the same ranker, for comparison (its own blend choice)
+        mine = evaluate_grank(own, dm.eval_sets, k1, all_ks, dm.eval_batch_size, module.blend_choices, metric)
+        result["extra"]["grank_own_generator"] = {
+            key: {"ranked": mine["ranked"][key], "generator_only": mine["generator_only"][key]} for key in ("val", "test")}
+        result["extra"]["grank_own_generator"]["blend"] = mine["blend"]
         for label, part in (("grank + ranker", "ranked"), ("grank generator only", "generator_only")):
-            result["baselines"][label] = {key: own_ranked[key][part] for key in ("val", "test")}
+            result["baselines"][label] = {key: mine[part][key] for key in ("val", "test")}
     result["datamodule"] = dm
     log.info("grank on %s: test ranked hr@10 %.4f ndcg@10 %.4f | generator hr@10 %.4f ndcg@10 %.4f | "
              "candidates@%d %.4f; %.0f s training", result["dataset"], result["test"]["hr@10"],
              result["test"]["ndcg@10"], generator_only["test"]["hr@10"], generator_only["test"]["ndcg@10"], k1,
-             candidate_recall["test"], train_seconds)
+             main["candidate_recall"]["test"], train_seconds)
     return result
 
 

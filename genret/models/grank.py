@@ -260,6 +260,13 @@ class GRank(nn.Module):
         return candidates, gen_scores, rank
 
 
+def blended_scores(gen_scores, rank_scores, blend: float):
+    """The score a GRank list is sorted by: the ranker's s_ca, plus blend x the generator's score
+    (blend 0 = the ranker alone, the paper's). Works on tensors and arrays alike; blend 0 never
+    multiplies, so a generator's -inf padding cannot turn into NaN."""
+    return rank_scores if blend == 0 else rank_scores + blend * gen_scores
+
+
 def decomposed_block(block: Block, x: torch.Tensor, mask: torch.Tensor, cand: torch.Tensor,
                      valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One transformer block over history tokens x (B, S, d) and candidate tokens cand (B, C, d).

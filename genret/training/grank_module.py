@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from genret.models.grank import GRank, GRankConfig, info_nce
+from genret.models.grank import GRank, GRankConfig, blended_scores, info_nce
 from genret.models.kuaiformer import sampling_log_q
 from genret.training.family_module import ItemSoftmaxModule
 
@@ -62,7 +62,11 @@ class GRankModule(ItemSoftmaxModule):
             cross-attention dominated the step: ~4 of 10 s for 512 examples on ML-1M).
         freeze_generator: train the ranker only. init_from: GRank checkpoint whose weights to start from.
         k1: candidates per user at serving and in the benchmark. val_k1: at validation (smaller: faster).
-        blend: final score = s_ca + blend * g(u, c) (0 = the ranker alone, the paper's).
+        blend: final score = s_ca + blend * g(u, c) (0 = the ranker alone, the paper's), where g is the
+            generator's own score (GRank's <h_u, e(c)>, a DualGR beam's log-probability, ...).
+        blend_choices: blends `genret benchmark` tries on the validation users after training (one
+            scoring of the candidates serves them all); it keeps the best by `monitor`, serves test
+            with it and writes it into the checkpoint. None: use `blend` as given.
         generator: whose top k1 the ranker re-orders at serving and in the benchmark: "grank" (its own
             MIPS) or the checkpoint of a SASRec / KuaiFormer / DualGR model trained on the same data
             (never trained here: frozen). Training is the same either way: the ranker's hard negatives
@@ -86,6 +90,7 @@ class GRankModule(ItemSoftmaxModule):
                  hard_negatives: int = 32, hard_pool: int = 200, ranker_rows: int = 128,
                  freeze_generator: bool = False,
                  init_from: str | None = None, k1: int = 1000, val_k1: int = 200, blend: float = 0.0,
+                 blend_choices: list[float] | None = None,
                  generator: str = "grank", beam_width: int | None = None, hard_negatives_from: str = "own",
                  generator_batch_size: int = 256,
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, cosine: bool = True,
@@ -109,6 +114,8 @@ class GRankModule(ItemSoftmaxModule):
             raise ValueError("model.hard_negatives_from: generator draws the ranker's hard negatives from an "
                              "external generator's candidates; set model.generator to its checkpoint (a SASRec / "
                              "KuaiFormer / DualGR model trained on the same data), or use hard_negatives_from: own")
+        if blend_choices is not None and (not blend_choices or min(blend_choices) < 0):
+            raise ValueError(f"model.blend_choices must be a non-empty list of blends >= 0, got {blend_choices}")
         if generator_batch_size < 1:
             raise ValueError(f"model.generator_batch_size must be >= 1, got {generator_batch_size}")
         self.config = config or GRankConfig()
@@ -120,6 +127,7 @@ class GRankModule(ItemSoftmaxModule):
         self.hard_negatives, self.hard_pool, self.ranker_rows = hard_negatives, hard_pool, ranker_rows
         self.freeze_generator, self.init_from = freeze_generator, init_from
         self.k1, self.val_k1, self.blend = k1, val_k1, blend
+        self.blend_choices = None if blend_choices is None else [float(b) for b in blend_choices]
         self.generator, self.beam_width = generator, beam_width
         self.hard_negatives_from, self.generator_batch_size = hard_negatives_from, generator_batch_size
         self.lr, self.weight_decay, self.warmup_steps, self.cosine = lr, weight_decay, warmup_steps, cosine
@@ -302,7 +310,7 @@ class GRankModule(ItemSoftmaxModule):
     # ------------------------------------------------------------------ validation
     def final_scores(self, gen_scores: torch.Tensor, rank_scores: torch.Tensor) -> torch.Tensor:
         """The score the final list is sorted by: s_ca (+ blend * g)."""
-        return rank_scores if self.blend == 0 else rank_scores + self.blend * gen_scores
+        return blended_scores(gen_scores, rank_scores, self.blend)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """Generate (top val_k1, history excluded) and rank; genret.eval.grank_validation scores the lists."""

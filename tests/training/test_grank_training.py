@@ -298,3 +298,68 @@ def test_generator_hard_negatives_without_the_callback_get_a_clear_error(sasrec_
     trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, GeneratorHardNegatives)]
     with pytest.raises(RuntimeError, match="GeneratorHardNegatives"):
         trainer.fit(module, datamodule=dm)
+
+
+# ------------------------------------------------------------------ blend chosen on validation
+class _TwoScoreRetriever:
+    """Candidates 0..3 for every user; the generator prefers item 0, the ranker item 1, and only
+    their sum (blend 1) puts item 2 first. The validation target is 2, the test target 3."""
+
+    ranker, blend = True, 0.0
+
+    def candidate_scores(self, offsets, items, k1):
+        users = len(offsets) - 1
+        cand = np.tile(np.arange(4), (users, 1))
+        gen = np.tile([3.0, -9.0, 2.0, -9.0], (users, 1))
+        rank = np.tile([-9.0, 3.0, 2.0, -9.5], (users, 1))
+        return cand, gen, rank
+
+    def final_scores(self, gen, rank, blend=None):
+        from genret.models.grank import blended_scores
+
+        return blended_scores(gen, rank, self.blend if blend is None else blend)
+
+
+def test_the_blend_is_chosen_on_validation_and_test_is_scored_once_with_it():
+    from types import SimpleNamespace
+
+    from genret.eval.grank_benchmark import evaluate_grank
+
+    class Set(SimpleNamespace):  # 5 users of 2 history items each (item 7)
+        def __len__(self):
+            return len(self.targets)
+
+    sets = {stage: Set(history_offsets=np.arange(6) * 2, history_items=np.full(10, 7), targets=np.full(5, target))
+            for stage, target in (("valid", 2), ("test", 3))}
+    out = evaluate_grank(_TwoScoreRetriever(), sets, 4, [1, 4], 2, [0.0, 1.0, 100.0], "ndcg@1")
+    assert out["blend"] == 1.0
+    assert set(out["val_by_blend"]) == {"0.0", "1.0", "100.0"}
+    assert out["val_by_blend"]["1.0"]["hr@1"] == 1.0 and out["val_by_blend"]["0.0"]["hr@1"] == 0.0
+    assert out["ranked"]["val"] == out["val_by_blend"]["1.0"]
+    # test is read once, at blend 1: item 3 comes last (0-based rank 3) for every test user
+    assert out["test_ranks"]["ranked"] == [3] * 5 and out["ranked"]["test"]["hr@1"] == 0.0
+    # no choices: the retriever's own blend, no table
+    plain = evaluate_grank(_TwoScoreRetriever(), sets, 4, [1], 2, None, "ndcg@1")
+    assert plain["blend"] == 0.0 and "val_by_blend" not in plain and plain["ranked"]["val"]["hr@1"] == 0.0
+
+
+def test_benchmark_writes_the_blend_chosen_on_validation_into_the_checkpoint(sasrec_ckpt, tmp_path):
+    from genret.eval.grank_benchmark import run_grank
+
+    res = run_grank("grank", CONFIGS / "grank_ml1m.yaml", tmp_path / "bench", ks=(5, 10),
+                    overrides=TINY + ["--model.generator", str(sasrec_ckpt), "--model.blend_choices", "[0, 0.5, 4]"])
+    table = res["extra"]["val_by_blend"]
+    chosen = res["extra"]["blend"]
+    assert set(table) == {"0.0", "0.5", "4.0"}
+    assert table[str(chosen)]["ndcg@10"] == max(v["ndcg@10"] for v in table.values())
+    assert res["val"] == table[str(chosen)]
+    assert GRankRetriever.from_checkpoint(res["checkpoint"], device="cpu").blend == chosen
+    assert "blend" in res["extra"]["grank_own_generator"]
+
+
+def test_bad_blend_choices_are_refused():
+    from genret.training.grank_module import GRankModule
+
+    for bad in ([], [-1.0]):
+        with pytest.raises(ValueError, match="blend_choices"):
+            GRankModule(blend_choices=bad)

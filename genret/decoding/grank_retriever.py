@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -106,11 +106,13 @@ class GRankRetriever:
         return retriever
 
     # ------------------------------------------------------------------------------ indices
-    def generate_and_rank(self, offsets: np.ndarray, items: np.ndarray, k1: int | None = None
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def generate_and_rank(self, offsets: np.ndarray, items: np.ndarray, k1: int | None = None,
+                          side: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One batch of CSR dense histories -> (candidates in generator order (U, k1), generator
-        scores, final scores), history excluded, -1 / -inf where fewer than k1 items remain."""
-        candidates, gen, rank = self.candidate_scores(offsets, items, k1)
+        scores, final scores), history excluded, -1 / -inf where fewer than k1 items remain.
+        `side`: raw per-action side features aligned with `items`, for an external generator that
+        embeds them (name -> (N,) values, NaN = missing)."""
+        candidates, gen, rank = self.candidate_scores(offsets, items, k1, side)
         return candidates, gen, self.final_scores(gen, rank)
 
     def final_scores(self, gen: np.ndarray, rank: np.ndarray, blend: float | None = None) -> np.ndarray:
@@ -119,15 +121,16 @@ class GRankRetriever:
         return gen if not self.ranker else blended_scores(gen, rank, self.blend if blend is None else blend)
 
     @torch.no_grad()
-    def candidate_scores(self, offsets: np.ndarray, items: np.ndarray, k1: int | None = None
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def candidate_scores(self, offsets: np.ndarray, items: np.ndarray, k1: int | None = None,
+                         side: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One batch of CSR dense histories -> (candidates in generator order (U, k1), generator
-        scores, ranker scores), history excluded, -1 / -inf where fewer than k1 items remain."""
+        scores, ranker scores), history excluded, -1 / -inf where fewer than k1 items remain.
+        `side` as in `generate_and_rank` (read by an external generator only)."""
         k1 = min(k1 or self.k1, self.model.config.n_items)
         c = self.model.config
         dev = self.device
         if self.generator is not None:
-            candidates, gen = self.external_candidates(offsets, items, k1)
+            candidates, gen = self.external_candidates(offsets, items, k1, side)
             cand = torch.from_numpy(candidates).to(dev)
             long_items = windows(offsets, items, c.long_len).to(dev)
             users = self.model.user_vectors(windows(offsets, items, c.max_len).to(dev))
@@ -139,11 +142,17 @@ class GRankRetriever:
             seen_mask(offsets, items, c.n_items).to(dev))
         return cand.cpu().numpy(), gen.cpu().numpy(), rank.cpu().numpy()
 
-    def external_candidates(self, offsets: np.ndarray, items: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:
+    def external_candidates(self, offsets: np.ndarray, items: np.ndarray, k1: int,
+                            side: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The external generator's top k1 unseen items per CSR history, in its order: (U, k1) dense
         indices (-1 where fewer remain) and its scores (-inf there)."""
         return generator_candidates(self.generator, self.item_ids, offsets, items, k1, self.generator_margin,
-                                    self._item_index)
+                                    self._item_index, side)
+
+    @property
+    def generator_side_features(self) -> list[str]:
+        """The per-action side features the external generator embeds (none for GRank's own)."""
+        return list(getattr(self.generator, "side_features", None) or [])
 
     @torch.no_grad()
     def rerank(self, offsets: np.ndarray, items: np.ndarray, candidates: np.ndarray, chunk: int = 256
@@ -194,13 +203,18 @@ class GRankRetriever:
         if k > self.k1:
             raise ValueError(f"k={k} exceeds the {self.k1} candidates the generator hands to the ranker (k1); "
                              f"ask for at most {self.k1} items or load the retriever with a larger k1")
-        if side:
-            raise ValueError("GRank embeds no side features; call retrieve without side=")
+        names = self.generator_side_features
+        if side and not names:
+            raise ValueError("neither GRank nor its generator embeds side features; call retrieve without side=")
         rows, _, dropped = requests.encode_histories(histories, self._item_index, requests.check_unknown(unknown))
         if dropped:
+            if side:
+                raise ValueError("side features cannot follow histories whose unknown items were dropped; remove "
+                                 "the unknown items (and their side values) first, or call with unknown='error'")
             warnings.warn(f"dropped {len(dropped)} unknown item id(s), e.g. {dropped[:3]}", stacklevel=2)
         offsets = np.concatenate([[0], np.cumsum([len(row) for row in rows])]).astype(np.int64)
         dense = np.asarray([i for row in rows for i in row], np.int64)
+        flat_side = _flat_side(side, names, [len(row) for row in rows]) if side else None
         lengths = np.diff(offsets)
         if (lengths == 0).any():
             u = int(np.flatnonzero(lengths == 0)[0])
@@ -210,7 +224,9 @@ class GRankRetriever:
         for start in range(0, len(lengths), batch_size):
             stop = min(start + batch_size, len(lengths))
             sub = offsets[start:stop + 1] - offsets[start]
-            cand, _, final = self.generate_and_rank(sub, dense[offsets[start]:offsets[stop]])
+            lo, hi = offsets[start], offsets[stop]
+            cand, _, final = self.generate_and_rank(
+                sub, dense[lo:hi], side=None if flat_side is None else {n: v[lo:hi] for n, v in flat_side.items()})
             order = np.argsort(-final, axis=1, kind="stable")[:, :k]
             for u, row in enumerate(order):
                 picked = cand[u, row]
@@ -222,8 +238,26 @@ class GRankRetriever:
         return RetrievalResult(items_out, scores_out)
 
 
+def _flat_side(side: Any, names: list[str], lengths: list[int]) -> dict[str, np.ndarray]:
+    """retrieve's side= ({name: one list of raw values per history}) as flat float arrays aligned
+    with the concatenated histories (None -> NaN, i.e. missing); errors name the problem."""
+    if not isinstance(side, dict):
+        raise ValueError(f"side must map feature names to one list of values per history, got {type(side).__name__}")
+    extra = sorted(set(side) - set(names))
+    if extra:
+        raise ValueError(f"the generator embeds side features {names}, not {extra}")
+    flat = {}
+    for name, per_history in side.items():
+        if not isinstance(per_history, (list, tuple)) or len(per_history) != len(lengths) or any(
+                len(values) != n for values, n in zip(per_history, lengths)):
+            raise ValueError(f"side[{name!r}] must hold one value per history item ({len(lengths)} histories)")
+        flat[name] = np.asarray([v for values in per_history for v in values], np.float64).reshape(-1)
+    return flat
+
+
 def generator_candidates(generator: Any, item_ids: np.ndarray, offsets: np.ndarray, items: np.ndarray, k1: int,
-                         margin: int = 100, item_index: Any = None) -> tuple[np.ndarray, np.ndarray]:
+                         margin: int = 100, item_index: Any = None, side: dict[str, np.ndarray] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """Another family's retriever's top k1 unseen items per CSR dense history, in its order: (U, k1)
     dense indices (-1 where fewer remain) and its scores (-inf there).
 
@@ -232,12 +266,17 @@ def generator_candidates(generator: Any, item_ids: np.ndarray, offsets: np.ndarr
         offsets, items: CSR dense histories (U + 1,), (N,); every history item is dropped.
         margin: extra items asked per history item it may return (up to this many), so k1 remain.
         item_index: raw id -> dense index (built from item_ids when not given).
+        side: raw per-action side features aligned with `items` (name -> (N,) values, NaN =
+            missing), handed to a generator that embeds them (e.g. DualGR with the rating).
     """
     item_index = item_index if item_index is not None else requests.item_lookup(item_ids)
     lengths = np.diff(offsets)
     ask = int(min(k1 + min(int(lengths.max(initial=0)), margin), len(item_ids)))
     histories = [item_ids[items[a:b]].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
-    result = generator.retrieve(histories, k=ask)
+    per_history = None if not side else {name: [np.asarray(values[a:b], np.float64).tolist()
+                                                for a, b in zip(offsets[:-1], offsets[1:])]
+                                         for name, values in side.items()}
+    result = generator.retrieve(histories, k=ask, side=per_history)
     candidates = np.full((len(histories), k1), -1, np.int64)
     scores = np.full((len(histories), k1), -np.inf)
     for u, (raw, score) in enumerate(zip(result.items, result.scores)):
@@ -252,13 +291,16 @@ def generator_candidates(generator: Any, item_ids: np.ndarray, offsets: np.ndarr
 @torch.no_grad()
 def generator_top_items(generator: str, item_ids: Sequence[Any], offsets: np.ndarray, items: np.ndarray, k: int,
                         device: str | torch.device = "cpu", beam_width: int | None = None, batch_size: int = 256,
-                        width: int | None = None, progress: bool | None = None) -> np.ndarray:
+                        width: int | None = None, progress: bool | None = None,
+                        side_values: Callable[[list[str]], dict[str, np.ndarray] | None] | None = None) -> np.ndarray:
     """The top k unseen items of the generator checkpoint at `generator` for every CSR dense history:
     (U, width or k) int64 dense indices in its order, -1 where fewer remain.
 
     The generator is loaded (frozen: it is only asked) on `device`, asked `batch_size` histories at
     a time behind a tqdm bar (`progress` None: only on a terminal), and freed before returning.
     GRank's `hard_negatives_from: generator` caches these for its ranker's hard negatives.
+    `side_values(names)` gives the raw per-action values (aligned with `items`) of the side
+    features the loaded generator embeds.
     """
     import gc
 
@@ -272,6 +314,8 @@ def generator_top_items(generator: str, item_ids: Sequence[Any], offsets: np.nda
         raise ValueError(f"the generator {generator} serves another catalogue ({len(model.item_ids):,} items) than "
                          f"the training data ({len(item_ids):,}); train both on the same data")
     index = requests.item_lookup(item_ids)
+    names = list(getattr(model, "side_features", None) or [])
+    side = side_values(names) if names and side_values is not None else None
     k = min(k, len(item_ids))
     n_users = len(offsets) - 1
     out = np.full((n_users, max(width or k, k)), -1, np.int64)
@@ -279,8 +323,10 @@ def generator_top_items(generator: str, item_ids: Sequence[Any], offsets: np.nda
         for start in tqdm(range(0, n_users, batch_size), desc="generator candidates", unit="batch",
                           disable=None if progress is None else not progress):
             stop = min(start + batch_size, n_users)
-            out[start:stop, :k], _ = generator_candidates(model, item_ids, offsets[start:stop + 1] - offsets[start],
-                                                         items[offsets[start]:offsets[stop]], k, item_index=index)
+            lo, hi = offsets[start], offsets[stop]
+            out[start:stop, :k], _ = generator_candidates(
+                model, item_ids, offsets[start:stop + 1] - lo, items[lo:hi], k, item_index=index,
+                side=None if side is None else {name: values[lo:hi] for name, values in side.items()})
     finally:
         del model
         gc.collect()

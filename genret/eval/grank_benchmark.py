@@ -21,11 +21,12 @@ log = logging.getLogger(__name__)
 DEEP_KS = (50, 100, 500, 1000)
 
 
-def grank_lists(retriever, eval_set, k1: int, batch_size: int = 256, blends: list[float] | None = None
-                ) -> tuple[np.ndarray, dict[float, np.ndarray], float]:
+def grank_lists(retriever, eval_set, k1: int, batch_size: int = 256, blends: list[float] | None = None,
+                side: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, dict[float, np.ndarray], float]:
     """Generator-order lists (m, k1) for every user of an EvalSet, the ranked lists (m, k1) for each
     blend (default: the retriever's own), and the seconds the scoring calls took. The candidates
-    and both scores are computed once; each blend only re-sorts them."""
+    and both scores are computed once; each blend only re-sorts them. `side`: raw per-action side
+    features aligned with the histories, for an external generator that embeds them."""
     blends = [retriever.blend] if blends is None else list(blends)
     offsets, items = np.asarray(eval_set.history_offsets), np.asarray(eval_set.history_items)
     m = len(eval_set)
@@ -35,8 +36,10 @@ def grank_lists(retriever, eval_set, k1: int, batch_size: int = 256, blends: lis
     for start in range(0, m, batch_size):
         stop = min(start + batch_size, m)
         started = time.perf_counter()
-        cand, gen, rank = retriever.candidate_scores(offsets[start:stop + 1] - offsets[start],
-                                                     items[offsets[start]:offsets[stop]], k1)
+        lo, hi = offsets[start], offsets[stop]
+        cand, gen, rank = retriever.candidate_scores(
+            offsets[start:stop + 1] - lo, items[lo:hi], k1,
+            None if side is None else {name: values[lo:hi] for name, values in side.items()})
         seconds += time.perf_counter() - started
         generated[start:stop, :cand.shape[1]] = cand
         for b in blends:
@@ -46,17 +49,19 @@ def grank_lists(retriever, eval_set, k1: int, batch_size: int = 256, blends: lis
 
 
 def evaluate_grank(retriever, eval_sets: dict, k1: int, ks, batch_size: int, blends: list[float] | None,
-                   metric: str) -> dict[str, Any]:
+                   metric: str, side: Any = None) -> dict[str, Any]:
     """Generator-only and ranked metrics on "val" and "test" for one retriever, the blend chosen on
     validation (best `metric`, e.g. "ndcg@10"; the first listed on a tie; `blends` None: the
-    retriever's own) and the test ranks of both lists.
+    retriever's own) and the test ranks of both lists. `side(stage)`: the raw side features of that
+    stage's histories for an external generator that embeds them (None: none).
 
     Test is scored once, with the chosen blend."""
     choices = [retriever.blend] if not blends or not retriever.ranker else list(blends)
     out: dict[str, Any] = {"ranked": {}, "generator_only": {}, "candidate_recall": {}, "ms_per_user": {}}
     for key, stage in (("val", "valid"), ("test", "test")):
         es = eval_sets[stage]
-        generated, ranked, seconds = grank_lists(retriever, es, k1, batch_size, choices)
+        generated, ranked, seconds = grank_lists(retriever, es, k1, batch_size, choices,
+                                                 None if side is None else side(stage))
         if key == "val":
             by_blend = {b: ranking_metrics(ranked[b], es.targets, ks) for b in choices}
             best = max(range(len(choices)), key=lambda i: (by_blend[choices[i]][metric], -i))
@@ -124,7 +129,9 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
     metric = module.monitor.removeprefix("val/")
     result: dict[str, Any] = {"model": family, "dataset": dm.log_all.name, "train_seconds": train_seconds,
                               "checkpoint": str(checkpoint)}
-    main = evaluate_grank(retriever, dm.eval_sets, k1, all_ks, dm.eval_batch_size, module.blend_choices, metric)
+    names = retriever.generator_side_features  # e.g. DualGR trained with the rating
+    main = evaluate_grank(retriever, dm.eval_sets, k1, all_ks, dm.eval_batch_size, module.blend_choices, metric,
+                          side=(lambda stage: dm.history_side_values(names, stage)) if names else None)
     if main["blend"] != module.blend:
         record_blend(checkpoint, main["blend"])
     result["val"], result["test"] = main["ranked"]["val"], main["ranked"]["test"]

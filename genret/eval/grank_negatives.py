@@ -30,7 +30,8 @@ def cache_generator_pool(module, dm) -> torch.Tensor:
              module.hard_pool, n_users)
     pool = generator_top_items(module.generator, module.catalogue["item_ids"], offsets, items, module.hard_pool,
                                device=module.device, beam_width=module.beam_width,
-                               batch_size=module.generator_batch_size, width=module.hard_pool)
+                               batch_size=module.generator_batch_size, width=module.hard_pool,
+                               side_values=lambda names: dm.history_side_values(names, "last_cut"))
     empty = int((pool[:, 0] < 0).sum())
     if empty:
         log.warning("%d of %d training users get no candidate from %s; the ranker skips them", empty, n_users,

@@ -63,12 +63,36 @@ class GRankDataModule(KuaiFormerDataModule):
     def last_cut_histories(self) -> tuple[np.ndarray, np.ndarray]:
         """CSR dense histories (offsets (U + 1,), items) of every training user's last cut, in
         `train_users` order: the user's training positives but the last one."""
+        offsets, index = self._last_cut_index()
+        return offsets, self.train_items[index]
+
+    def _last_cut_index(self) -> tuple[np.ndarray, np.ndarray]:
+        # (offsets, positions in train_items) of the last-cut histories
         starts = self.train_offsets[self.train_users]
         lengths = np.diff(self.train_offsets)[self.train_users] - 1
         offsets = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         owner = np.repeat(np.arange(len(lengths)), lengths)
-        return offsets, self.train_items[starts[owner] + np.arange(offsets[-1]) - offsets[owner]]
+        return offsets, starts[owner] + np.arange(offsets[-1]) - offsets[owner]
+
+    def history_side_values(self, names, stage: str) -> dict[str, np.ndarray] | None:
+        """Raw per-action side-feature values (NaN = missing) of the histories an external generator
+        is asked about, aligned with their items: stage "last_cut" (`last_cut_histories`) or an
+        evaluation stage ("valid" / "test": the EvalSet's histories). GRank embeds none itself; a
+        generator trained with some (e.g. DualGR with the rating) needs them. None: no names."""
+        from genret.data.side_features import side_feature_values
+
+        if not names:
+            return None
+        if stage == "last_cut":
+            log_, rows = self.train_log, np.flatnonzero(self.train_log.label == 1)[self._last_cut_index()[1]]
+        else:
+            es = self.eval_sets[stage]
+            if len(es.history_rows) != len(es.history_items):
+                raise ValueError(f"the {stage} histories carry no log rows, so side features {list(names)} cannot be "
+                                 "looked up for the generator")
+            log_, rows = self.log_all, es.history_rows
+        return {name: side_feature_values(log_, name)[rows] for name in names}
 
     def eval_batch(self, stage: str, rows: np.ndarray) -> dict[str, torch.Tensor]:
         """items (B, T), long (B, L), seen (B, n_items) bool, index (B,) of evaluation examples `rows`."""

@@ -363,3 +363,72 @@ def test_bad_blend_choices_are_refused():
     for bad in ([], [-1.0]):
         with pytest.raises(ValueError, match="blend_choices"):
             GRankModule(blend_choices=bad)
+
+
+# ------------------------------------------------------------------ a generator with side features
+MISSING_SIDE = ".*without them every action uses"  # the generator's warning when it is asked without them
+
+
+@pytest.fixture(scope="module")
+def sasrec_side_ckpt(tmp_path_factory):
+    """A tiny SASRec that embeds the synthetic data's per-action watch_frac (as DualGR embeds
+    ML-1M's rating): its candidates depend on the side values it is given."""
+    out = tmp_path_factory.mktemp("sasrec_side")
+    sasrec, sdm, trainer = build("sasrec", CONFIGS / "sasrec_ml1m.yaml", out,
+                                 ["--data.data", "synthetic:200x150", "--data.load_kwargs", "{}",
+                                  "--data.side_features", "[watch_frac]", "--model.config.item_mlp", "true",
+                                  "--trainer.max_epochs", "1",
+                                  "--model.config.d_model", "16", "--model.config.d_ffn", "32", "--data.max_len", "8"])
+    ckpt, _ = fit(sasrec, sdm, trainer, out)
+    return str(ckpt)
+
+
+def test_history_side_values_follow_the_histories_the_generator_is_asked_about(trained):
+    _, dm, _ = trained
+    watch = np.asarray(dm.log_all.side["watch_frac"], np.float64)
+    es = dm.eval_sets["valid"]
+    got = dm.history_side_values(["watch_frac"], "valid")["watch_frac"]
+    assert np.array_equal(got, watch[es.history_rows], equal_nan=True) and len(got) == len(es.history_items)
+    offsets, items = dm.last_cut_histories()
+    last = dm.history_side_values(["watch_frac"], "last_cut")["watch_frac"]
+    assert len(last) == len(items)
+    train_watch = np.asarray(dm.train_log.side["watch_frac"], np.float64)
+    for u in (0, len(offsets) - 2):  # a user's training positives but the last, in time order
+        user = dm.train_users[u]
+        rows = np.flatnonzero((dm.train_log.user == user) & (dm.train_log.label == 1))[:-1]
+        assert np.array_equal(items[offsets[u]:offsets[u + 1]], dm.train_log.item[rows])
+        assert np.array_equal(last[offsets[u]:offsets[u + 1]], train_watch[rows], equal_nan=True)
+    assert dm.history_side_values([], "valid") is None
+
+
+def test_a_generator_with_side_features_gets_them_from_the_benchmark_and_the_decode_api(
+        trained, sasrec_side_ckpt, tmp_path):
+    import warnings
+
+    from genret.eval.grank_benchmark import run_grank
+
+    module, dm, ckpt = trained
+    r = GRankRetriever.from_checkpoint(ckpt, device="cpu", generator=sasrec_side_ckpt)
+    assert r.generator_side_features == ["watch_frac"]
+    histories = _histories(dm)
+    es = dm.eval_sets["test"]
+    values = dm.history_side_values(["watch_frac"], "test")["watch_frac"]
+    side = {"watch_frac": [values[es.history_offsets[u]:es.history_offsets[u + 1]].tolist() for u in range(6)]}
+    top = r.generator.retrieve(histories, k=150, side=side).items
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=MISSING_SIDE)
+        result = r.retrieve(histories, k=40, side=side)
+    for u, history in enumerate(histories):
+        assert set(result.items[u]) == set([x for x in top[u] if x not in set(history)][:40])
+    with pytest.raises(ValueError, match="one value per history item"):
+        r.retrieve(histories, k=5, side={"watch_frac": [[0.5]] * 6})
+    with pytest.raises(ValueError, match="not \\['rating'\\]"):
+        r.retrieve(histories, k=5, side={"rating": side["watch_frac"]})
+    with pytest.raises(ValueError, match="neither GRank nor its generator"):
+        GRankRetriever.from_checkpoint(ckpt, device="cpu").retrieve(histories, k=5, side=side)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=MISSING_SIDE)
+        res = run_grank("grank", CONFIGS / "grank_ml1m.yaml", tmp_path / "bench", ks=(5, 10),
+                        overrides=TINY + ["--model.generator", sasrec_side_ckpt, "--model.hard_negatives_from",
+                                          "generator", "--model.hard_negatives", "4"])
+    assert res["extra"]["generator"] == sasrec_side_ckpt

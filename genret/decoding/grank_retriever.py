@@ -107,11 +107,11 @@ class GRankRetriever:
 
     # ------------------------------------------------------------------------------ indices
     def generate_and_rank(self, offsets: np.ndarray, items: np.ndarray, k1: int | None = None,
-                          side: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                          side: dict[str, list] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One batch of CSR dense histories -> (candidates in generator order (U, k1), generator
         scores, final scores), history excluded, -1 / -inf where fewer than k1 items remain.
-        `side`: raw per-action side features aligned with `items`, for an external generator that
-        embeds them (name -> (N,) values, NaN = missing)."""
+        `side`: raw per-action side features for an external generator that embeds them, as
+        `retrieve` takes them (name -> one list of values per history)."""
         candidates, gen, rank = self.candidate_scores(offsets, items, k1, side)
         return candidates, gen, self.final_scores(gen, rank)
 
@@ -122,7 +122,7 @@ class GRankRetriever:
 
     @torch.no_grad()
     def candidate_scores(self, offsets: np.ndarray, items: np.ndarray, k1: int | None = None,
-                         side: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                         side: dict[str, list] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One batch of CSR dense histories -> (candidates in generator order (U, k1), generator
         scores, ranker scores), history excluded, -1 / -inf where fewer than k1 items remain.
         `side` as in `generate_and_rank` (read by an external generator only)."""
@@ -143,7 +143,7 @@ class GRankRetriever:
         return cand.cpu().numpy(), gen.cpu().numpy(), rank.cpu().numpy()
 
     def external_candidates(self, offsets: np.ndarray, items: np.ndarray, k1: int,
-                            side: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                            side: dict[str, list] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The external generator's top k1 unseen items per CSR history, in its order: (U, k1) dense
         indices (-1 where fewer remain) and its scores (-inf there)."""
         return generator_candidates(self.generator, self.item_ids, offsets, items, k1, self.generator_margin,
@@ -203,18 +203,21 @@ class GRankRetriever:
         if k > self.k1:
             raise ValueError(f"k={k} exceeds the {self.k1} candidates the generator hands to the ranker (k1); "
                              f"ask for at most {self.k1} items or load the retriever with a larger k1")
-        names = self.generator_side_features
-        if side and not names:
-            raise ValueError("neither GRank nor its generator embeds side features; call retrieve without side=")
+        if side is not None and not isinstance(side, dict):
+            raise requests.RequestError(f"side must map feature names to one list of values per history, got "
+                                        f"{type(side).__name__}")
+        if side and not self.generator_side_features:
+            raise requests.RequestError("neither GRank nor its generator embeds side features; call retrieve "
+                                        "without side=")
         rows, _, dropped = requests.encode_histories(histories, self._item_index, requests.check_unknown(unknown))
         if dropped:
             if side:
-                raise ValueError("side features cannot follow histories whose unknown items were dropped; remove "
-                                 "the unknown items (and their side values) first, or call with unknown='error'")
+                raise requests.RequestError("side features cannot follow histories whose unknown items were dropped; "
+                                            "remove the unknown items (and their side values) first, or call with "
+                                            "unknown='error'")
             warnings.warn(f"dropped {len(dropped)} unknown item id(s), e.g. {dropped[:3]}", stacklevel=2)
         offsets = np.concatenate([[0], np.cumsum([len(row) for row in rows])]).astype(np.int64)
         dense = np.asarray([i for row in rows for i in row], np.int64)
-        flat_side = _flat_side(side, names, [len(row) for row in rows]) if side else None
         lengths = np.diff(offsets)
         if (lengths == 0).any():
             u = int(np.flatnonzero(lengths == 0)[0])
@@ -224,9 +227,8 @@ class GRankRetriever:
         for start in range(0, len(lengths), batch_size):
             stop = min(start + batch_size, len(lengths))
             sub = offsets[start:stop + 1] - offsets[start]
-            lo, hi = offsets[start], offsets[stop]
-            cand, _, final = self.generate_and_rank(
-                sub, dense[lo:hi], side=None if flat_side is None else {n: v[lo:hi] for n, v in flat_side.items()})
+            batch_side = None if not side else {name: list(values)[start:stop] for name, values in side.items()}
+            cand, _, final = self.generate_and_rank(sub, dense[offsets[start]:offsets[stop]], side=batch_side)
             order = np.argsort(-final, axis=1, kind="stable")[:, :k]
             for u, row in enumerate(order):
                 picked = cand[u, row]
@@ -238,25 +240,17 @@ class GRankRetriever:
         return RetrievalResult(items_out, scores_out)
 
 
-def _flat_side(side: Any, names: list[str], lengths: list[int]) -> dict[str, np.ndarray]:
-    """retrieve's side= ({name: one list of raw values per history}) as flat float arrays aligned
-    with the concatenated histories (None -> NaN, i.e. missing); errors name the problem."""
-    if not isinstance(side, dict):
-        raise ValueError(f"side must map feature names to one list of values per history, got {type(side).__name__}")
-    extra = sorted(set(side) - set(names))
-    if extra:
-        raise ValueError(f"the generator embeds side features {names}, not {extra}")
-    flat = {}
-    for name, per_history in side.items():
-        if not isinstance(per_history, (list, tuple)) or len(per_history) != len(lengths) or any(
-                len(values) != n for values, n in zip(per_history, lengths)):
-            raise ValueError(f"side[{name!r}] must hold one value per history item ({len(lengths)} histories)")
-        flat[name] = np.asarray([v for values in per_history for v in values], np.float64).reshape(-1)
-    return flat
+def per_history(values: dict[str, np.ndarray] | None, offsets: np.ndarray) -> dict[str, list[list[float]]] | None:
+    """Flat per-action side values aligned with CSR histories -> retrieve's `side` form (name -> one
+    list of values per history; NaN = missing)."""
+    if not values:
+        return None
+    return {name: [np.asarray(v[a:b], np.float64).tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+            for name, v in values.items()}
 
 
 def generator_candidates(generator: Any, item_ids: np.ndarray, offsets: np.ndarray, items: np.ndarray, k1: int,
-                         margin: int = 100, item_index: Any = None, side: dict[str, np.ndarray] | None = None
+                         margin: int = 100, item_index: Any = None, side: dict[str, list] | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:
     """Another family's retriever's top k1 unseen items per CSR dense history, in its order: (U, k1)
     dense indices (-1 where fewer remain) and its scores (-inf there).
@@ -266,17 +260,14 @@ def generator_candidates(generator: Any, item_ids: np.ndarray, offsets: np.ndarr
         offsets, items: CSR dense histories (U + 1,), (N,); every history item is dropped.
         margin: extra items asked per history item it may return (up to this many), so k1 remain.
         item_index: raw id -> dense index (built from item_ids when not given).
-        side: raw per-action side features aligned with `items` (name -> (N,) values, NaN =
-            missing), handed to a generator that embeds them (e.g. DualGR with the rating).
+        side: raw per-action side features as `retrieve` takes them (name -> one list of values per
+            history), handed to a generator that embeds them (e.g. DualGR with the rating).
     """
     item_index = item_index if item_index is not None else requests.item_lookup(item_ids)
     lengths = np.diff(offsets)
     ask = int(min(k1 + min(int(lengths.max(initial=0)), margin), len(item_ids)))
     histories = [item_ids[items[a:b]].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
-    per_history = None if not side else {name: [np.asarray(values[a:b], np.float64).tolist()
-                                                for a, b in zip(offsets[:-1], offsets[1:])]
-                                         for name, values in side.items()}
-    result = generator.retrieve(histories, k=ask, side=per_history)
+    result = generator.retrieve(histories, k=ask, side=side or None)
     candidates = np.full((len(histories), k1), -1, np.int64)
     scores = np.full((len(histories), k1), -np.inf)
     for u, (raw, score) in enumerate(zip(result.items, result.scores)):
@@ -326,7 +317,8 @@ def generator_top_items(generator: str, item_ids: Sequence[Any], offsets: np.nda
             lo, hi = offsets[start], offsets[stop]
             out[start:stop, :k], _ = generator_candidates(
                 model, item_ids, offsets[start:stop + 1] - lo, items[lo:hi], k, item_index=index,
-                side=None if side is None else {name: values[lo:hi] for name, values in side.items()})
+                side=per_history(None if side is None else {n: v[lo:hi] for n, v in side.items()},
+                                 offsets[start:stop + 1] - lo))
     finally:
         del model
         gc.collect()

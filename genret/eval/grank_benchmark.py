@@ -26,7 +26,9 @@ def grank_lists(retriever, eval_set, k1: int, batch_size: int = 256, blends: lis
     """Generator-order lists (m, k1) for every user of an EvalSet, the ranked lists (m, k1) for each
     blend (default: the retriever's own), and the seconds the scoring calls took. The candidates
     and both scores are computed once; each blend only re-sorts them. `side`: raw per-action side
-    features aligned with the histories, for an external generator that embeds them."""
+    features aligned with the histories (name -> (N,) values), for an external generator that embeds them."""
+    from genret.decoding.grank_retriever import per_history
+
     blends = [retriever.blend] if blends is None else list(blends)
     offsets, items = np.asarray(eval_set.history_offsets), np.asarray(eval_set.history_items)
     m = len(eval_set)
@@ -39,7 +41,7 @@ def grank_lists(retriever, eval_set, k1: int, batch_size: int = 256, blends: lis
         lo, hi = offsets[start], offsets[stop]
         cand, gen, rank = retriever.candidate_scores(
             offsets[start:stop + 1] - lo, items[lo:hi], k1,
-            None if side is None else {name: values[lo:hi] for name, values in side.items()})
+            per_history(None if side is None else {n: v[lo:hi] for n, v in side.items()}, offsets[start:stop + 1] - lo))
         seconds += time.perf_counter() - started
         generated[start:stop, :cand.shape[1]] = cand
         for b in blends:

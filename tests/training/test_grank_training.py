@@ -420,9 +420,9 @@ def test_a_generator_with_side_features_gets_them_from_the_benchmark_and_the_dec
         result = r.retrieve(histories, k=40, side=side)
     for u, history in enumerate(histories):
         assert set(result.items[u]) == set([x for x in top[u] if x not in set(history)][:40])
-    with pytest.raises(ValueError, match="one value per history item"):
+    with pytest.raises(ValueError, match="give one value per item"):
         r.retrieve(histories, k=5, side={"watch_frac": [[0.5]] * 6})
-    with pytest.raises(ValueError, match="not \\['rating'\\]"):
+    with pytest.raises(ValueError, match="unexpected \\['rating'\\]"):
         r.retrieve(histories, k=5, side={"rating": side["watch_frac"]})
     with pytest.raises(ValueError, match="neither GRank nor its generator"):
         GRankRetriever.from_checkpoint(ckpt, device="cpu").retrieve(histories, k=5, side=side)

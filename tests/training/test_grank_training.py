@@ -101,7 +101,7 @@ def test_bad_input_gets_a_clear_error(trained):
         r.retrieve(history + [[]], k=5)
     with pytest.raises(ValueError, match="k=41 exceeds the 40 candidates"):
         r.retrieve(history, k=41)
-    with pytest.raises(ValueError, match="no side features"):
+    with pytest.raises(ValueError, match="neither GRank nor its generator embeds side features"):
         r.retrieve(history, k=5, side={"rating": [[5] * len(history[0])]})
 
 
@@ -307,7 +307,7 @@ class _TwoScoreRetriever:
 
     ranker, blend = True, 0.0
 
-    def candidate_scores(self, offsets, items, k1):
+    def candidate_scores(self, offsets, items, k1, side=None):
         users = len(offsets) - 1
         cand = np.tile(np.arange(4), (users, 1))
         gen = np.tile([3.0, -9.0, 2.0, -9.0], (users, 1))

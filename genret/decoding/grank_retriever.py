@@ -52,13 +52,11 @@ class GRankRetriever:
         blend: final score = s_ca + blend * generator score (0: the ranker alone).
         generator: another family's retriever (same catalogue) whose candidates the ranker re-orders
             instead of GRank's own MIPS; it is never trained here (frozen by construction).
-        generator_margin: extra items asked of `generator` per history item it may return (up to
-            this many), so k1 remain once the history is removed.
         ranker: False for a model trained without one (an ablation): the generator's order is final.
     """
 
     def __init__(self, model: GRank, item_ids: Sequence[Any], k1: int = 1000, blend: float = 0.0,
-                 generator: Any = None, generator_margin: int = 100, ranker: bool = True):
+                 generator: Any = None, ranker: bool = True):
         self.model = model.eval()
         self.item_ids = np.asarray(item_ids)
         if len(self.item_ids) != model.config.n_items:
@@ -73,7 +71,6 @@ class GRankRetriever:
             raise ValueError(f"the generator serves another catalogue ({len(generator.item_ids):,} items) than "
                              f"the ranker ({len(self.item_ids):,}); train both on the same data")
         self.generator = generator
-        self.generator_margin = generator_margin
         self.ranker = ranker
 
     side_features: list[str] = []  # GRank embeds no per-action side features
@@ -146,8 +143,7 @@ class GRankRetriever:
                             side: dict[str, list] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The external generator's top k1 unseen items per CSR history, in its order: (U, k1) dense
         indices (-1 where fewer remain) and its scores (-inf there)."""
-        return generator_candidates(self.generator, self.item_ids, offsets, items, k1, self.generator_margin,
-                                    self._item_index, side)
+        return generator_candidates(self.generator, self.item_ids, offsets, items, k1, self._item_index, side)
 
     @property
     def generator_side_features(self) -> list[str]:
@@ -250,24 +246,29 @@ def per_history(values: dict[str, np.ndarray] | None, offsets: np.ndarray) -> di
 
 
 def generator_candidates(generator: Any, item_ids: np.ndarray, offsets: np.ndarray, items: np.ndarray, k1: int,
-                         margin: int = 100, item_index: Any = None, side: dict[str, list] | None = None
+                         item_index: Any = None, side: dict[str, list] | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:
     """Another family's retriever's top k1 unseen items per CSR dense history, in its order: (U, k1)
     dense indices (-1 where fewer remain) and its scores (-inf there).
 
+    An embedding retriever returns its exact top k1 unseen items. A beam-search decoder (DualGR) is
+    asked as its own evaluation asks it: k1 + the history margin items with the history left in,
+    then the history is dropped, so a user whose history fills more than the margin keeps fewer than
+    k1. (Its `retrieve` would decode such a user again with a beam as wide as k1 + the history:
+    thousands of beams for ML-1M's heaviest users, which made caching candidates take hours.)
+
     Args:
         generator: a loaded retriever over the catalogue `item_ids` (raw id of each dense index).
         offsets, items: CSR dense histories (U + 1,), (N,); every history item is dropped.
-        margin: extra items asked per history item it may return (up to this many), so k1 remain.
         item_index: raw id -> dense index (built from item_ids when not given).
         side: raw per-action side features as `retrieve` takes them (name -> one list of values per
             history), handed to a generator that embeds them (e.g. DualGR with the rating).
     """
     item_index = item_index if item_index is not None else requests.item_lookup(item_ids)
-    lengths = np.diff(offsets)
-    ask = int(min(k1 + min(int(lengths.max(initial=0)), margin), len(item_ids)))
+    beams = hasattr(generator, "retrieve_indices")
+    ask = requests.request_size(k1, len(item_ids), exclude_seen=True) if beams else min(k1, len(item_ids))
     histories = [item_ids[items[a:b]].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
-    result = generator.retrieve(histories, k=ask, side=side or None)
+    result = generator.retrieve(histories, k=ask, side=side or None, exclude_seen=not beams)
     candidates = np.full((len(histories), k1), -1, np.int64)
     scores = np.full((len(histories), k1), -np.inf)
     for u, (raw, score) in enumerate(zip(result.items, result.scores)):

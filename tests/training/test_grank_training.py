@@ -432,3 +432,34 @@ def test_a_generator_with_side_features_gets_them_from_the_benchmark_and_the_dec
                         overrides=TINY + ["--model.generator", sasrec_side_ckpt, "--model.hard_negatives_from",
                                           "generator", "--model.hard_negatives", "4"])
     assert res["extra"]["generator"] == sasrec_side_ckpt
+
+
+def test_a_beam_decoder_is_asked_for_candidates_as_its_own_evaluation_asks_it():
+    """A DualGR-like generator is asked for k1 + the history margin with the history left in (no
+    re-decoding of heavy users with thousands of beams); an embedding retriever for its exact top
+    k1 unseen items. The history never comes back either way."""
+    from genret.decoding.grank_retriever import generator_candidates
+    from genret.decoding.requests import HISTORY_MARGIN
+    from genret.decoding.retriever import RetrievalResult
+
+    class Spy:
+        def __init__(self):
+            self.calls = []
+
+        def retrieve(self, histories, k, side=None, exclude_seen=True):
+            self.calls.append((k, exclude_seen))
+            lists = [[x for x in range(100) if not (exclude_seen and x in set(h))][:k] for h in histories]
+            return RetrievalResult(lists, [[-float(i) for i in range(len(ranked))] for ranked in lists])
+
+    class BeamSpy(Spy):
+        retrieve_indices = None  # what marks a beam-search decoder
+
+    item_ids = np.arange(100)
+    offsets, items = np.array([0, 3, 33]), np.concatenate([[0, 1, 2], np.arange(30)])
+    beam, exact = BeamSpy(), Spy()
+    cand_b, _ = generator_candidates(beam, item_ids, offsets, items, 10)
+    cand_e, _ = generator_candidates(exact, item_ids, offsets, items, 10)
+    assert beam.calls == [(10 + HISTORY_MARGIN, False)] and exact.calls == [(10, True)]
+    assert cand_b[0].tolist() == list(range(3, 13)) and cand_e.tolist() == [list(range(3, 13)), list(range(30, 40))]
+    # the heavy user's history (30 items) fills more than the margin: fewer than k1 remain, -1 padded
+    assert cand_b[1].tolist() == [-1] * 10

@@ -284,7 +284,8 @@ def generator_candidates(generator: Any, item_ids: np.ndarray, offsets: np.ndarr
 def generator_top_items(generator: str, item_ids: Sequence[Any], offsets: np.ndarray, items: np.ndarray, k: int,
                         device: str | torch.device = "cpu", beam_width: int | None = None, batch_size: int = 256,
                         width: int | None = None, progress: bool | None = None,
-                        side_values: Callable[[list[str]], dict[str, np.ndarray] | None] | None = None) -> np.ndarray:
+                        side_values: Callable[[list[str]], dict[str, np.ndarray] | None] | None = None,
+                        with_scores: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The top k unseen items of the generator checkpoint at `generator` for every CSR dense history:
     (U, width or k) int64 dense indices in its order, -1 where fewer remain.
 
@@ -292,7 +293,8 @@ def generator_top_items(generator: str, item_ids: Sequence[Any], offsets: np.nda
     a time behind a tqdm bar (`progress` None: only on a terminal), and freed before returning.
     GRank's `hard_negatives_from: generator` caches these for its ranker's hard negatives.
     `side_values(names)` gives the raw per-action values (aligned with `items`) of the side
-    features the loaded generator embeds.
+    features the loaded generator embeds. `with_scores`: also return the generator's scores of
+    those items, (U, width or k) float32, -inf where no item is.
     """
     import gc
 
@@ -311,12 +313,13 @@ def generator_top_items(generator: str, item_ids: Sequence[Any], offsets: np.nda
     k = min(k, len(item_ids))
     n_users = len(offsets) - 1
     out = np.full((n_users, max(width or k, k)), -1, np.int64)
+    out_scores = np.full(out.shape, -np.inf, np.float32)
     try:
         for start in tqdm(range(0, n_users, batch_size), desc="generator candidates", unit="batch",
                           disable=None if progress is None else not progress):
             stop = min(start + batch_size, n_users)
             lo, hi = offsets[start], offsets[stop]
-            out[start:stop, :k], _ = generator_candidates(
+            out[start:stop, :k], out_scores[start:stop, :k] = generator_candidates(
                 model, item_ids, offsets[start:stop + 1] - lo, items[lo:hi], k, item_index=index,
                 side=per_history(None if side is None else {n: v[lo:hi] for n, v in side.items()},
                                  offsets[start:stop + 1] - lo))
@@ -325,7 +328,7 @@ def generator_top_items(generator: str, item_ids: Sequence[Any], offsets: np.nda
         gc.collect()
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
-    return out
+    return (out, out_scores) if with_scores else out
 
 
 def load_generator(generator: str, device, beam_width: int | None = None):

@@ -1,6 +1,8 @@
 """GRank's `hard_negatives_from: generator`: before training, the external generator's top
 `hard_pool` items (history excluded) for each training user's last cut, handed to the module as
-the pool its ranker's hard negatives are drawn from (genret.training.grank_module).
+the pool its ranker's hard negatives are drawn from (genret.training.grank_module), and its top
+`val_k1` (with its scores) for every validation user, which validation re-ranks: the kept epoch is
+then chosen on the candidates the ranker will serve, not on GRank's own generator's.
 
 A callback (the grank family lists it, like GRankValidation) because training may not import the
 decoding stage that loads another family's retriever.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -37,6 +40,15 @@ def cache_generator_pool(module, dm) -> torch.Tensor:
         log.warning("%d of %d training users get no candidate from %s; the ranker skips them", empty, n_users,
                     module.generator)
     module.set_generator_pool(torch.from_numpy(pool))
+    es = dm.eval_sets["valid"]
+    log.info("caching %s's top %d items for %d validation users (what validation re-ranks)", module.generator,
+             module.val_k1, len(es))
+    items, scores = generator_top_items(module.generator, module.catalogue["item_ids"], np.asarray(es.history_offsets),
+                                        np.asarray(es.history_items), module.val_k1, device=module.device,
+                                        beam_width=module.beam_width, batch_size=module.generator_batch_size,
+                                        side_values=lambda names: dm.history_side_values(names, "valid"),
+                                        with_scores=True)
+    module.set_generator_validation(torch.from_numpy(items), torch.from_numpy(scores))
     return module.generator_pool
 
 

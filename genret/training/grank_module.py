@@ -22,9 +22,10 @@ generator), so the generator's candidates cannot move; `init_from` loads a GRank
 weights first (e.g. a pure-generator run).
 
 Validation runs the serving pipeline on every validation user (MIPS top-`val_k1`, history
-excluded, then the ranker) and genret.eval.grank_validation logs val/hr@K, val/ndcg@K (generator +
-ranker; `monitor` picks the kept epoch among them), val/gen_* (generator only) and the candidate
-set's recall.
+excluded, then the ranker; under `hard_negatives_from: generator` the external generator's top
+`val_k1`, cached before training) and genret.eval.grank_validation logs val/hr@K, val/ndcg@K
+(generator + ranker at the best of `blend_choices`; `monitor` picks the kept epoch among them),
+val/gen_* (generator only) and the candidate set's recall.
 """
 
 from __future__ import annotations
@@ -64,9 +65,10 @@ class GRankModule(ItemSoftmaxModule):
         k1: candidates per user at serving and in the benchmark. val_k1: at validation (smaller: faster).
         blend: final score = s_ca + blend * g(u, c) (0 = the ranker alone, the paper's), where g is the
             generator's own score (GRank's <h_u, e(c)>, a DualGR beam's log-probability, ...).
-        blend_choices: blends `genret benchmark` tries on the validation users after training (one
-            scoring of the candidates serves them all); it keeps the best by `monitor`, serves test
-            with it and writes it into the checkpoint. None: use `blend` as given.
+        blend_choices: blends tried on the validation users (one scoring of the candidates serves them
+            all): each validation logs the best one's list (and val/blend), and `genret benchmark`
+            keeps the best by `monitor` after training, serves test with it and writes it into the
+            checkpoint. None: use `blend` as given.
         generator: whose top k1 the ranker re-orders at serving and in the benchmark: "grank" (its own
             MIPS) or the checkpoint of a SASRec / KuaiFormer / DualGR model trained on the same data
             (never trained here: frozen). Training is the same either way: the ranker's hard negatives
@@ -141,6 +143,10 @@ class GRankModule(ItemSoftmaxModule):
         # training user's last cut ("generator" only; a non-persistent buffer that
         # genret.eval.grank_negatives.GeneratorHardNegatives fills when fitting starts).
         self.register_buffer("generator_pool", None, persistent=False)
+        # (n_valid, val_k1) dense ids and their scores: the external generator's candidates for the
+        # validation users, which validation re-ranks under "generator" (filled with generator_pool).
+        self.register_buffer("generator_val_items", None, persistent=False)
+        self.register_buffer("generator_val_scores", None, persistent=False)
         self._ranker_examples = 0  # last-cut examples the ranker trained on in the latest step ("generator")
 
     # ------------------------------------------------------------------ model from data facts
@@ -189,6 +195,15 @@ class GRankModule(ItemSoftmaxModule):
             raise ValueError(f"the generator pool must be (users, hard_pool={self.hard_pool}) int64, got "
                              f"{tuple(pool.shape)} {pool.dtype}")
         self.register_buffer("generator_pool", pool.to(self.device), persistent=False)
+
+    def set_generator_validation(self, items: torch.Tensor, scores: torch.Tensor) -> None:
+        """Keep the external generator's candidates for the validation users (EvalSet order): (n_valid,
+        K) int64 dense ids, -1 padded, and their scores (-inf there); validation re-ranks them."""
+        if items.dtype != torch.int64 or items.ndim != 2 or scores.shape != items.shape:
+            raise ValueError(f"validation candidates must be (users, K) int64 with scores of the same shape, got "
+                             f"{tuple(items.shape)} {items.dtype} and {tuple(scores.shape)}")
+        self.register_buffer("generator_val_items", items.to(self.device), persistent=False)
+        self.register_buffer("generator_val_scores", scores.float().to(self.device), persistent=False)
 
     # ------------------------------------------------------------------ losses
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -308,18 +323,27 @@ class GRankModule(ItemSoftmaxModule):
         return terms["loss"]
 
     # ------------------------------------------------------------------ validation
-    def final_scores(self, gen_scores: torch.Tensor, rank_scores: torch.Tensor) -> torch.Tensor:
-        """The score the final list is sorted by: s_ca (+ blend * g)."""
-        return blended_scores(gen_scores, rank_scores, self.blend)
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        """Generate (top val_k1, history excluded) and rank; genret.eval.grank_validation scores the lists."""
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+        """Generate (top val_k1, history excluded; under hard_negatives_from: generator the external
+        generator's cached candidates) and rank them once per blend of `blend_choices` (or `blend`);
+        genret.eval.grank_validation scores the lists and keeps the best blend's."""
         k1 = min(self.val_k1, self.config.n_items)
-        candidates, gen, rank = self.model.generate_and_rank(batch["items"], batch["long"], k1, batch["seen"])
+        if self.generator_val_items is not None:
+            candidates = self.generator_val_items[batch["index"]]
+            gen = self.generator_val_scores[batch["index"]]
+            users = self.model.user_vectors(batch["items"])
+            rank = torch.cat([self.model.rank_scores(candidates[:, s:s + 256].clamp(min=0), batch["long"], users)
+                              for s in range(0, candidates.shape[1], 256)], dim=1).float()
+            rank = rank.masked_fill(candidates < 0, float("-inf"))
+        else:
+            candidates, gen, rank = self.model.generate_and_rank(batch["items"], batch["long"], k1, batch["seen"])
         if self.ranker_weight == 0:  # an ablation without the ranker: its list is the generator's
-            return {"generator": candidates.cpu(), "ranked": candidates.cpu()}
-        order = self.final_scores(gen, rank).argsort(dim=1, descending=True, stable=True)
-        return {"generator": candidates.cpu(), "ranked": candidates.gather(1, order).cpu()}
+            return {"generator": candidates.cpu(), "ranked": {self.blend: candidates.cpu()}}
+        ranked = {}
+        for blend in self.blend_choices or [self.blend]:
+            order = blended_scores(gen, rank, blend).argsort(dim=1, descending=True, stable=True)
+            ranked[blend] = candidates.gather(1, order).cpu()
+        return {"generator": candidates.cpu(), "ranked": ranked}
 
     # ------------------------------------------------------------------ checkpoint contents
     def checkpoint_extra(self) -> dict[str, Any]:

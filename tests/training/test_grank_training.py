@@ -231,6 +231,14 @@ def test_generator_hard_negatives_come_from_its_cached_last_cut_candidates(sasre
         top = [x for x in sasrec.retrieve([ids[history].tolist()], k=150).items[0]
                if x not in set(ids[history].tolist())][:20]
         assert ids[cached].tolist() == top
+    # Validation re-ranks the generator's own top val_k1 for each validation user, with its scores.
+    es = dm.eval_sets["valid"]
+    assert module.generator_val_items.shape == (len(es), 20) and module.generator_val_scores.shape == (len(es), 20)
+    for row in (0, len(es) - 1):
+        history = ids[es.history_items[es.history_offsets[row]:es.history_offsets[row + 1]]].tolist()
+        top = sasrec.retrieve([history], k=20)
+        assert ids[module.generator_val_items[row].numpy()].tolist() == top.items[0]
+        np.testing.assert_allclose(module.generator_val_scores[row].numpy(), top.scores[0], rtol=1e-5)
     # A training batch says which cached row each example reads and whether its cut is the last.
     batch = dm.train_batch(np.arange(16))
     rows, last = batch["user_rows"].numpy(), batch["last_cut"].numpy()
@@ -276,6 +284,12 @@ def test_a_fit_with_generator_hard_negatives_serves_from_its_checkpoint(sasrec_c
                                                          "--trainer.log_every_n_steps", "1"])
     ckpt, _ = fit(module, dm, trainer, tmp_path)
     assert module.generator_pool.shape == (len(dm.train_users), 20)
+    # validation scored SASRec's cached candidates: its generator-only metrics are those of that list
+    from genret.eval.metrics import ranking_metrics
+
+    es = dm.eval_sets["valid"]
+    expected = ranking_metrics(module.generator_val_items.cpu().numpy(), es.targets, [10])["hr@10"]
+    assert trainer.callback_metrics["val/gen_hr@10"].item() == pytest.approx(expected)
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert checkpoint["genret"]["serving"]["hard_negatives_from"] == "generator"
     assert "generator_pool" not in checkpoint["state_dict"]
@@ -355,6 +369,35 @@ def test_benchmark_writes_the_blend_chosen_on_validation_into_the_checkpoint(sas
     assert res["val"] == table[str(chosen)]
     assert GRankRetriever.from_checkpoint(res["checkpoint"], device="cpu").blend == chosen
     assert "blend" in res["extra"]["grank_own_generator"]
+
+
+def test_validation_keeps_the_best_blend_of_each_epoch(trained):
+    from genret.eval.grank_validation import GRankValidation
+    from genret.eval.metrics import ranking_metrics
+
+    module, dm, _ = trained
+    module.blend_choices = [50.0, 1.0, 0.0]  # on this tiny model the ranker alone (0) does best: listed last
+    logged = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    trainer = type("T", (), {"datamodule": dm, "sanity_checking": False, "current_epoch": 0})()
+    callback = GRankValidation()
+    es = dm.eval_sets["valid"]
+    try:
+        module.eval()
+        with torch.no_grad():
+            for rows in np.array_split(np.arange(len(es)), 3):
+                out = module.validation_step(dm.eval_batch("valid", rows), 0)
+                assert set(out["ranked"]) == {0.0, 1.0, 50.0}
+                callback.on_validation_batch_end(trainer, module, out, None, 0)
+            lists = {b: np.concatenate([o["ranked"][b].numpy() for o in callback._outputs]) for b in (0.0, 1.0, 50.0)}
+            callback.on_validation_epoch_end(trainer, module)
+    finally:
+        module.blend_choices = None
+        del module.log
+    scores = {b: ranking_metrics(lists[b], es.targets, module.eval_ks)["ndcg@10"] for b in lists}
+    best = max(scores.values())
+    assert logged["val/ndcg@10"] == pytest.approx(best)
+    assert len(set(scores.values())) > 1 and scores[logged["val/blend"]] == best
 
 
 def test_bad_blend_choices_are_refused():

@@ -54,12 +54,15 @@ def evaluate_grank(retriever, eval_sets: dict, k1: int, ks, batch_size: int, ble
                    metric: str, side: Any = None) -> dict[str, Any]:
     """Generator-only and ranked metrics on "val" and "test" for one retriever, the blend chosen on
     validation (best `metric`, e.g. "ndcg@10"; the first listed on a tie; `blends` None: the
-    retriever's own) and the test ranks of both lists. `side(stage)`: the raw side features of that
+    retriever's own) and the test ranks of both lists. When several blends are tried, the
+    generator's own order competes too: if it beats every blend on validation, the ranker is left
+    out ("ranker": False, "blend": None) and test is served in the generator's order. `side(stage)`: the raw side features of that
     stage's histories for an external generator that embeds them (None: none).
 
     Test is scored once, with the chosen blend."""
     choices = [retriever.blend] if not blends or not retriever.ranker else list(blends)
-    out: dict[str, Any] = {"ranked": {}, "generator_only": {}, "candidate_recall": {}, "ms_per_user": {}}
+    out: dict[str, Any] = {"ranked": {}, "generator_only": {}, "candidate_recall": {}, "ms_per_user": {},
+                           "ranker": bool(retriever.ranker)}
     for key, stage in (("val", "valid"), ("test", "test")):
         es = eval_sets[stage]
         generated, ranked, seconds = grank_lists(retriever, es, k1, batch_size, choices,
@@ -70,10 +73,14 @@ def evaluate_grank(retriever, eval_sets: dict, k1: int, ks, batch_size: int, ble
             out["blend"] = choices[best]
             if len(choices) > 1:
                 out["val_by_blend"] = {str(b): by_blend[b] for b in choices}
-                log.info("blend chosen on validation %s: %s", metric,
-                         ", ".join(f"{b:g} -> {by_blend[b][metric]:.4f}" for b in choices))
-            choices = [out["blend"]]
-        final = ranked[out["blend"]]
+                alone = ranking_metrics(generated, es.targets, ks)[metric]
+                if alone > by_blend[out["blend"]][metric]:
+                    out["blend"], out["ranker"] = None, False
+                log.info("blend chosen on validation %s: %s; the generator alone %.4f -> %s", metric,
+                         ", ".join(f"{b:g} -> {by_blend[b][metric]:.4f}" for b in choices), alone,
+                         "the generator's order (no ranker)" if not out["ranker"] else f"blend {out['blend']:g}")
+            choices = [out["blend"]] if out["ranker"] else []
+        final = ranked[out["blend"]] if out["ranker"] else generated
         out["ranked"][key] = ranking_metrics(final, es.targets, ks)
         out["generator_only"][key] = ranking_metrics(generated, es.targets, ks)
         out["candidate_recall"][key] = float((generated == es.targets[:, None]).any(1).mean())
@@ -84,18 +91,21 @@ def evaluate_grank(retriever, eval_sets: dict, k1: int, ks, batch_size: int, ble
     return out
 
 
-def record_blend(checkpoint: str | Path, blend: float) -> None:
-    """Write the blend chosen on validation into a GRank checkpoint's serving settings (atomically),
-    so `GRankRetriever.from_checkpoint` serves what was measured."""
+def record_serving(checkpoint: str | Path, blend: float | None, ranker: bool) -> None:
+    """Write what validation chose (the blend, or the generator's order: ranker off) into a GRank
+    checkpoint's serving settings (atomically), so `GRankRetriever.from_checkpoint` serves what was
+    measured."""
     import torch
 
     from genret.io import atomic_path
     from genret.training.checkpoint import load_checkpoint
 
     state, entry = load_checkpoint(checkpoint, family="grank")
-    if entry.get("serving", {}).get("blend") == blend:
+    serving = entry.setdefault("serving", {})
+    wanted = {"blend": serving.get("blend", 0.0) if blend is None else blend, "ranker": ranker}
+    if all(serving.get(key) == value for key, value in wanted.items()):
         return
-    entry.setdefault("serving", {})["blend"] = blend
+    serving.update(wanted)
     with atomic_path(checkpoint) as tmp:
         torch.save(state, tmp)
 
@@ -134,12 +144,13 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
     names = retriever.generator_side_features  # e.g. DualGR trained with the rating
     main = evaluate_grank(retriever, dm.eval_sets, k1, all_ks, dm.eval_batch_size, module.blend_choices, metric,
                           side=(lambda stage: dm.history_side_values(names, stage)) if names else None)
-    if main["blend"] != module.blend:
-        record_blend(checkpoint, main["blend"])
+    if main["blend"] != module.blend or main["ranker"] != (module.ranker_weight > 0):
+        record_serving(checkpoint, main["blend"], main["ranker"])
     result["val"], result["test"] = main["ranked"]["val"], main["ranked"]["test"]
     generator_only = main["generator_only"]
     result["extra"] = {"k1": k1, "generator": module.generator, "generator_only": generator_only,
                        "candidate_recall": main["candidate_recall"], "blend": main["blend"],
+                       "ranker_served": main["ranker"],
                        "generate_and_rank_ms_per_user": main["ms_per_user"], "test_ranks": main["test_ranks"],
                        "loss_weights": {"ntp": module.ntp_weight, "aux": module.aux_weight,
                                         "ranker": module.ranker_weight, "position": module.position_loss_weight,
@@ -152,6 +163,7 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
         result["extra"]["grank_own_generator"] = {
             key: {"ranked": mine["ranked"][key], "generator_only": mine["generator_only"][key]} for key in ("val", "test")}
         result["extra"]["grank_own_generator"]["blend"] = mine["blend"]
+        result["extra"]["grank_own_generator"]["ranker_served"] = mine["ranker"]
         for label, part in (("grank + ranker", "ranked"), ("grank generator only", "generator_only")):
             result["baselines"][label] = {key: mine[part][key] for key in ("val", "test")}
     result["datamodule"] = dm

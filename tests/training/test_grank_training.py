@@ -352,6 +352,15 @@ def test_the_blend_is_chosen_on_validation_and_test_is_scored_once_with_it():
     assert out["ranked"]["val"] == out["val_by_blend"]["1.0"]
     # test is read once, at blend 1: item 3 comes last (0-based rank 3) for every test user
     assert out["test_ranks"]["ranked"] == [3] * 5 and out["ranked"]["test"]["hr@1"] == 0.0
+    assert out["ranker"] is True
+    # the generator's own order competes: with validation target 0 (the generator's first) no blend of
+    # 0 and 1 matches it, so the ranker is left out and test is served in the generator's order
+    sets["valid"].targets = np.full(5, 0)
+    alone = evaluate_grank(_TwoScoreRetriever(), sets, 4, [1, 4], 2, [0.0, 1.0], "ndcg@1")
+    assert alone["ranker"] is False and alone["blend"] is None
+    assert alone["ranked"]["test"] == alone["generator_only"]["test"]
+    assert alone["test_ranks"]["ranked"] == alone["test_ranks"]["generator"] == [3] * 5
+    sets["valid"].targets = np.full(5, 2)
     # no choices: the retriever's own blend, no table
     plain = evaluate_grank(_TwoScoreRetriever(), sets, 4, [1], 2, None, "ndcg@1")
     assert plain["blend"] == 0.0 and "val_by_blend" not in plain and plain["ranked"]["val"]["hr@1"] == 0.0
@@ -365,9 +374,14 @@ def test_benchmark_writes_the_blend_chosen_on_validation_into_the_checkpoint(sas
     table = res["extra"]["val_by_blend"]
     chosen = res["extra"]["blend"]
     assert set(table) == {"0.0", "0.5", "4.0"}
-    assert table[str(chosen)]["ndcg@10"] == max(v["ndcg@10"] for v in table.values())
-    assert res["val"] == table[str(chosen)]
-    assert GRankRetriever.from_checkpoint(res["checkpoint"], device="cpu").blend == chosen
+    if chosen is not None:
+        assert table[str(chosen)]["ndcg@10"] == max(v["ndcg@10"] for v in table.values())
+        assert res["val"] == table[str(chosen)]
+    served = GRankRetriever.from_checkpoint(res["checkpoint"], device="cpu")
+    if res["extra"]["ranker_served"]:
+        assert served.blend == chosen and served.ranker
+    else:  # the generator's order beat every blend on validation
+        assert chosen is None and not served.ranker and res["val"] == res["extra"]["generator_only"]["val"]
     assert "blend" in res["extra"]["grank_own_generator"]
 
 

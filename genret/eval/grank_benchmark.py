@@ -26,7 +26,8 @@ def grank_lists(retriever, eval_set, k1: int, batch_size: int = 256, blends: lis
     """Generator-order lists (m, k1) for every user of an EvalSet, the ranked lists (m, k1) for each
     blend (default: the retriever's own), and the seconds the scoring calls took. The candidates
     and both scores are computed once; each blend only re-sorts them. `side`: raw per-action side
-    features aligned with the histories (name -> (N,) values), for an external generator that embeds them."""
+    features aligned with the histories (name -> (N,) values), for an external generator that
+    embeds them."""
     from genret.decoding.grank_retriever import per_history
 
     blends = [retriever.blend] if blends is None else list(blends)
@@ -39,9 +40,9 @@ def grank_lists(retriever, eval_set, k1: int, batch_size: int = 256, blends: lis
         stop = min(start + batch_size, m)
         started = time.perf_counter()
         lo, hi = offsets[start], offsets[stop]
+        sub = offsets[start:stop + 1] - lo
         cand, gen, rank = retriever.candidate_scores(
-            offsets[start:stop + 1] - lo, items[lo:hi], k1,
-            per_history(None if side is None else {n: v[lo:hi] for n, v in side.items()}, offsets[start:stop + 1] - lo))
+            sub, items[lo:hi], k1, per_history(None if side is None else {n: v[lo:hi] for n, v in side.items()}, sub))
         seconds += time.perf_counter() - started
         generated[start:stop, :cand.shape[1]] = cand
         for b in blends:
@@ -56,8 +57,9 @@ def evaluate_grank(retriever, eval_sets: dict, k1: int, ks, batch_size: int, ble
     validation (best `metric`, e.g. "ndcg@10"; the first listed on a tie; `blends` None: the
     retriever's own) and the test ranks of both lists. When several blends are tried, the
     generator's own order competes too: if it beats every blend on validation, the ranker is left
-    out ("ranker": False, "blend": None) and test is served in the generator's order. `side(stage)`: the raw side features of that
-    stage's histories for an external generator that embeds them (None: none).
+    out ("ranker": False, "blend": None) and test is served in the generator's order.
+    `side(stage)`: the raw side features of that stage's histories for an external generator that
+    embeds them (None: none).
 
     Test is scored once, with the chosen blend."""
     choices = [retriever.blend] if not blends or not retriever.ranker else list(blends)

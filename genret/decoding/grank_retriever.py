@@ -104,12 +104,13 @@ class GRankRetriever:
 
     # ------------------------------------------------------------------------------ indices
     def generate_and_rank(self, offsets: np.ndarray, items: np.ndarray, k1: int | None = None,
-                          side: dict[str, list] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                          side: dict[str, list] | None = None, user_features: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One batch of CSR dense histories -> (candidates in generator order (U, k1), generator
         scores, final scores), history excluded, -1 / -inf where fewer than k1 items remain.
-        `side`: raw per-action side features for an external generator that embeds them, as
-        `retrieve` takes them (name -> one list of values per history)."""
-        candidates, gen, rank = self.candidate_scores(offsets, items, k1, side)
+        `side` / `user_features`: what an external generator embeds besides the items, as its
+        `retrieve` takes them (name -> one list of values per history; (U, F) ids)."""
+        candidates, gen, rank = self.candidate_scores(offsets, items, k1, side, user_features)
         return candidates, gen, self.final_scores(gen, rank)
 
     def final_scores(self, gen: np.ndarray, rank: np.ndarray, blend: float | None = None) -> np.ndarray:
@@ -119,15 +120,16 @@ class GRankRetriever:
 
     @torch.no_grad()
     def candidate_scores(self, offsets: np.ndarray, items: np.ndarray, k1: int | None = None,
-                         side: dict[str, list] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                         side: dict[str, list] | None = None, user_features: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One batch of CSR dense histories -> (candidates in generator order (U, k1), generator
         scores, ranker scores), history excluded, -1 / -inf where fewer than k1 items remain.
-        `side` as in `generate_and_rank` (read by an external generator only)."""
+        `side` / `user_features` as in `generate_and_rank` (read by an external generator only)."""
         k1 = min(k1 or self.k1, self.model.config.n_items)
         c = self.model.config
         dev = self.device
         if self.generator is not None:
-            candidates, gen = self.external_candidates(offsets, items, k1, side)
+            candidates, gen = self.external_candidates(offsets, items, k1, side, user_features)
             cand = torch.from_numpy(candidates).to(dev)
             long_items = windows(offsets, items, c.long_len).to(dev)
             users = self.model.user_vectors(windows(offsets, items, c.max_len).to(dev))
@@ -140,15 +142,22 @@ class GRankRetriever:
         return cand.cpu().numpy(), gen.cpu().numpy(), rank.cpu().numpy()
 
     def external_candidates(self, offsets: np.ndarray, items: np.ndarray, k1: int,
-                            side: dict[str, list] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                            side: dict[str, list] | None = None, user_features: np.ndarray | None = None
+                            ) -> tuple[np.ndarray, np.ndarray]:
         """The external generator's top k1 unseen items per CSR history, in its order: (U, k1) dense
         indices (-1 where fewer remain) and its scores (-inf there)."""
-        return generator_candidates(self.generator, self.item_ids, offsets, items, k1, self._item_index, side)
+        return generator_candidates(self.generator, self.item_ids, offsets, items, k1, self._item_index, side,
+                                    user_features)
 
     @property
     def generator_side_features(self) -> list[str]:
         """The per-action side features the external generator embeds (none for GRank's own)."""
         return list(getattr(self.generator, "side_features", None) or [])
+
+    @property
+    def generator_user_features(self) -> list[str]:
+        """The static user features the external generator embeds (none for GRank's own)."""
+        return list(getattr(self.generator, "user_feature_names", None) or [])
 
     @torch.no_grad()
     def rerank(self, offsets: np.ndarray, items: np.ndarray, candidates: np.ndarray, chunk: int = 256
@@ -194,8 +203,9 @@ class GRankRetriever:
         batch_size = requests.check_batch_size(batch_size)
         if not requests.check_flag(exclude_seen, "exclude_seen"):
             raise requests.RequestError("GRank never returns history items; leave exclude_seen true")
-        if user_features is not None:
-            raise requests.RequestError("GRank embeds no user features; leave user_features unset")
+        if user_features is not None and not self.generator_user_features:
+            raise requests.RequestError("neither GRank nor its generator embeds user features; leave user_features "
+                                        "unset")
         if k > self.k1:
             raise ValueError(f"k={k} exceeds the {self.k1} candidates the generator hands to the ranker (k1); "
                              f"ask for at most {self.k1} items or load the retriever with a larger k1")
@@ -223,8 +233,13 @@ class GRankRetriever:
         for start in range(0, len(lengths), batch_size):
             stop = min(start + batch_size, len(lengths))
             sub = offsets[start:stop + 1] - offsets[start]
+            # the generator checks side / user_features itself, as it does for its own requests
             batch_side = None if not side else {name: list(values)[start:stop] for name, values in side.items()}
-            cand, _, final = self.generate_and_rank(sub, dense[offsets[start]:offsets[stop]], side=batch_side)
+            batch_users = None if user_features is None else (
+                {name: list(ids)[start:stop] for name, ids in user_features.items()}
+                if isinstance(user_features, dict) else np.asarray(user_features)[start:stop])
+            cand, _, final = self.generate_and_rank(sub, dense[offsets[start]:offsets[stop]], side=batch_side,
+                                                    user_features=batch_users)
             order = np.argsort(-final, axis=1, kind="stable")[:, :k]
             for u, row in enumerate(order):
                 picked = cand[u, row]
@@ -246,8 +261,8 @@ def per_history(values: dict[str, np.ndarray] | None, offsets: np.ndarray) -> di
 
 
 def generator_candidates(generator: Any, item_ids: np.ndarray, offsets: np.ndarray, items: np.ndarray, k1: int,
-                         item_index: Any = None, side: dict[str, list] | None = None
-                         ) -> tuple[np.ndarray, np.ndarray]:
+                         item_index: Any = None, side: dict[str, list] | None = None,
+                         user_features: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Another family's retriever's top k1 unseen items per CSR dense history, in its order: (U, k1)
     dense indices (-1 where fewer remain) and its scores (-inf there).
 
@@ -263,12 +278,15 @@ def generator_candidates(generator: Any, item_ids: np.ndarray, offsets: np.ndarr
         item_index: raw id -> dense index (built from item_ids when not given).
         side: raw per-action side features as `retrieve` takes them (name -> one list of values per
             history), handed to a generator that embeds them (e.g. DualGR with the rating).
+        user_features: (U, F) user-feature ids in the generator's `user_feature_names` order, for a
+            generator that embeds them (e.g. DualGR on ML-1M).
     """
     item_index = item_index if item_index is not None else requests.item_lookup(item_ids)
     beams = hasattr(generator, "retrieve_indices")
     ask = requests.request_size(k1, len(item_ids), exclude_seen=True) if beams else min(k1, len(item_ids))
     histories = [item_ids[items[a:b]].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
-    result = generator.retrieve(histories, k=ask, side=side or None, exclude_seen=not beams)
+    result = generator.retrieve(histories, k=ask, side=side or None, exclude_seen=not beams,
+                                user_features=user_features)
     candidates = np.full((len(histories), k1), -1, np.int64)
     scores = np.full((len(histories), k1), -np.inf)
     for u, (raw, score) in enumerate(zip(result.items, result.scores)):
@@ -284,7 +302,7 @@ def generator_candidates(generator: Any, item_ids: np.ndarray, offsets: np.ndarr
 def generator_top_items(generator: str, item_ids: Sequence[Any], offsets: np.ndarray, items: np.ndarray, k: int,
                         device: str | torch.device = "cpu", beam_width: int | None = None, batch_size: int = 256,
                         width: int | None = None, progress: bool | None = None,
-                        side_values: Callable[[list[str]], dict[str, np.ndarray] | None] | None = None,
+                        inputs: Callable[[list[str], list[str]], tuple] | None = None,
                         with_scores: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The top k unseen items of the generator checkpoint at `generator` for every CSR dense history:
     (U, width or k) int64 dense indices in its order, -1 where fewer remain.
@@ -292,8 +310,9 @@ def generator_top_items(generator: str, item_ids: Sequence[Any], offsets: np.nda
     The generator is loaded (frozen: it is only asked) on `device`, asked `batch_size` histories at
     a time behind a tqdm bar (`progress` None: only on a terminal), and freed before returning.
     GRank's `hard_negatives_from: generator` caches these for its ranker's hard negatives.
-    `side_values(names)` gives the raw per-action values (aligned with `items`) of the side
-    features the loaded generator embeds. `with_scores`: also return the generator's scores of
+    `inputs(side_names, user_names)` gives what the loaded generator embeds besides the items:
+    (raw per-action side values aligned with `items`, name -> (N,), or None; (U, F) user-feature
+    ids, or None). `with_scores`: also return the generator's scores of
     those items, (U, width or k) float32, -inf where no item is.
     """
     import gc
@@ -308,8 +327,9 @@ def generator_top_items(generator: str, item_ids: Sequence[Any], offsets: np.nda
         raise ValueError(f"the generator {generator} serves another catalogue ({len(model.item_ids):,} items) than "
                          f"the training data ({len(item_ids):,}); train both on the same data")
     index = requests.item_lookup(item_ids)
-    names = list(getattr(model, "side_features", None) or [])
-    side = side_values(names) if names and side_values is not None else None
+    side_names = list(getattr(model, "side_features", None) or [])
+    user_names = list(getattr(model, "user_feature_names", None) or [])
+    side, users = inputs(side_names, user_names) if inputs is not None else (None, None)
     k = min(k, len(item_ids))
     n_users = len(offsets) - 1
     out = np.full((n_users, max(width or k, k)), -1, np.int64)
@@ -322,7 +342,8 @@ def generator_top_items(generator: str, item_ids: Sequence[Any], offsets: np.nda
             out[start:stop, :k], out_scores[start:stop, :k] = generator_candidates(
                 model, item_ids, offsets[start:stop + 1] - lo, items[lo:hi], k, item_index=index,
                 side=per_history(None if side is None else {n: v[lo:hi] for n, v in side.items()},
-                                 offsets[start:stop + 1] - lo))
+                                 offsets[start:stop + 1] - lo),
+                user_features=None if users is None else users[start:stop])
     finally:
         del model
         gc.collect()

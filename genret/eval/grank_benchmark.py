@@ -22,12 +22,13 @@ DEEP_KS = (50, 100, 500, 1000)
 
 
 def grank_lists(retriever, eval_set, k1: int, batch_size: int = 256, blends: list[float] | None = None,
-                side: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, dict[float, np.ndarray], float]:
+                side: dict[str, np.ndarray] | None = None, user_features: np.ndarray | None = None
+                ) -> tuple[np.ndarray, dict[float, np.ndarray], float]:
     """Generator-order lists (m, k1) for every user of an EvalSet, the ranked lists (m, k1) for each
     blend (default: the retriever's own), and the seconds the scoring calls took. The candidates
-    and both scores are computed once; each blend only re-sorts them. `side`: raw per-action side
-    features aligned with the histories (name -> (N,) values), for an external generator that
-    embeds them."""
+    and both scores are computed once; each blend only re-sorts them. `side` (raw per-action side
+    features aligned with the histories, name -> (N,) values) and `user_features` ((m, F) ids): what
+    an external generator embeds besides the items."""
     from genret.decoding.grank_retriever import per_history
 
     blends = [retriever.blend] if blends is None else list(blends)
@@ -42,7 +43,8 @@ def grank_lists(retriever, eval_set, k1: int, batch_size: int = 256, blends: lis
         lo, hi = offsets[start], offsets[stop]
         sub = offsets[start:stop + 1] - lo
         cand, gen, rank = retriever.candidate_scores(
-            sub, items[lo:hi], k1, per_history(None if side is None else {n: v[lo:hi] for n, v in side.items()}, sub))
+            sub, items[lo:hi], k1, per_history(None if side is None else {n: v[lo:hi] for n, v in side.items()}, sub),
+            None if user_features is None else user_features[start:stop])
         seconds += time.perf_counter() - started
         generated[start:stop, :cand.shape[1]] = cand
         for b in blends:
@@ -52,14 +54,14 @@ def grank_lists(retriever, eval_set, k1: int, batch_size: int = 256, blends: lis
 
 
 def evaluate_grank(retriever, eval_sets: dict, k1: int, ks, batch_size: int, blends: list[float] | None,
-                   metric: str, side: Any = None) -> dict[str, Any]:
+                   metric: str, inputs: Any = None) -> dict[str, Any]:
     """Generator-only and ranked metrics on "val" and "test" for one retriever, the blend chosen on
     validation (best `metric`, e.g. "ndcg@10"; the first listed on a tie; `blends` None: the
     retriever's own) and the test ranks of both lists. When several blends are tried, the
     generator's own order competes too: if it beats every blend on validation, the ranker is left
     out ("ranker": False, "blend": None) and test is served in the generator's order.
-    `side(stage)`: the raw side features of that stage's histories for an external generator that
-    embeds them (None: none).
+    `inputs(stage)`: (side features, user features) of that stage's histories for an external
+    generator that embeds them (genret.eval.grank_negatives.generator_inputs; None: none).
 
     Test is scored once, with the chosen blend."""
     choices = [retriever.blend] if not blends or not retriever.ranker else list(blends)
@@ -67,8 +69,8 @@ def evaluate_grank(retriever, eval_sets: dict, k1: int, ks, batch_size: int, ble
                            "ranker": bool(retriever.ranker)}
     for key, stage in (("val", "valid"), ("test", "test")):
         es = eval_sets[stage]
-        generated, ranked, seconds = grank_lists(retriever, es, k1, batch_size, choices,
-                                                 None if side is None else side(stage))
+        side, users = (None, None) if inputs is None else inputs(stage)
+        generated, ranked, seconds = grank_lists(retriever, es, k1, batch_size, choices, side, users)
         if key == "val":
             by_blend = {b: ranking_metrics(ranked[b], es.targets, ks) for b in choices}
             best = max(range(len(choices)), key=lambda i: (by_blend[choices[i]][metric], -i))
@@ -143,9 +145,12 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
     metric = module.monitor.removeprefix("val/")
     result: dict[str, Any] = {"model": family, "dataset": dm.log_all.name, "train_seconds": train_seconds,
                               "checkpoint": str(checkpoint)}
-    names = retriever.generator_side_features  # e.g. DualGR trained with the rating
+    from genret.eval.grank_negatives import generator_inputs
+
+    # what the external generator embeds besides the items (e.g. DualGR on ML-1M: ratings, user features)
+    needs = retriever.generator_side_features, retriever.generator_user_features
     main = evaluate_grank(retriever, dm.eval_sets, k1, all_ks, dm.eval_batch_size, module.blend_choices, metric,
-                          side=(lambda stage: dm.history_side_values(names, stage)) if names else None)
+                          inputs=(lambda stage: generator_inputs(dm, stage)(*needs)) if any(needs) else None)
     if main["blend"] != module.blend or main["ranker"] != (module.ranker_weight > 0):
         record_serving(checkpoint, main["blend"], main["ranker"])
     result["val"], result["test"] = main["ranked"]["val"], main["ranked"]["test"]

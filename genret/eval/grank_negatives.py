@@ -34,7 +34,7 @@ def cache_generator_pool(module, dm) -> torch.Tensor:
     pool = generator_top_items(module.generator, module.catalogue["item_ids"], offsets, items, module.hard_pool,
                                device=module.device, beam_width=module.beam_width,
                                batch_size=module.generator_batch_size, width=module.hard_pool,
-                               side_values=lambda names: dm.history_side_values(names, "last_cut"))
+                               inputs=generator_inputs(dm, "last_cut"))
     empty = int((pool[:, 0] < 0).sum())
     if empty:
         log.warning("%d of %d training users get no candidate from %s; the ranker skips them", empty, n_users,
@@ -46,10 +46,17 @@ def cache_generator_pool(module, dm) -> torch.Tensor:
     items, scores = generator_top_items(module.generator, module.catalogue["item_ids"], np.asarray(es.history_offsets),
                                         np.asarray(es.history_items), module.val_k1, device=module.device,
                                         beam_width=module.beam_width, batch_size=module.generator_batch_size,
-                                        side_values=lambda names: dm.history_side_values(names, "valid"),
+                                        inputs=generator_inputs(dm, "valid"),
                                         with_scores=True)
     module.set_generator_validation(torch.from_numpy(items), torch.from_numpy(scores))
     return module.generator_pool
+
+
+def generator_inputs(dm, stage: str):
+    """What an external generator embeds besides the items, for the histories of `stage`
+    ("last_cut", "valid", "test"): a function of (side-feature names, user-feature names)."""
+    return lambda side_names, user_names: (dm.history_side_values(side_names, stage),
+                                           dm.history_user_features(user_names, stage))
 
 
 class GeneratorHardNegatives(pl.Callback):

@@ -94,6 +94,21 @@ class GRankDataModule(KuaiFormerDataModule):
             log_, rows = self.log_all, es.history_rows
         return {name: side_feature_values(log_, name)[rows] for name in names}
 
+    def history_user_features(self, names, stage: str) -> np.ndarray | None:
+        """(U, len(names)) categorical user-feature ids (0 = unknown) of the users whose histories an
+        external generator is asked about (stage as in `history_side_values`), in `names` order; GRank
+        embeds none itself, a generator trained with some (e.g. DualGR on ML-1M) needs them. None: no
+        names."""
+        if not names:
+            return None
+        known = list(self.log_all.user_feature_names)
+        missing = [n for n in names if n not in known]
+        if missing or self.log_all.user_features is None:
+            raise ValueError(f"the generator embeds user features {list(names)} but data set {self.log_all.name!r} "
+                             f"has {known}; train the generator and GRank on the same data")
+        users = self.train_users if stage == "last_cut" else self.eval_sets[stage].users
+        return np.asarray(self.log_all.user_features)[np.asarray(users)][:, [known.index(n) for n in names]]
+
     def eval_batch(self, stage: str, rows: np.ndarray) -> dict[str, torch.Tensor]:
         """items (B, T), long (B, L), seen (B, n_items) bool, index (B,) of evaluation examples `rows`."""
         es = self.eval_sets[stage]

@@ -321,7 +321,7 @@ class _TwoScoreRetriever:
 
     ranker, blend = True, 0.0
 
-    def candidate_scores(self, offsets, items, k1, side=None):
+    def candidate_scores(self, offsets, items, k1, side=None, user_features=None):
         users = len(offsets) - 1
         cand = np.tile(np.arange(4), (users, 1))
         gen = np.tile([3.0, -9.0, 2.0, -9.0], (users, 1))
@@ -503,7 +503,7 @@ def test_a_beam_decoder_is_asked_for_candidates_as_its_own_evaluation_asks_it():
         def __init__(self):
             self.calls = []
 
-        def retrieve(self, histories, k, side=None, exclude_seen=True):
+        def retrieve(self, histories, k, side=None, exclude_seen=True, user_features=None):
             self.calls.append((k, exclude_seen))
             lists = [[x for x in range(100) if not (exclude_seen and x in set(h))][:k] for h in histories]
             return RetrievalResult(lists, [[-float(i) for i in range(len(ranked))] for ranked in lists])
@@ -520,3 +520,46 @@ def test_a_beam_decoder_is_asked_for_candidates_as_its_own_evaluation_asks_it():
     assert cand_b[0].tolist() == list(range(3, 13)) and cand_e.tolist() == [list(range(3, 13)), list(range(30, 40))]
     # the heavy user's history (30 items) fills more than the margin: fewer than k1 remain, -1 padded
     assert cand_b[1].tolist() == [-1] * 10
+
+
+def test_a_generator_with_user_features_gets_them(trained, monkeypatch):
+    """DualGR on ML-1M embeds the users' gender / age / occupation / zip: the benchmark's lists and
+    retrieve(user_features=...) hand them on, in the generator's order, sliced with the batch."""
+    from genret.decoding.retriever import RetrievalResult
+    from genret.eval.grank_negatives import generator_inputs
+
+    module, dm, _ = trained
+    n_users = dm.log_all.n_users
+    table = np.stack([np.arange(n_users) % 3, np.arange(n_users) % 5 + 1], 1)
+    monkeypatch.setattr(dm.log_all, "user_features", table)
+    monkeypatch.setattr(dm.log_all, "user_feature_names", ["gender", "age"])
+    es = dm.eval_sets["valid"]
+    got = dm.history_user_features(["age", "gender"], "valid")
+    np.testing.assert_array_equal(got, table[es.users][:, [1, 0]])
+    np.testing.assert_array_equal(dm.history_user_features(["gender"], "last_cut"), table[dm.train_users][:, [0]])
+    assert dm.history_user_features([], "valid") is None
+    with pytest.raises(ValueError, match="embeds user features \\['zip'\\]"):
+        dm.history_user_features(["zip"], "valid")
+    side, users = generator_inputs(dm, "test")([], ["age"])
+    assert side is None and users.shape == (len(dm.eval_sets["test"]), 1)
+
+    class Spy:  # a generator embedding two user features
+        user_feature_names, side_features = ["age", "gender"], []
+        item_ids = dm.log_all.item_ids
+
+        def __init__(self):
+            self.seen = []
+
+        def retrieve(self, histories, k, side=None, exclude_seen=True, user_features=None):
+            self.seen.append(np.asarray(user_features).tolist())
+            return RetrievalResult([list(self.item_ids[:k]) for _ in histories], [[0.0] * k for _ in histories])
+
+    spy = Spy()
+    r = GRankRetriever(module.model, dm.log_all.item_ids, k1=40, generator=spy)
+    assert r.generator_user_features == ["age", "gender"]
+    histories = _histories(dm, 5)
+    feats = [[1, 2], [3, 1], [2, 2], [4, 1], [5, 2]]
+    r.retrieve(histories, k=5, user_features=feats, batch_size=2)
+    assert spy.seen == [feats[0:2], feats[2:4], feats[4:5]]
+    with pytest.raises(ValueError, match="neither GRank nor its generator embeds user features"):
+        GRankRetriever(module.model, dm.log_all.item_ids, k1=40).retrieve(histories, k=5, user_features=feats)

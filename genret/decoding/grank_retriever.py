@@ -73,7 +73,6 @@ class GRankRetriever:
         self.generator = generator
         self.ranker = ranker
 
-    side_features: list[str] = []  # GRank embeds no per-action side features
 
     @property
     def device(self) -> torch.device:
@@ -150,13 +149,13 @@ class GRankRetriever:
                                     user_features)
 
     @property
-    def generator_side_features(self) -> list[str]:
-        """The per-action side features the external generator embeds (none for GRank's own)."""
+    def side_features(self) -> list[str]:
+        """The per-action side features `retrieve` reads: the external generator's (GRank embeds none)."""
         return list(getattr(self.generator, "side_features", None) or [])
 
     @property
-    def generator_user_features(self) -> list[str]:
-        """The static user features the external generator embeds (none for GRank's own)."""
+    def user_feature_names(self) -> list[str]:
+        """The static user features `retrieve` reads: the external generator's (GRank embeds none)."""
         return list(getattr(self.generator, "user_feature_names", None) or [])
 
     @torch.no_grad()
@@ -203,7 +202,7 @@ class GRankRetriever:
         batch_size = requests.check_batch_size(batch_size)
         if not requests.check_flag(exclude_seen, "exclude_seen"):
             raise requests.RequestError("GRank never returns history items; leave exclude_seen true")
-        if user_features is not None and not self.generator_user_features:
+        if user_features is not None and not self.user_feature_names:
             raise requests.RequestError("neither GRank nor its generator embeds user features; leave user_features "
                                         "unset")
         if k > self.k1:
@@ -212,7 +211,7 @@ class GRankRetriever:
         if side is not None and not isinstance(side, dict):
             raise requests.RequestError(f"side must map feature names to one list of values per history, got "
                                         f"{type(side).__name__}")
-        if side and not self.generator_side_features:
+        if side and not self.side_features:
             raise requests.RequestError("neither GRank nor its generator embeds side features; call retrieve "
                                         "without side=")
         rows, _, dropped = requests.encode_histories(histories, self._item_index, requests.check_unknown(unknown))

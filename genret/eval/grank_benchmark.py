@@ -148,7 +148,7 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
     from genret.eval.grank_negatives import generator_inputs
 
     # what the external generator embeds besides the items (e.g. DualGR on ML-1M: ratings, user features)
-    needs = retriever.generator_side_features, retriever.generator_user_features
+    needs = retriever.side_features, retriever.user_feature_names
     main = evaluate_grank(retriever, dm.eval_sets, k1, all_ks, dm.eval_batch_size, module.blend_choices, metric,
                           inputs=(lambda stage: generator_inputs(dm, stage)(*needs)) if any(needs) else None)
     if main["blend"] != module.blend or main["ranker"] != (module.ranker_weight > 0):

@@ -466,7 +466,7 @@ def test_a_generator_with_side_features_gets_them_from_the_benchmark_and_the_dec
 
     module, dm, ckpt = trained
     r = GRankRetriever.from_checkpoint(ckpt, device="cpu", generator=sasrec_side_ckpt)
-    assert r.generator_side_features == ["watch_frac"]
+    assert r.side_features == ["watch_frac"]
     histories = _histories(dm)
     es = dm.eval_sets["test"]
     values = dm.history_side_values(["watch_frac"], "test")["watch_frac"]
@@ -556,7 +556,7 @@ def test_a_generator_with_user_features_gets_them(trained, monkeypatch):
 
     spy = Spy()
     r = GRankRetriever(module.model, dm.log_all.item_ids, k1=40, generator=spy)
-    assert r.generator_user_features == ["age", "gender"]
+    assert r.user_feature_names == ["age", "gender"]
     histories = _histories(dm, 5)
     feats = [[1, 2], [3, 1], [2, 2], [4, 1], [5, 2]]
     r.retrieve(histories, k=5, user_features=feats, batch_size=2)

@@ -132,9 +132,7 @@ class GRankRetriever:
             cand = torch.from_numpy(candidates).to(dev)
             long_items = windows(offsets, items, c.long_len).to(dev)
             users = self.model.user_vectors(windows(offsets, items, c.max_len).to(dev))
-            rank = torch.cat([self.model.rank_scores(cand[:, s:s + 256].clamp(min=0), long_items, users)
-                              for s in range(0, k1, 256)], dim=1).float().masked_fill(cand < 0, float("-inf"))
-            return candidates, gen, rank.cpu().numpy()
+            return candidates, gen, self.model.rank_candidates(cand, long_items, users).cpu().numpy()
         cand, gen, rank = self.model.generate_and_rank(
             windows(offsets, items, c.max_len).to(dev), windows(offsets, items, c.long_len).to(dev), k1,
             seen_mask(offsets, items, c.n_items).to(dev))
@@ -180,9 +178,7 @@ class GRankRetriever:
         long_items = windows(offsets, items, c.long_len).to(self.device)
         users = self.model.user_vectors(windows(offsets, items, c.max_len).to(self.device))
         cand = torch.from_numpy(candidates).to(self.device)
-        scores = torch.cat([self.model.rank_scores(cand[:, s:s + chunk].clamp(min=0), long_items, users)
-                            for s in range(0, cand.shape[1], chunk)], dim=1).float()
-        scores = scores.masked_fill(cand < 0, float("-inf"))
+        scores = self.model.rank_candidates(cand, long_items, users, chunk)
         order = scores.argsort(dim=1, descending=True, stable=True)
         return cand.gather(1, order).cpu().numpy(), scores.gather(1, order).cpu().numpy()
 

@@ -225,6 +225,14 @@ class GRank(nn.Module):
             scores = scores + (embedded.detach() * users.detach()[:, None]).sum(-1)
         return scores
 
+    def rank_candidates(self, candidates: torch.Tensor, long_items: torch.Tensor, users: torch.Tensor | None,
+                        chunk: int = 256) -> torch.Tensor:
+        """`rank_scores` of candidate lists (B, K) int64 with -1 padding, `chunk` candidates per call
+        (bounds memory for large K): (B, K) float32, -inf at the padding."""
+        scores = torch.cat([self.rank_scores(candidates[:, s:s + chunk].clamp(min=0), long_items, users)
+                            for s in range(0, candidates.shape[1], chunk)], dim=1).float()
+        return scores.masked_fill(candidates < 0, float("-inf"))
+
     def ranker_history(self, long_items: torch.Tensor) -> torch.Tensor:
         """(B, L) item ids -> (B, L, d) history tokens MLP(e(i)), the MLP run once per distinct item."""
         unique, inverse = torch.unique(long_items.clamp(min=0), return_inverse=True)
@@ -254,10 +262,7 @@ class GRank(nn.Module):
             scores = scores.masked_fill(exclude, float("-inf"))
         gen_scores, candidates = scores.topk(k1, dim=1)
         candidates = torch.where(torch.isinf(gen_scores), -1, candidates)
-        rank = torch.cat([self.rank_scores(candidates[:, s:s + chunk].clamp(min=0), long_items, users)
-                          for s in range(0, k1, chunk)], dim=1).float()
-        rank = rank.masked_fill(candidates < 0, float("-inf"))
-        return candidates, gen_scores, rank
+        return candidates, gen_scores, self.rank_candidates(candidates, long_items, users, chunk)
 
 
 def blended_scores(gen_scores, rank_scores, blend: float):

@@ -332,9 +332,7 @@ class GRankModule(ItemSoftmaxModule):
             candidates = self.generator_val_items[batch["index"]]
             gen = self.generator_val_scores[batch["index"]]
             users = self.model.user_vectors(batch["items"])
-            rank = torch.cat([self.model.rank_scores(candidates[:, s:s + 256].clamp(min=0), batch["long"], users)
-                              for s in range(0, candidates.shape[1], 256)], dim=1).float()
-            rank = rank.masked_fill(candidates < 0, float("-inf"))
+            rank = self.model.rank_candidates(candidates, batch["long"], users)
         else:
             candidates, gen, rank = self.model.generate_and_rank(batch["items"], batch["long"], k1, batch["seen"])
         if self.ranker_weight == 0:  # an ablation without the ranker: its list is the generator's

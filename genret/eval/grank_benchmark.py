@@ -71,13 +71,14 @@ def evaluate_grank(retriever, eval_sets: dict, k1: int, ks, batch_size: int, ble
         es = eval_sets[stage]
         side, users = (None, None) if inputs is None else inputs(stage)
         generated, ranked, seconds = grank_lists(retriever, es, k1, batch_size, choices, side, users)
+        out["generator_only"][key] = ranking_metrics(generated, es.targets, ks)
         if key == "val":
             by_blend = {b: ranking_metrics(ranked[b], es.targets, ks) for b in choices}
             best = max(range(len(choices)), key=lambda i: (by_blend[choices[i]][metric], -i))
             out["blend"] = choices[best]
             if len(choices) > 1:
                 out["val_by_blend"] = {str(b): by_blend[b] for b in choices}
-                alone = ranking_metrics(generated, es.targets, ks)[metric]
+                alone = out["generator_only"][key][metric]
                 if alone > by_blend[out["blend"]][metric]:
                     out["blend"], out["ranker"] = None, False
                 log.info("blend chosen on validation %s: %s; the generator alone %.4f -> %s", metric,
@@ -86,7 +87,6 @@ def evaluate_grank(retriever, eval_sets: dict, k1: int, ks, batch_size: int, ble
             choices = [out["blend"]] if out["ranker"] else []
         final = ranked[out["blend"]] if out["ranker"] else generated
         out["ranked"][key] = ranking_metrics(final, es.targets, ks)
-        out["generator_only"][key] = ranking_metrics(generated, es.targets, ks)
         out["candidate_recall"][key] = float((generated == es.targets[:, None]).any(1).mean())
         out["ms_per_user"][key] = 1000.0 * seconds / len(es)
         if key == "test":

@@ -4,7 +4,8 @@ features only, so an item never seen in training still gets a vector.
 Item tower. Each item feature f (genres, release year, title words, categories, optionally the
 item id) has one embedding table E_f, shared by every place the feature appears (the item tower
 and, through it, every history token). A multi-valued feature is the mean of its values'
-embeddings (with `value_pooling: attention`, their softmax-weighted sum); each feature is
+embeddings (with `value_pooling: attention`, their softmax-weighted sum; with `idf`, their mean
+weighted by each value's inverse document frequency); each feature is
 projected by its own W_f, giving H = [W_1 E_1(f_1); ...; W_M E_M(f_M)] (n, M, d).
 AttentionFusion (the paper's eq.: Z = LN(H + MHA(H)), U = LN(Z + FFN(Z)), mean over the present
 features; no positions, missing features masked) fuses them into h_i, and a small MLP (the "item
@@ -54,6 +55,9 @@ class RetrievalFormerConfig:
     # How a multi-valued feature's values (title words, attribute ids) become one vector: "mean", or
     # "attention" (the paper allows both): softmax weights from a learned query per feature, so a
     # brand or a product-line word can outweigh "cream" and "oz"; the query starts at zero (= mean).
+    # "idf": a weighted mean with fixed weights, each value's inverse document frequency among the
+    # fitting items (set from the data; under LOOC the warm items only), so a rare word a cold item
+    # shares with the history counts as it does in a TF-IDF cosine, before any training has seen it.
     value_pooling: str = "mean"
     item_feature_names: list[str] = field(default_factory=list)  # (from the data)
     item_feature_widths: list[int] = field(default_factory=list)  # values per item, per feature (from the data)
@@ -82,8 +86,8 @@ class RetrievalFormerConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.id_dropout < 1.0:
             raise ValueError(f"id_dropout must lie in [0, 1), got {self.id_dropout}")
-        if self.value_pooling not in ("mean", "attention"):
-            raise ValueError(f"value_pooling must be 'mean' or 'attention', got {self.value_pooling!r}")
+        if self.value_pooling not in ("mean", "attention", "idf"):
+            raise ValueError(f"value_pooling must be 'mean', 'attention' or 'idf', got {self.value_pooling!r}")
 
 
 class AttentionFusion(nn.Module):
@@ -142,6 +146,9 @@ class RetrievalFormer(nn.Module):
         # One pooling query per item feature (after init_weights: zero queries pool as the mean does).
         self.value_queries = (nn.Parameter(torch.zeros(len(c.item_feature_cardinalities), d))
                               if c.value_pooling == "attention" else None)
+        if c.value_pooling == "idf":  # per-value weights, buffers so the checkpoint serves them (set_value_weights)
+            for f, card in enumerate(c.item_feature_cardinalities):
+                self.register_buffer(f"value_weight_{f}", torch.ones(card))
         self._id_feature = c.item_feature_names.index("item_id") if "item_id" in c.item_feature_names else None
 
     # ------------------------------------------------------------------------------ catalogue
@@ -176,6 +183,22 @@ class RetrievalFormer(nn.Module):
             setattr(self, f"item_feature_{f}", table.to(getattr(self, f"item_feature_{f}").device))
         self.config.n_items = int(n)
 
+    def set_value_weights(self, weights: list[torch.Tensor]) -> None:
+        """Set `value_pooling: idf`'s weights: one (cardinality,) non-negative float tensor per item feature."""
+        if self.config.value_pooling != "idf":
+            raise ValueError(f"value weights are for value_pooling 'idf'; this model pools by "
+                             f"{self.config.value_pooling!r}")
+        cards = self.config.item_feature_cardinalities
+        if len(weights) != len(cards):
+            raise ValueError(f"expected {len(cards)} value weight vectors ({self.config.item_feature_names}), "
+                             f"got {len(weights)}")
+        for f, (w, card) in enumerate(zip(weights, cards)):
+            w = torch.as_tensor(w, dtype=torch.float32)
+            if w.shape != (card,) or not torch.isfinite(w).all() or (w < 0).any():
+                raise ValueError(f"value weights of {self.config.item_feature_names[f]!r} must be {card} finite, "
+                                 f"non-negative numbers, got shape {tuple(w.shape)}")
+            setattr(self, f"value_weight_{f}", w.to(getattr(self, f"value_weight_{f}").device))
+
     # ------------------------------------------------------------------------------ item tower
     def fuse_items(self, tables: list[torch.Tensor]) -> torch.Tensor:
         """Fused item vectors h (n, d) from feature id tables, each (n, W_f) int64 (0 = none)."""
@@ -186,7 +209,10 @@ class RetrievalFormer(nn.Module):
             has = ids > 0
             count = has.sum(-1, keepdim=True)
             values = table(ids)  # (n, W_f, d); padding rows are zero
-            if self.value_queries is None:
+            if self.config.value_pooling == "idf":
+                weight = getattr(self, f"value_weight_{f}")[ids] * has  # (n, W_f)
+                pooled = (weight[..., None] * values).sum(-2) / weight.sum(-1, keepdim=True).clamp(min=1e-6)
+            elif self.value_queries is None:
                 pooled = values.sum(-2) / count.clamp(min=1)
             else:
                 logits = (values @ self.value_queries[f]).masked_fill(~has, float("-inf"))

@@ -116,6 +116,8 @@ class RetrievalFormerDataModule(KuaiFormerDataModule):
         self.item_feature_tables = self.encoder.transform(self.raw_features)
         self.item_features = list(self.raw_features)
         self.item_feature_cardinalities = self.encoder.cardinalities
+        self.value_idf = [value_idf(t, card, fit_items) for t, card in
+                          zip(self.item_feature_tables, self.item_feature_cardinalities)]
         if self.use_user_features and self.log_all.user_features is not None and self.log_all.user_feature_names:
             self.user_feats = np.asarray(self.log_all.user_features, np.int64)
             self.user_feature_names = list(self.log_all.user_feature_names)
@@ -164,3 +166,16 @@ class RetrievalFormerDataModule(KuaiFormerDataModule):
         batch = super().eval_batch(stage, rows)
         batch["user_features"] = torch.from_numpy(self.user_feats[self.eval_sets[stage].users[rows]])
         return batch
+
+
+def value_idf(table: np.ndarray, cardinality: int, fit_items: np.ndarray) -> np.ndarray:
+    """Smoothed inverse document frequency of each value id of one item feature table (n, W) among the
+    rows `fit_items` (bool mask): log((1 + N) / (1 + df)) + 1, as scikit-learn's TF-IDF; id 0 (none)
+    gets 0. Under LOOC the cold items are not in `fit_items`, so no statistic sees them."""
+    rows = table[fit_items]
+    df = np.zeros(cardinality, np.int64)
+    for r in rows:  # each value counts once per item
+        df[np.unique(r[r > 0])] += 1
+    idf = (np.log((1.0 + len(rows)) / (1.0 + df)) + 1.0).astype(np.float32)
+    idf[0] = 0.0
+    return idf

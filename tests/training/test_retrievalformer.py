@@ -230,8 +230,48 @@ def test_attention_value_pooling_starts_as_the_mean_and_can_single_out_a_value()
         # An item without any value of a feature: no NaN, the feature is masked as missing.
         empty = attention.encode_features([torch.zeros(1, 2, dtype=torch.long), *rest])
     assert torch.isfinite(empty).all()
-    with pytest.raises(ValueError, match="value_pooling must be 'mean' or 'attention'"):
+    with pytest.raises(ValueError, match="value_pooling must be 'mean', 'attention' or 'idf'"):
         RetrievalFormer(RetrievalFormerConfig(**{**mean.config.__dict__, "value_pooling": "max"}))
+
+
+def test_idf_value_pooling_weighs_rare_values_and_its_weights_come_from_warm_items_only(tiny_ml):
+    from genret.training.retrievalformer_datamodule import RetrievalFormerDataModule, value_idf
+    from genret.training.retrievalformer_module import RetrievalFormerModule
+
+    torch.manual_seed(0)
+    mean = _model()
+    idf = RetrievalFormer(RetrievalFormerConfig(**{**mean.config.__dict__, "value_pooling": "idf"}))
+    idf.load_state_dict({**mean.state_dict(), **{k: v for k, v in idf.state_dict().items() if "value_weight" in k}})
+    idf.eval()
+    with torch.no_grad():  # equal weights pool as the mean
+        torch.testing.assert_close(idf.item_vectors(), mean.item_vectors())
+    idf.set_value_weights([torch.tensor([0.0, 5.0, 1.0, 1e-6, 1.0]), torch.ones(4), torch.ones(7)])
+    two, one = [torch.tensor([[1, 3]])], [torch.tensor([[1, 0]])]
+    rest = [torch.tensor([[2]]), torch.tensor([[0]])]
+    with torch.no_grad():  # value 3 weighs (almost) nothing beside value 1
+        assert torch.allclose(idf.encode_features(two + rest), idf.encode_features(one + rest), atol=1e-4)
+        assert not torch.allclose(mean.encode_features(two + rest), mean.encode_features(one + rest), atol=1e-2)
+    with pytest.raises(ValueError, match="value weights of 'genres' must be 5 finite, non-negative"):
+        idf.set_value_weights([-torch.ones(5), torch.ones(4), torch.ones(7)])
+    with pytest.raises(ValueError, match="value weights are for value_pooling 'idf'"):
+        mean.set_value_weights([torch.ones(5), torch.ones(4), torch.ones(7)])
+    # The weights: smoothed IDF among the fitting rows; a value seen only on other rows counts as unseen.
+    table = np.array([[1, 2], [1, 0], [1, 3], [3, 3]])
+    w = value_idf(table, 4, np.array([True, True, True, False]))
+    np.testing.assert_allclose(w, [0.0, 1.0, 1 + np.log(4 / 2), 1 + np.log(4 / 2)], rtol=1e-6)
+    # Under LOOC the data module fits them on the warm items and the module hands them to the model.
+    dm = RetrievalFormerDataModule(data=str(tiny_ml), load_kwargs={"low_ratings_as_negatives": False}, max_len=8,
+                                   protocol="looc", cold_seed_users=10, min_count=1)
+    dm.setup()
+    warm = np.ones(dm.n_items, bool)
+    warm[dm.cold_split.cold_items] = False
+    module = RetrievalFormerModule(config=RetrievalFormerConfig(d_model=16, n_heads=2, fusion_heads=2,
+                                                                value_pooling="idf"))
+    module.build_from_data(dm)
+    for f, t in enumerate(dm.item_feature_tables):
+        np.testing.assert_allclose(getattr(module.model, f"value_weight_{f}").numpy(),
+                                   value_idf(t, dm.item_feature_cardinalities[f], warm))
+    assert "model.value_weight_0" in module.state_dict()  # the checkpoint carries them
 
 
 def test_model_scores_an_unseen_item_from_its_features():

@@ -8,7 +8,8 @@ Table-2 variant (w/o DBR, w/o S2D, w/o ENTP) under the same split and prints the
 layout. `--sid_embeddings_from CONFIG` first trains that KuaiFormer / SASRec YAML on the same data
 and builds the generative model's SIDs from its item vectors; its time counts in the total.
 `--checkpoint CKPT` evaluates a trained DualGR instead of training one (e.g. to re-score a run with
-another `--branch_merge` or `--ks`). Under several processes (Lightning DDP, or `torchrun`) the
+another `--branch_merge` or `--ks`), likewise a RetrievalFormer, or a GRank whose ranker then
+re-ranks the candidates of the generator `--model.generator` names. Under several processes (Lightning DDP, or `torchrun`) the
 evaluation is shared across them and rank 0 writes the results.
 
 `--seeds N` trains every run (each ablation variant) with N seeds, seed_everything = S..S+N-1 where
@@ -83,7 +84,8 @@ def main(argv: list[str]) -> int:
                              "training; metrics.json gains 'cold' and 'warm' blocks and the content baseline). "
                              "Families that cannot score cold items say so instead of training")
     parser.add_argument("--checkpoint", default=None,
-                        help="evaluate this trained DualGR / RetrievalFormer checkpoint instead of training (same split and protocol)")
+                        help="evaluate this trained DualGR / RetrievalFormer / GRank checkpoint instead of training (same split and "
+                             "protocol; GRank: its ranker over the generator --model.generator names)")
     args, overrides = parser.parse_known_args(argv)
     from genret.decoding.beam_search import check_short_weight
 
@@ -92,9 +94,9 @@ def main(argv: list[str]) -> int:
     except ValueError as err:
         parser.error(f"--short_weight: {err}")
     if args.checkpoint is not None:
-        if args.model not in ("dualgr", "tiger", "retrievalformer") or args.ablations or args.sid_embeddings_from:
-            parser.error("--checkpoint evaluates one DualGR / TIGER-style model: drop --ablations and "
-                         "--sid_embeddings_from, and use --model dualgr or tiger")
+        if args.model not in ("dualgr", "tiger", "retrievalformer", "grank") or args.ablations or args.sid_embeddings_from:
+            parser.error("--checkpoint evaluates one trained DualGR, TIGER-style, RetrievalFormer or GRank model: "
+                         "drop --ablations and --sid_embeddings_from, and use one of those --model values")
         if not Path(args.checkpoint).is_file():
             parser.error(f"--checkpoint {args.checkpoint} is not a file")
     try:

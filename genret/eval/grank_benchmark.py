@@ -115,8 +115,14 @@ def record_serving(checkpoint: str | Path, blend: float | None, ranker: bool) ->
 
 
 def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None = None,
-              overrides: list[str] | None = None, ks=(5, 10, 20, 50, 100, 500)) -> dict[str, Any]:
+              overrides: list[str] | None = None, ks=(5, 10, 20, 50, 100, 500),
+              checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Train GRank and evaluate generator-only and generator + ranker (see the module docstring).
+
+    With `checkpoint`, that trained GRank is evaluated instead (no training; "train_seconds" 0): its
+    ranker over the generator the config / overrides name (`--model.generator CKPT`), which need not
+    be the one it was trained with, e.g. the ranker trained on DualGR's beams re-ranking SASRec's top
+    k1. The blend is chosen on validation as after training; the checkpoint itself is not rewritten.
 
     Returns:
         run_embedding's dict; "extra" holds "generator_only" (val / test metrics of the MIPS order),
@@ -130,7 +136,18 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     module, dm, trainer = build(family, config, out_dir, overrides, data)
-    checkpoint, train_seconds = fit(module, dm, trainer, out_dir)
+    evaluated = checkpoint is not None
+    if not evaluated:
+        checkpoint, train_seconds = fit(module, dm, trainer, out_dir)
+    else:
+        from genret.training.grank_module import load_grank
+
+        dm.setup("fit")
+        module.model, entry = load_grank(checkpoint)
+        if entry["catalogue"]["item_ids"] != dm.log_all.item_ids.tolist():
+            raise ValueError(f"{checkpoint} was trained on another catalogue than {dm.log_all.name}: evaluate it on "
+                             "the data it was trained on")
+        train_seconds = 0.0
     from genret.decoding.grank_retriever import load_generator
 
     k1 = min(module.k1, dm.n_items)
@@ -151,7 +168,7 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
     needs = retriever.side_features, retriever.user_feature_names
     main = evaluate_grank(retriever, dm.eval_sets, k1, all_ks, dm.eval_batch_size, module.blend_choices, metric,
                           inputs=(lambda stage: generator_inputs(dm, stage)(*needs)) if any(needs) else None)
-    if main["blend"] != module.blend or main["ranker"] != (module.ranker_weight > 0):
+    if not evaluated and (main["blend"] != module.blend or main["ranker"] != (module.ranker_weight > 0)):
         record_serving(checkpoint, main["blend"], main["ranker"])
     result["val"], result["test"] = main["ranked"]["val"], main["ranked"]["test"]
     generator_only = main["generator_only"]

@@ -385,6 +385,28 @@ def test_benchmark_writes_the_blend_chosen_on_validation_into_the_checkpoint(sas
     assert "blend" in res["extra"]["grank_own_generator"]
 
 
+def test_a_trained_ranker_is_evaluated_over_another_generator_without_training(trained, sasrec_ckpt, tmp_path):
+    import hashlib
+
+    from genret.eval.grank_benchmark import run_grank
+
+    _, dm, ckpt = trained
+    before = hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()
+    res = run_grank("grank", CONFIGS / "grank_ml1m.yaml", tmp_path / "eval", ks=(5, 10), checkpoint=ckpt,
+                    overrides=TINY + ["--model.generator", str(sasrec_ckpt), "--model.blend_choices", "[0, 1]"])
+    assert res["train_seconds"] == 0.0 and res["checkpoint"] == str(ckpt)
+    assert res["extra"]["generator"] == str(sasrec_ckpt) and "kuaiformer generator only" in res["baselines"]  # SASRec is a KuaiFormer setting
+    assert set(res["extra"]["val_by_blend"]) == {"0.0", "1.0"}
+    # The same ranker as the trained module's: its own generator's lists score as the module's do.
+    own = GRankRetriever.from_checkpoint(ckpt, device="cpu", generator="grank")
+    assert torch.equal(own.model.item_vectors(), trained[0].model.item_vectors())
+    # The evaluated checkpoint is not rewritten (its serving settings are for its own generator).
+    assert hashlib.sha256(Path(ckpt).read_bytes()).hexdigest() == before
+    with pytest.raises(ValueError, match="another catalogue"):
+        run_grank("grank", CONFIGS / "grank_ml1m.yaml", tmp_path / "other", ks=(5, 10), checkpoint=ckpt,
+                  overrides=["--data.data", "synthetic:200x160", *TINY[2:]])
+
+
 def test_validation_keeps_the_best_blend_of_each_epoch(trained):
     from genret.eval.grank_validation import GRankValidation
     from genret.eval.metrics import ranking_metrics

@@ -25,13 +25,13 @@ from genret.eval.retrievalformer_benchmark import run_retrievalformer
 STAGES = (("val", "val_ranks"), ("cold val", "cold_val_ranks"))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--config", required=True)
     parser.add_argument("--ks", default="10,20,100")
     parser.add_argument("checkpoints", nargs="+", help="the first one is the reference")
-    argv = sys.argv[1:]
+    argv = sys.argv[1:] if argv is None else list(argv)
     split = argv.index("--") if "--" in argv else len(argv)
     args, overrides = parser.parse_args(argv[:split]), argv[split + 1:]  # after "--": config overrides
     if len(args.checkpoints) < 2:
@@ -61,7 +61,8 @@ def main() -> None:
                     mean, half = paired_hit_difference(ranks, ref, k)
                     parts.append(f"HR@{k} {hr:.4f} ({100 * mean:+.2f} +- {100 * half:.2f} pts)")
             print(f"  {stage} ({len(ranks)} users): " + "; ".join(parts))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

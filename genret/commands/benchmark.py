@@ -9,8 +9,8 @@ layout. `--sid_embeddings_from CONFIG` first trains that KuaiFormer / SASRec YAM
 and builds the generative model's SIDs from its item vectors; its time counts in the total.
 `--checkpoint CKPT` evaluates a trained DualGR instead of training one (e.g. to re-score a run with
 another `--branch_merge` or `--ks`), likewise a RetrievalFormer, or a GRank whose ranker then
-re-ranks the candidates of the generator `--model.generator` names. Under several processes (Lightning DDP, or `torchrun`) the
-evaluation is shared across them and rank 0 writes the results.
+re-ranks the candidates of the generator `--model.generator` names. Under several processes
+(Lightning DDP, or `torchrun`) the evaluation is shared across them and rank 0 writes the results.
 
 `--seeds N` trains every run (each ablation variant) with N seeds, seed_everything = S..S+N-1 where
 S is the config's seed (or `--seeds 0,5,9` for a list); the split and the SIDs are the same for every
@@ -84,8 +84,8 @@ def main(argv: list[str]) -> int:
                              "training; metrics.json gains 'cold' and 'warm' blocks and the content baseline). "
                              "Families that cannot score cold items say so instead of training")
     parser.add_argument("--checkpoint", default=None,
-                        help="evaluate this trained DualGR / RetrievalFormer / GRank checkpoint instead of training (same split and "
-                             "protocol; GRank: its ranker over the generator --model.generator names)")
+                        help="evaluate this trained DualGR / RetrievalFormer / GRank checkpoint instead of training "
+                             "(same split and protocol; GRank: its ranker over the generator --model.generator names)")
     args, overrides = parser.parse_known_args(argv)
     from genret.decoding.beam_search import check_short_weight
 
@@ -94,7 +94,8 @@ def main(argv: list[str]) -> int:
     except ValueError as err:
         parser.error(f"--short_weight: {err}")
     if args.checkpoint is not None:
-        if args.model not in ("dualgr", "tiger", "retrievalformer", "grank") or args.ablations or args.sid_embeddings_from:
+        evaluable = ("dualgr", "tiger", "retrievalformer", "grank")
+        if args.model not in evaluable or args.ablations or args.sid_embeddings_from:
             parser.error("--checkpoint evaluates one trained DualGR, TIGER-style, RetrievalFormer or GRank model: "
                          "drop --ablations and --sid_embeddings_from, and use one of those --model values")
         if not Path(args.checkpoint).is_file():

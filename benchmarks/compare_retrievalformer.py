@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             ranks, ref = np.asarray(res[key]), np.asarray(reference[key])
             if ranks.shape != ref.shape:
-                raise SystemExit(f"{ckpt}: {stage} ranks {ranks.shape} vs the reference's {ref.shape}: not the same users")
+                raise SystemExit(f"{ckpt}: {stage} ranks {ranks.shape} vs the reference's {ref.shape}: "
+                                 "not the same users")
             parts = []
             for k in ks:
                 hr = float(hits_at(ranks, k).mean())

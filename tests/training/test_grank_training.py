@@ -395,7 +395,8 @@ def test_a_trained_ranker_is_evaluated_over_another_generator_without_training(t
     res = run_grank("grank", CONFIGS / "grank_ml1m.yaml", tmp_path / "eval", ks=(5, 10), checkpoint=ckpt,
                     overrides=TINY + ["--model.generator", str(sasrec_ckpt), "--model.blend_choices", "[0, 1]"])
     assert res["train_seconds"] == 0.0 and res["checkpoint"] == str(ckpt)
-    assert res["extra"]["generator"] == str(sasrec_ckpt) and "kuaiformer generator only" in res["baselines"]  # SASRec is a KuaiFormer setting
+    # SASRec is a KuaiFormer setting: its rows are named for the family.
+    assert res["extra"]["generator"] == str(sasrec_ckpt) and "kuaiformer generator only" in res["baselines"]
     assert set(res["extra"]["val_by_blend"]) == {"0.0", "1.0"}
     # The same ranker as the trained module's: its own generator's lists score as the module's do.
     own = GRankRetriever.from_checkpoint(ckpt, device="cpu", generator="grank")

@@ -353,6 +353,9 @@ def load_generator(generator: str, device, beam_width: int | None = None):
         return None
     from genret.families import load_retriever
 
+    if Path(str(generator)).suffix in (".yaml", ".yml"):
+        raise ValueError(f"generator {generator} is a training config; `genret benchmark` / `genret train` train it "
+                         "first (into DIR/generator), serving needs the trained checkpoint")
     if not Path(generator).is_file():
         raise FileNotFoundError(f"generator checkpoint {generator} does not exist; set model.generator to 'grank' "
                                 "or to a trained SASRec / KuaiFormer / DualGR checkpoint of the same data")

@@ -131,12 +131,15 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
         of both lists (paired comparisons).
     """
     from genret.decoding.grank_retriever import GRankRetriever
+    from genret.training.grank_generator import train_generator
     from genret.training.run import build, fit
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     module, dm, trainer = build(family, config, out_dir, overrides, data)
     evaluated = checkpoint is not None
+    # model.generator given as a YAML: train that generator first (out_dir/generator), then use its checkpoint.
+    train_generator(module, dm, out_dir, Path(config).parent)
     if not evaluated:
         checkpoint, train_seconds = fit(module, dm, trainer, out_dir)
     else:

@@ -71,7 +71,9 @@ class GRankModule(ItemSoftmaxModule):
             checkpoint. None: use `blend` as given.
         generator: whose top k1 the ranker re-orders at serving and in the benchmark: "grank" (its own
             MIPS) or the checkpoint of a SASRec / KuaiFormer / DualGR model trained on the same data
-            (never trained here: frozen). Training is the same either way: the ranker's hard negatives
+            (never trained here: frozen), or that model's training YAML, which `genret benchmark` /
+            `genret train` first train on the same data (genret.training.grank_generator) and then use
+            as that checkpoint. Training is the same either way: the ranker's hard negatives
             come from GRank's own generator unless `hard_negatives_from` is "generator".
         hard_negatives_from: "own" (GRank's own generator's top `hard_pool`, every step) or
             "generator" (the `generator` checkpoint's top `hard_pool` for each training user's last

@@ -408,6 +408,44 @@ def test_a_trained_ranker_is_evaluated_over_another_generator_without_training(t
                   overrides=["--data.data", "synthetic:200x160", *TINY[2:]])
 
 
+def test_a_generator_given_as_a_config_is_trained_first_then_reused(tmp_path, caplog):
+    import logging
+
+    import yaml
+
+    from genret.eval.grank_benchmark import run_grank
+
+    # A tiny SASRec recipe on the same synthetic data: the generator's own training YAML.
+    settings = yaml.safe_load((CONFIGS / "sasrec_ml1m.yaml").read_text())
+    settings["trainer"].update(max_epochs=1, check_val_every_n_epoch=1)
+    settings["model"]["config"].update(d_model=16, d_ffn=32)
+    settings["data"].update(data="synthetic:200x150", load_kwargs={}, max_len=8)
+    generator_yaml = tmp_path / "sasrec_tiny.yaml"
+    generator_yaml.write_text(yaml.safe_dump(settings))
+    overrides = TINY + ["--model.generator", str(generator_yaml), "--model.hard_negatives_from", "generator"]
+    out = tmp_path / "pipeline"
+    res = run_grank("grank", CONFIGS / "grank_ml1m.yaml", out, ks=(5, 10), overrides=overrides)
+    generator_ckpt = out / "generator" / "model.ckpt"
+    assert generator_ckpt.is_file() and res["extra"]["generator"] == str(generator_ckpt.resolve())
+    assert "kuaiformer generator only" in res["baselines"]
+    # The GRank checkpoint serves with the trained generator, not the YAML.
+    served = GRankRetriever.from_checkpoint(res["checkpoint"], device="cpu")
+    assert served.generator is not None and len(served.retrieve(_histories(res["datamodule"], 2), k=5).items) == 2
+    # A second run with the same generator config and data reuses it instead of training again.
+    mtime = generator_ckpt.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="genret.training.grank_generator"):
+        run_grank("grank", CONFIGS / "grank_ml1m.yaml", out, ks=(5, 10), overrides=overrides)
+    assert "reusing" in caplog.text and generator_ckpt.stat().st_mtime_ns == mtime
+    with pytest.raises(FileNotFoundError, match="names a config that does not exist"):
+        run_grank("grank", CONFIGS / "grank_ml1m.yaml", tmp_path / "x", ks=(5, 10),
+                  overrides=TINY + ["--model.generator", "no_such_generator.yaml"])
+    with pytest.raises(ValueError, match="is a GRank config"):
+        run_grank("grank", CONFIGS / "grank_ml1m.yaml", tmp_path / "y", ks=(5, 10),
+                  overrides=TINY + ["--model.generator", str(CONFIGS / "grank_ml1m.yaml")])
+    with pytest.raises(ValueError, match="is a training config"):
+        GRankRetriever.from_checkpoint(res["checkpoint"], device="cpu", generator=str(generator_yaml))
+
+
 def test_validation_keeps_the_best_blend_of_each_epoch(trained):
     from genret.eval.grank_validation import GRankValidation
     from genret.eval.metrics import ranking_metrics

@@ -31,6 +31,18 @@ def test_shipped_configs_load(name, tmp_path):
     assert dm.item_features == [] and dm.side_features == []  # ids only: runs on any Amazon category
 
 
+def test_the_dualgr_pipeline_recipe_names_the_amazon_dualgr_recipe_as_its_generator(tmp_path, monkeypatch):
+    from genret.training.grank_generator import is_generator_config, resolve_config
+
+    module, dm, _ = build("grank", CONFIGS / "grank_amazon_dualgr.yaml", tmp_path)
+    assert module.hard_negatives_from == "generator" and is_generator_config(module.generator)
+    assert resolve_config(module.generator, CONFIGS).resolve() == (CONFIGS / "dualgr_amazon.yaml").resolve()
+    monkeypatch.chdir(tmp_path)  # elsewhere: found beside the GRank config
+    assert resolve_config(module.generator, CONFIGS) == CONFIGS / "dualgr_amazon.yaml"
+    assert module.k1 == module.hard_pool == module.val_k1 and module.beam_width > module.k1
+    assert dm.item_features == [] and dm.side_features == []  # ids only: runs on any Amazon category
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("grank")

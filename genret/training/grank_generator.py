@@ -47,7 +47,7 @@ def train_generator(module, dm, out_dir: str | Path, config_dir: Path | None = N
 
     config = resolve_config(module.generator, config_dir)
     out = Path(out_dir) / "generator"
-    signature = {"config": str(config), "config_text": config.read_text(), "data": str(dm.data)}
+    signature = {"config": config.name, "config_text": config.read_text(), "data": str(dm.data)}
     record, ckpt = out / RECORD, out / "model.ckpt"
     if record.is_file() and ckpt.is_file() and json.loads(record.read_text()) == signature:
         log.info("generator: reusing %s (trained from %s on %s)", ckpt, config, dm.data)

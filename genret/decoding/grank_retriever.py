@@ -73,7 +73,6 @@ class GRankRetriever:
         self.generator = generator
         self.ranker = ranker
 
-
     @property
     def device(self) -> torch.device:
         return self.model.item_embedding.weight.device
@@ -255,6 +254,16 @@ def per_history(values: dict[str, np.ndarray] | None, offsets: np.ndarray) -> di
             for name, v in values.items()}
 
 
+def batch_inputs(side: dict[str, np.ndarray] | None, users: np.ndarray | None, offsets: np.ndarray, start: int,
+                 stop: int) -> tuple[dict[str, list[list[float]]] | None, np.ndarray | None]:
+    """What an external generator embeds besides the items, for histories start..stop-1 of CSR
+    `offsets`: `side` (name -> flat values aligned with all the histories) in `retrieve`'s
+    per-history form, and those rows of `users` ((U, F) user-feature ids)."""
+    lo, hi = offsets[start], offsets[stop]
+    return (per_history(None if side is None else {n: v[lo:hi] for n, v in side.items()}, offsets[start:stop + 1] - lo),
+            None if users is None else users[start:stop])
+
+
 def generator_candidates(generator: Any, item_ids: np.ndarray, offsets: np.ndarray, items: np.ndarray, k1: int,
                          item_index: Any = None, side: dict[str, list] | None = None,
                          user_features: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -334,11 +343,10 @@ def generator_top_items(generator: str, item_ids: Sequence[Any], offsets: np.nda
                           disable=None if progress is None else not progress):
             stop = min(start + batch_size, n_users)
             lo, hi = offsets[start], offsets[stop]
+            batch_side, batch_users = batch_inputs(side, users, offsets, start, stop)
             out[start:stop, :k], out_scores[start:stop, :k] = generator_candidates(
                 model, item_ids, offsets[start:stop + 1] - lo, items[lo:hi], k, item_index=index,
-                side=per_history(None if side is None else {n: v[lo:hi] for n, v in side.items()},
-                                 offsets[start:stop + 1] - lo),
-                user_features=None if users is None else users[start:stop])
+                side=batch_side, user_features=batch_users)
     finally:
         del model
         gc.collect()
@@ -353,7 +361,9 @@ def load_generator(generator: str, device, beam_width: int | None = None):
         return None
     from genret.families import load_retriever
 
-    if Path(str(generator)).suffix in (".yaml", ".yml"):
+    from genret.training.grank_generator import is_generator_config
+
+    if is_generator_config(generator):
         raise ValueError(f"generator {generator} is a training config; `genret benchmark` / `genret train` train it "
                          "first (into DIR/generator), serving needs the trained checkpoint")
     if not Path(generator).is_file():

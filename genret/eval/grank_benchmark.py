@@ -29,7 +29,7 @@ def grank_lists(retriever, eval_set, k1: int, batch_size: int = 256, blends: lis
     and both scores are computed once; each blend only re-sorts them. `side` (raw per-action side
     features aligned with the histories, name -> (N,) values) and `user_features` ((m, F) ids): what
     an external generator embeds besides the items."""
-    from genret.decoding.grank_retriever import per_history
+    from genret.decoding.grank_retriever import batch_inputs
 
     blends = [retriever.blend] if blends is None else list(blends)
     offsets, items = np.asarray(eval_set.history_offsets), np.asarray(eval_set.history_items)
@@ -42,9 +42,8 @@ def grank_lists(retriever, eval_set, k1: int, batch_size: int = 256, blends: lis
         started = time.perf_counter()
         lo, hi = offsets[start], offsets[stop]
         sub = offsets[start:stop + 1] - lo
-        cand, gen, rank = retriever.candidate_scores(
-            sub, items[lo:hi], k1, per_history(None if side is None else {n: v[lo:hi] for n, v in side.items()}, sub),
-            None if user_features is None else user_features[start:stop])
+        cand, gen, rank = retriever.candidate_scores(sub, items[lo:hi], k1,
+                                                     *batch_inputs(side, user_features, offsets, start, stop))
         seconds += time.perf_counter() - started
         generated[start:stop, :cand.shape[1]] = cand
         for b in blends:

@@ -14,6 +14,8 @@ import json
 import logging
 from pathlib import Path
 
+from genret.io import atomic_path
+
 log = logging.getLogger(__name__)
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -60,8 +62,6 @@ def train_generator(module, dm, out_dir: str | Path, config_dir: Path | None = N
         record.unlink(missing_ok=True)  # a stale record must not vouch for a half-trained run
         g_module, g_dm, g_trainer = build(family, config, out, data=str(dm.data))
         ckpt, seconds = fit(g_module, g_dm, g_trainer, out)
-        from genret.io import atomic_path
-
         with atomic_path(out / RECORD) as tmp:
             Path(tmp).write_text(json.dumps(signature))
         log.info("generator: trained in %.0f s; %s", seconds, ckpt)

@@ -19,7 +19,8 @@ import tempfile
 
 import numpy as np
 
-from genret.eval.metrics import hits_at, paired_hit_difference
+from genret.eval.metrics import hits_at
+from genret.eval.report import format_paired_hits
 from genret.eval.retrievalformer_benchmark import run_retrievalformer
 
 STAGES = (("val", "val_ranks"), ("cold val", "cold_val_ranks"))
@@ -53,15 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             if ranks.shape != ref.shape:
                 raise SystemExit(f"{ckpt}: {stage} ranks {ranks.shape} vs the reference's {ref.shape}: "
                                  "not the same users")
-            parts = []
-            for k in ks:
-                hr = float(hits_at(ranks, k).mean())
-                if res is reference:
-                    parts.append(f"HR@{k} {hr:.4f}")
-                else:
-                    mean, half = paired_hit_difference(ranks, ref, k)
-                    parts.append(f"HR@{k} {hr:.4f} ({100 * mean:+.2f} +- {100 * half:.2f} pts)")
-            print(f"  {stage} ({len(ranks)} users): " + "; ".join(parts))
+            line = ("; ".join(f"HR@{k} {hits_at(ranks, k).mean():.4f}" for k in ks) if res is reference
+                    else format_paired_hits(ranks, ref, ks))
+            print(f"  {stage} ({len(ranks)} users): {line}")
     return 0
 
 

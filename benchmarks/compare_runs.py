@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genret.eval.metrics import hits_at, paired_hit_difference
+from genret.eval.report import format_paired_hits
 from genret.eval.run_record import RECORD_NAME
 
 STAGES = (("val", "val_ranks"), ("test", "test_ranks"))
@@ -40,11 +40,7 @@ def compare(reference: dict, other: dict, ks: list[int]) -> list[str]:
         a, b = np.asarray(other[key]), np.asarray(reference[key])
         if a.shape != b.shape:
             raise SystemExit(f"{stage}: the runs ranked {len(a)} and {len(b)} users; compare runs on the same split")
-        cells = []
-        for k in ks:
-            diff, half = paired_hit_difference(a, b, k)
-            cells.append(f"HR@{k} {hits_at(a, k).mean():.4f} ({100 * diff:+.2f} +- {100 * half:.2f} pts)")
-        lines.append(f"  {stage}: " + "; ".join(cells))
+        lines.append(f"  {stage}: " + format_paired_hits(a, b, ks))
     return lines
 
 

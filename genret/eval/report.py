@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from genret.eval.metrics import paired_hit_difference
+from genret.eval.metrics import hits_at, paired_hit_difference
 from genret.io import ARTIFACT_VERSION, atomic_path, write_json, write_text
 
 # Published numbers under the same protocols (see shared/data/README.md, "Published reference numbers").
@@ -99,6 +99,16 @@ def _cell(metrics: Mapping[str, Any], name: str, k: int, percent: bool = False) 
         return "-"
     text = f"{100 * float(value):.3f}%" if percent else f"{float(value):.4f}"
     return text + ("*" if metrics.get(f"truncated@{k}") else "")
+
+
+def format_paired_hits(ranks: Any, reference_ranks: Any, ks: Iterable[int]) -> str:
+    """One line of HR@K for each K with the paired difference to a reference on the same users and
+    its 95% half-width, in points: "HR@10 0.2780 (+0.40 +- 0.44 pts); ..." (the compare scripts)."""
+    cells = []
+    for k in ks:
+        diff, half = paired_hit_difference(ranks, reference_ranks, k)
+        cells.append(f"HR@{k} {hits_at(ranks, k).mean():.4f} ({100 * diff:+.2f} +- {100 * half:.2f} pts)")
+    return "; ".join(cells)
 
 
 def format_metrics_table(rows: Mapping[str, Mapping[str, Any]], ks: Iterable[int] = (10, 50, 100, 500)) -> str:

@@ -46,10 +46,10 @@ def main(argv: list[str]) -> int:
     module, dm, trainer = build(family, args.config, _root_dir(args.config, rest), rest, log_to_out_dir=False)
     out = Path(trainer.default_root_dir)
     if subcommand == "fit":
-        if family.name == "grank":  # model.generator given as a YAML: train it first (out/generator)
-            from genret.training.grank_generator import train_generator
+        if family.name == "grank":  # model.init_from / generator given as YAMLs: train them first (out/init, ...)
+            from genret.training.grank_generator import train_first
 
-            train_generator(module, dm, out, Path(args.config).parent)
+            train_first(module, dm, out, Path(args.config).parent)
         ckpt, seconds = fit(module, dm, trainer, out, ckpt_path=args.ckpt_path)
         if trainer.is_global_zero:
             print(f"[genret] {family.name}: trained in {seconds:.0f} s; kept weights in {ckpt}; "

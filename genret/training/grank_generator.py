@@ -1,11 +1,16 @@
-"""GRank's external generator given as a training config: `model.generator: configs/dualgr_amazon.yaml`
-makes "generate with DualGR's beams (or SASRec's top-K), then rank" one command. Before GRank trains,
-the generator's YAML is trained on the same data set into DIR/generator (any family's config;
-`genret train` would train it the same way), and GRank continues with that checkpoint as its
-generator, exactly as with `model.generator: <checkpoint>`.
+"""The models a GRank run starts from, given as training configs and trained first on the same data:
 
-A finished generator run is reused when its config text and data set are the same (a GRank run
-that stopped later need not train its generator again); anything else trains it anew.
+* `model.generator: configs/dualgr_amazon.yaml` makes "generate with DualGR's beams (or SASRec's
+  top-K), then rank" one command: the generator's YAML (any other family's config; `genret train`
+  would train it the same way) is trained into DIR/generator, and GRank continues with that
+  checkpoint as its generator, exactly as with `model.generator: <checkpoint>`.
+* `model.init_from: configs/grank_amazon_generator.yaml` makes "train GRank's generator to
+  convergence, then the ranker on it" one command: that GRank YAML is trained into DIR/init, and
+  this run starts from its weights, exactly as with `model.init_from: <checkpoint>` (with
+  `freeze_generator` only the ranker then trains).
+
+A finished run is reused when its config text and data set are the same (a GRank run that stopped
+later need not train its first stages again); anything else trains it anew.
 """
 
 from __future__ import annotations
@@ -26,16 +31,17 @@ def is_generator_config(generator: str | None) -> bool:
     return generator is not None and Path(str(generator)).suffix in CONFIG_SUFFIXES
 
 
-def resolve_config(generator: str, config_dir: Path | None = None) -> Path:
-    """The generator's YAML: as given (relative to the working directory), else beside GRank's own config."""
+def resolve_config(generator: str, config_dir: Path | None = None, key: str = "model.generator") -> Path:
+    """The YAML `key` names: as given (relative to the working directory), else beside GRank's own config."""
     path = Path(generator)
     if path.is_file():
         return path
     if config_dir is not None and (Path(config_dir) / path.name).is_file():
         return Path(config_dir) / path.name
-    raise FileNotFoundError(f"model.generator {generator} names a config that does not exist (looked in the working "
+    raise FileNotFoundError(f"{key} {generator} names a config that does not exist (looked in the working "
                             f"directory{' and ' + str(config_dir) if config_dir else ''}); give a training YAML "
-                            "(e.g. configs/dualgr_amazon.yaml), a trained checkpoint, or 'grank'")
+                            "(e.g. configs/dualgr_amazon.yaml), a trained checkpoint"
+                            f"{', or grank' if key == 'model.generator' else ''}")
 
 
 def train_generator(module, dm, out_dir: str | Path, config_dir: Path | None = None) -> str | None:
@@ -44,26 +50,56 @@ def train_generator(module, dm, out_dir: str | Path, config_dir: Path | None = N
     and return that path; otherwise do nothing and return None."""
     if not is_generator_config(module.generator):
         return None
+    config = resolve_config(module.generator, config_dir)
+    module.generator = _train_or_reuse(config, dm, Path(out_dir) / "generator", "model.generator", grank=False)
+    return module.generator
+
+
+def train_init(module, dm, out_dir: str | Path, config_dir: Path | None = None) -> str | None:
+    """When `module.init_from` is a YAML (a GRank config): train it on `dm`'s data set into
+    out_dir/init (or reuse a finished run of the same config and data there), point
+    `module.init_from` at its checkpoint and return that path; otherwise do nothing and return None.
+    Call before fitting: the weights are loaded when the network is built."""
+    if not is_generator_config(module.init_from):
+        return None
+    config = resolve_config(module.init_from, config_dir, "model.init_from")
+    module.init_from = _train_or_reuse(config, dm, Path(out_dir) / "init", "model.init_from", grank=True)
+    return module.init_from
+
+
+def train_first(module, dm, out_dir: str | Path, config_dir: Path | None = None) -> None:
+    """Both of the above: the stages a GRank run names as training configs, trained (or reused) first."""
+    train_init(module, dm, out_dir, config_dir)
+    train_generator(module, dm, out_dir, config_dir)
+
+
+def _train_or_reuse(config: Path, dm, out: Path, key: str, grank: bool) -> str:
+    """Train `config` on dm's data set into `out` unless a finished run of the same config text and
+    data is there; the absolute path of its checkpoint (a GRank checkpoint serves from anywhere).
+    `grank`: whether the config must be a GRank one (init_from) or must not be (a generator)."""
     from genret.families import family_for_config
     from genret.training.run import build, fit
 
-    config = resolve_config(module.generator, config_dir)
-    out = Path(out_dir) / "generator"
     signature = {"config": config.name, "config_text": config.read_text(), "data": str(dm.data)}
     record, ckpt = out / RECORD, out / "model.ckpt"
+    what = key.removeprefix("model.")
     if record.is_file() and ckpt.is_file() and json.loads(record.read_text()) == signature:
-        log.info("generator: reusing %s (trained from %s on %s)", ckpt, config, dm.data)
+        log.info("%s: reusing %s (trained from %s on %s)", what, ckpt, config, dm.data)
     else:
         family = family_for_config(config)
-        if family.name == "grank":
-            raise ValueError(f"model.generator {config} is a GRank config; a generator is another family's model "
+        if grank and family.name != "grank":
+            raise ValueError(f"{key} {config} is a {family.name} config; GRank starts from a GRank model's weights: "
+                             "give a GRank training YAML (e.g. configs/grank_amazon_generator.yaml) or checkpoint")
+        if not grank and family.name == "grank":
+            raise ValueError(f"{key} {config} is a GRank config; a generator is another family's model "
                              "(DualGR, SASRec, KuaiFormer): use 'grank' for GRank's own generator")
-        log.info("generator: training %s (%s) on %s into %s", config, family.name, dm.data, out)
+        log.info("%s: training %s (%s) on %s into %s", what, config, family.name, dm.data, out)
         record.unlink(missing_ok=True)  # a stale record must not vouch for a half-trained run
-        g_module, g_dm, g_trainer = build(family, config, out, data=str(dm.data))
-        ckpt, seconds = fit(g_module, g_dm, g_trainer, out)
+        stage_module, stage_dm, stage_trainer = build(family, config, out, data=str(dm.data))
+        if grank:  # a GRank first stage may itself name stages (its own generator YAML, ...)
+            train_first(stage_module, stage_dm, out, config.parent)
+        ckpt, seconds = fit(stage_module, stage_dm, stage_trainer, out)
         with atomic_path(out / RECORD) as tmp:
             Path(tmp).write_text(json.dumps(signature))
-        log.info("generator: trained in %.0f s; %s", seconds, ckpt)
-    module.generator = str(Path(ckpt).resolve())  # absolute: the GRank checkpoint serves from it anywhere
-    return module.generator
+        log.info("%s: trained in %.0f s; %s", what, seconds, ckpt)
+    return str(Path(ckpt).resolve())

@@ -61,7 +61,9 @@ class GRankModule(ItemSoftmaxModule):
         hard_negatives, hard_pool: generator top-`hard_pool` items the ranker scores per example.
         ranker_rows: examples per batch the ranker trains on (a random subset; its 1,000-item
             cross-attention dominated the step: ~4 of 10 s for 512 examples on ML-1M).
-        freeze_generator: train the ranker only. init_from: GRank checkpoint whose weights to start from.
+        freeze_generator: train the ranker only. init_from: GRank checkpoint whose weights to start from,
+            or a GRank training YAML, which `genret benchmark` / `genret train` first train on the same
+            data (into DIR/init, genret.training.grank_generator) and then start from.
         k1: candidates per user at serving and in the benchmark. val_k1: at validation (smaller: faster).
         blend: final score = s_ca + blend * g(u, c) (0 = the ranker alone, the paper's), where g is the
             generator's own score (GRank's <h_u, e(c)>, a DualGR beam's log-probability, ...).
@@ -162,6 +164,13 @@ class GRankModule(ItemSoftmaxModule):
         self.catalogue = {"dataset": dm.log_all.name, "item_ids": dm.log_all.item_ids.tolist()}
         if self.init_from:
             from genret.training.checkpoint import load_checkpoint, model_state
+            from genret.training.grank_generator import is_generator_config
+
+            if is_generator_config(self.init_from):
+                raise RuntimeError(f"model.init_from {self.init_from} is a training config: `genret train` / "
+                                   "`genret benchmark` train it first; a hand-built run calls "
+                                   "genret.training.grank_generator.train_init(module, datamodule, out_dir) "
+                                   "before fitting, or passes a trained GRank checkpoint")
 
             checkpoint, entry = load_checkpoint(self.init_from, family="grank")
             if entry["config"]["n_items"] != dm.n_items:

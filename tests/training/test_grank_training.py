@@ -458,6 +458,51 @@ def test_a_generator_given_as_a_config_is_trained_first_then_reused(tmp_path, ca
         GRankRetriever.from_checkpoint(res["checkpoint"], device="cpu", generator=str(generator_yaml))
 
 
+def test_init_from_a_grank_config_trains_that_stage_first_then_the_ranker_on_it(tmp_path, caplog):
+    import logging
+
+    import yaml
+
+    from genret.eval.grank_benchmark import run_grank
+    from genret.training.checkpoint import load_checkpoint, model_state
+
+    # Stage 1: GRank's generator alone (no auxiliary tokens, no ranker), as a YAML of its own.
+    settings = yaml.safe_load((CONFIGS / "grank_ml1m.yaml").read_text())
+    settings["trainer"].update(max_epochs=1, check_val_every_n_epoch=1, max_time=None)
+    settings["model"]["config"].update(d_model=16, d_ffn=32, n_layers=1, ranker_hidden=16)
+    settings["model"].update(aux_weight=0.0, ranker_weight=0.0, k1=40, val_k1=20, warmup_steps=0)
+    settings["data"].update(data="synthetic:200x150", load_kwargs={}, max_len=8, long_len=20, batch_size=64)
+    stage1 = tmp_path / "grank_generator_tiny.yaml"
+    stage1.write_text(yaml.safe_dump(settings))
+    overrides = TINY + ["--model.init_from", str(stage1), "--model.freeze_generator", "true", "--model.lr", "0.01"]
+    out = tmp_path / "two_stages"
+    torch.manual_seed(0)
+    res = run_grank("grank", CONFIGS / "grank_ml1m.yaml", out, ks=(5, 10), overrides=overrides)
+    init_ckpt = out / "init" / "model.ckpt"
+    assert init_ckpt.is_file()
+    first = model_state(load_checkpoint(init_ckpt, family="grank")[0])
+    final = model_state(load_checkpoint(res["checkpoint"], family="grank")[0])
+    # The generator (item table, transformer) is stage 1's; only the ranker trained on top of it.
+    assert all(torch.equal(final[n], first[n]) for n in first if not n.startswith("ranker."))
+    assert any(not torch.equal(final[n], first[n]) for n in first if n.startswith("ranker."))
+    # Run again with the same stage-1 config and data: reused, not retrained.
+    mtime = init_ckpt.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="genret.training.grank_generator"):
+        run_grank("grank", CONFIGS / "grank_ml1m.yaml", out, ks=(5, 10), overrides=overrides)
+    assert "init_from: reusing" in caplog.text and init_ckpt.stat().st_mtime_ns == mtime
+    # Another family's config cannot be GRank's starting weights; a hand-built run must train it first.
+    sasrec = yaml.safe_load((CONFIGS / "sasrec_ml1m.yaml").read_text())
+    sasrec["data"].update(data="synthetic:200x150", load_kwargs={})
+    (tmp_path / "sasrec_tiny.yaml").write_text(yaml.safe_dump(sasrec))
+    with pytest.raises(ValueError, match="is a sasrec config; GRank starts from a GRank model"):
+        run_grank("grank", CONFIGS / "grank_ml1m.yaml", tmp_path / "x", ks=(5, 10),
+                  overrides=TINY + ["--model.init_from", str(tmp_path / "sasrec_tiny.yaml")])
+    module, dm, trainer = build("grank", CONFIGS / "grank_ml1m.yaml", tmp_path / "y",
+                                TINY + ["--model.init_from", str(stage1)])
+    with pytest.raises(RuntimeError, match="is a training config"):
+        fit(module, dm, trainer, tmp_path / "y")
+
+
 def test_validation_keeps_the_best_blend_of_each_epoch(trained):
     from genret.eval.grank_validation import GRankValidation
     from genret.eval.metrics import ranking_metrics

@@ -41,6 +41,13 @@ def test_the_dualgr_pipeline_recipe_names_the_amazon_dualgr_recipe_as_its_genera
     assert resolve_config(module.generator, CONFIGS) == CONFIGS / "dualgr_amazon.yaml"
     assert module.k1 == module.hard_pool == module.val_k1 and module.beam_width > module.k1
     assert dm.item_features == [] and dm.side_features == []  # ids only: runs on any Amazon category
+    # Stage 1, GRank's generator alone, is a GRank recipe of its own that the ranker starts from, frozen.
+    init = resolve_config(module.init_from, CONFIGS, "model.init_from")
+    assert init.name == "grank_amazon_generator.yaml" and module.freeze_generator
+    first, first_dm, _ = build("grank", init, tmp_path / "init")
+    assert first.ranker_weight == 0 and first.aux_weight == 0 and first_dm.cuts_per_user == 1
+    assert first.config == module.config  # the same network: its weights load into the ranker's run
+    assert first_dm.item_features == [] and first_dm.side_features == []
 
 
 @pytest.fixture(scope="module")

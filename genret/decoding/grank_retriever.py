@@ -361,9 +361,9 @@ def load_generator(generator: str, device, beam_width: int | None = None):
         return None
     from genret.families import load_retriever
 
-    from genret.training.grank_generator import is_generator_config
+    from genret.training.grank_generator import is_training_config
 
-    if is_generator_config(generator):
+    if is_training_config(generator):
         raise ValueError(f"generator {generator} is a training config; `genret benchmark` / `genret train` train it "
                          "first (into DIR/generator), serving needs the trained checkpoint")
     if not Path(generator).is_file():

@@ -130,18 +130,19 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
         of both lists (paired comparisons).
     """
     from genret.decoding.grank_retriever import GRankRetriever
-    from genret.training.grank_generator import train_generator, train_init
+    from genret.training.grank_generator import seed_override, train_generator, train_init
     from genret.training.run import build, fit
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     module, dm, trainer = build(family, config, out_dir, overrides, data)
     evaluated = checkpoint is not None
-    # model.init_from / model.generator given as YAMLs: train those first (out_dir/init, out_dir/generator),
-    # then use their checkpoints (a trained GRank being evaluated needs no init).
+    # model.init_from / model.generator given as YAMLs: train those first (out_dir/init, out_dir/generator;
+    # with this run's --seed_everything), then use their checkpoints (a GRank being evaluated needs no init).
+    seed = seed_override(overrides)
     if not evaluated:
-        train_init(module, dm, out_dir, Path(config).parent)
-    train_generator(module, dm, out_dir, Path(config).parent)
+        train_init(module, dm, out_dir, Path(config).parent, seed)
+    train_generator(module, dm, out_dir, Path(config).parent, seed)
     if not evaluated:
         checkpoint, train_seconds = fit(module, dm, trainer, out_dir)
     else:

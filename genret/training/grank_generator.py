@@ -9,8 +9,10 @@
   this run starts from its weights, exactly as with `model.init_from: <checkpoint>` (with
   `freeze_generator` only the ranker then trains).
 
-A finished run is reused when its config text and data set are the same (a GRank run that stopped
-later need not train its first stages again); anything else trains it anew.
+A `--seed_everything S` given to the GRank run is given to these stages too (seed S of each
+model, as a multi-seed comparison wants); without one they use their YAML's seed. A finished run is
+reused when its config text, data set and seed are the same (a GRank run that stopped later need
+not train its first stages again); anything else trains it anew.
 """
 
 from __future__ import annotations
@@ -27,8 +29,20 @@ CONFIG_SUFFIXES = (".yaml", ".yml")
 RECORD = "generator_run.json"
 
 
-def is_generator_config(generator: str | None) -> bool:
-    return generator is not None and Path(str(generator)).suffix in CONFIG_SUFFIXES
+def is_training_config(value: str | None) -> bool:
+    """Whether a model.generator / model.init_from value names a training YAML (not a checkpoint)."""
+    return value is not None and Path(str(value)).suffix in CONFIG_SUFFIXES
+
+
+def seed_override(overrides: list[str] | None) -> int | None:
+    """The last `--seed_everything S` (or `--seed_everything=S`) among command-line overrides, or None."""
+    seed, args = None, list(overrides or [])
+    for i, arg in enumerate(args):
+        if arg == "--seed_everything" and i + 1 < len(args):
+            seed = args[i + 1]
+        elif arg.startswith("--seed_everything="):
+            seed = arg.split("=", 1)[1]
+    return None if seed is None else int(seed)
 
 
 def resolve_config(generator: str, config_dir: Path | None = None, key: str = "model.generator") -> Path:
@@ -44,43 +58,47 @@ def resolve_config(generator: str, config_dir: Path | None = None, key: str = "m
                             f"{', or grank' if key == 'model.generator' else ''}")
 
 
-def train_generator(module, dm, out_dir: str | Path, config_dir: Path | None = None) -> str | None:
+def train_generator(module, dm, out_dir: str | Path, config_dir: Path | None = None,
+                    seed: int | None = None) -> str | None:
     """When `module.generator` is a YAML: train it on `dm`'s data set into out_dir/generator (or reuse
     a finished run of the same config and data there), point `module.generator` at its checkpoint
     and return that path; otherwise do nothing and return None."""
-    if not is_generator_config(module.generator):
+    if not is_training_config(module.generator):
         return None
     config = resolve_config(module.generator, config_dir)
-    module.generator = _train_or_reuse(config, dm, Path(out_dir) / "generator", "model.generator", grank=False)
+    module.generator = _train_or_reuse(config, dm, Path(out_dir) / "generator", "model.generator", False, seed)
     return module.generator
 
 
-def train_init(module, dm, out_dir: str | Path, config_dir: Path | None = None) -> str | None:
+def train_init(module, dm, out_dir: str | Path, config_dir: Path | None = None, seed: int | None = None) -> str | None:
     """When `module.init_from` is a YAML (a GRank config): train it on `dm`'s data set into
     out_dir/init (or reuse a finished run of the same config and data there), point
     `module.init_from` at its checkpoint and return that path; otherwise do nothing and return None.
     Call before fitting: the weights are loaded when the network is built."""
-    if not is_generator_config(module.init_from):
+    if not is_training_config(module.init_from):
         return None
     config = resolve_config(module.init_from, config_dir, "model.init_from")
-    module.init_from = _train_or_reuse(config, dm, Path(out_dir) / "init", "model.init_from", grank=True)
+    module.init_from = _train_or_reuse(config, dm, Path(out_dir) / "init", "model.init_from", True, seed)
     return module.init_from
 
 
-def train_first(module, dm, out_dir: str | Path, config_dir: Path | None = None) -> None:
+def train_first(module, dm, out_dir: str | Path, config_dir: Path | None = None, seed: int | None = None) -> None:
     """Both of the above: the stages a GRank run names as training configs, trained (or reused) first."""
-    train_init(module, dm, out_dir, config_dir)
-    train_generator(module, dm, out_dir, config_dir)
+    train_init(module, dm, out_dir, config_dir, seed)
+    train_generator(module, dm, out_dir, config_dir, seed)
 
 
-def _train_or_reuse(config: Path, dm, out: Path, key: str, grank: bool) -> str:
-    """Train `config` on dm's data set into `out` unless a finished run of the same config text and
-    data is there; the absolute path of its checkpoint (a GRank checkpoint serves from anywhere).
-    `grank`: whether the config must be a GRank one (init_from) or must not be (a generator)."""
+def _train_or_reuse(config: Path, dm, out: Path, key: str, grank: bool, seed: int | None) -> str:
+    """Train `config` on dm's data set into `out` (with `seed`, if given) unless a finished run of the
+    same config text, data and seed is there; the absolute path of its checkpoint (a GRank checkpoint
+    serves from anywhere). `grank`: whether the config must be a GRank one (init_from) or must not be
+    (a generator)."""
     from genret.families import family_for_config
     from genret.training.run import build, fit
 
     signature = {"config": config.name, "config_text": config.read_text(), "data": str(dm.data)}
+    if seed is not None:
+        signature["seed"] = seed
     record, ckpt = out / RECORD, out / "model.ckpt"
     what = key.removeprefix("model.")
     if record.is_file() and ckpt.is_file() and json.loads(record.read_text()) == signature:
@@ -95,9 +113,10 @@ def _train_or_reuse(config: Path, dm, out: Path, key: str, grank: bool) -> str:
                              "(DualGR, SASRec, KuaiFormer): use 'grank' for GRank's own generator")
         log.info("%s: training %s (%s) on %s into %s", what, config, family.name, dm.data, out)
         record.unlink(missing_ok=True)  # a stale record must not vouch for a half-trained run
-        stage_module, stage_dm, stage_trainer = build(family, config, out, data=str(dm.data))
+        overrides = [] if seed is None else ["--seed_everything", str(seed)]
+        stage_module, stage_dm, stage_trainer = build(family, config, out, overrides, data=str(dm.data))
         if grank:  # a GRank first stage may itself name stages (its own generator YAML, ...)
-            train_first(stage_module, stage_dm, out, config.parent)
+            train_first(stage_module, stage_dm, out, config.parent, seed)
         ckpt, seconds = fit(stage_module, stage_dm, stage_trainer, out)
         with atomic_path(out / RECORD) as tmp:
             Path(tmp).write_text(json.dumps(signature))

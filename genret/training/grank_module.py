@@ -164,9 +164,9 @@ class GRankModule(ItemSoftmaxModule):
         self.catalogue = {"dataset": dm.log_all.name, "item_ids": dm.log_all.item_ids.tolist()}
         if self.init_from:
             from genret.training.checkpoint import load_checkpoint, model_state
-            from genret.training.grank_generator import is_generator_config
+            from genret.training.grank_generator import is_training_config
 
-            if is_generator_config(self.init_from):
+            if is_training_config(self.init_from):
                 raise RuntimeError(f"model.init_from {self.init_from} is a training config: `genret train` / "
                                    "`genret benchmark` train it first; a hand-built run calls "
                                    "genret.training.grank_generator.train_init(module, datamodule, out_dir) "

@@ -32,10 +32,10 @@ def test_shipped_configs_load(name, tmp_path):
 
 
 def test_the_dualgr_pipeline_recipe_names_the_amazon_dualgr_recipe_as_its_generator(tmp_path, monkeypatch):
-    from genret.training.grank_generator import is_generator_config, resolve_config
+    from genret.training.grank_generator import is_training_config, resolve_config
 
     module, dm, _ = build("grank", CONFIGS / "grank_amazon_dualgr.yaml", tmp_path)
-    assert module.hard_negatives_from == "generator" and is_generator_config(module.generator)
+    assert module.hard_negatives_from == "generator" and is_training_config(module.generator)
     assert resolve_config(module.generator, CONFIGS).resolve() == (CONFIGS / "dualgr_amazon.yaml").resolve()
     monkeypatch.chdir(tmp_path)  # elsewhere: found beside the GRank config
     assert resolve_config(module.generator, CONFIGS) == CONFIGS / "dualgr_amazon.yaml"
@@ -466,6 +466,7 @@ def test_a_generator_given_as_a_config_is_trained_first_then_reused(tmp_path, ca
 
 
 def test_init_from_a_grank_config_trains_that_stage_first_then_the_ranker_on_it(tmp_path, caplog):
+    import json
     import logging
 
     import yaml
@@ -497,6 +498,12 @@ def test_init_from_a_grank_config_trains_that_stage_first_then_the_ranker_on_it(
     with caplog.at_level(logging.INFO, logger="genret.training.grank_generator"):
         run_grank("grank", CONFIGS / "grank_ml1m.yaml", out, ks=(5, 10), overrides=overrides)
     assert "init_from: reusing" in caplog.text and init_ckpt.stat().st_mtime_ns == mtime
+    # The run's own seed goes to its first stage too: another seed trains stage 1 again, with that seed.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="genret.training.grank_generator"):
+        run_grank("grank", CONFIGS / "grank_ml1m.yaml", out, ks=(5, 10), overrides=overrides + ["--seed_everything", "5"])
+    assert "init_from: training" in caplog.text and init_ckpt.stat().st_mtime_ns != mtime
+    assert json.loads((out / "init" / "generator_run.json").read_text())["seed"] == 5
     # Another family's config cannot be GRank's starting weights; a hand-built run must train it first.
     sasrec = yaml.safe_load((CONFIGS / "sasrec_ml1m.yaml").read_text())
     sasrec["data"].update(data="synthetic:200x150", load_kwargs={})
@@ -508,6 +515,14 @@ def test_init_from_a_grank_config_trains_that_stage_first_then_the_ranker_on_it(
                                 TINY + ["--model.init_from", str(stage1)])
     with pytest.raises(RuntimeError, match="is a training config"):
         fit(module, dm, trainer, tmp_path / "y")
+
+
+def test_the_seed_override_is_read_from_the_command_line():
+    from genret.training.grank_generator import seed_override
+
+    assert seed_override(None) is None and seed_override(["--model.k1", "5"]) is None
+    assert seed_override(["--seed_everything", "3", "--x", "1", "--seed_everything=7"]) == 7
+    assert seed_override(["--seed_everything", "2"]) == 2
 
 
 def test_validation_keeps_the_best_blend_of_each_epoch(trained):

@@ -35,6 +35,9 @@ from genret.models.kuaiformer import Block, attention_mask
 from genret.models.layers import init_weights
 
 
+READOUTS = ("user_token", "last_position")
+
+
 @dataclass
 class GRankConfig:
     """Sizes of GRank. n_items, max_len and long_len are filled in from the data module."""
@@ -52,6 +55,10 @@ class GRankConfig:
     # paper, whose final order is s_ca alone; see docs/experiments/2026-12-04-grank.md). Any candidate source works: h_u is
     # GRank's own user vector.
     ranker_residual: bool = False
+    # Which output is the user vector h_u: "user_token" (U, the paper's) or "last_position" (the newest
+    # item's output, as SASRec reads it; U is then unused). Beyond the paper: a diagnostic of why
+    # GRank's generator trails SASRec on Beauty (docs/experiments/2026-12-05-grank-two-stage-beauty.md).
+    readout: str = "user_token"
 
     @property
     def ffn_width(self) -> int:
@@ -63,6 +70,8 @@ class GRankConfig:
             raise ValueError(f"n_items must be >= 1 (the catalogue size), got {self.n_items}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         for name in ("max_len", "long_len", "n_layers", "ranker_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -191,7 +200,12 @@ class GRank(nn.Module):
     def user_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """(B, T) right-aligned windows -> user vectors h_u (B, d)."""
         hidden, _ = self.encode(items)
-        return hidden[:, -1]
+        return self.readout(hidden)
+
+    def readout(self, hidden: torch.Tensor) -> torch.Tensor:
+        """h_u (B, d) from `encode`'s hidden (B, T + 1, d): U's output, or the newest item's (windows are
+        right-aligned, so position T - 1 holds every user's newest item)."""
+        return hidden[:, -1] if self.config.readout == "user_token" else hidden[:, -2]
 
     def position_states(self, hidden: torch.Tensor) -> torch.Tensor:
         """Outputs at the history positions (B, T, d): position t predicts item t + 1 (dense NTP)."""

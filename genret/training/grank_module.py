@@ -230,7 +230,7 @@ class GRankModule(ItemSoftmaxModule):
         generator_trains = not self.freeze_generator
         with torch.set_grad_enabled(generator_trains and torch.is_grad_enabled()):
             hidden, cand_states = self.model.encode(items, aux)
-        users = hidden[:, -1]
+        users = self.model.readout(hidden)
         table = self.model.item_vectors()
         if generator_trains and self.ntp_weight > 0:
             out["ntp"] = self.ntp_weight * self.ntp_loss(users, targets)

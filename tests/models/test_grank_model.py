@@ -46,6 +46,22 @@ def test_generate_and_rank_excludes_and_returns_k1_candidates():
                                                            items >= 0))
 
 
+def test_last_position_readout_is_the_newest_items_output_and_ignores_the_user_token():
+    import pytest
+
+    model = tiny(readout="last_position")
+    items = torch.tensor([[-1, -1, 3, 4, 5], [1, 2, 3, 4, 5]])
+    hidden, _ = model.encode(items)
+    torch.testing.assert_close(model.user_vectors(items), hidden[:, -2])
+    before = model.user_vectors(items)
+    with torch.no_grad():
+        model.user_token.add_(1.0)  # U comes after every item: the items never see it
+    torch.testing.assert_close(model.user_vectors(items), before)
+    assert torch.equal(tiny().user_vectors(items), tiny().encode(items)[0][:, -1])  # the paper's: U
+    with pytest.raises(ValueError, match="readout must be one of"):
+        tiny(readout="mean")
+
+
 class DotProduct(nn.Module):
     """The baseline: a user vector from the mean of the history embeddings (through an MLP), scored by
     a dot product with the candidate's embedding."""

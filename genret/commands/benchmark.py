@@ -280,6 +280,8 @@ def seed_list(spec: str, config: str | Path, overrides: list[str]) -> list[int]:
     """
     import yaml
 
+    from genret.training.run import seed_override
+
     text = str(spec).strip()
     try:
         if "," in text:
@@ -301,9 +303,7 @@ def seed_list(spec: str, config: str | Path, overrides: list[str]) -> list[int]:
         return seeds
     base = 0
     if fixed:
-        i = overrides.index(fixed[-1])
-        value = fixed[-1].split("=", 1)[1] if "=" in fixed[-1] else overrides[i + 1] if i + 1 < len(overrides) else "0"
-        base = int(value) if value.lstrip("-").isdigit() else 0
+        base = seed_override(overrides) or 0
     elif Path(config).is_file():
         seed = (yaml.safe_load(Path(config).read_text()) or {}).get("seed_everything", 0)
         base = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0

@@ -47,7 +47,8 @@ def main(argv: list[str]) -> int:
     out = Path(trainer.default_root_dir)
     if subcommand == "fit":
         if family.name == "grank":  # model.init_from / generator given as YAMLs: train them first (out/init, ...)
-            from genret.training.grank_generator import seed_override, train_first
+            from genret.training.grank_generator import train_first
+            from genret.training.run import seed_override
 
             train_first(module, dm, out, Path(args.config).parent, seed_override(rest))
         ckpt, seconds = fit(module, dm, trainer, out, ckpt_path=args.ckpt_path)

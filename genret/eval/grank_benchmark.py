@@ -130,8 +130,8 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
         of both lists (paired comparisons).
     """
     from genret.decoding.grank_retriever import GRankRetriever
-    from genret.training.grank_generator import seed_override, train_generator, train_init
-    from genret.training.run import build, fit
+    from genret.training.grank_generator import train_generator, train_init
+    from genret.training.run import build, fit, seed_override
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -34,25 +34,14 @@ def is_training_config(value: str | None) -> bool:
     return value is not None and Path(str(value)).suffix in CONFIG_SUFFIXES
 
 
-def seed_override(overrides: list[str] | None) -> int | None:
-    """The last `--seed_everything S` (or `--seed_everything=S`) among command-line overrides, or None."""
-    seed, args = None, list(overrides or [])
-    for i, arg in enumerate(args):
-        if arg == "--seed_everything" and i + 1 < len(args):
-            seed = args[i + 1]
-        elif arg.startswith("--seed_everything="):
-            seed = arg.split("=", 1)[1]
-    return None if seed is None else int(seed)
-
-
-def resolve_config(generator: str, config_dir: Path | None = None, key: str = "model.generator") -> Path:
+def resolve_config(value: str, config_dir: Path | None = None, key: str = "model.generator") -> Path:
     """The YAML `key` names: as given (relative to the working directory), else beside GRank's own config."""
-    path = Path(generator)
+    path = Path(value)
     if path.is_file():
         return path
     if config_dir is not None and (Path(config_dir) / path.name).is_file():
         return Path(config_dir) / path.name
-    raise FileNotFoundError(f"{key} {generator} names a config that does not exist (looked in the working "
+    raise FileNotFoundError(f"{key} {value} names a config that does not exist (looked in the working "
                             f"directory{' and ' + str(config_dir) if config_dir else ''}); give a training YAML "
                             "(e.g. configs/dualgr_amazon.yaml), a trained checkpoint"
                             f"{', or grank' if key == 'model.generator' else ''}")
@@ -61,24 +50,24 @@ def resolve_config(generator: str, config_dir: Path | None = None, key: str = "m
 def train_generator(module, dm, out_dir: str | Path, config_dir: Path | None = None,
                     seed: int | None = None) -> str | None:
     """When `module.generator` is a YAML: train it on `dm`'s data set into out_dir/generator (or reuse
-    a finished run of the same config and data there), point `module.generator` at its checkpoint
+    a finished run of the same config, data and seed there), point `module.generator` at its checkpoint
     and return that path; otherwise do nothing and return None."""
     if not is_training_config(module.generator):
         return None
     config = resolve_config(module.generator, config_dir)
-    module.generator = _train_or_reuse(config, dm, Path(out_dir) / "generator", "model.generator", False, seed)
+    module.generator = _train_or_reuse(config, dm, Path(out_dir) / "generator", "model.generator", grank=False, seed=seed)
     return module.generator
 
 
 def train_init(module, dm, out_dir: str | Path, config_dir: Path | None = None, seed: int | None = None) -> str | None:
     """When `module.init_from` is a YAML (a GRank config): train it on `dm`'s data set into
-    out_dir/init (or reuse a finished run of the same config and data there), point
+    out_dir/init (or reuse a finished run of the same config, data and seed there), point
     `module.init_from` at its checkpoint and return that path; otherwise do nothing and return None.
     Call before fitting: the weights are loaded when the network is built."""
     if not is_training_config(module.init_from):
         return None
     config = resolve_config(module.init_from, config_dir, "model.init_from")
-    module.init_from = _train_or_reuse(config, dm, Path(out_dir) / "init", "model.init_from", True, seed)
+    module.init_from = _train_or_reuse(config, dm, Path(out_dir) / "init", "model.init_from", grank=True, seed=seed)
     return module.init_from
 
 
@@ -88,7 +77,7 @@ def train_first(module, dm, out_dir: str | Path, config_dir: Path | None = None,
     train_generator(module, dm, out_dir, config_dir, seed)
 
 
-def _train_or_reuse(config: Path, dm, out: Path, key: str, grank: bool, seed: int | None) -> str:
+def _train_or_reuse(config: Path, dm, out: Path, key: str, *, grank: bool, seed: int | None) -> str:
     """Train `config` on dm's data set into `out` (with `seed`, if given) unless a finished run of the
     same config text, data and seed is there; the absolute path of its checkpoint (a GRank checkpoint
     serves from anywhere). `grank`: whether the config must be a GRank one (init_from) or must not be

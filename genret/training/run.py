@@ -15,6 +15,18 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def seed_override(overrides: list[str] | None) -> int | None:
+    """The seed of the last `--seed_everything S` (or `--seed_everything=S`) among command-line
+    overrides; None without one, or when its value is not an integer (Lightning's `true`: a random seed)."""
+    seed, args = None, list(overrides or [])
+    for i, arg in enumerate(args):
+        if arg == "--seed_everything":
+            seed = args[i + 1] if i + 1 < len(args) else None
+        elif arg.startswith("--seed_everything="):
+            seed = arg.split("=", 1)[1]
+    return int(seed) if seed is not None and seed.lstrip("-").isdigit() else None
+
+
 def build(family, config: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
           data: str | None = None, log_to_out_dir: bool = True):
     """(module, datamodule, trainer) of `family` from a YAML, checkpointing into out_dir/checkpoints.

@@ -518,11 +518,12 @@ def test_init_from_a_grank_config_trains_that_stage_first_then_the_ranker_on_it(
 
 
 def test_the_seed_override_is_read_from_the_command_line():
-    from genret.training.grank_generator import seed_override
+    from genret.training.run import seed_override
 
     assert seed_override(None) is None and seed_override(["--model.k1", "5"]) is None
     assert seed_override(["--seed_everything", "3", "--x", "1", "--seed_everything=7"]) == 7
     assert seed_override(["--seed_everything", "2"]) == 2
+    assert seed_override(["--seed_everything", "true"]) is None  # Lightning's random seed: none to pass on
 
 
 def test_validation_keeps_the_best_blend_of_each_epoch(trained):

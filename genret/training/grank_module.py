@@ -176,6 +176,13 @@ class GRankModule(ItemSoftmaxModule):
             if entry["config"]["n_items"] != dm.n_items:
                 raise ValueError(f"init_from {self.init_from} has {entry['config']['n_items']} items, the data "
                                  f"{dm.n_items}; start from a checkpoint trained on this data")
+            # Not a weight, so load_state_dict cannot catch it: the same weights read out elsewhere
+            # give another user vector, and the frozen generator's score would silently change.
+            trained_readout = entry["config"].get("readout", "user_token")
+            if trained_readout != self.config.readout:
+                raise ValueError(f"init_from {self.init_from} was trained with config.readout {trained_readout!r}, "
+                                 f"this run has {self.config.readout!r}; set model.config.readout: "
+                                 f"{trained_readout} (or start from a checkpoint trained with this readout)")
             self.model.load_state_dict(model_state(checkpoint))
         if self.freeze_generator:
             for name, param in self.model.named_parameters():

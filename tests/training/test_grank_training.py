@@ -31,10 +31,14 @@ def test_shipped_configs_load(name, tmp_path):
     assert dm.item_features == [] and dm.side_features == []  # ids only: runs on any Amazon category
 
 
-def test_the_dualgr_pipeline_recipe_names_the_amazon_dualgr_recipe_as_its_generator(tmp_path, monkeypatch):
+@pytest.mark.parametrize("pipeline, stage1", [("grank_amazon_dualgr.yaml", "grank_amazon_generator.yaml"),
+                                               ("grank_amazon_dualgr_lastpos.yaml",
+                                                "grank_amazon_generator_lastpos.yaml")])
+def test_the_dualgr_pipeline_recipe_names_the_amazon_dualgr_recipe_as_its_generator(pipeline, stage1, tmp_path,
+                                                                                  monkeypatch):
     from genret.training.grank_generator import is_training_config, resolve_config
 
-    module, dm, _ = build("grank", CONFIGS / "grank_amazon_dualgr.yaml", tmp_path)
+    module, dm, _ = build("grank", CONFIGS / pipeline, tmp_path)
     assert module.hard_negatives_from == "generator" and is_training_config(module.generator)
     assert resolve_config(module.generator, CONFIGS).resolve() == (CONFIGS / "dualgr_amazon.yaml").resolve()
     monkeypatch.chdir(tmp_path)  # elsewhere: found beside the GRank config
@@ -43,7 +47,7 @@ def test_the_dualgr_pipeline_recipe_names_the_amazon_dualgr_recipe_as_its_genera
     assert dm.item_features == [] and dm.side_features == []  # ids only: runs on any Amazon category
     # Stage 1, GRank's generator alone, is a GRank recipe of its own that the ranker starts from, frozen.
     init = resolve_config(module.init_from, CONFIGS, "model.init_from")
-    assert init.name == "grank_amazon_generator.yaml" and module.freeze_generator
+    assert init.name == stage1 and module.freeze_generator
     first, first_dm, _ = build("grank", init, tmp_path / "init")
     assert first.ranker_weight == 0 and first.aux_weight == 0 and first_dm.cuts_per_user == 1
     assert first.config == module.config  # the same network: its weights load into the ranker's run
@@ -144,6 +148,15 @@ def test_frozen_generator_keeps_its_candidates_while_the_ranker_trains(trained, 
     changed = [n for n, p in after.model.named_parameters()
                if not torch.equal(p, dict(before.model.named_parameters())[n])]
     assert changed and all(n.startswith("ranker.") for n in changed)
+
+
+def test_starting_from_a_checkpoint_read_out_elsewhere_is_refused(trained, tmp_path):
+    _, _, ckpt = trained  # trained with the paper's user token
+    module, dm, trainer = build("grank", CONFIGS / "grank_ml1m.yaml", tmp_path,
+                                TINY + ["--model.freeze_generator", "true", "--model.init_from", str(ckpt),
+                                        "--model.config.readout", "last_position"])
+    with pytest.raises(ValueError, match="readout 'user_token'.*set model.config.readout: user_token"):
+        fit(module, dm, trainer, tmp_path)
 
 
 def test_the_ranker_reorders_another_generators_candidates(trained, sasrec_ckpt, tmp_path):

@@ -54,6 +54,14 @@ def test_the_dualgr_pipeline_recipe_names_the_amazon_dualgr_recipe_as_its_genera
     assert first_dm.item_features == [] and first_dm.side_features == []
 
 
+@pytest.mark.parametrize("name", ["grank_amazon_generator_lastpos.yaml", "grank_ml1m_generator_lastpos.yaml"])
+def test_last_position_generator_recipes_train_the_generator_alone_as_sasrec_reads_its_user(name, tmp_path):
+    module, dm, _ = build("grank", CONFIGS / name, tmp_path)
+    assert module.config.readout == "last_position" and module.ntp_weight == 0
+    assert module.aux_weight == 0 and module.ranker_weight == 0 and dm.cuts_per_user == 1
+    assert dm.item_features == [] and dm.side_features == []  # ids only
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("grank")

@@ -62,6 +62,17 @@ def test_last_position_generator_recipes_train_the_generator_alone_as_sasrec_rea
     assert dm.item_features == [] and dm.side_features == []  # ids only
 
 
+def test_the_ml1m_last_position_pipeline_trains_its_ranker_on_its_own_frozen_stage_1(tmp_path):
+    from genret.training.grank_generator import resolve_config
+
+    module, dm, _ = build("grank", CONFIGS / "grank_ml1m_lastpos.yaml", tmp_path)
+    init = resolve_config(module.init_from, CONFIGS, "model.init_from")
+    assert init.name == "grank_ml1m_generator_lastpos.yaml" and module.freeze_generator
+    assert module.hard_negatives_from == "own" and module.ranker_weight > 0 and module.aux_weight == 0
+    first, first_dm, _ = build("grank", init, tmp_path / "init")
+    assert first.config == module.config and first_dm.max_len == dm.max_len  # its weights load here
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("grank")

@@ -55,7 +55,7 @@ def score_parts(retriever, eval_set, k1: int, batch_size: int, inputs=None):
             users = model.user_vectors(windows(sub, its, c.max_len).to(dev))
             ct = torch.from_numpy(cand).to(dev)
             full = model.rank_candidates(ct, windows(sub, its, c.long_len).to(dev), users)
-            residual = (model.item_vectors()[ct.clamp(min=0)] * users[:, None]).sum(-1).float()
+            residual = model.generator_scores(ct.clamp(min=0), users).float()  # the part rank_scores adds
         residual = residual.masked_fill(ct < 0, float("-inf")).cpu().numpy()
         parts["cand"].append(cand)
         parts["g"].append(np.asarray(g, np.float32))

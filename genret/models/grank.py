@@ -219,6 +219,10 @@ class GRank(nn.Module):
         """(n_items, d): the item side of the MIPS score."""
         return self.item_embedding.weight
 
+    def generator_scores(self, candidates: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """The generator's MIPS score <h_u, e(c)> of candidates (B, K) int64 for user vectors (B, d) -> (B, K)."""
+        return (self.item_embedding(candidates) * users[:, None]).sum(-1)
+
     # ------------------------------------------------------------------------------ ranker
     def rank_scores(self, candidates: torch.Tensor, long_items: torch.Tensor,
                     users: torch.Tensor | None = None) -> torch.Tensor:
@@ -236,7 +240,9 @@ class GRank(nn.Module):
         if self.config.ranker_residual:
             if users is None:
                 raise ValueError("ranker_residual adds the generator's score: pass the user vectors (users=)")
-            scores = scores + (embedded.detach() * users.detach()[:, None]).sum(-1)
+            with torch.no_grad():  # the generator's score is added, not trained through the ranker term
+                residual = self.generator_scores(candidates.clamp(min=0), users)
+            scores = scores + residual
         return scores
 
     def rank_candidates(self, candidates: torch.Tensor, long_items: torch.Tensor, users: torch.Tensor | None,

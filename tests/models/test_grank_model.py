@@ -44,6 +44,11 @@ def test_generate_and_rank_excludes_and_returns_k1_candidates():
     _, gen, rank = residual.generate_and_rank(items, items, 10, exclude)
     torch.testing.assert_close(rank - gen, residual.ranker(residual.item_embedding(cand), residual.ranker_history(items),
                                                            items >= 0))
+    torch.testing.assert_close(gen, residual.generator_scores(cand, residual.user_vectors(items)))
+    # The residual is added without gradient: the ranker's loss never trains the user vector through it.
+    users = residual.user_vectors(items).detach().requires_grad_()
+    residual.rank_scores(cand, items, users).sum().backward()
+    assert users.grad is None
 
 
 def test_last_position_readout_is_the_newest_items_output_and_ignores_the_user_token():

@@ -73,6 +73,26 @@ def test_the_ml1m_last_position_pipeline_trains_its_ranker_on_its_own_frozen_sta
     assert first.config == module.config and first_dm.max_len == dm.max_len  # its weights load here
 
 
+def test_the_ml1m_dualgr_pipeline_is_the_last_position_recipe_served_over_dualgr_beams(tmp_path):
+    import yaml
+
+    from genret.training.grank_generator import is_training_config, resolve_config
+
+    module, dm, _ = build("grank", CONFIGS / "grank_ml1m_dualgr_lastpos.yaml", tmp_path)
+    assert is_training_config(module.generator)
+    assert resolve_config(module.generator, CONFIGS).resolve() == (CONFIGS / "dualgr_ml1m.yaml").resolve()
+    assert module.hard_negatives_from == "own" and module.beam_width > module.k1
+    # Everything that trains the ranker is configs/grank_ml1m_lastpos.yaml's: the numbers measured by
+    # serving that recipe's checkpoints over DualGR's beams are this recipe's.
+    pipeline = yaml.safe_load((CONFIGS / "grank_ml1m_dualgr_lastpos.yaml").read_text())
+    own = yaml.safe_load((CONFIGS / "grank_ml1m_lastpos.yaml").read_text())
+    for cfg in (pipeline, own):
+        cfg["trainer"].pop("default_root_dir")
+        for key in ("generator", "beam_width", "k1"):
+            cfg["model"].pop(key, None)
+    assert pipeline == own
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("grank")

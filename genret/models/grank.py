@@ -221,7 +221,12 @@ class GRank(nn.Module):
 
     def generator_scores(self, candidates: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         """The generator's MIPS score <h_u, e(c)> of candidates (B, K) int64 for user vectors (B, d) -> (B, K)."""
-        return (self.item_embedding(candidates) * users[:, None]).sum(-1)
+        return self.mips(self.item_embedding(candidates), users)
+
+    @staticmethod
+    def mips(candidate_embeddings: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """<h_u, e(c)> from embedded candidates (B, K, d) and user vectors (B, d) -> (B, K)."""
+        return (candidate_embeddings * users[:, None]).sum(-1)
 
     # ------------------------------------------------------------------------------ ranker
     def rank_scores(self, candidates: torch.Tensor, long_items: torch.Tensor,
@@ -241,7 +246,7 @@ class GRank(nn.Module):
             if users is None:
                 raise ValueError("ranker_residual adds the generator's score: pass the user vectors (users=)")
             with torch.no_grad():  # the generator's score is added, not trained through the ranker term
-                residual = self.generator_scores(candidates.clamp(min=0), users)
+                residual = self.mips(embedded, users)  # generator_scores, on the embeddings looked up above
             scores = scores + residual
         return scores
 

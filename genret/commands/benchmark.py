@@ -30,7 +30,8 @@ only: a setting is chosen on validation, and test is read once, by the recipe th
 it. Under `--protocol looc` with `data.cold_valid_users` the validation cold users are reported
 too ("cold_val"), so a cold-start setting is chosen without reading the cold test users. With
 `--checkpoint` a sweep of a data.* setting that acts at evaluation (e.g.
-`data.cold_sids=shared,paths`) evaluates that one trained model once per value instead of
+`data.cold_sids=shared,paths`), or of a model key that acts at ranking only (RetrievalFormer's
+`model.config.content_weight`), evaluates that one trained model once per value instead of
 training again.
 """
 
@@ -46,6 +47,9 @@ from genret.families import FAMILIES
 
 if TYPE_CHECKING:  # annotations only: the CLI imports numpy where it needs it
     import numpy as np
+
+# Model keys that change how a trained model ranks, not what it learned: sweepable with --checkpoint.
+RANKING_TIME_MODEL_KEYS = {"retrievalformer": ("model.config.content_weight",)}
 
 
 def main(argv: list[str]) -> int:
@@ -121,12 +125,14 @@ def main(argv: list[str]) -> int:
             sweep = parse_sweep(args.sweep)
         except ValueError as err:
             parser.error(f"--sweep: {err}")
-        if args.checkpoint and not sweep[0].startswith("data."):
+        ranking_keys = RANKING_TIME_MODEL_KEYS.get(args.model, ())
+        if args.checkpoint and not (sweep[0].startswith("data.") or sweep[0] in ranking_keys):
             # A checkpoint fixes the model and its training; only what the data module does at
-            # evaluation (e.g. data.cold_sids) can differ between the values.
+            # evaluation (e.g. data.cold_sids) or a model key that acts at ranking only can differ.
             parser.error(f"--sweep {sweep[0]} with --checkpoint: a trained model's model / trainer settings are "
                          "fixed; with --checkpoint sweep a data.* setting that acts at evaluation (e.g. "
-                         "data.cold_sids), or drop --checkpoint to train once per value")
+                         f"data.cold_sids){' or ' + ', '.join(ranking_keys) if ranking_keys else ''}, or drop "
+                         "--checkpoint to train once per value")
         if args.checkpoint and len(seeds) > 1:
             parser.error("--sweep with --checkpoint evaluates one trained model: drop --seeds")
     if args.sid_embeddings_from is not None:

@@ -41,6 +41,7 @@ class RetrievalFormerRetriever:
         self._item_index = {raw: i for i, raw in enumerate(self.item_ids.tolist())}
         self.model_version = "in-memory"  # a content hash when loaded from a file
         self._vectors: torch.Tensor | None = None
+        self._content = None  # content_rows() when content_weight > 0, cached
         self.ann = None
 
     @classmethod
@@ -119,6 +120,7 @@ class RetrievalFormerRetriever:
             new_vectors = self.model.item_vectors(torch.arange(start, len(self.item_ids), device=self.device)).float()
         if self._vectors is not None:
             self._vectors = torch.cat([self._vectors, new_vectors])
+        self._content = None  # new rows; IDF stays as fitted
         if self.ann is not None:
             self.ann.add(new_vectors.cpu().numpy())
 
@@ -166,7 +168,8 @@ class RetrievalFormerRetriever:
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 100, unknown: str = "error",
                  batch_size: int = 256, side: dict | None = None, search: str = "exact",
                  user_features: np.ndarray | None = None, exclude_seen: bool = True) -> RetrievalResult:
-        """Top-k raw item ids per history (best first) with their scores x_u . y_i.
+        """Top-k raw item ids per history (best first) with their scores x_u . y_i (plus the content term
+        when the model's content_weight > 0; exact search only).
 
         Args:
             histories: raw item ids per user, oldest first (may be empty).
@@ -182,6 +185,11 @@ class RetrievalFormerRetriever:
             raise ValueError(f"search must be 'exact' or 'ann', got {search!r}")
         if search == "ann" and self.ann is None:
             raise ValueError("no ANN index: call build_index(kind) or load_index(kind) first, or search='exact'")
+        beta = self.model.config.content_weight
+        if search == "ann" and beta > 0:
+            raise ValueError(f"this model ranks with a content term (content_weight {beta:g}) that a faiss index does "
+                             "not hold: use search='exact', or set retriever.model.set_content_weight(0) to search "
+                             "the item tower's vectors alone")
         if side:
             raise ValueError(f"RetrievalFormer takes no per-action side features; got {sorted(side)}")
         histories = requests.check_histories(histories)
@@ -207,7 +215,12 @@ class RetrievalFormerRetriever:
         else:
             from genret.decoding.ann import exclude_and_pad
 
-            s, i = (users @ self.item_vectors().T).topk(fetch, dim=1)
+            scores = users @ self.item_vectors().T
+            if beta > 0:  # the content term over each whole history (CPU, sparse)
+                if self._content is None:
+                    self._content = self.model.content_rows()
+                scores = scores + beta * self.model.content_scores(offsets, dense, self._content).to(scores.device)
+            s, i = scores.topk(fetch, dim=1)
             items, scores = exclude_and_pad(i.cpu().numpy(), s.cpu().numpy(), k, seen)
         out_items, out_scores = [], []
         for row_items, row_scores in zip(items, scores):

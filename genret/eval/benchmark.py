@@ -159,9 +159,9 @@ def _looc_result(dm, retriever, ranked_by_stage: dict[str, np.ndarray], result: 
                  max_eval_users: int | None, test: bool = True) -> dict[str, Any]:
     """metrics.json's LOOC blocks of a generative run, as RetrievalFormer writes them: "cold" and
     "warm" (= "test": the warm users), "cold_val" (the validation cold users, with a cold
-    validation set), the split's sizes, the content baseline (on the same users) and how the cold
-    items' SIDs sit in the index. `test` False (a validation-only run): "cold_val" only, of the
-    model and of the baseline."""
+    validation set), the split's sizes, the content baseline (on the same users) with the paired
+    difference to it ("vs_content") and how the cold items' SIDs sit in the index. `test` False (a
+    validation-only run): "cold_val" only, of the model and of the baseline."""
     from genret.data.item_features import content_tfidf
     from genret.eval.retrievalformer_benchmark import looc_blocks
 
@@ -177,6 +177,8 @@ def _looc_result(dm, retriever, ranked_by_stage: dict[str, np.ndarray], result: 
     extra = {"cold": blocks["cold"], "warm": result["test"]} if test else {}
     if "cold_val" in blocks:
         extra["cold_val"] = blocks["cold_val"]
+    if "vs_content" in blocks:
+        extra["vs_content"] = blocks["vs_content"]
     extra.update(looc=blocks["looc"],
                  cold_start={"cold_items_added": int(len(codes) - n_warm), "sharing_a_warm_sid": int(shared),
                              "sid_source": dm.sid_report.get("embedding_source")})

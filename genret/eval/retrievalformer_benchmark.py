@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genret.eval.metrics import ranking_metrics, target_ranks
+from genret.eval.metrics import paired_hit_difference, ranking_metrics, target_ranks
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,15 @@ DEFAULT_KS = (5, 10, 20, 50, 100, 500)
 
 
 def rank_with_exclusion(users: torch.Tensor, items: torch.Tensor, k: int, offsets: np.ndarray,
-                        exclude: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """Exact top-k of users (m, d) . items (n, d)^T with each user's CSR `exclude` items removed: (m, k) int64."""
+                        exclude: np.ndarray, chunk: int = 1024, extra=None) -> np.ndarray:
+    """Exact top-k of users (m, d) . items (n, d)^T with each user's CSR `exclude` items removed: (m, k) int64.
+    `extra(start, stop)`, if given, returns (stop - start, n) scores added to those users' rows."""
     out = []
     for start in range(0, len(users), chunk):
         scores = users[start:start + chunk] @ items.T
         stop = min(start + chunk, len(users))
+        if extra is not None:
+            scores = scores + extra(start, stop)
         rows = np.repeat(np.arange(stop - start), np.diff(offsets[start:stop + 1]))
         cols = exclude[offsets[start]:offsets[stop]]
         scores[torch.as_tensor(rows), torch.as_tensor(cols)] = float("-inf")
@@ -51,7 +54,15 @@ def eval_retrievalformer(model, dm, es, k: int) -> np.ndarray:
             feats = torch.from_numpy(dm.user_feats[es.users[chunk]])
             parts.append(model.user_vectors(window, feats)[:, 0].float().cpu())
     users = torch.cat(parts) if parts else torch.zeros(0, model.config.d_model)
-    return rank_with_exclusion(users, item_vectors, k, es.history_offsets, es.history_items)
+    extra = None
+    if model.config.content_weight > 0:  # the content term: on the whole history, as the baseline's
+        content = model.content_rows()
+        beta = model.config.content_weight
+
+        def extra(start, stop):
+            offsets = es.history_offsets[start:stop + 1]
+            return beta * model.content_scores(offsets, es.history_items, content)
+    return rank_with_exclusion(users, item_vectors, k, es.history_offsets, es.history_items, extra=extra)
 
 
 def _windows(dm, es, chunk, lengths):
@@ -102,7 +113,8 @@ def run_retrievalformer(family: str, config: str | Path, out_dir: Path, data: st
     """Train RetrievalFormer from a YAML and evaluate it (genret.eval.benchmark.run_embedding's shape).
 
     With `checkpoint`, that trained model is evaluated instead (no training; "train_seconds" 0) on
-    the YAML's split, e.g. the best epoch of a run that was stopped before it finished. `seed`
+    the YAML's split, e.g. the best epoch of a run that was stopped before it finished; the YAML's
+    `model.config.content_weight` (it acts at ranking only) replaces the checkpoint's. `seed`
     overrides the config's seed_everything. `stages=("valid",)` is a validation-only run (a sweep):
     no test user, warm or cold, is ranked; under LOOC with `data.cold_valid_users` the validation
     cold users are ("cold_val"). "val_ranks" / "test_ranks" / "cold_val_ranks" hold each user's
@@ -131,6 +143,13 @@ def run_retrievalformer(family: str, config: str | Path, out_dir: Path, data: st
         model, entry = load_retrievalformer(checkpoint)
         if entry["catalogue"]["item_ids"] != dm.log_all.item_ids.tolist():
             raise ValueError(f"{checkpoint} was trained on another catalogue than {dm.log_all.name}")
+        # The content term acts at ranking only, so the config's beta applies to a trained model too
+        # (a validation sweep of model.config.content_weight scores one checkpoint per value).
+        beta = module.config.content_weight
+        if beta != model.config.content_weight:
+            log.info("content_weight %g from the config (the checkpoint has %g)", beta, model.config.content_weight)
+        model.set_content_weight(beta, None if hasattr(model, "value_weight_0") else
+                                 [torch.from_numpy(w) for w in dm.value_idf])
         train_seconds = 0.0
     result: dict[str, Any] = {"model": family, "dataset": dm.log_all.name, "train_seconds": train_seconds,
                               "checkpoint": str(checkpoint)}
@@ -168,7 +187,8 @@ def looc_blocks(dm, ks, model=None, cold_ranked: np.ndarray | None = None, conte
                 test: bool = True) -> dict[str, Any]:
     """The cold block of a model (if given), the content baseline's cold / warm blocks, the split's sizes;
     with a cold validation set (`eval_sets["cold_valid"]`) also "cold_val" (the model's) and the
-    baseline's "cold_val", with the same keys as "cold".
+    baseline's "cold_val", with the same keys as "cold"; "vs_content": the model's paired HR@K
+    difference to the baseline on the cold (validation) users, with its 95% interval.
 
     Any family's LOOC data module serves (`eval_sets` "cold" and "test", `train_log`, `cold_split`).
     Args:
@@ -196,6 +216,20 @@ def looc_blocks(dm, ks, model=None, cold_ranked: np.ndarray | None = None, conte
     if max_users is not None:  # the same first users as the model's blocks
         sets = {name: es.subset(np.arange(min(len(es), max_users))) for name, es in sets.items()}
     vectors = content_vectors(dm) if content is None else content
-    out["baselines"] = {"content": {
-        name: ranking_metrics(content_ranked_lists(vectors, es, max(ks)), es.targets, ks) for name, es in sets.items()}}
+    lists = {name: content_ranked_lists(vectors, es, max(ks)) for name, es in sets.items()}
+    out["baselines"] = {"content": {name: ranking_metrics(lists[name], es.targets, ks) for name, es in sets.items()}}
+    # The target is the model above the baseline on the cold users: the paired per-user difference says
+    # whether a gap is more than noise (same users, same targets).
+    paired = {}
+    for name in ("cold", "cold_val"):
+        if name in sets and ranked.get(name) is not None:
+            m = min(len(ranked[name]), len(lists[name]))
+            targets = sets[name].targets[:m]
+            mine, theirs = target_ranks(ranked[name][:m], targets), target_ranks(lists[name][:m], targets)
+            paired[name] = {}
+            for k in ks:
+                diff, half = paired_hit_difference(mine, theirs, k)
+                paired[name][f"hr@{k}"] = {"diff": diff, "ci95": [diff - half, diff + half], "n_users": int(m)}
+    if paired:
+        out["vs_content"] = paired
     return out

@@ -23,12 +23,20 @@ step, and the last position plays CLS at retrieval.
 With `item_id` among the features a warm item also has an id embedding; a cold item's id is 0
 (unknown), so it is scored from its other features (train with `id_dropout` > 0 so the model
 learns to do without the id).
+
+An addition beyond the paper, off by default: `content_weight` beta > 0 adds beta times a fixed
+content score to x_u . y_i when items are ranked (not in training): the mean, over the user's
+history, of the TF-IDF cosine between a history item's feature values and the candidate's (the
+content-only baseline's score; IDF fitted on the training catalogue). A TF-IDF row matches exact
+values (a brand, a product-line word) in thousands of dimensions, which a d-wide learned vector
+cannot hold for every value; the learned score adds what interactions teach.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,6 +67,9 @@ class RetrievalFormerConfig:
     # fitting items (set from the data; under LOOC the warm items only), so a rare word a cold item
     # shares with the history counts as it does in a TF-IDF cosine, before any training has seen it.
     value_pooling: str = "mean"
+    # beta of the content term added at ranking time (see the module docstring); 0 = the paper's model.
+    # Acts on the raw x_u . y_i (a cosine when `normalize`), so it is chosen on validation per recipe.
+    content_weight: float = 0.0
     item_feature_names: list[str] = field(default_factory=list)  # (from the data)
     item_feature_widths: list[int] = field(default_factory=list)  # values per item, per feature (from the data)
     item_feature_cardinalities: list[int] = field(default_factory=list)  # (from the data)
@@ -86,6 +97,8 @@ class RetrievalFormerConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.id_dropout < 1.0:
             raise ValueError(f"id_dropout must lie in [0, 1), got {self.id_dropout}")
+        if not self.content_weight >= 0.0:  # also refuses NaN
+            raise ValueError(f"content_weight must be >= 0 (0 = no content term), got {self.content_weight}")
         if self.value_pooling not in ("mean", "attention", "idf"):
             raise ValueError(f"value_pooling must be 'mean', 'attention' or 'idf', got {self.value_pooling!r}")
 
@@ -146,12 +159,17 @@ class RetrievalFormer(nn.Module):
         # One pooling query per item feature (after init_weights: zero queries pool as the mean does).
         self.value_queries = (nn.Parameter(torch.zeros(len(c.item_feature_cardinalities), d))
                               if c.value_pooling == "attention" else None)
-        if c.value_pooling == "idf":  # per-value weights, buffers so the checkpoint serves them (set_value_weights)
+        if self.uses_value_weights:  # per-value IDF, buffers so the checkpoint serves them (set_value_weights)
             for f, card in enumerate(c.item_feature_cardinalities):
                 self.register_buffer(f"value_weight_{f}", torch.ones(card))
         self._id_feature = c.item_feature_names.index("item_id") if "item_id" in c.item_feature_names else None
 
     # ------------------------------------------------------------------------------ catalogue
+    @property
+    def uses_value_weights(self) -> bool:
+        """Whether the model holds per-value IDF weights (IDF pooling or the content term uses them)."""
+        return self.config.value_pooling == "idf" or self.config.content_weight > 0
+
     @property
     def n_items(self) -> int:
         return int(self.item_feature_0.shape[0])
@@ -184,10 +202,11 @@ class RetrievalFormer(nn.Module):
         self.config.n_items = int(n)
 
     def set_value_weights(self, weights: list[torch.Tensor]) -> None:
-        """Set `value_pooling: idf`'s weights: one (cardinality,) non-negative float tensor per item feature."""
-        if self.config.value_pooling != "idf":
-            raise ValueError(f"value weights are for value_pooling 'idf'; this model pools by "
-                             f"{self.config.value_pooling!r}")
+        """Set the per-value IDF weights (`value_pooling: idf`, the content term): one (cardinality,)
+        non-negative float tensor per item feature."""
+        if not self.uses_value_weights:
+            raise ValueError(f"value weights are for value_pooling 'idf' or content_weight > 0; this model pools by "
+                             f"{self.config.value_pooling!r} with content_weight 0")
         cards = self.config.item_feature_cardinalities
         if len(weights) != len(cards):
             raise ValueError(f"expected {len(cards)} value weight vectors ({self.config.item_feature_names}), "
@@ -198,6 +217,62 @@ class RetrievalFormer(nn.Module):
                 raise ValueError(f"value weights of {self.config.item_feature_names[f]!r} must be {card} finite, "
                                  f"non-negative numbers, got shape {tuple(w.shape)}")
             setattr(self, f"value_weight_{f}", w.to(getattr(self, f"value_weight_{f}").device))
+
+    def set_content_weight(self, weight: float, value_weights: list | None = None) -> None:
+        """Change the content term's beta after training (it acts at ranking only). A model trained
+        without per-value weights needs `value_weights` (the data module's `value_idf`) to turn it on."""
+        weight = float(weight)
+        if not weight >= 0.0:
+            raise ValueError(f"content_weight must be >= 0 (0 = no content term), got {weight}")
+        if weight > 0 and not hasattr(self, "value_weight_0"):
+            if value_weights is None:
+                raise ValueError("this model was trained without per-value IDF weights: give the data module's "
+                                 "value_idf to turn the content term on")
+            device = self.item_feature_0.device
+            for f, card in enumerate(self.config.item_feature_cardinalities):
+                self.register_buffer(f"value_weight_{f}", torch.ones(card, device=device))
+        self.config.content_weight = weight
+        if weight > 0 and value_weights is not None:
+            self.set_value_weights(value_weights)
+
+    def content_rows(self):
+        """(n_items, V) scipy CSR: each item's L2-normalised TF-IDF row over its feature values (the item
+        id excluded), V = the summed cardinalities; the content-only baseline's item vectors."""
+        from scipy import sparse
+
+        if not self.uses_value_weights:
+            raise ValueError("content rows need the per-value IDF weights: set content_weight > 0 (or value_pooling "
+                             "'idf') before training")
+        n, blocks = self.n_items, []
+        for f, table in enumerate(self.feature_tables_of()):
+            card = self.config.item_feature_cardinalities[f]
+            if f == self._id_feature:
+                continue
+            ids = table.cpu().numpy()
+            weight = getattr(self, f"value_weight_{f}").cpu().numpy()
+            rows = np.repeat(np.arange(n), ids.shape[1])
+            cols = ids.reshape(-1)
+            keep = cols > 0  # repeated values add up, as term counts do
+            blocks.append(sparse.csr_matrix((weight[cols[keep]], (rows[keep], cols[keep])), shape=(n, card)))
+        if not blocks:
+            raise ValueError("the content term needs an item feature besides item_id")
+        x = sparse.hstack(blocks).tocsr()
+        norms = np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel())
+        return (sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ x).tocsr()
+
+    def content_scores(self, offsets: np.ndarray, items: np.ndarray, rows=None) -> torch.Tensor:
+        """(m, n_items) float32 content scores of m CSR histories (`offsets` (m + 1,), dense `items`): the
+        mean over each whole history of its items' rows . each candidate's row. `rows`: content_rows()
+        if already computed (it does not change between batches)."""
+        from scipy import sparse
+
+        rows = self.content_rows() if rows is None else rows
+        lengths = np.diff(offsets)
+        user = np.repeat(np.arange(len(lengths)), lengths)
+        pool = sparse.csr_matrix((np.ones(len(user)), (user, items[offsets[0]:offsets[-1]])),
+                                 shape=(len(lengths), rows.shape[0]))
+        users = sparse.diags(1.0 / np.maximum(lengths, 1)) @ pool @ rows
+        return torch.from_numpy(np.asarray((users @ rows.T).todense(), dtype=np.float32))
 
     # ------------------------------------------------------------------------------ item tower
     def fuse_items(self, tables: list[torch.Tensor]) -> torch.Tensor:

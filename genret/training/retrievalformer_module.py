@@ -77,7 +77,7 @@ class RetrievalFormerModule(ItemSoftmaxModule):
             user_feature_cardinalities=list(dm.user_feature_cardinalities))
         self.model = RetrievalFormer(self.config)
         self.model.set_item_features([torch.from_numpy(t) for t in dm.item_feature_tables])
-        if self.config.value_pooling == "idf":
+        if self.model.uses_value_weights:
             self.model.set_value_weights([torch.from_numpy(w) for w in dm.value_idf])
         self.register_buffer("item_log_prob", torch.from_numpy(dm.item_log_prob))
         mask = getattr(dm, "train_item_mask", None)

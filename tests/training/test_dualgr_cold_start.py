@@ -246,6 +246,8 @@ def test_benchmark_looc_writes_cold_and_warm_blocks(tiny_ml, tmp_path, family, m
     assert set(content) == {"cold", "warm", "cold_val"} and set(content["cold_val"]) == set(content["cold"])
     assert metrics["cold"]["n_users"] == metrics["looc"]["cold_users"] == content["cold"]["n_users"]
     assert metrics["cold_val"]["n_users"] == metrics["looc"]["cold_valid_users"] == content["cold_val"]["n_users"] > 0
+    assert metrics["vs_content"]["cold"]["hr@20"]["diff"] == pytest.approx(
+        metrics["cold"]["hr@20"] - content["cold"]["hr@20"])
     # Every item outside the trained catalogue joined it: the test and the validation cold items.
     looc = metrics["looc"]
     assert metrics["cold_start"]["cold_items_added"] == looc["cold_items"] > 0
@@ -278,7 +280,8 @@ def test_benchmark_looc_writes_cold_and_warm_blocks(tiny_ml, tmp_path, family, m
         assert id(dm.eval_sets["cold"]) not in read and id(dm.eval_sets["test"]) not in read
         assert all(es.stage == "valid" for _, es in ranked_sets)
         assert "test" not in res and "cold" not in res
-        assert set(res["extra"]) == {"cold_val", "looc", "cold_start"} and set(res["baselines"]["content"]) == {"cold_val"}
+        assert set(res["extra"]) == {"cold_val", "looc", "cold_start", "vs_content"}
+        assert set(res["baselines"]["content"]) == {"cold_val"} and set(res["extra"]["vs_content"]) == {"cold_val"}
         assert res["extra"]["cold_val"] == metrics["cold_val"] and res["val"] == metrics["val"]
         assert res["baselines"]["content"]["cold_val"] == content["cold_val"]
         record = json.loads((tmp_path / "valid_only" / "run_result.json").read_text())["result"]

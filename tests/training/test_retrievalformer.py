@@ -393,10 +393,18 @@ def test_benchmark_looc_cli(tiny_ml, tmp_path, capsys):
     assert set(content) == {"cold", "warm", "cold_val"} and set(content["cold_val"]) == set(content["cold"])
     assert with_val["cold_val"]["n_users"] == with_val["looc"]["cold_valid_users"] == content["cold_val"]["n_users"] > 0
     assert with_val["cold"]["n_users"] == metrics["cold"]["n_users"]  # the same cold test users
+    # The paired difference to the baseline on each cold set, as the target ("above the baseline") needs.
+    for name in ("cold", "cold_val"):
+        paired = with_val["vs_content"][name]["hr@20"]
+        assert paired["n_users"] == with_val[name]["n_users"]
+        assert paired["diff"] == pytest.approx(with_val[name]["hr@20"] - content[name]["hr@20"])
+        assert paired["ci95"][0] <= paired["diff"] <= paired["ci95"][1]
 
 
 @pytest.mark.parametrize("name", ["retrievalformer_ml1m.yaml", "retrievalformer_amazon.yaml",
-                                  "retrievalformer_ml1m_looc.yaml", "retrievalformer_amazon_looc.yaml"])
+                                  "retrievalformer_ml1m_looc.yaml", "retrievalformer_amazon_looc.yaml",
+                                  "retrievalformer_content_ml1m_looc.yaml",
+                                  "retrievalformer_content_amazon_looc.yaml"])
 def test_shipped_configs_build(name, tmp_path):
     from genret.families import family_for_config
     from genret.training.run import build

@@ -18,6 +18,10 @@ from genret.models.retrievalformer import RetrievalFormer
 class RetrievalFormerRetriever:
     """Top-k retrieval with a RetrievalFormer.
 
+    With the content term (model.config.content_weight > 0), search="ann" takes CONTENT_POOL x the
+    items asked for from the index by the item tower and as many best content matches (exact, sparse),
+    and ranks their union by the whole score.
+
     Example:
         >>> r = RetrievalFormerRetriever.from_checkpoint("runs/bench_retrievalformer/model.ckpt")
         >>> r.retrieve([[r.item_ids[0], r.item_ids[5]]], k=20).items[0]
@@ -31,6 +35,8 @@ class RetrievalFormerRetriever:
         encoder: the fitted ItemFeatureEncoder (raw features -> ids) of the checkpoint.
         checkpoint: the checkpoint path (an ANN index is saved beside it).
     """
+
+    CONTENT_POOL = 4  # candidates per item asked for, from each part of the score (search="ann", content term)
 
     def __init__(self, model: RetrievalFormer, item_ids: Sequence[Any], encoder: ItemFeatureEncoder,
                  checkpoint: str | Path | None = None):
@@ -165,11 +171,44 @@ class RetrievalFormerRetriever:
                 out.append(self.model.user_vectors(torch.from_numpy(window).to(self.device), feats)[:, 0].float())
         return torch.cat(out) if out else torch.zeros(0, self.model.config.d_model)
 
+    def _ann_with_content(self, users: torch.Tensor, offsets: np.ndarray, dense: np.ndarray,
+                          fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top `fetch` by the whole score (item tower + content term) among candidates from each part:
+        the index's CONTENT_POOL x fetch nearest by the item tower, and as many best content matches
+        (a sparse product: only items sharing a feature value with the history score above 0). Each
+        candidate is then scored exactly. Returns (scores, items), -1 / -inf padded, as faiss does."""
+        beta = self.model.config.content_weight
+        pool = min(self.CONTENT_POOL * fetch, len(self.item_ids))
+        _, by_tower = self.ann.search(users.cpu().numpy(), pool)
+        if self._content is None:
+            self._content = self.model.content_rows()
+        matches = (self.model.history_content(offsets, dense, self._content) @ self._content.T).tocsr()
+        matches.sort_indices()
+        vectors = self.item_vectors()
+        out_items = np.full((len(users), fetch), -1, np.int64)
+        out_scores = np.full((len(users), fetch), -np.inf, np.float32)
+        for u in range(len(users)):
+            cols = matches.indices[matches.indptr[u]:matches.indptr[u + 1]]
+            vals = matches.data[matches.indptr[u]:matches.indptr[u + 1]]
+            best = cols[np.argsort(-vals, kind="stable")[:pool]]
+            candidates = np.union1d(by_tower[u][by_tower[u] >= 0], best)
+            content = np.zeros(len(candidates))  # the candidates' content scores (0 = no shared value)
+            if len(cols):
+                where = np.minimum(np.searchsorted(cols, candidates), len(cols) - 1)
+                hit = cols[where] == candidates
+                content[hit] = vals[where[hit]]
+            with torch.no_grad():
+                tower = (vectors[torch.as_tensor(candidates, device=vectors.device)] @ users[u]).cpu().numpy()
+            total = tower + beta * content
+            order = np.argsort(-total, kind="stable")[:fetch]
+            out_items[u, :len(order)], out_scores[u, :len(order)] = candidates[order], total[order]
+        return out_scores, out_items
+
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 100, unknown: str = "error",
                  batch_size: int = 256, side: dict | None = None, search: str = "exact",
                  user_features: np.ndarray | None = None, exclude_seen: bool = True) -> RetrievalResult:
         """Top-k raw item ids per history (best first) with their scores x_u . y_i (plus the content term
-        when the model's content_weight > 0; exact search only).
+        when the model's content_weight > 0).
 
         Args:
             histories: raw item ids per user, oldest first (may be empty).
@@ -186,10 +225,6 @@ class RetrievalFormerRetriever:
         if search == "ann" and self.ann is None:
             raise ValueError("no ANN index: call build_index(kind) or load_index(kind) first, or search='exact'")
         beta = self.model.config.content_weight
-        if search == "ann" and beta > 0:
-            raise ValueError(f"this model ranks with a content term (content_weight {beta:g}) that a faiss index does "
-                             "not hold: use search='exact', or set retriever.model.set_content_weight(0) to search "
-                             "the item tower's vectors alone")
         if side:
             raise ValueError(f"RetrievalFormer takes no per-action side features; got {sorted(side)}")
         histories = requests.check_histories(histories)
@@ -210,7 +245,10 @@ class RetrievalFormerRetriever:
         if search == "ann":
             from genret.decoding.ann import exclude_and_pad
 
-            scores, items = self.ann.search(users.cpu().numpy(), fetch)
+            if beta > 0:
+                scores, items = self._ann_with_content(users, offsets, dense, fetch)
+            else:
+                scores, items = self.ann.search(users.cpu().numpy(), fetch)
             items, scores = exclude_and_pad(items, scores, k, seen)
         else:
             from genret.decoding.ann import exclude_and_pad

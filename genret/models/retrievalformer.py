@@ -260,10 +260,10 @@ class RetrievalFormer(nn.Module):
         norms = np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel())
         return (sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ x).tocsr()
 
-    def content_scores(self, offsets: np.ndarray, items: np.ndarray, rows=None) -> torch.Tensor:
-        """(m, n_items) float32 content scores of m CSR histories (`offsets` (m + 1,), dense `items`): the
-        mean over each whole history of its items' rows . each candidate's row. `rows`: content_rows()
-        if already computed (it does not change between batches)."""
+    def history_content(self, offsets: np.ndarray, items: np.ndarray, rows=None):
+        """(m, V) scipy CSR: the mean content row of each of m CSR histories (`offsets` (m + 1,), dense
+        `items`); its dot product with an item's row is the content term. `rows`: content_rows() if
+        already computed (it does not change between batches)."""
         from scipy import sparse
 
         rows = self.content_rows() if rows is None else rows
@@ -271,7 +271,13 @@ class RetrievalFormer(nn.Module):
         user = np.repeat(np.arange(len(lengths)), lengths)
         pool = sparse.csr_matrix((np.ones(len(user)), (user, items[offsets[0]:offsets[-1]])),
                                  shape=(len(lengths), rows.shape[0]))
-        users = sparse.diags(1.0 / np.maximum(lengths, 1)) @ pool @ rows
+        return (sparse.diags(1.0 / np.maximum(lengths, 1)) @ pool @ rows).tocsr()
+
+    def content_scores(self, offsets: np.ndarray, items: np.ndarray, rows=None) -> torch.Tensor:
+        """(m, n_items) float32 content scores of m CSR histories: the mean over each whole history of its
+        items' rows . each candidate's row (see history_content)."""
+        rows = self.content_rows() if rows is None else rows
+        users = self.history_content(offsets, items, rows)
         return torch.from_numpy(np.asarray((users @ rows.T).todense(), dtype=np.float32))
 
     # ------------------------------------------------------------------------------ item tower

@@ -111,7 +111,7 @@ def test_content_weight_is_swept_on_one_checkpoint_validation_only(tiny_ml, tmp_
               "--sweep", "model.config.normalize=false,true"])
 
 
-def test_retriever_serves_the_content_term_exactly_and_refuses_ann(tiny_ml, tmp_path):
+def test_retriever_serves_the_content_term_exactly_and_through_ann(tiny_ml, tmp_path):
     from genret.decoding.retrievalformer_retriever import RetrievalFormerRetriever
     from genret.eval.retrievalformer_benchmark import run_retrievalformer
 
@@ -130,9 +130,19 @@ def test_retriever_serves_the_content_term_exactly_and_refuses_ann(tiny_ml, tmp_
     expected = (users @ r.item_vectors().T).numpy().ravel() + 1000.0 * content
     np.testing.assert_allclose(got.scores[0], np.sort(expected)[::-1][:5], rtol=1e-5)
     pytest.importorskip("faiss")
+    # ANN: the index's nearest by the item tower and the best content matches, ranked by the whole
+    # score. With candidates covering the catalogue it is exact search; with fewer, every item it
+    # returns carries its exact score.
     r.build_index("flat", save=False)
-    with pytest.raises(ValueError, match="content term .* that a faiss index does not hold"):
-        r.retrieve(history, k=5, search="ann")
+    whole = r.retrieve(history, k=15, search="ann")  # 4 x (15 + 3) candidates >= 40 items
+    exact = r.retrieve(history, k=15)
+    assert whole.items == exact.items
+    np.testing.assert_allclose(whole.scores[0], exact.scores[0], rtol=1e-5)
+    r.CONTENT_POOL = 1
+    few = r.retrieve(history, k=3, search="ann")
+    index = {raw: i for i, raw in enumerate(r.item_ids.tolist())}
+    np.testing.assert_allclose(few.scores[0], expected[[index[i] for i in few.items[0]]], rtol=1e-5)
+    assert np.isclose(few.scores[0][0], np.max(expected))  # the best item is the top content match here
     # A new item joins the content term too: a copy of item 0's features (no id) matches item 0 fully.
     from genret.data import load_dataset
     from genret.data.item_features import raw_item_features
@@ -142,9 +152,9 @@ def test_retriever_serves_the_content_term_exactly_and_refuses_ann(tiny_ml, tmp_
     same = np.asarray((rows[0] @ rows.T).todense()).ravel() > 1 - 1e-6  # item 0 and any exact twin
     ranked = r.retrieve([r.item_ids[:1].tolist()], k=len(r.item_ids) - 1).items[0]
     assert ranked.index(99999) < int(same.sum())  # among the full matches, above every other item
-    r.model.set_content_weight(0.0)  # the item tower alone: ANN serves again
+    r.model.set_content_weight(0.0)  # the item tower alone: the index's own order
     r.build_index("flat", save=False)
-    assert len(r.retrieve(history, k=5, search="ann").items[0]) == 5
+    assert r.retrieve(history, k=5, search="ann").items == r.retrieve(history, k=5).items
 
 
 

@@ -420,6 +420,37 @@ def _reference_section(reference: Mapping[str, Any], model: str, ours: Mapping[s
     return lines
 
 
+def format_cold_start(metrics: Mapping[str, Any], baselines: Mapping[str, Mapping[str, Any]]) -> str:
+    """The leave-one-out-cold table of a metrics.json: Recall@K / NDCG@K of the model and of each
+    baseline with such blocks on the cold users, the warm users and (if any) the validation cold
+    users, then the model's paired HR@K difference to the content baseline ("vs_content")."""
+    blocks = [b for b in ("cold", "warm", "cold_val") if isinstance(metrics.get(b), Mapping)]
+    ks = [k for k in _ks_in([metrics[b] for b in blocks], "recall") if k in (10, 20, 100)] or \
+        _ks_in([metrics[b] for b in blocks], "recall")[:3]
+    rows = {str(metrics.get("model", "model")): metrics}
+    rows.update({name: r for name, r in baselines.items() if any(isinstance(r.get(b), Mapping) for b in blocks)})
+    nk = 20 if 20 in ks else (ks[-1] if ks else None)  # one NDCG column per block
+    header = ["model", *(f"{b.replace('_', ' ')} Recall@{k}" for b in blocks for k in ks),
+              *((f"{b.replace('_', ' ')} NDCG@{nk}" for b in blocks) if nk else ())]
+
+    def cell(r, b, name):
+        return f"{r[b][name]:.4f}" if isinstance(r.get(b), Mapping) and name in r[b] else "-"
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, r in rows.items():
+        cells = [cell(r, b, f"recall@{k}") for b in blocks for k in ks]
+        cells += [cell(r, b, f"ndcg@{nk}") for b in blocks] if nk else []
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    users = ", ".join(f"{b.replace('_', ' ')} {metrics[b]['n_users']}" for b in blocks if "n_users" in metrics[b])
+    if users:
+        lines += ["", f"Users: {users}."]
+    for name, paired in (metrics.get("vs_content") or {}).items():
+        parts = [f"HR@{k.split('@')[1]} {100 * v['diff']:+.2f} [{100 * v['ci95'][0]:+.2f}, {100 * v['ci95'][1]:+.2f}]"
+                 for k, v in paired.items() if int(k.split("@")[1]) in ks]
+        lines += ["", f"{name.replace('_', ' ')} users, model minus content baseline (points, paired, 95%): "
+                  + "; ".join(parts) + "."]
+    return "\n".join(lines)
+
+
 def write_report(
     out_dir: str | Path,
     metrics: Mapping[str, Any],
@@ -453,9 +484,13 @@ def write_report(
     if reference is None:
         reference = published_reference(dataset) if dataset else None
     ours = _test_metrics(metrics)
+    # Leave-one-out-cold: "test" is the warm users' test; baselines give their "warm" block for it.
+    looc = isinstance(metrics.get("looc"), Mapping)
     models: dict[str, Mapping[str, Any]] = {model: ours}
     for name, result in baselines.items():
-        models[name if name not in models else f"{name} (baseline)"] = _test_metrics(result)
+        block = result.get("warm") if looc and "test" not in result and isinstance(result.get("warm"), Mapping) \
+            else _test_metrics(result)
+        models[name if name not in models else f"{name} (baseline)"] = block
     # A missing log (e.g. Lightning wrote version_1 on a rerun) is noted in the report rather than
     # failing at the end of a long run; a malformed one raises.
     log_missing = train_log_csv is not None and not Path(train_log_csv).is_file()
@@ -468,7 +503,9 @@ def write_report(
     if "n_users" in ours:
         lines.append(f"- test users: {ours['n_users']}")
     all_ks = sorted(set(_ks_in(models.values(), "hr")) | set(_ks_in(models.values(), "ndcg")))
-    lines += ["", "## Test metrics", "", format_metrics_table(models, ks=all_ks), ""]
+    lines += ["", "## Test metrics" + (" (warm users)" if looc else ""), "", format_metrics_table(models, ks=all_ks), ""]
+    if looc:
+        lines += ["## Cold start (leave-one-out-cold)", "", format_cold_start(metrics, baselines), ""]
     if isinstance(metrics.get("val"), Mapping):
         lines += ["## Validation metrics", "", format_metrics_table({model: metrics["val"]}, ks=all_ks), ""]
     overall = (metrics.get("sid_report") or {}).get("overall")
@@ -499,7 +536,10 @@ def write_report(
         else:
             lines += [f"Training log {train_log_csv} has no rows to plot.", ""]
 
-    if reference:
+    if looc:  # the published numbers rank every user's last item; this test holds the warm users only
+        lines += ["## Published reference", "", "Not compared: published numbers are leave-one-out over all users; "
+                  "this run's test is the leave-one-out-cold split's warm users.", ""]
+    elif reference:
         lines += _reference_section(reference, model, ours) + [""]
     else:
         lines += ["## Published reference", "", f"No published numbers on file for {dataset or 'this data set'}.", ""]

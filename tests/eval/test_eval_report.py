@@ -179,3 +179,31 @@ def test_training_plot_keeps_series_of_different_scales_apart(tmp_path):
     # Without retrieval metrics the panel is left out.
     del series["val/hr@10"], series["val/ndcg@10"]
     assert "validation retrieval" not in _plot_training(Figure, series, tmp_path / "curves2.png")
+
+
+def test_looc_report_shows_cold_and_warm_users_and_compares_no_published_numbers(tmp_path):
+    """Under leave-one-out-cold the test users are the warm ones: the report says so, gives the cold /
+    warm table with the content baseline and the paired difference, and does not hold a warm-only
+    test against published leave-one-out numbers."""
+    def block(r20, n):
+        return {"recall@10": r20 / 2, "recall@20": r20, "recall@100": 3 * r20, "ndcg@20": r20 / 3,
+                "hr@10": r20 / 2, "hr@20": r20, "ndcg@10": r20 / 4, "n_users": n}
+    metrics = {"model": "retrievalformer", "dataset": "amazon-beauty", "test": block(0.12, 900),
+               "warm": block(0.12, 900), "cold": block(0.078, 300), "looc": {"cold_items": 40},
+               "baselines": {"content": {"cold": block(0.069, 300), "warm": block(0.085, 900)}},
+               "vs_content": {"cold": {"hr@20": {"diff": 0.0095, "ci95": [0.0028, 0.0162], "n_users": 300},
+                                       "hr@50": {"diff": 0.01, "ci95": [0.0, 0.02], "n_users": 300}}}}
+    text = write_report(tmp_path, metrics).read_text()
+    assert "## Test metrics (warm users)" in text and "## Cold start (leave-one-out-cold)" in text
+    cold = text.split("## Cold start (leave-one-out-cold)")[1].split("## ")[0].splitlines()
+    row = next(line for line in cold if line.startswith("| retrievalformer | "))
+    assert row.split(" | ")[1:3] == ["0.0390", "0.0780"]  # cold Recall@10, @20
+    content = next(line for line in cold if line.startswith("| content | "))
+    assert content.split(" | ")[1:3] == ["0.0345", "0.0690"]
+    assert "cold users, model minus content baseline (points, paired, 95%): HR@20 +0.95 [+0.28, +1.62]." in text
+    assert "Not compared: published numbers are leave-one-out over all users" in text and "| met" not in text
+    # The content baseline's warm users make its row of the (warm) test table.
+    assert "| content" in text.split("## Cold start")[0] and "0.0850" in text.split("## Cold start")[0]
+    # A leave-one-out report is as before: the published numbers are compared.
+    plain = {k: v for k, v in metrics.items() if k not in ("looc", "cold", "warm", "vs_content", "baselines")}
+    assert "## Cold start" not in write_report(tmp_path / "loo", plain).read_text()

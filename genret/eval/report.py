@@ -186,7 +186,7 @@ def format_sweep_table(sweep: Mapping[str, Any]) -> str:
     results = sweep["results"]
     means = [r["val"]["mean"] for r in results.values()]
     hr_ks = _ks_in(means, "hr")
-    shown = [k for k in hr_ks if k in (10, 100, 500)] or hr_ks
+    shown = [k for k in hr_ks if k in (10, 20, 100, 500)] or hr_ks  # 20: the cold-start targets are at 20
     paired_k = shown[-1] if shown else None
 
     def cells(r: Mapping[str, Any], stage: str) -> list[str]:

@@ -79,7 +79,7 @@ def test_one_seed_has_no_sd_and_a_sweep_table_reads_validation():
     rng = np.random.default_rng(3)
 
     def validation_only():
-        run = _run(rng)
+        run = _run(rng, ks=(10, 20, 100))
         return {k: v for k, v in run.items() if not k.startswith("test")}
 
     summary = summarize_ablations({0: {"4": validation_only(), "16": validation_only()}}, reference="4")
@@ -90,6 +90,7 @@ def test_one_seed_has_no_sd_and_a_sweep_table_reads_validation():
                          for k, v in summary["variants"].items()}}
     table = format_sweep_table(sweep)
     assert "val HR@10" in table and "val HR@100 - 4 (95% CI)" in table and "validation only" in table
+    assert "val HR@20" in table  # where the cold-start targets are read
 
 
 def test_user_groups_get_their_own_hit_rates_and_paired_differences():

@@ -235,6 +235,39 @@ def _mask(items: np.ndarray, n: int) -> np.ndarray:
     return mask
 
 
+def _value_counts(table: np.ndarray, width: int) -> Any:
+    """(n, width) scipy CSR: how often each value id occurs in each row of an id table (0 = none)."""
+    from scipy import sparse
+
+    n, w = table.shape
+    rows = np.repeat(np.arange(n), w)
+    cols = table.reshape(-1)
+    keep = cols > 0
+    return sparse.csr_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(n, int(width)))
+
+
+def value_idf(table: np.ndarray, width: int, fit: np.ndarray) -> np.ndarray:
+    """(width,) float64 smoothed inverse document frequency of each value id of one id table (n, W)
+    among the rows `fit` (bool mask or indices): log((1 + N) / (1 + df)) + 1, as scikit-learn's
+    TF-IDF; id 0 (none) gets 0. Under LOOC `fit` is the warm items, so no statistic sees a cold one."""
+    fit_rows = _mask(fit, len(table))
+    df = np.asarray((_value_counts(table, width)[fit_rows] > 0).sum(0)).ravel()  # documents holding each value
+    idf = np.log((fit_rows.sum() + 1) / (df + 1)) + 1.0
+    idf[0] = 0.0
+    return idf
+
+
+def tfidf_rows(tables: Sequence[np.ndarray], widths: Sequence[int], idfs: Sequence[np.ndarray]) -> Any:
+    """L2-normalised rows (scipy CSR, (n, sum(widths))): each table's value counts weighted by its
+    values' `idfs` (one (width,) vector per table), side by side. Rows without any value stay zero."""
+    from scipy import sparse
+
+    x = sparse.hstack([_value_counts(t, w) @ sparse.diags(np.asarray(idf, np.float64))
+                       for t, w, idf in zip(tables, widths, idfs)]).tocsr()
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel())
+    return sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ x
+
+
 def tfidf_vectors(tables: Sequence[np.ndarray], widths: Sequence[int], fit: np.ndarray) -> Any:
     """L2-normalised TF-IDF rows (scipy CSR, (n, sum(widths))) over id tables (0 = none / unknown).
 
@@ -242,22 +275,7 @@ def tfidf_vectors(tables: Sequence[np.ndarray], widths: Sequence[int], fit: np.n
     its values among the rows `fit` (bool mask or indices): under LOOC only warm items count, so a
     cold item's values move nothing. Rows without any known value stay zero.
     """
-    from scipy import sparse
-
-    blocks = []
-    for table, width in zip(tables, widths):
-        n, w = table.shape
-        rows = np.repeat(np.arange(n), w)
-        cols = table.reshape(-1)
-        keep = cols > 0
-        m = sparse.csr_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(n, int(width)))
-        fit_rows = _mask(fit, n)
-        df = np.asarray((m[fit_rows] > 0).sum(0)).ravel()  # document frequency on the fitting items
-        idf = np.log((fit_rows.sum() + 1) / (df + 1)) + 1.0
-        blocks.append(m @ sparse.diags(idf))
-    x = sparse.hstack(blocks).tocsr()
-    norms = np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel())
-    return sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ x
+    return tfidf_rows(tables, widths, [value_idf(t, w, fit) for t, w in zip(tables, widths)])
 
 
 def content_tfidf(log_: InteractionLog, names: Sequence[str] | None = None, fit_items: np.ndarray | None = None,

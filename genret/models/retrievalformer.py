@@ -237,28 +237,19 @@ class RetrievalFormer(nn.Module):
 
     def content_rows(self):
         """(n_items, V) scipy CSR: each item's L2-normalised TF-IDF row over its feature values (the item
-        id excluded), V = the summed cardinalities; the content-only baseline's item vectors."""
-        from scipy import sparse
+        id excluded), V = their summed cardinalities; the content-only baseline's item vectors."""
+        from genret.data.item_features import tfidf_rows
 
         if not self.uses_value_weights:
             raise ValueError("content rows need the per-value IDF weights: set content_weight > 0 (or value_pooling "
                              "'idf') before training")
-        n, blocks = self.n_items, []
-        for f, table in enumerate(self.feature_tables_of()):
-            card = self.config.item_feature_cardinalities[f]
-            if f == self._id_feature:
-                continue
-            ids = table.cpu().numpy()
-            weight = getattr(self, f"value_weight_{f}").cpu().numpy()
-            rows = np.repeat(np.arange(n), ids.shape[1])
-            cols = ids.reshape(-1)
-            keep = cols > 0  # repeated values add up, as term counts do
-            blocks.append(sparse.csr_matrix((weight[cols[keep]], (rows[keep], cols[keep])), shape=(n, card)))
-        if not blocks:
+        kept = [f for f in range(len(self.config.item_feature_cardinalities)) if f != self._id_feature]
+        if not kept:
             raise ValueError("the content term needs an item feature besides item_id")
-        x = sparse.hstack(blocks).tocsr()
-        norms = np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel())
-        return (sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ x).tocsr()
+        tables = self.feature_tables_of()
+        return tfidf_rows([tables[f].cpu().numpy() for f in kept],
+                          [self.config.item_feature_cardinalities[f] for f in kept],
+                          [getattr(self, f"value_weight_{f}").cpu().numpy() for f in kept])
 
     def history_content(self, offsets: np.ndarray, items: np.ndarray, rows=None):
         """(m, V) scipy CSR: the mean content row of each of m CSR histories (`offsets` (m + 1,), dense

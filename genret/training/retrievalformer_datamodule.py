@@ -77,7 +77,7 @@ class RetrievalFormerDataModule(KuaiFormerDataModule):
         if self._ready:
             return
         from genret.data import leave_one_out, load_dataset
-        from genret.data.item_features import ItemFeatureEncoder, feature_report, raw_item_features
+        from genret.data.item_features import ItemFeatureEncoder, feature_report, raw_item_features, value_idf
 
         self._check()
         full = load_dataset(self.data, **self.load_kwargs)
@@ -116,7 +116,8 @@ class RetrievalFormerDataModule(KuaiFormerDataModule):
         self.item_feature_tables = self.encoder.transform(self.raw_features)
         self.item_features = list(self.raw_features)
         self.item_feature_cardinalities = self.encoder.cardinalities
-        self.value_idf = [value_idf(t, card, fit_items) for t, card in
+        # Per-value IDF on the warm items: IDF pooling and the content term weigh values by it.
+        self.value_idf = [value_idf(t, card, fit_items).astype(np.float32) for t, card in
                           zip(self.item_feature_tables, self.item_feature_cardinalities)]
         if self.use_user_features and self.log_all.user_features is not None and self.log_all.user_feature_names:
             self.user_feats = np.asarray(self.log_all.user_features, np.int64)
@@ -166,16 +167,3 @@ class RetrievalFormerDataModule(KuaiFormerDataModule):
         batch = super().eval_batch(stage, rows)
         batch["user_features"] = torch.from_numpy(self.user_feats[self.eval_sets[stage].users[rows]])
         return batch
-
-
-def value_idf(table: np.ndarray, cardinality: int, fit_items: np.ndarray) -> np.ndarray:
-    """Smoothed inverse document frequency of each value id of one item feature table (n, W) among the
-    rows `fit_items` (bool mask): log((1 + N) / (1 + df)) + 1, as scikit-learn's TF-IDF; id 0 (none)
-    gets 0. Under LOOC the cold items are not in `fit_items`, so no statistic sees them."""
-    rows = table[fit_items]
-    df = np.zeros(cardinality, np.int64)
-    for r in rows:  # each value counts once per item
-        df[np.unique(r[r > 0])] += 1
-    idf = (np.log((1.0 + len(rows)) / (1.0 + df)) + 1.0).astype(np.float32)
-    idf[0] = 0.0
-    return idf

@@ -235,7 +235,8 @@ def test_attention_value_pooling_starts_as_the_mean_and_can_single_out_a_value()
 
 
 def test_idf_value_pooling_weighs_rare_values_and_its_weights_come_from_warm_items_only(tiny_ml):
-    from genret.training.retrievalformer_datamodule import RetrievalFormerDataModule, value_idf
+    from genret.data.item_features import value_idf
+    from genret.training.retrievalformer_datamodule import RetrievalFormerDataModule
     from genret.training.retrievalformer_module import RetrievalFormerModule
 
     torch.manual_seed(0)

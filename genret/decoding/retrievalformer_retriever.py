@@ -82,6 +82,12 @@ class RetrievalFormerRetriever:
                 self._vectors = self.model.item_vectors().float()
         return self._vectors
 
+    def content_rows(self):
+        """The model's content rows (its content term's item side), computed once and cached."""
+        if self._content is None:
+            self._content = self.model.content_rows()
+        return self._content
+
     # ------------------------------------------------------------------------------ catalogue updates
     def add_items(self, raw_ids: Sequence[Any], features: RawFeatures) -> None:
         """Add items described by raw features (name -> one list of values per new item).
@@ -180,9 +186,8 @@ class RetrievalFormerRetriever:
         beta = self.model.config.content_weight
         pool = min(self.CONTENT_POOL * fetch, len(self.item_ids))
         _, by_tower = self.ann.search(users.cpu().numpy(), pool)
-        if self._content is None:
-            self._content = self.model.content_rows()
-        matches = (self.model.history_content(offsets, dense, self._content) @ self._content.T).tocsr()
+        rows = self.content_rows()
+        matches = (self.model.history_content(offsets, dense, rows) @ rows.T).tocsr()
         matches.sort_indices()
         vectors = self.item_vectors()
         out_items = np.full((len(users), fetch), -1, np.int64)
@@ -255,9 +260,7 @@ class RetrievalFormerRetriever:
 
             scores = users @ self.item_vectors().T
             if beta > 0:  # the content term over each whole history (CPU, sparse)
-                if self._content is None:
-                    self._content = self.model.content_rows()
-                scores = scores + beta * self.model.content_scores(offsets, dense, self._content).to(scores.device)
+                scores = scores + beta * self.model.content_scores(offsets, dense, self.content_rows()).to(scores.device)
             s, i = scores.topk(fetch, dim=1)
             items, scores = exclude_and_pad(i.cpu().numpy(), s.cpu().numpy(), k, seen)
         out_items, out_scores = [], []

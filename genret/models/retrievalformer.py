@@ -34,7 +34,7 @@ cannot hold for every value; the learned score adds what interactions teach.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -159,9 +159,8 @@ class RetrievalFormer(nn.Module):
         # One pooling query per item feature (after init_weights: zero queries pool as the mean does).
         self.value_queries = (nn.Parameter(torch.zeros(len(c.item_feature_cardinalities), d))
                               if c.value_pooling == "attention" else None)
-        if self.uses_value_weights:  # per-value IDF, buffers so the checkpoint serves them (set_value_weights)
-            for f, card in enumerate(c.item_feature_cardinalities):
-                self.register_buffer(f"value_weight_{f}", torch.ones(card))
+        if self.uses_value_weights:
+            self._register_value_weights()
         self._id_feature = c.item_feature_names.index("item_id") if "item_id" in c.item_feature_names else None
 
     # ------------------------------------------------------------------------------ catalogue
@@ -201,6 +200,12 @@ class RetrievalFormer(nn.Module):
             setattr(self, f"item_feature_{f}", table.to(getattr(self, f"item_feature_{f}").device))
         self.config.n_items = int(n)
 
+    def _register_value_weights(self) -> None:
+        """Per-value IDF buffers (ones until set_value_weights), so the checkpoint serves them."""
+        device = self.item_feature_0.device
+        for f, card in enumerate(self.config.item_feature_cardinalities):
+            self.register_buffer(f"value_weight_{f}", torch.ones(card, device=device))
+
     def set_value_weights(self, weights: list[torch.Tensor]) -> None:
         """Set the per-value IDF weights (`value_pooling: idf`, the content term): one (cardinality,)
         non-negative float tensor per item feature."""
@@ -222,15 +227,12 @@ class RetrievalFormer(nn.Module):
         """Change the content term's beta after training (it acts at ranking only). A model trained
         without per-value weights needs `value_weights` (the data module's `value_idf`) to turn it on."""
         weight = float(weight)
-        if not weight >= 0.0:
-            raise ValueError(f"content_weight must be >= 0 (0 = no content term), got {weight}")
+        replace(self.config, content_weight=weight).validate()
         if weight > 0 and not hasattr(self, "value_weight_0"):
             if value_weights is None:
                 raise ValueError("this model was trained without per-value IDF weights: give the data module's "
                                  "value_idf to turn the content term on")
-            device = self.item_feature_0.device
-            for f, card in enumerate(self.config.item_feature_cardinalities):
-                self.register_buffer(f"value_weight_{f}", torch.ones(card, device=device))
+            self._register_value_weights()
         self.config.content_weight = weight
         if weight > 0 and value_weights is not None:
             self.set_value_weights(value_weights)

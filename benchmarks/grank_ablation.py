@@ -1,68 +1,153 @@
-"""GRank's ablation (the paper's Table: pure generator, generator + auxiliary tokens, generator +
-ranker only, full GRank) on one data set, several seeds, paired on the same test users.
+"""GRank's ablation (the paper's table: pure generator, generator + auxiliary tokens, generator +
+ranker only, full GRank) over seeds, paired on the same test users, with genret's two-stage recipes.
 
-Each variant is `genret benchmark --model grank` with loss weights switched off on top of the
-recipe; a variant without the ranker serves its generator's order. The table shows test
-Recall@10 / NDCG@10 / Recall@500 (mean over seeds), the candidate set's recall, and the paired
-difference of Recall@10 against the full model (mean over seeds, with the 95% half-width of the
-per-user difference, pooled).
+Per seed, two stage-1 runs train the generator (`--generator` YAML): as it is ("pure") and with the
+auxiliary candidate tokens on (`--aux-args`, "aux"). The stage-2 ranker (`--ranker` YAML) is then
+trained on each, frozen (`--model.init_from` its checkpoint). A stage-2 run records both its
+generator's order and the ranked order, so the two stage-2 runs give the four arms:
 
-    python benchmarks/grank_ablation.py --config configs/grank_ml1m.yaml --data ml-1m --out runs/grank_ablation \
-        --seeds 0 1 2
+    pure generator      = rank_pure's generator order     generator + ranker = rank_pure's ranked order
+    generator + aux     = rank_aux's generator order      full GRank         = rank_aux's ranked order
+
+(the ranked order is what validation chose: a blend with the generator's score, or the generator's
+order alone when no blend beats it). The table gives the mean and sd over seeds of validation and test
+Recall@10 / NDCG@10 and test Recall@50 / @500, and each arm's paired Recall@K difference to the pure
+generator with a 95% interval clustered by user over seeds
+(`genret.eval.metrics.paired_hit_difference_over_seeds`); OUT/ablation.json keeps it all.
+
+    python benchmarks/grank_ablation.py --data ml-1m --generator configs/grank_ml1m_generator_lastpos.yaml \\
+        --ranker configs/grank_ml1m_lastpos.yaml --out runs/grank_ablation_ml1m --seeds 0 1 2 \\
+        --generator-args="--trainer.max_epochs 12"     # a reduced stage 1 for every arm
     python benchmarks/grank_ablation.py ... --summarise-only   # re-read finished runs
+
+Runs that finished (their metrics.json is there) are not trained again, so two processes with
+different `--seeds` (or arms, `--arms pure` / `--arms aux`) can share the two cores and one
+`--summarise-only` reads them all.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-VARIANTS = {
-    "pure generator": ["--model.aux_weight", "0", "--model.ranker_weight", "0"],
-    "generator + aux": ["--model.ranker_weight", "0"],
-    "generator + ranker": ["--model.aux_weight", "0"],
-    "full GRank": [],
+ARMS = {  # name -> (stage-2 run of which generator, which order)
+    "pure generator": ("pure", "generator"),
+    "generator + aux": ("aux", "generator"),
+    "generator + ranker": ("pure", "ranked"),
+    "full GRank": ("aux", "ranked"),
 }
+REFERENCE = "pure generator"
+
+
+def stage_dirs(out: Path, generator: str, seed: int) -> tuple[Path, Path]:
+    return out / f"gen_{generator}_s{seed}", out / f"rank_{generator}_s{seed}"
+
+
+def run(cmd: list[str], log: Path) -> None:
+    print("+", shlex.join(cmd), f"> {log}", flush=True)
+    with open(log, "w") as f:
+        if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode:
+            raise SystemExit(f"failed: {shlex.join(cmd)} (its output: {log})")
+
+
+def train(args, generator: str, seed: int) -> None:
+    gen, rank = stage_dirs(args.out, generator, seed)
+    base = [sys.executable, "-m", "genret", "benchmark", "--model", "grank", "--data", args.data,
+            "--seed_everything", str(seed)]
+    if not (gen / "model.ckpt").is_file():
+        extra = shlex.split(args.generator_args) + (shlex.split(args.aux_args) if generator == "aux" else [])
+        run(base + ["--config", args.generator, "--out", str(gen), *extra], gen.with_suffix(".log"))
+    if not (rank / "metrics.json").is_file():
+        run(base + ["--config", args.ranker, "--out", str(rank), "--model.init_from", str(gen / "model.ckpt"),
+                    *shlex.split(args.ranker_args)], rank.with_suffix(".log"))
+
+
+def arm_metrics(record: dict, order: str, stage: str) -> dict:
+    return record[stage] if order == "ranked" else record["generator_only"][stage]
+
+
+def summarise(out: Path, seeds: list[int], ks: list[int]) -> dict:
+    from genret.eval.metrics import paired_hit_difference_over_seeds
+
+    records = {}
+    for generator in ("pure", "aux"):
+        for seed in seeds:
+            path = stage_dirs(out, generator, seed)[1] / "metrics.json"
+            if path.is_file():
+                records[generator, seed] = json.loads(path.read_text())
+    done = [s for s in seeds if all((g, s) in records for g in ("pure", "aux"))]
+    if not done:
+        raise SystemExit(f"{out}: no seed has both stage-2 runs (rank_pure_sS, rank_aux_sS) finished")
+    summary = {"seeds": done, "arms": {}}
+    ranks = {name: [np.asarray(records[g, s]["test_ranks"][order]) for s in done] for name, (g, order) in ARMS.items()}
+    for name, (g, order) in ARMS.items():
+        per_seed = [records[g, s] for s in done]
+        block = {"served": [r.get("blend") if order == "ranked" and r.get("ranker_served") else "generator order"
+                            for r in per_seed] if order == "ranked" else None}
+        for stage, keys in (("val", ("recall@10", "ndcg@10")), ("test", ("recall@10", "ndcg@10", "recall@50",
+                                                                         "recall@500"))):
+            for key in keys:
+                values = [arm_metrics(r, order, stage).get(key) for r in per_seed]
+                if None in values:
+                    continue
+                block[f"{stage}/{key}"] = {"mean": float(np.mean(values)),
+                                           "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                                           "per_seed": [float(v) for v in values]}
+        if name != REFERENCE:
+            block["vs_pure"] = {str(k): paired_hit_difference_over_seeds(ranks[name], ranks[REFERENCE], k) for k in ks}
+        summary["arms"][name] = block
+    return summary
+
+
+def format_table(summary: dict, ks: list[int]) -> str:
+    head = ("| arm | val Recall@10 / NDCG@10 | test Recall@10 / NDCG@10 | test Recall@50 / @500 | "
+            + " | ".join(f"paired Recall@{k} vs pure (points)" for k in ks) + " | served |")
+    lines = [head, "|" + "---|" * (5 + len(ks))]
+    cell = lambda b, key: f"{b[key]['mean']:.4f} ± {b[key]['sd']:.4f}" if key in b else "-"  # noqa: E731
+    for name, b in summary["arms"].items():
+        diffs = [(lambda d: f"{100 * d['diff']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]")(
+            b["vs_pure"][str(k)]) if "vs_pure" in b else "" for k in ks]
+        served = ", ".join(f"blend {s:g}" if isinstance(s, (int, float)) else str(s) for s in b["served"] or [])
+        lines.append(f"| {name} | {cell(b, 'val/recall@10')} / {cell(b, 'val/ndcg@10')} | "
+                     f"{cell(b, 'test/recall@10')} / {cell(b, 'test/ndcg@10')} | "
+                     f"{cell(b, 'test/recall@50')} / {cell(b, 'test/recall@500')} | " + " | ".join(diffs)
+                     + f" | {served} |")
+    return "\n".join(lines) + f"\n\nseeds {summary['seeds']}; intervals 95%, paired per user, clustered by user over seeds"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True)
     p.add_argument("--data", required=True)
+    p.add_argument("--generator", required=True, help="stage-1 YAML (GRank's generator alone)")
+    p.add_argument("--ranker", required=True, help="stage-2 YAML (the ranker on a frozen generator, model.init_from)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--arms", nargs="+", choices=("pure", "aux"), default=["pure", "aux"],
+                   help="which stage-1 generators to train (both are needed for the table)")
+    p.add_argument("--generator-args", default="", help="extra overrides of every stage-1 run (a reduced protocol)")
+    p.add_argument("--aux-args", default="--model.aux_weight 0.5 --model.aux_negatives 32",
+                   help="what turns the auxiliary candidate tokens on in stage 1 (default: configs/grank_*.yaml's values)")
+    p.add_argument("--ranker-args", default="", help="extra overrides of every stage-2 run")
+    p.add_argument("--ks", default="10,50")
     p.add_argument("--summarise-only", action="store_true")
-    args, extra = p.parse_known_args(argv)
-    runs = {}
-    for name, overrides in VARIANTS.items():
+    args = p.parse_args(argv)
+    ks = [int(k) for k in args.ks.split(",")]
+    if not args.summarise_only:
+        args.out.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
-            out = args.out / name.replace(" ", "_").replace("+", "plus") / f"seed{seed}"
-            if not args.summarise_only and not (out / "metrics.json").is_file():
-                cmd = [sys.executable, "-m", "genret", "benchmark", "--model", "grank", "--config", args.config,
-                       "--data", args.data, "--out", str(out), "--seed_everything", str(seed), *overrides, *extra]
-                print("+", " ".join(cmd), flush=True)
-                subprocess.run(cmd, check=True)
-            if (out / "metrics.json").is_file():
-                runs.setdefault(name, []).append(json.loads((out / "metrics.json").read_text()))
-    if "full GRank" not in runs:
-        print("no finished full GRank run to compare with")
-        return 1
-    from genret.eval.metrics import paired_hit_difference
+            for generator in args.arms:
+                train(args, generator, seed)
+    summary = summarise(args.out, args.seeds, ks)
+    from genret.io import write_json
 
-    print("| variant | Recall@10 | NDCG@10 | Recall@500 | candidates | d Recall@10 vs full (95%) | seeds |")
-    print("|---|---|---|---|---|---|---|")
-    for name, metrics in runs.items():
-        mean = lambda key: np.mean([m["test"][key] for m in metrics])  # noqa: E731
-        diffs = [paired_hit_difference(np.array(m["test_ranks"]["ranked"]), np.array(f["test_ranks"]["ranked"]), 10)
-                 for m, f in zip(metrics, runs["full GRank"])]
-        cand = np.mean([m["candidate_recall"]["test"] for m in metrics])
-        print(f"| {name} | {mean('recall@10'):.4f} | {mean('ndcg@10'):.4f} | {mean('recall@500'):.4f} | {cand:.4f} | "
-              f"{np.mean([d for d, _ in diffs]):+.4f} (±{np.mean([h for _, h in diffs]):.4f}) | {len(metrics)} |")
+    write_json(args.out / "ablation.json", summary)
+    print(format_table(summary, ks))
     return 0
 
 

@@ -6,7 +6,8 @@ on a CPU budget). Every term is InfoNCE at one `temperature`:
   * L_NTP: h_u against the whole catalogue ("full", our catalogues are small) or the batch's
     targets with log Q ("in_batch", for large ones).
   * L_SA: each example's target and `aux_negatives` other targets of the batch as candidate tokens;
-    their s_sa scores, target first.
+    their s_sa scores, target first; with `aux_log_q` each score less log Q of its item (those
+    targets are drawn by popularity; not in the paper, which gives no correction).
   * L_CA: the ranker's s_ca for the target, `hard_negatives` drawn uniformly from a generator's top
     `hard_pool` (no gradient; the paper is silent, but a re-ranker only ever sees the generator's top
     items) and `ranker_negatives` other targets of the batch. Whose top items is
@@ -57,6 +58,9 @@ class GRankModule(ItemSoftmaxModule):
         temperature: InfoNCE temperature of all terms.
         ntp_negatives: "full" or "in_batch" (log Q corrected).
         aux_negatives: other in-batch targets appended as candidate tokens per example.
+        aux_log_q: subtract each auxiliary candidate's log Q (its expected count among the
+            `aux_negatives` popularity-drawn targets) from its score in L_SA, as the in-batch NTP does;
+            False is the paper as we read it (no correction named).
         ranker_negatives: other in-batch targets the ranker scores per example.
         hard_negatives, hard_pool: generator top-`hard_pool` items the ranker scores per example.
         ranker_rows: examples per batch the ranker trains on (a random subset; its 1,000-item
@@ -92,8 +96,8 @@ class GRankModule(ItemSoftmaxModule):
 
     def __init__(self, config: GRankConfig | None = None, ntp_weight: float = 1.0, aux_weight: float = 0.5,
                  ranker_weight: float = 1.0, position_loss_weight: float = 1.0, temperature: float = 1.0,
-                 ntp_negatives: str = "full", aux_negatives: int = 32, ranker_negatives: int = 32,
-                 hard_negatives: int = 32, hard_pool: int = 200, ranker_rows: int = 128,
+                 ntp_negatives: str = "full", aux_negatives: int = 32, aux_log_q: bool = False,
+                 ranker_negatives: int = 32, hard_negatives: int = 32, hard_pool: int = 200, ranker_rows: int = 128,
                  freeze_generator: bool = False,
                  init_from: str | None = None, k1: int = 1000, val_k1: int = 200, blend: float = 0.0,
                  blend_choices: list[float] | None = None,
@@ -130,6 +134,7 @@ class GRankModule(ItemSoftmaxModule):
         self.temperature = temperature
         self.ntp_negatives = ntp_negatives
         self.aux_negatives, self.ranker_negatives = aux_negatives, ranker_negatives
+        self.aux_log_q = aux_log_q
         self.hard_negatives, self.hard_pool, self.ranker_rows = hard_negatives, hard_pool, ranker_rows
         self.freeze_generator, self.init_from = freeze_generator, init_from
         self.k1, self.val_k1, self.blend = k1, val_k1, blend
@@ -250,8 +255,7 @@ class GRankModule(ItemSoftmaxModule):
             allowed = aux != targets[:, None]
             allowed[:, 0] = True
             column = torch.zeros(n, dtype=torch.long, device=rng_device)
-            out["aux"] = self.aux_weight * info_nce(self.model.aux_scores(cand_states), column, self.temperature,
-                                                    allowed)
+            out["aux"] = self.aux_weight * self.aux_loss(self.model.aux_scores(cand_states), aux, column, allowed)
         if self.ranker_weight > 0 and self.uses_generator_pool:
             # Only last-cut examples: the cached candidates are those of the user's last cut.
             if "last_cut" not in batch:
@@ -283,6 +287,14 @@ class GRankModule(ItemSoftmaxModule):
         logits = users @ table[candidates].T / self.temperature
         logits = logits - sampling_log_q(self.item_log_prob, candidates, len(targets), 0, self.config.n_items)[None]
         return info_nce(logits, inverse, 1.0)
+
+    def aux_loss(self, scores: torch.Tensor, candidates: torch.Tensor, column: torch.Tensor,
+                 allowed: torch.Tensor) -> torch.Tensor:
+        """L_SA: InfoNCE of the candidate tokens' scores (N, C), the target in `column`."""
+        if not self.aux_log_q:
+            return info_nce(scores, column, self.temperature, allowed)
+        log_q = sampling_log_q(self.item_log_prob, candidates.flatten(), self.aux_negatives, 0, self.config.n_items)
+        return info_nce(scores / self.temperature - log_q.view_as(scores), column, 1.0, allowed)
 
     def generator_hard_negatives(self, user_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """`hard_negatives` items per example drawn uniformly (with replacement) from its cached row

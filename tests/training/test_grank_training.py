@@ -259,6 +259,26 @@ def test_benchmark_and_decode_commands_with_a_grank_model(tmp_path):
         main(["decode", "--checkpoint", str(out / "model.ckpt"), "--histories", str(histories), "--k", "41"])
 
 
+def test_aux_log_q_lowers_each_auxiliary_candidates_score_by_its_log_q(trained):
+    """aux_log_q: L_SA with every candidate's logit less its log Q (the popular negatives count less)."""
+    module, dm, _ = trained
+    prob = module.item_log_prob
+    popular, rare = int(prob.argmax()), int(prob.argmin())
+    candidates = torch.tensor([[rare, popular, rare]])  # the target first
+    scores, column, allowed = torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool)
+    plain = float(module.aux_loss(scores, candidates, column, allowed))
+    assert plain == pytest.approx(np.log(3), rel=1e-5)
+    module.aux_log_q = True
+    try:
+        corrected = float(module.aux_loss(scores, candidates, column, allowed))
+        terms = module.losses({key: torch.as_tensor(v) for key, v in dm.train_batch(np.arange(8)).items()})
+    finally:
+        module.aux_log_q = False
+    log_q = prob[candidates[0]] + np.log(module.aux_negatives)
+    assert corrected == pytest.approx(float(-torch.log_softmax(-log_q, 0)[0]), rel=1e-5)
+    assert corrected < plain and torch.isfinite(terms["aux"])
+
+
 # ------------------------------------------------------------------ hard_negatives_from: generator
 FROM_GENERATOR = ["--model.hard_negatives_from", "generator"]
 

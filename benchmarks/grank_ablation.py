@@ -11,8 +11,8 @@ generator's order and the ranked order, so the two stage-2 runs give the four ar
 
 (the ranked order is what validation chose: a blend with the generator's score, or the generator's
 order alone when no blend beats it). The table gives the mean and sd over seeds of validation and test
-Recall@10 / NDCG@10 and test Recall@50 / @500, and each arm's paired Recall@K difference to the pure
-generator with a 95% interval clustered by user over seeds
+Recall@10 / NDCG@10 and test Recall@50 / @500, each arm's paired Recall@K difference to the pure
+generator and each ranked arm's to the generator it re-ranks, with 95% intervals clustered by user over seeds
 (`genret.eval.metrics.paired_hit_difference_over_seeds`); OUT/ablation.json keeps it all.
 
     python benchmarks/grank_ablation.py --data ml-1m --generator configs/grank_ml1m_generator_lastpos.yaml \\
@@ -101,18 +101,23 @@ def summarise(out: Path, seeds: list[int], ks: list[int]) -> dict:
                                            "per_seed": [float(v) for v in values]}
         if name != REFERENCE:
             block["vs_pure"] = {str(k): paired_hit_difference_over_seeds(ranks[name], ranks[REFERENCE], k) for k in ks}
+        if order == "ranked":  # the ranker's own gain: over the generator it re-ranks, in the same runs
+            own = [np.asarray(records[g, s]["test_ranks"]["generator"]) for s in done]
+            block["vs_own_generator"] = {str(k): paired_hit_difference_over_seeds(ranks[name], own, k) for k in ks}
         summary["arms"][name] = block
     return summary
 
 
 def format_table(summary: dict, ks: list[int]) -> str:
     head = ("| arm | val Recall@10 / NDCG@10 | test Recall@10 / NDCG@10 | test Recall@50 / @500 | "
-            + " | ".join(f"paired Recall@{k} vs pure (points)" for k in ks) + " | served |")
-    lines = [head, "|" + "---|" * (5 + len(ks))]
+            + " | ".join(f"paired Recall@{k} vs pure (points)" for k in ks)
+            + f" | the ranker's gain over its generator, Recall@{ks[0]} | served |")
+    lines = [head, "|" + "---|" * (6 + len(ks))]
     cell = lambda b, key: f"{b[key]['mean']:.4f} ± {b[key]['sd']:.4f}" if key in b else "-"  # noqa: E731
+    interval = lambda d: f"{100 * d['diff']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"  # noqa: E731
     for name, b in summary["arms"].items():
-        diffs = [(lambda d: f"{100 * d['diff']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]")(
-            b["vs_pure"][str(k)]) if "vs_pure" in b else "" for k in ks]
+        diffs = [interval(b["vs_pure"][str(k)]) if "vs_pure" in b else "" for k in ks]
+        diffs.append(interval(b["vs_own_generator"][str(ks[0])]) if "vs_own_generator" in b else "")
         served = ", ".join(f"blend {s:g}" if isinstance(s, (int, float)) else str(s) for s in b["served"] or [])
         lines.append(f"| {name} | {cell(b, 'val/recall@10')} / {cell(b, 'val/ndcg@10')} | "
                      f"{cell(b, 'test/recall@10')} / {cell(b, 'test/ndcg@10')} | "

@@ -41,6 +41,9 @@ def test_arms_come_from_the_right_run_and_order(bench, tmp_path, capsys):
     assert arms["generator + ranker"]["vs_pure"]["10"]["diff"] == pytest.approx(0.25)
     assert arms["full GRank"]["vs_pure"]["10"]["diff"] == pytest.approx(-0.25)
     assert "vs_pure" not in arms["pure generator"]
+    assert arms["generator + ranker"]["vs_own_generator"]["10"]["diff"] == pytest.approx(0.25)
+    assert arms["full GRank"]["vs_own_generator"]["10"]["diff"] == pytest.approx(0.0)
+    assert "vs_own_generator" not in arms["generator + aux"]
     assert arms["full GRank"]["served"] == ["generator order", "generator order"]
     assert arms["generator + ranker"]["served"] == [0.5, 0.5]
     out = capsys.readouterr().out

@@ -88,8 +88,8 @@ def summarise(out: Path, seeds: list[int], ks: list[int]) -> dict:
     ranks = {name: [np.asarray(records[g, s]["test_ranks"][order]) for s in done] for name, (g, order) in ARMS.items()}
     for name, (g, order) in ARMS.items():
         per_seed = [records[g, s] for s in done]
-        block = {"served": [r.get("blend") if order == "ranked" and r.get("ranker_served") else "generator order"
-                            for r in per_seed] if order == "ranked" else None}
+        block = {"served": [r.get("blend") if r.get("ranker_served") else "generator order" for r in per_seed]
+                 if order == "ranked" else None}
         for stage, keys in (("val", ("recall@10", "ndcg@10")), ("test", ("recall@10", "ndcg@10", "recall@50",
                                                                          "recall@500"))):
             for key in keys:

@@ -109,15 +109,16 @@ def summarise(out: Path, seeds: list[int], ks: list[int]) -> dict:
 
 
 def format_table(summary: dict, ks: list[int]) -> str:
+    from genret.eval.report import format_interval
+
     head = ("| arm | val Recall@10 / NDCG@10 | test Recall@10 / NDCG@10 | test Recall@50 / @500 | "
             + " | ".join(f"paired Recall@{k} vs pure (points)" for k in ks)
             + f" | the ranker's gain over its generator, Recall@{ks[0]} | served |")
     lines = [head, "|" + "---|" * (6 + len(ks))]
     cell = lambda b, key: f"{b[key]['mean']:.4f} ± {b[key]['sd']:.4f}" if key in b else "-"  # noqa: E731
-    interval = lambda d: f"{100 * d['diff']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"  # noqa: E731
     for name, b in summary["arms"].items():
-        diffs = [interval(b["vs_pure"][str(k)]) if "vs_pure" in b else "" for k in ks]
-        diffs.append(interval(b["vs_own_generator"][str(ks[0])]) if "vs_own_generator" in b else "")
+        diffs = [format_interval(b["vs_pure"][str(k)]) if "vs_pure" in b else "" for k in ks]
+        diffs.append(format_interval(b["vs_own_generator"][str(ks[0])]) if "vs_own_generator" in b else "")
         served = ", ".join(f"blend {s:g}" if isinstance(s, (int, float)) else str(s) for s in b["served"] or [])
         lines.append(f"| {name} | {cell(b, 'val/recall@10')} / {cell(b, 'val/ndcg@10')} | "
                      f"{cell(b, 'test/recall@10')} / {cell(b, 'test/ndcg@10')} | "

@@ -111,6 +111,12 @@ def format_paired_hits(ranks: Any, reference_ranks: Any, ks: Iterable[int]) -> s
     return "; ".join(cells)
 
 
+def format_interval(paired: Mapping[str, Any]) -> str:
+    """A paired difference (`paired_hit_difference_over_seeds`' dict) in points with its 95% interval:
+    "+0.33 [+0.02, +0.64]"."""
+    return f"{100 * paired['diff']:+.2f} [{100 * paired['ci95'][0]:+.2f}, {100 * paired['ci95'][1]:+.2f}]"
+
+
 def format_metrics_table(rows: Mapping[str, Mapping[str, Any]], ks: Iterable[int] = (10, 50, 100, 500)) -> str:
     """Console table, one row per model, HR@K and NDCG@K columns.
 
@@ -444,8 +450,7 @@ def format_cold_start(metrics: Mapping[str, Any], baselines: Mapping[str, Mappin
     if users:
         lines += ["", f"Users: {users}."]
     for name, paired in (metrics.get("vs_content") or {}).items():
-        parts = [f"HR@{k.split('@')[1]} {100 * v['diff']:+.2f} [{100 * v['ci95'][0]:+.2f}, {100 * v['ci95'][1]:+.2f}]"
-                 for k, v in paired.items() if int(k.split("@")[1]) in ks]
+        parts = [f"HR@{k.split('@')[1]} {format_interval(v)}" for k, v in paired.items() if int(k.split("@")[1]) in ks]
         lines += ["", f"{name.replace('_', ' ')} users, model minus content baseline (points, paired, 95%): "
                   + "; ".join(parts) + "."]
     return "\n".join(lines)

@@ -20,6 +20,8 @@ COMMANDS = {
     "quickstart": ("genret.commands.quickstart", "the whole pipeline on the synthetic default"),
     "serve": ("genret.commands.serve", "serve a checkpoint's retriever over HTTP (needs genret[serve])"),
     "export": ("genret.commands.export", "write a checkpoint as safetensors + JSON, loadable without pickle"),
+    "add-items": ("genret.commands.add_items",
+                  "add items to a trained DualGR's catalogue without retraining (writes an export)"),
 }
 
 

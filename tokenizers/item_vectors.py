@@ -24,7 +24,6 @@ __all__ = [
     "TITLE_CACHE_FORMAT",
     "checkpoint_item_vectors",
     "collaborative_item_embeddings",
-    "content_item_vectors",
     "npy_item_vectors",
     "sequential_item_embeddings",
     "title_embeddings",
@@ -117,36 +116,6 @@ def sequential_item_embeddings(users: np.ndarray, items: np.ndarray, n_items: in
     svd = TruncatedSVD(n_components=dim, random_state=seed, algorithm="randomized")
     vectors = svd.fit_transform(ppmi)  # U * S; the 1/sqrt(S) rescaling would only reweigh components
     return _unit_rows(vectors, seed)
-
-
-def content_item_vectors(log_, names: Sequence[str] | None = None, dim: int = 64,
-                         fit_items: np.ndarray | None = None, seed: int = 0,
-                         return_features: bool = False) -> np.ndarray | tuple[np.ndarray, list[str]]:
-    """Item vectors from content alone (genres, year, title words, categories, brand ids, a feature
-    table's columns): a truncated SVD of the items' TF-IDF rows (genret.data.item_features.content_tfidf).
-
-    No interaction is read, so a cold item has a vector like any other. Everything fitted (the
-    feature vocabularies, the IDF, the SVD basis) sees only `fit_items` (bool mask or indices;
-    None = all): under LOOC the warm items, so a cold item is only projected, never fitted on.
-
-    Returns:
-        (n_items, dim) float32, rows L2-normalised; with `return_features` also the feature names
-        used (with `names` None: every content feature the data set has).
-
-    Raises:
-        ValueError: as content_tfidf (no content features; items without any known value).
-    """
-    from sklearn.decomposition import TruncatedSVD
-
-    from genret.data.item_features import content_tfidf
-
-    x, used = content_tfidf(log_, names, fit_items)
-    fit = np.arange(log_.n_items) if fit_items is None else np.asarray(fit_items)
-    fit = np.flatnonzero(fit) if fit.dtype == bool else fit
-    dim = max(2, min(dim, x.shape[1] - 1, len(fit) - 1))
-    svd = TruncatedSVD(n_components=dim, random_state=seed, algorithm="randomized").fit(x[fit])
-    vectors = _unit_rows(svd.transform(x), seed)
-    return (vectors, list(used)) if return_features else vectors
 
 
 def title_embeddings(titles: list, name: str, cache_dir: str | None) -> np.ndarray:

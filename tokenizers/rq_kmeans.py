@@ -293,20 +293,48 @@ class RQKMeans(TransformerMixin, BaseEstimator):
         return books, [augmented_codebook_t(c) for c in books]
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write parameters and codebooks to `path` (torch format, atomic, versioned)."""
+    def state_dict(self) -> dict[str, Any]:
+        """Parameters and codebooks as plain types and one tensor: what `save` writes, and what a
+        DualGR checkpoint carries so that a served model can give new items their SIDs."""
         check_fitted(self, "save")
         params = self.get_params()
         params["device"] = None if self.device is None else str(self.device)  # plain types only in the file
-        payload = {
+        return {
             "params": params,
-            "codebooks": self.codebooks_.contiguous(),
+            "codebooks": self.codebooks_.detach().cpu().contiguous(),
             "inertia": [float(v) for v in self.inertia_],
             "n_features_in": int(self.n_features_in_),
             "n_fit_samples": int(self.n_fit_samples_),
             "n_empty_reseeded": [int(v) for v in self.n_empty_reseeded_],
         }
-        save_artifact(path, "RQKMeans", payload, version=RQKMEANS_ARTIFACT_VERSION)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "RQKMeans":
+        """The tokenizer `state_dict` describes.
+
+        Raises:
+            ValueError: a missing entry, or codebooks that are not a 3-D float32 tensor matching
+                the parameters.
+        """
+        try:
+            tok = cls(**dict(state["params"]))
+            codebooks = state["codebooks"]
+            if not isinstance(codebooks, torch.Tensor) or codebooks.dtype != torch.float32 or codebooks.dim() != 3:
+                raise ValueError("codebooks must be a 3-D float32 tensor")
+            if tuple(codebooks.shape[:2]) != (tok.n_levels, tok.codebook_size):
+                raise ValueError(f"codebooks shape {tuple(codebooks.shape)} does not match the parameters")
+            tok.codebooks_ = codebooks
+            tok.inertia_ = [float(v) for v in state["inertia"]]
+            tok.n_features_in_ = int(state["n_features_in"])
+            tok.n_fit_samples_ = int(state["n_fit_samples"])
+            tok.n_empty_reseeded_ = [int(v) for v in state["n_empty_reseeded"]]
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"not an RQKMeans state: {err}") from err
+        return tok
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write parameters and codebooks to `path` (torch format, atomic, versioned)."""
+        save_artifact(path, "RQKMeans", self.state_dict(), version=RQKMEANS_ARTIFACT_VERSION)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "RQKMeans":
@@ -318,19 +346,8 @@ class RQKMeans(TransformerMixin, BaseEstimator):
         """
         payload = load_artifact(path, "RQKMeans", version=RQKMEANS_ARTIFACT_VERSION)
         try:
-            params = dict(payload["params"])
-            tok = cls(**params)
-            codebooks = payload["codebooks"]
-            if not isinstance(codebooks, torch.Tensor) or codebooks.dtype != torch.float32 or codebooks.dim() != 3:
-                raise ValueError("codebooks must be a 3-D float32 tensor")
-            if tuple(codebooks.shape[:2]) != (tok.n_levels, tok.codebook_size):
-                raise ValueError(f"codebooks shape {tuple(codebooks.shape)} does not match the parameters")
-            tok.codebooks_ = codebooks
-            tok.inertia_ = [float(v) for v in payload["inertia"]]
-            tok.n_features_in_ = int(payload["n_features_in"])
-            tok.n_fit_samples_ = int(payload["n_fit_samples"])
-            tok.n_empty_reseeded_ = [int(v) for v in payload["n_empty_reseeded"]]
-        except (KeyError, TypeError, ValueError) as err:
+            tok = cls.from_state_dict(payload)
+        except ValueError as err:
             raise ArtifactError(f"{path} is not a valid RQKMeans file: {err}") from err
         if device is not None:
             tok.device = device

@@ -14,7 +14,6 @@ from genret.tokenizers.item_vectors import (
     CheckpointVectors,
     checkpoint_item_vectors,
     collaborative_item_embeddings,
-    content_item_vectors,
     npy_item_vectors,
     sequential_item_embeddings,
     title_embeddings,
@@ -121,29 +120,35 @@ def item_embeddings_for(log_all, train_log, cfg: SIDConfig,
     return npy_item_vectors(path, log_all), f"embeddings from {path}"
 
 
-def content_embeddings(log_all, cfg: SIDConfig, fit_items: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+def content_embeddings(log_all, cfg: SIDConfig, fit_items: np.ndarray | None = None,
+                       return_vectorizer: bool = False) -> tuple:
     """The content item vectors `cfg.embeddings` (one of CONTENT_EMBEDDINGS) names, for every item of
     `log_all`; what is fitted ("content": vocabularies, IDF, SVD) sees only `fit_items` (None = all).
 
     Returns:
-        (n_items, d) float32 and where they came from.
+        (n_items, d) float32 and where they came from; with `return_vectorizer` also the fitted
+        ContentVectorizer ("content"; None for the others), which places items added later.
     """
-    choice = cfg.embeddings
+    choice, vectorizer = cfg.embeddings, None
     if choice == "dataset":
         if log_all.item_embeddings is None:
             raise ValueError(f"data set {log_all.name!r} has no item embeddings; use embeddings: collaborative")
-        return np.asarray(log_all.item_embeddings, np.float32), "dataset item embeddings"
-    if choice == "titles":
+        emb, source = np.asarray(log_all.item_embeddings, np.float32), "dataset item embeddings"
+    elif choice == "titles":
         if not log_all.item_titles:
             raise ValueError(f"data set {log_all.name!r} has no item titles; use embeddings: collaborative or sequential, "
                              "or set data.sid.fallback to one of them")
         emb = title_embeddings(list(log_all.item_titles), log_all.name, cfg.cache_dir)
-        return emb, "title sentence embeddings (all-MiniLM-L6-v2)"
-    if choice == "content":
-        emb, used = content_item_vectors(log_all, cfg.content_features, cfg.embedding_dim, fit_items, cfg.seed,
-                                         return_features=True)
-        return emb, f"content TF-IDF SVD ({emb.shape[1]}-d) of item features: {', '.join(used)}"
-    raise ValueError(f"embeddings={choice!r} is not made from item content; choose one of {CONTENT_EMBEDDINGS}")
+        source = "title sentence embeddings (all-MiniLM-L6-v2)"
+    elif choice == "content":
+        from genret.tokenizers.content_vectors import ContentVectorizer
+
+        vectorizer, emb, used = ContentVectorizer.fit_log(log_all, cfg.content_features, cfg.embedding_dim,
+                                                          fit_items, cfg.seed)
+        source = f"content TF-IDF SVD ({emb.shape[1]}-d) of item features: {', '.join(used)}"
+    else:
+        raise ValueError(f"embeddings={choice!r} is not made from item content; choose one of {CONTENT_EMBEDDINGS}")
+    return (emb, source, vectorizer) if return_vectorizer else (emb, source)
 
 
 def _missing_source(log_all, choice: str) -> str | None:

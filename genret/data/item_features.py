@@ -48,6 +48,12 @@ def title_words(title: str, drop_year: bool = True) -> list[str]:
     return [w for w in _WORD.findall(title.lower()) if w not in _STOP and len(w) > 1]
 
 
+def title_year(title: str) -> list[str]:
+    """The year of a MovieLens-style "Title (1995)" as a one-value list, or [] without one."""
+    match = _YEAR.search(title or "")
+    return [match.group(1)] if match else []
+
+
 def raw_item_features(log_: InteractionLog, names: Sequence[str] | None = None,
                       table: str | os.PathLike | None = None) -> RawFeatures:
     """The raw item features a data set offers, per item in `log_.item_ids` order.
@@ -67,9 +73,9 @@ def raw_item_features(log_: InteractionLog, names: Sequence[str] | None = None,
     titles = log_.item_titles
     if titles is not None and any(titles):
         found["title_words"] = [title_words(t or "") for t in titles]
-        years = [_YEAR.search(t or "") for t in titles]
-        if sum(y is not None for y in years) > n // 2:  # MovieLens-style "Title (1995)"
-            found["year"] = [[y.group(1)] if y else [] for y in years]
+        years = [title_year(t) for t in titles]
+        if sum(bool(y) for y in years) > n // 2:  # MovieLens-style "Title (1995)"
+            found["year"] = years
     for key, array in log_.item_features.items():
         if key == "asin":
             continue  # an id in another namespace, not a feature
@@ -279,7 +285,7 @@ def tfidf_vectors(tables: Sequence[np.ndarray], widths: Sequence[int], fit: np.n
 
 
 def content_tfidf(log_: InteractionLog, names: Sequence[str] | None = None, fit_items: np.ndarray | None = None,
-                  min_count: int = 2, max_values: int = 16) -> tuple[Any, list[str]]:
+                  min_count: int = 2, max_values: int = 16, return_fit: bool = False) -> tuple[Any, ...]:
     """Items as TF-IDF rows over their content features (no interactions, no item id).
 
     Args:
@@ -291,7 +297,8 @@ def content_tfidf(log_: InteractionLog, names: Sequence[str] | None = None, fit_
         min_count, max_values: as ItemFeatureEncoder's (a value on fewer fitting items is unknown).
 
     Returns:
-        (n_items, V) L2-normalised CSR rows, and the feature names used.
+        (n_items, V) L2-normalised CSR rows, and the feature names used; with `return_fit` also the
+        fitted ItemFeatureEncoder and the per-feature IDF vectors (what places a new item the same way).
 
     Raises:
         ValueError: "item_id" asked for, no content feature, or items without any feature value
@@ -312,10 +319,12 @@ def content_tfidf(log_: InteractionLog, names: Sequence[str] | None = None, fit_
                          f"{log_.item_ids[empty[:5]].tolist()}: they cannot be placed by content")
     encoder = ItemFeatureEncoder(list(raw), min_count, max_values).fit(raw, fit_items)
     fit = np.ones(log_.n_items, bool) if fit_items is None else _mask(fit_items, log_.n_items)
-    x = tfidf_vectors(encoder.transform(raw), encoder.cardinalities, fit)
+    tables = encoder.transform(raw)
+    idfs = [value_idf(t, w, fit) for t, w in zip(tables, encoder.cardinalities)]
+    x = tfidf_rows(tables, encoder.cardinalities, idfs)
     unknown = np.flatnonzero(np.diff(x.indptr) == 0)
     if len(unknown):
         raise ValueError(f"{len(unknown)} item(s) of {log_.name} have no feature value seen on at least {min_count} "
                          f"fitting items, e.g. raw ids {log_.item_ids[unknown[:5]].tolist()}: they cannot be placed "
                          f"by content (lower min_count or add features)")
-    return x, list(raw)
+    return (x, list(raw), encoder, idfs) if return_fit else (x, list(raw))

@@ -5,7 +5,9 @@ An export directory holds:
     config.json           format, version, family, the model config, raw item ids, the side-feature
                           buckets and user-feature names (plain JSON)
     weights.safetensors   the model's state dict
-    catalogue.safetensors every item's SID ("codes") and the SID index tables ("sid_index.*")
+    catalogue.safetensors every item's SID ("codes"), the SID index tables ("sid_index.*") and the
+                          new-item encoder's tensors ("new_items.*": tokenizer codebooks, content
+                          IDF and SVD basis; its other fields are in config.json)
 
 `read_artifact(path)` returns the same `(state_dict, extra)` pair for a `.ckpt` file or an export
 directory, where `extra` is the checkpoint's "genret" entry (genret.training.checkpoint): {"version",
@@ -54,12 +56,25 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike)
     The directory is written beside `out_dir` and renamed into place only when complete; an
     existing export there is replaced, anything else is refused.
     """
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    state, extra = read_checkpoint(checkpoint, family="dualgr")
+    return write_export(state, extra, out_dir)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / CONFIG_FILE).is_file())):
+        raise FileExistsError(f"{out_dir} exists and is not a genret export; choose an empty or new --out")
+
+
+def write_export(state: dict[str, torch.Tensor], extra: dict[str, Any], out_dir: str | os.PathLike) -> Path:
+    """Write a DualGR's (state dict, "genret" entry) as an export directory (see the module
+    docstring); written beside `out_dir` and renamed into place only when complete, replacing an
+    earlier export there (anything else is refused)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / CONFIG_FILE).is_file():
-        raise FileExistsError(f"{out_dir} exists and is not a genret export; choose an empty or new --out")
-    state, extra = read_checkpoint(checkpoint, family="dualgr")
+    _check_out_dir(out_dir)
     catalogue = extra["catalogue"]
     sid_index = catalogue["sid_index"]
     tables = {"codes": torch.as_tensor(catalogue["codes"])}
@@ -78,6 +93,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike)
             "user_feature_names": catalogue.get("user_feature_names", []),
             "codebook_size": int(sid_index["codebook_size"]),
             "sid_index_depth": len(sid_index["child_ptr"]),
+            # The new-item encoder (genret.tokenizers.new_items): its tensors go to the catalogue file.
+            "new_items": _tensors_out(catalogue.get("new_items"), "new_items", tables),
         },
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +118,30 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _tensors_out(value: Any, name: str, tables: dict[str, torch.Tensor]) -> Any:
+    """A nested state of plain types and tensors -> JSON, each tensor moved into `tables` under a
+    dotted name and replaced by {"tensor": name}."""
+    if torch.is_tensor(value):
+        tables[name] = value
+        return {"tensor": name}
+    if isinstance(value, dict):
+        return {str(k): _tensors_out(v, f"{name}.{k}", tables) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_tensors_out(v, f"{name}.{i}", tables) for i, v in enumerate(value)]
+    return value
+
+
+def _tensors_in(value: Any, tables: dict[str, torch.Tensor]) -> Any:
+    """The inverse of `_tensors_out`."""
+    if isinstance(value, dict):
+        if set(value) == {"tensor"}:
+            return tables[value["tensor"]]
+        return {k: _tensors_in(v, tables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tensors_in(v, tables) for v in value]
+    return value
 
 
 def read_export(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict, dict]:
@@ -141,7 +182,8 @@ def read_export(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
                           if k.startswith("sid_index.") and k.count(".") == 1})
         catalogue = {"item_ids": meta["item_ids"], "codes": tables["codes"], "sid_index": sid_index,
                      "dataset": meta.get("dataset"), "side_features": meta.get("side_features"),
-                     "user_feature_names": meta.get("user_feature_names", [])}
+                     "user_feature_names": meta.get("user_feature_names", []),
+                     "new_items": _tensors_in(meta.get("new_items"), tables)}
         extra = {"version": config["version"], "family": config["family"], "config": config["config"],
                  "catalogue": catalogue}
     except (KeyError, TypeError, ValueError) as err:

@@ -6,7 +6,7 @@ import copy
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from genret.decoding.beam_search import BRANCH_MERGES, Histories, check_short_we
 from genret.decoding.decode_weights import decode_weights
 from genret.decoding.export import artifact_version, read_artifact
 from genret.models.dualgr import DualGR, DualGRConfig
+
+if TYPE_CHECKING:
+    from genret.tokenizers.new_items import NewItemEncoder
 
 
 @dataclass
@@ -65,7 +68,7 @@ class Retriever:
                  beam_width: int | None = None,
                  side_features: SideFeatureBuckets | None = None, branch_merge: str = "sum",
                  short_weight: float | None = None, user_feature_names: Sequence[str] | None = None,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, new_items: NewItemEncoder | None = None):
         if beam_width is not None and (not requests.is_int(beam_width) or beam_width < 1):
             raise ValueError(f"beam_width must be a positive integer (or None for the list length), got {beam_width!r}")
         if branch_merge not in BRANCH_MERGES:
@@ -96,6 +99,8 @@ class Retriever:
             raise ValueError(f"the model embeds {n_fields} user features but {len(self.user_feature_names)} names "
                              f"were given ({self.user_feature_names})")
         self.model_version = "in-memory"
+        self.new_items = new_items  # gives items added after training their SIDs (from_checkpoint sets it)
+        self.dataset: str | None = None  # the catalogue's data set name, as the checkpoint records it
         self.kernel = kernel
         self.beam_width = beam_width
         self.branch_merge = branch_merge
@@ -128,9 +133,49 @@ class Retriever:
         side = catalogue.get("side_features")
         side = SideFeatureBuckets.from_state_dict(side) if side and side["names"] else None
         kwargs.setdefault("user_feature_names", catalogue.get("user_feature_names") or None)
+        if catalogue.get("new_items") is not None:  # checkpoints from before it lack it: add_items(codes=) only
+            from genret.tokenizers.new_items import NewItemEncoder
+
+            try:
+                kwargs.setdefault("new_items", NewItemEncoder.from_state_dict(catalogue["new_items"]))
+            except (KeyError, TypeError, ValueError) as err:
+                raise RuntimeError(f"{path}: its new-item encoder is corrupt ({err})") from None
         retriever = cls(model, index, catalogue["item_ids"], side_features=side, **kwargs)
         retriever.model_version = artifact_version(path)
+        retriever.dataset = catalogue.get("dataset")
         return retriever
+
+    def export(self, out_dir: str | Path) -> Path:
+        """Write this retriever, items added since it was loaded included, as an export directory
+        (genret.decoding.export: safetensors + JSON, written beside `out_dir` and renamed into place
+        when complete; an earlier export there is replaced). `genret serve` loads it, and a running
+        server swaps to it with POST /reload; `genret add-items` is this after `add_items`.
+
+        Raises:
+            ValueError: a retriever that decodes in another dtype than float32 (export the float32
+                one: the dtype is a serving choice). FileExistsError: `out_dir` holds something
+                else than a genret export.
+        """
+        import dataclasses
+
+        from genret.decoding.export import write_export
+        from genret.training.checkpoint import CHECKPOINT_VERSION
+
+        if self.model.bos.dtype != torch.float32:
+            raise ValueError(f"this retriever decodes in {self.model.bos.dtype}; export a float32 one (load it "
+                             f"without dtype=) and choose the dtype when serving")
+        catalogue = {
+            "item_ids": self.item_ids.tolist(),
+            "codes": self.model.item_codes.cpu(),
+            "sid_index": self.index.state_dict(),
+            "dataset": self.dataset,
+            "side_features": self.side.state_dict() if self.side is not None else None,
+            "user_feature_names": self.user_feature_names,
+            "new_items": self.new_items.state_dict() if self.new_items is not None else None,
+        }
+        extra = {"version": CHECKPOINT_VERSION, "family": "dualgr", "config": dataclasses.asdict(self.model.cfg),
+                 "catalogue": catalogue}
+        return write_export(self.model.state_dict(), extra, out_dir)
 
     @property
     def side_features(self) -> list[str]:
@@ -263,23 +308,42 @@ class Retriever:
             out_scores[retry] = np.where(keep2 >= 0, np.take_along_axis(more_scores, keep2.clip(min=0), 1), -np.inf)
         return out_items, out_scores
 
-    def add_items(self, raw_ids: Sequence[Any], codes: np.ndarray | torch.Tensor) -> None:
+    def add_items(self, raw_ids: Sequence[Any], codes: np.ndarray | torch.Tensor | None = None, *,
+                  vectors: np.ndarray | None = None, features: Sequence[dict] | dict | None = None) -> np.ndarray:
         """Add items to the catalogue without retraining: DualGR's own cold-start path.
 
-        A new item needs only a SID: encode its text / feature embedding with the tokenizer the
-        SIDs were fitted with (`RQKMeans.encode(vectors)`, the same embedding recipe as the
-        catalogue's), and pass the codes here. The SID index grows with `SIDIndex.add_items`
-        (existing items keep their SIDs and order) and the model's SID table gains the rows, so
-        new items can be decoded and can appear in histories.
+        A new item needs only a SID. Give exactly one of:
+            codes: (m, L) int64 SIDs made elsewhere;
+            vectors: (m, d) item vectors made the way the catalogue's were (e.g. title embeddings);
+                the checkpoint's tokenizer encodes them by the rule it was trained with
+                (`data.cold_sids`: shared, spread or paths; genret.tokenizers.new_items);
+            features: per item a mapping feature name -> value(s), for models whose SIDs came from
+                item content (`data.sid.embeddings: content`): the checkpoint's fitted vocabularies,
+                IDF and SVD basis place the item, then the tokenizer encodes it. A "title" key stands
+                for title words (and a trailing "(1995)" year). `self.new_items.feature_names` lists
+                the features. One mapping of columns (name -> one entry per item), as
+                RetrievalFormer's `add_items` takes, works too.
+        vectors / features need a checkpoint that carries the new-item encoder (written by genret
+        after 2026-12-06). The SID index grows with `SIDIndex.add_items` (existing items keep their
+        SIDs and order; an added item on a taken SID comes after the items already there) and the
+        model's SID table gains the rows, so new items can be decoded and can appear in histories.
 
-        Args:
-            raw_ids: the new items' raw ids (not already in the catalogue).
-            codes: (m, L) int64 SIDs.
+        Returns:
+            the (m, L) SIDs the items were given.
 
         Raises:
-            ValueError: duplicate ids, bad codes, or a model with item-id embeddings (a new item
-                has no trained id row; train with `model.use_item_id: false` for cold start).
+            ValueError: not exactly one of codes / vectors / features, duplicate or known ids, bad
+                codes or vectors, unknown feature names, an item no fitted value describes, or a
+                model with item-id embeddings (a new item has no trained id row; train with
+                `model.use_item_id: false` for cold start).
         """
+        given = [name for name, value in (("codes", codes), ("vectors", vectors), ("features", features))
+                 if value is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of codes, vectors or features for the new items, got {given or 'none'}")
+        if (vectors is not None or features is not None) and self.new_items is None:
+            raise ValueError("this model carries no new-item encoder (a checkpoint from before 2026-12-06, or a "
+                             "Retriever built without new_items=): pass the items' SIDs as codes")
         if self.model.item_embedding is not None:
             raise ValueError("this DualGR embeds item ids, and a new item has no trained id row; train it with "
                              "model.use_item_id: false to add items by their SIDs alone")
@@ -287,13 +351,27 @@ class Retriever:
         dup = [r for r in raw_ids if r in self._item_index]
         if dup:
             raise ValueError(f"items {dup[:5]} are already in the catalogue")
+        if len(set(raw_ids)) != len(raw_ids):
+            raise ValueError("the new items' ids repeat; give each item once")
+        try:  # before anything changes: a refused call leaves the catalogue as it was
+            new_ids = np.asarray(raw_ids, dtype=self.item_ids.dtype)
+        except (TypeError, ValueError):
+            raise ValueError(f"the catalogue's item ids are {self.item_ids.dtype}; new ids {raw_ids[:5]} are not") from None
+        if features is not None:
+            vectors = self.new_items.vectors(features)
+        if vectors is not None:
+            if len(vectors) != len(raw_ids):
+                what = "items described by features" if features is not None else "vectors"
+                raise ValueError(f"{len(raw_ids)} ids but {len(vectors)} {what}; give one per item")
+            codes = self.new_items.codes(vectors, self.model.item_codes.cpu().numpy())
         codes = torch.as_tensor(codes, dtype=torch.long)
         if codes.shape != (len(raw_ids), self.model.cfg.n_levels):
             raise ValueError(f"codes must have shape ({len(raw_ids)}, {self.model.cfg.n_levels}), got {tuple(codes.shape)}")
         self.index = self.index.add_items(codes)
         self.model.set_item_codes(torch.cat([self.model.item_codes.cpu(), codes]))
-        self.item_ids = np.concatenate([self.item_ids, np.asarray(raw_ids, dtype=self.item_ids.dtype)])
+        self.item_ids = np.concatenate([self.item_ids, new_ids])
         self._item_index = requests.item_lookup(self.item_ids)  # rebuilt: its sorted-id cache must see them
+        return codes.numpy()
 
 
     @staticmethod

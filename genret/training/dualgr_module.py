@@ -68,6 +68,8 @@ class DualGRModule(FamilyModule):
             "side_features": dm.side.state_dict(),  # the decode API bucketises raw values with these
             # The keys of `retrieve(user_features=...)`, one per user embedding table.
             "user_feature_names": list(dm.log_all.user_feature_names) if dm.user_feature_cardinalities else [],
+            # Tokenizer, added-item rule and content vectorizer: a served model gives new items SIDs with them.
+            "new_items": dm.new_item_encoder().state_dict(),
         }
         return self.model
 

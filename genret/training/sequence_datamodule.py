@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from genret.data.cold import PROTOCOLS
 from genret.data.side_features import SideFeatureBuckets
 from genret.models.dualgr import TrainBatch
+from genret.tokenizers.new_items import COLD_SID_RULES, NewItemEncoder
 from genret.tokenizers.semantic_ids import CONTENT_EMBEDDINGS, SIDConfig, content_embeddings, fit_semantic_ids
 from genret.training.embedding_module import checkpoint_item_vectors
 from genret.training.loaders import IndexDataset
@@ -233,7 +234,9 @@ class SequenceDataModule(pl.LightningDataModule):
             cold-start choices are made without reading the cold test users. 0 (default) = off,
             the split as before.
         cold_valid_seed: LOOC: the validation draw's seed (default: cold_seed + 1).
-        cold_sids: LOOC: "shared" (default) gives a cold item the fitted tokenizer's SID as it is, even
+        cold_sids: where an item added after training goes (LOOC's cold items, and the items a
+            served model gains through `Retriever.add_items`: the checkpoint records the rule).
+            "shared" (default) gives a cold item the fitted tokenizer's SID as it is, even
             when a warm item holds it (the cold item is then listed right after it); "spread" moves
             it to a free last code under the same prefix. The decoder's heads never saw a free code
             as a target, so they give it almost no probability: with "spread" ML-1M's cold items
@@ -271,7 +274,7 @@ class SequenceDataModule(pl.LightningDataModule):
             raise ValueError(f"data.cold_valid_users must be >= 0 (0 = no cold validation set), got {cold_valid_users}")
         self.cold_valid_users = cold_valid_users
         self.cold_valid_seed = cold_valid_seed
-        if cold_sids not in ("shared", "spread", "paths"):
+        if cold_sids not in COLD_SID_RULES:
             raise ValueError(f"data.cold_sids must be 'shared', 'spread' or 'paths', got {cold_sids!r}")
         self.cold_sids = cold_sids
         self._ready = False
@@ -293,11 +296,16 @@ class SequenceDataModule(pl.LightningDataModule):
             self.log_all = self.cold_split.warm_catalogue()
             # Content vectors of every item, fitted on the warm ones (the first n_warm after renumbering).
             n_warm = self.log_all.n_items
-            every, source = content_embeddings(self.cold_split.log, self.sid, fit_items=np.arange(n_warm))
+            every, source, self.content_vectorizer = content_embeddings(
+                self.cold_split.log, self.sid, fit_items=np.arange(n_warm), return_vectorizer=True)
             vectors, self.cold_vectors = (every[:n_warm], source), every[n_warm:]
             log.info("LOOC split of %s: %s", full.name, self.cold_split.summary())
         else:
             self.log_all = full
+            self.content_vectorizer = None
+            if self.sid.embeddings == "content":  # made here so the fitted vectorizer can travel in the checkpoint
+                every, source, self.content_vectorizer = content_embeddings(full, self.sid, return_vectorizer=True)
+                vectors = (every, source)
         self.split = leave_one_out(self.log_all)  # under LOOC: the warm split, on the warm catalogue
         self.train_log = self.split.train
         self.tokenizer, self.codes, self.sid_index, self.sid_report = fit_semantic_ids(
@@ -351,18 +359,17 @@ class SequenceDataModule(pl.LightningDataModule):
         trained catalogue is here: the test cold items and, with `cold_valid_users`, the
         validation cold items (interleaved in their original order; `cold_split.test_cold_items`
         / `valid_cold_items` tell them apart)."""
-        from genret.tokenizers.catalogue_paths import encode_on_paths
-        from genret.tokenizers.unique_codes import spread_added_items
-
         if self.cold_split is None:
             raise ValueError("cold_items exists under data.protocol: looc only")
-        if self.cold_sids == "paths":
-            codes = encode_on_paths(self.tokenizer, self.cold_vectors, self.codes)
-        else:
-            codes = self.tokenizer.encode(self.cold_vectors)
-        if self.cold_sids == "spread":
-            codes = spread_added_items(self.tokenizer, self.cold_vectors, codes, self.codes)
+        codes = self.new_item_encoder().codes(self.cold_vectors, self.codes)
         return self.cold_split.log.item_ids[self.n_items:], codes
+
+    def new_item_encoder(self):
+        """What gives an item added after training its SID (genret.tokenizers.new_items): the fitted
+        tokenizer, the `cold_sids` rule and, for content SIDs, the fitted content vectorizer. The
+        LOOC cold items go through it, and the checkpoint carries it for serving."""
+        return NewItemEncoder(self.tokenizer, self.cold_sids, self.content_vectorizer,
+                              self.sid_report.get("embedding_source", ""))
 
     def history_side(self, eval_set) -> np.ndarray:
         """(len(history_items), S) side-feature buckets of an EvalSet's histories."""

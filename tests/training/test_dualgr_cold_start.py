@@ -186,6 +186,132 @@ def test_a_cold_item_gets_a_sid_from_the_fitted_tokenizer_and_is_retrievable(tin
         assert got[raw_ids[j]] == pytest.approx(float(expected), abs=1e-4)
 
 
+def _module_checkpoint(dm, path: Path) -> Path:
+    """A DualGR checkpoint of an untrained model on `dm`, written by the module's own hook."""
+    from genret.training.dualgr_module import DualGRModule
+
+    torch.manual_seed(0)
+    module = DualGRModule(DualGRConfig(d_model=32, n_heads=4, n_blocks=1, d_ffn=64, dropout=0.0, long_window=30,
+                                       short_window=4, use_dbr=False), use_item_id=False)
+    module.build_from_data(dm)
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in module.model.state_dict().items()}}
+    module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return path
+
+
+def _cold_features(dm) -> list[dict]:
+    """The cold items' raw content features, one mapping per item (as a user would send them)."""
+    from genret.data.item_features import raw_item_features
+
+    raw = raw_item_features(dm.cold_split.log, dm.content_vectorizer.names)
+    return [{name: raw[name][i] for name in raw} for i in range(dm.n_items, dm.cold_split.log.n_items)]
+
+
+@pytest.mark.parametrize("rule", ["shared", "paths"])
+def test_a_checkpoint_alone_gives_new_items_the_sids_the_benchmark_gave(tiny_ml, tmp_path, rule):
+    from genret.decoding.export import export_checkpoint
+
+    dm = looc_dm(tiny_ml)
+    dm.cold_sids = rule
+    raw_ids, expected = dm.cold_items()
+    ckpt = _module_checkpoint(dm, tmp_path / "model.ckpt")
+    export_checkpoint(ckpt, tmp_path / "export")
+    features = _cold_features(dm)
+    for artifact in (ckpt, tmp_path / "export"):
+        retriever = Retriever.from_checkpoint(artifact, device="cpu", kernel="torch")
+        assert retriever.new_items.rule == rule and retriever.new_items.feature_names == ["title_words", "year", "genres"]
+        codes = retriever.add_items(raw_ids, features=features)
+        # From the checkpoint's vocabularies, IDF, SVD basis and codebooks alone: the data module's SIDs.
+        assert np.array_equal(codes, expected)
+        assert torch.equal(retriever.index.codes[dm.n_items:].cpu(), torch.as_tensor(expected))
+        out = retriever.retrieve([dm.log_all.item_ids[:3].tolist()], k=retriever.index.n_items, exclude_seen=False)
+        assert set(raw_ids.tolist()) <= set(out.items[0])
+    # Vectors in the tokenizer's space take the same path; a "title" stands for its words and year.
+    retriever = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch")
+    assert np.array_equal(retriever.add_items(raw_ids[:3], vectors=dm.cold_vectors[:3]), expected[:3])
+    titles = dm.cold_split.log.item_titles
+    by_title = [{"title": titles[dm.n_items + j], "genres": features[j]["genres"]} for j in (3, 4)]
+    assert np.array_equal(retriever.add_items(raw_ids[3:5], features=by_title), expected[3:5])
+    columns = {name: [features[j][name] for j in (5, 6)] for name in features[0]}  # RetrievalFormer's layout
+    assert np.array_equal(retriever.add_items(raw_ids[5:7], features=columns), expected[5:7])
+
+
+def test_new_items_errors_name_the_fix(tiny_ml, tmp_path):
+    from genret.tokenizers.new_items import NewItemEncoder
+
+    dm = looc_dm(tiny_ml)
+    ckpt = _module_checkpoint(dm, tmp_path / "model.ckpt")
+    retriever = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch")
+    raw_ids, codes = dm.cold_items()
+    features = _cold_features(dm)
+    with pytest.raises(ValueError, match="exactly one of codes, vectors or features"):
+        retriever.add_items(raw_ids, codes, features=features)
+    with pytest.raises(ValueError, match="exactly one of codes, vectors or features"):
+        retriever.add_items(raw_ids)
+    with pytest.raises(ValueError, match=r"unknown feature\(s\) \['colour'\]; this model describes items by"):
+        retriever.add_items([-1], features=[{"genres": ["Drama"], "colour": "red"}])
+    with pytest.raises(ValueError, match="cannot be placed by content; give their SIDs"):
+        retriever.add_items([-1], features=[{"genres": ["no-such-genre"], "title_words": ["zzzz"]}])
+    with pytest.raises(ValueError, match="2 ids but 1 items described by features"):
+        retriever.add_items([-1, -2], features=features[:1])
+    with pytest.raises(ValueError, match="the new items' ids repeat"):
+        retriever.add_items([-1, -1], features=features[:2])
+    with pytest.raises(ValueError, match=r"item vectors must have shape \(m, 8\)"):
+        retriever.add_items([-1], vectors=np.zeros((1, 3), np.float32))
+    assert retriever.index.n_items == dm.n_items  # nothing was added by a refused call
+    # A checkpoint written before the encoder existed still takes codes.
+    old = torch.load(ckpt, weights_only=True)
+    del old["genret"]["catalogue"]["new_items"]
+    torch.save(old, tmp_path / "old.ckpt")
+    retriever = Retriever.from_checkpoint(tmp_path / "old.ckpt", device="cpu", kernel="torch")
+    with pytest.raises(ValueError, match="carries no new-item encoder .* pass the items' SIDs as codes"):
+        retriever.add_items(raw_ids, features=features)
+    retriever.add_items(raw_ids, codes)
+    # SIDs not made from content: a new item needs a vector made the same way, or its codes.
+    encoder = NewItemEncoder(dm.tokenizer, "shared", None, "sequential PPMI SVD")
+    with pytest.raises(ValueError, match="came from sequential PPMI SVD, not item content"):
+        encoder.vectors(features)
+    with pytest.raises(ValueError, match="rule for added items must be one of"):
+        NewItemEncoder(dm.tokenizer, "nearest")
+
+
+def test_add_items_command_writes_an_export_that_serves_the_new_items(tiny_ml, tmp_path):
+    from genret.cli import main
+
+    dm = looc_dm(tiny_ml)
+    raw_ids, expected = dm.cold_items()
+    ckpt = _module_checkpoint(dm, tmp_path / "model.ckpt")
+    features = _cold_features(dm)
+    # Features, then vectors, then SIDs: three runs of lines, added in file order.
+    lines = [{"id": int(raw_ids[j]), "features": features[j]} for j in range(3)]
+    lines += [{"id": int(raw_ids[3]), "vector": dm.cold_vectors[3].tolist()}]
+    lines += [{"id": int(r), "sid": c.tolist()} for r, c in zip(raw_ids[4:], expected[4:])]
+    items = tmp_path / "new.jsonl"
+    items.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    assert main(["add-items", "--checkpoint", str(ckpt), "--items", str(items), "--out", str(tmp_path / "v2")]) == 0
+    served = Retriever.from_checkpoint(tmp_path / "v2", device="cpu", kernel="torch")
+    assert served.item_ids.tolist() == dm.log_all.item_ids.tolist() + raw_ids.tolist()
+    assert np.array_equal(served.model.item_codes[dm.n_items:].numpy(), expected)
+    # The export decodes exactly as the retriever the items were added to in memory.
+    in_memory = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch")
+    in_memory.add_items(raw_ids, expected)
+    history = [dm.log_all.item_ids[:4].tolist() + raw_ids[:2].tolist()]
+    assert served.retrieve(history, k=20) == in_memory.retrieve(history, k=20)
+    # It still adds by features (the encoder travelled), and refuses an id it now holds.
+    with pytest.raises(ValueError, match="item ids are int64; new ids \\['brand-new'\\] are not"):
+        served.add_items(["brand-new"], features=[features[0]])
+    assert served.index.n_items == len(served.item_ids) == dm.cold_split.log.n_items  # unchanged by the refusal
+    served.add_items([10**6], features=[features[0]])
+    with pytest.raises(ValueError, match="already in the catalogue"):
+        served.add_items([int(raw_ids[0])], features=[features[0]])
+    # Bad lines name the line and the forms; nothing is written.
+    items.write_text(json.dumps({"id": 1, "colour": "red"}) + "\n")
+    with pytest.raises(SystemExit, match=r"new.jsonl:1: expected .* one of \"features\", \"vector\", \"sid\""):
+        main(["add-items", "--checkpoint", str(ckpt), "--items", str(items), "--out", str(tmp_path / "v3")])
+    assert not (tmp_path / "v3").exists()
+
+
 def test_spread_added_items_keeps_existing_sids_and_takes_free_codes():
     class Book:  # a 1-level "tokenizer": decode = the chosen centroid
         codebooks_ = [torch.tensor([[0.0], [1.0], [2.0], [3.0]])]

@@ -13,7 +13,7 @@ re-ranks the candidates of the generator `--model.generator` names. Under severa
 (Lightning DDP, or `torchrun`) the evaluation is shared across them and rank 0 writes the results.
 
 `--seeds N` trains every run (each ablation variant) with N seeds, seed_everything = S..S+N-1 where
-S is the config's seed (or `--seeds 0,5,9` for a list); the split and the SIDs are the same for every
+S is the config's seed (or `--seeds 0,5,9` for a list, `--seeds 5,` for seed 5 alone); the split and the SIDs are the same for every
 seed, only the weights' initialisation, batch order and dropout change. metrics.json then holds,
 per variant, the mean and sd over seeds of the validation and test metrics and the paired per-user
 difference to DualGR with a 95% interval (genret.eval.ablations), under "ablations"; the top-level
@@ -38,6 +38,7 @@ training again.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,7 +62,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--ablations", action="store_true", help="also train w/o DBR, w/o S2D, w/o ENTP, TIGER")
     parser.add_argument("--seeds", default="1",
                         help="N: train every run with seeds S..S+N-1 (S = the config's seed_everything), or a "
-                             "comma list of seeds; reports mean, sd and paired intervals over them")
+                             "comma list of seeds ('1,2'; '2,' is seed 2 alone); reports mean, sd and paired "
+                             "intervals over them")
     parser.add_argument("--sweep", metavar="KEY=V1,V2,...", default=None,
                         help="train once per value of one config key (e.g. model.config.short_window=4,16,64) "
                              "and report validation metrics only; one value: a validation-only run of that setting")
@@ -106,8 +108,11 @@ def main(argv: list[str]) -> int:
             parser.error(f"--checkpoint {args.checkpoint} is not a file")
     try:
         seeds = seed_list(args.seeds, args.config, overrides)
+        pass_seeds = seed_arguments(seeds, args.config, overrides)
     except ValueError as err:
         parser.error(f"--seeds: {err}")
+    if args.checkpoint is None:
+        print(f"[genret] training with seed(s) {seeds}", file=sys.stderr)
     sweepable = ("dualgr", "tiger", "retrievalformer")
     if len(seeds) > 1 and (args.checkpoint or args.model not in ("dualgr", "tiger")) and not (
             args.sweep is not None and args.model in sweepable):
@@ -171,7 +176,7 @@ def main(argv: list[str]) -> int:
             parser.error("--protocol looc writes the cold / warm blocks of one run: drop --ablations and --seeds")
         overrides = [*overrides, "--data.protocol", "looc"]
     if sweep is not None and family.kind != "generative":  # RetrievalFormer: no SID stage to build first
-        return _run_sweep(args, sweep, seeds, overrides, ks, out, started)
+        return _run_sweep(args, sweep, seeds, pass_seeds, overrides, ks, out, started)
     if family.kind != "generative":
         # Every other family runs through the benchmark function its registry entry names.
         run_kwargs = {"checkpoint": args.checkpoint} if args.checkpoint else {}
@@ -199,7 +204,7 @@ def main(argv: list[str]) -> int:
         overrides = [*overrides, "--data.sid.embeddings", sid_stage["checkpoint"]]
 
     if sweep is not None:
-        return _run_sweep(args, sweep, seeds, overrides, ks, out, started)
+        return _run_sweep(args, sweep, seeds, pass_seeds, overrides, ks, out, started)
 
     variants = [args.model] if not args.ablations else ["dualgr", "w/o DBR", "w/o S2D", "w/o ENTP", "tiger"]
     runs_by_seed: dict[int, dict] = {}
@@ -218,7 +223,7 @@ def main(argv: list[str]) -> int:
             res = runs.run_generative(args.config, sub, variant, data=args.data, overrides=overrides, ks=ks,
                                        eval_batch_size=args.eval_batch_size, max_eval_users=args.max_eval_users,
                                        kernel=args.kernel, branch_merge=args.branch_merge, checkpoint=args.checkpoint,
-                                       short_weight=args.short_weight, seed=None if len(seeds) == 1 else seed,
+                                       short_weight=args.short_weight, seed=pass_seeds[seed],
                                        resume=args.resume)
             dm = res.pop("datamodule")
             res["has_negatives"] = bool((dm.train_log.label == 0).any()) and dm.max_negatives > 0
@@ -316,6 +321,14 @@ def seed_list(spec: str, config: str | Path, overrides: list[str]) -> list[int]:
     return list(range(base, base + count))
 
 
+def seed_arguments(seeds: list[int], config: str | Path, overrides: list[str]) -> dict[int, int | None]:
+    """Per seed of `seed_list`, the seed to pass a run: None when there is one seed and it is the
+    one the run uses anyway (its config's, or a --seed_everything override: records and folders
+    then stay as without --seeds), else the seed itself (`--seeds 5,` trains seed 5, not the config's)."""
+    own = seed_list("1", config, overrides)[0]
+    return {seed: None if seeds == [own] else seed for seed in seeds}
+
+
 def parse_sweep(spec: str) -> tuple[str, list[str]]:
     """`--sweep KEY=V1,V2,...` -> (KEY, [V1, V2, ...]); KEY is a LightningCLI config key such as
     model.config.short_window (a leading -- is accepted). One value is a validation-only run of
@@ -335,8 +348,8 @@ def parse_sweep(spec: str) -> tuple[str, list[str]]:
     return key, parts
 
 
-def _run_sweep(args, sweep: tuple[str, list[str]], seeds: list[int], overrides: list[str], ks, out: Path,
-               started: float) -> int:
+def _run_sweep(args, sweep: tuple[str, list[str]], seeds: list[int], pass_seeds: dict[int, int | None],
+               overrides: list[str], ks, out: Path, started: float) -> int:
     """Train `args.model` once per (value, seed); validation only; writes metrics.json ("sweep") and report.md."""
     from genret.eval import benchmark as runs
     from genret.eval.ablations import summarize_ablations
@@ -351,7 +364,7 @@ def _run_sweep(args, sweep: tuple[str, list[str]], seeds: list[int], overrides: 
         for value in values:
             sub = out / f"{key.rsplit('.', 1)[-1]}_{value}"
             sub = sub if len(seeds) == 1 else sub / f"seed_{seed}"
-            seed_arg = None if len(seeds) == 1 else seed
+            seed_arg = pass_seeds[seed]
             if args.model == "retrievalformer":
                 from genret.eval.retrievalformer_benchmark import run_retrievalformer
 

@@ -416,6 +416,18 @@ def test_benchmark_ablations_over_seeds_write_means_sds_and_paired_intervals(tmp
               "--out", str(tmp_path / "bad"), "--seeds", "2", "--seed_everything", "3", *tiny_args])
 
 
+def test_seed_arguments_pass_a_named_seed_and_keep_the_runs_own_seed_implicit():
+    from genret.commands.benchmark import seed_arguments, seed_list
+
+    config = ROOT / "configs" / "quickstart.yaml"  # seed_everything: 0
+    assert seed_list("1", config, []) == [0] and seed_arguments([0], config, []) == {0: None}
+    # "5," names seed 5 alone: the run must be told (before, one listed seed trained the config's 0).
+    assert seed_list("5,", config, []) == [5] and seed_arguments([5], config, []) == {5: 5}
+    assert seed_arguments([0, 1], config, []) == {0: 0, 1: 1}
+    assert seed_list("1", config, ["--seed_everything", "3"]) == [3]
+    assert seed_arguments([3], config, ["--seed_everything", "3"]) == {3: None}  # the override sets it already
+
+
 def test_benchmark_sweep_reports_validation_only(tmp_path, tiny_args, capsys):
     from genret.cli import main
 

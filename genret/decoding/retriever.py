@@ -353,10 +353,7 @@ class Retriever:
             raise ValueError(f"items {dup[:5]} are already in the catalogue")
         if len(set(raw_ids)) != len(raw_ids):
             raise ValueError("the new items' ids repeat; give each item once")
-        try:  # before anything changes: a refused call leaves the catalogue as it was
-            new_ids = np.asarray(raw_ids, dtype=self.item_ids.dtype)
-        except (TypeError, ValueError):
-            raise ValueError(f"the catalogue's item ids are {self.item_ids.dtype}; new ids {raw_ids[:5]} are not") from None
+        new_ids = self._new_ids(raw_ids)  # checked before anything changes: a refused call changes nothing
         if features is not None:
             vectors = self.new_items.vectors(features)
         if vectors is not None:
@@ -369,9 +366,21 @@ class Retriever:
             raise ValueError(f"codes must have shape ({len(raw_ids)}, {self.model.cfg.n_levels}), got {tuple(codes.shape)}")
         self.index = self.index.add_items(codes)
         self.model.set_item_codes(torch.cat([self.model.item_codes.cpu(), codes]))
-        self.item_ids = np.concatenate([self.item_ids, new_ids])
+        self.item_ids = np.concatenate([self.item_ids, new_ids])  # a longer string id widens the dtype
         self._item_index = requests.item_lookup(self.item_ids)  # rebuilt: its sorted-id cache must see them
         return codes.numpy()
+
+    def _new_ids(self, raw_ids: list) -> np.ndarray:
+        """New raw ids as an array that joins the catalogue's: integers for an integer catalogue,
+        strings for a string one (never cast: 3.7 must not become item 3, nor "B00X" lose letters)."""
+        kind = self.item_ids.dtype.kind
+        if kind in "iu" and not all(requests.is_int(r) for r in raw_ids):
+            bad = [r for r in raw_ids if not requests.is_int(r)]
+            raise ValueError(f"the catalogue's item ids are integers; new ids {bad[:5]} are not")
+        if kind in "US" and not all(isinstance(r, str) for r in raw_ids):
+            bad = [r for r in raw_ids if not isinstance(r, str)]
+            raise ValueError(f"the catalogue's item ids are strings; new ids {bad[:5]} are not")
+        return np.asarray(raw_ids, dtype=self.item_ids.dtype if kind in "iu" else None)
 
 
     @staticmethod

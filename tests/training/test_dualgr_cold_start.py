@@ -259,7 +259,15 @@ def test_new_items_errors_name_the_fix(tiny_ml, tmp_path):
         retriever.add_items([-1, -1], features=features[:2])
     with pytest.raises(ValueError, match=r"item vectors must have shape \(m, 8\)"):
         retriever.add_items([-1], vectors=np.zeros((1, 3), np.float32))
+    with pytest.raises(ValueError, match=r"item ids are integers; new ids \[3.7\] are not"):
+        retriever.add_items([3.7], codes[:1])  # never cast to item 3
     assert retriever.index.n_items == dm.n_items  # nothing was added by a refused call
+    # A catalogue of string ids keeps a longer new id whole (no cast to the old width).
+    by_name = Retriever(retriever.model, dm.sid_index, [f"m{i}" for i in range(dm.n_items)], kernel="torch")
+    by_name.add_items(["a-much-longer-id"], codes[:1])
+    assert by_name.item_ids[-1] == "a-much-longer-id"
+    with pytest.raises(ValueError, match=r"item ids are strings; new ids \[7\] are not"):
+        by_name.add_items([7], codes[1:2])
     # A checkpoint written before the encoder existed still takes codes.
     old = torch.load(ckpt, weights_only=True)
     del old["genret"]["catalogue"]["new_items"]
@@ -299,7 +307,7 @@ def test_add_items_command_writes_an_export_that_serves_the_new_items(tiny_ml, t
     history = [dm.log_all.item_ids[:4].tolist() + raw_ids[:2].tolist()]
     assert served.retrieve(history, k=20) == in_memory.retrieve(history, k=20)
     # It still adds by features (the encoder travelled), and refuses an id it now holds.
-    with pytest.raises(ValueError, match="item ids are int64; new ids \\['brand-new'\\] are not"):
+    with pytest.raises(ValueError, match="item ids are integers; new ids \\['brand-new'\\] are not"):
         served.add_items(["brand-new"], features=[features[0]])
     assert served.index.n_items == len(served.item_ids) == dm.cold_split.log.n_items  # unchanged by the refusal
     served.add_items([10**6], features=[features[0]])

@@ -82,7 +82,9 @@ def main(argv: list[str]) -> int:
             added += len(ids)
         out = retriever.export(args.out)
     except (FileNotFoundError, FileExistsError, RuntimeError, ValueError) as err:
-        raise SystemExit(f"genret add-items: {err}") from None
+        hint = ("; genret add-items grows DualGR catalogues (a RetrievalFormer takes new items through its "
+                "retriever's add_items, in Python)") if "not a 'dualgr' one" in str(err) else ""
+        raise SystemExit(f"genret add-items: {err}{hint}") from None
     print(f"added {added} items ({shared} on a SID an item already had); the catalogue holds "
           f"{len(retriever.item_ids)}; wrote {out}/", file=sys.stderr)
     return 0

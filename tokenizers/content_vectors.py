@@ -25,8 +25,8 @@ class ContentVectorizer:
     Build one with `fit_log`; `transform` places new items; `state_dict` / `from_state_dict` persist it.
     """
 
-    def __init__(self, encoder: ItemFeatureEncoder, idf: list[np.ndarray], components: np.ndarray, seed: int = 0):
-        self.encoder, self.seed = encoder, int(seed)
+    def __init__(self, encoder: ItemFeatureEncoder, idf: list[np.ndarray], components: np.ndarray):
+        self.encoder = encoder
         self.idf = [np.asarray(i, np.float64) for i in idf]
         self.components = np.asarray(components, np.float64)  # (dim, vocabulary)
         if len(self.idf) != len(encoder.names) or self.components.shape[1] != sum(encoder.cardinalities):
@@ -51,16 +51,12 @@ class ContentVectorizer:
         fit = np.flatnonzero(fit) if fit.dtype == bool else fit
         dim = max(2, min(dim, x.shape[1] - 1, len(fit) - 1))
         svd = TruncatedSVD(n_components=dim, random_state=seed, algorithm="randomized").fit(x[fit])
-        vectorizer = cls(encoder, idf, svd.components_, seed)
+        vectorizer = cls(encoder, idf, svd.components_)
         return vectorizer, _unit(vectorizer.project(x)), used
 
     @property
     def names(self) -> list[str]:
         return list(self.encoder.names)
-
-    @property
-    def dim(self) -> int:
-        return int(self.components.shape[0])
 
     def project(self, x: Any) -> np.ndarray:
         """TF-IDF rows -> (n, dim) float64 SVD coordinates (what TruncatedSVD.transform computes)."""
@@ -83,7 +79,7 @@ class ContentVectorizer:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain types and tensors (loads with torch.load(weights_only=True) and into JSON + safetensors)."""
-        return {"encoder": self.encoder.state_dict(), "seed": self.seed,
+        return {"encoder": self.encoder.state_dict(),
                 "idf": [torch.as_tensor(i, dtype=torch.float64) for i in self.idf],
                 "components": torch.as_tensor(self.components, dtype=torch.float64)}
 
@@ -91,7 +87,7 @@ class ContentVectorizer:
     def from_state_dict(cls, state: dict[str, Any]) -> "ContentVectorizer":
         return cls(ItemFeatureEncoder.from_state_dict(state["encoder"]),
                    [torch.as_tensor(i).numpy() for i in state["idf"]],
-                   torch.as_tensor(state["components"]).numpy(), state["seed"])
+                   torch.as_tensor(state["components"]).numpy())
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@
 Each argument is a run folder (or its run_result.json) written by `genret benchmark` (DualGR /
 TIGER runs, sweeps included). For every run after the first, prints its HR@K and the paired
 difference to the first run with a 95% interval (genret.eval.metrics.paired_hit_difference), per
-stage both runs hold: validation always, test only when both read it. Runs must rank the same
+stage both runs hold: validation always, test only when both read it, and under `--protocol looc`
+the cold validation (and cold test) users. Runs must rank the same
 users in the same order (same data, split and evaluation options), which is checked.
 
     python benchmarks/compare_runs.py runs/table2/seed_0 runs/recheck/cross_rope_false --ks 10,50,100
@@ -21,7 +22,7 @@ import numpy as np
 from genret.eval.report import format_paired_hits
 from genret.eval.run_record import RECORD_NAME
 
-STAGES = (("val", "val_ranks"), ("test", "test_ranks"))
+STAGES = (("val", "val_ranks"), ("test", "test_ranks"), ("cold_val", "cold_val_ranks"), ("cold", "cold_ranks"))
 
 
 def load(path: str) -> tuple[str, dict]:

@@ -10,9 +10,10 @@ added item may go (`data.cold_sids`):
 - "paths": every code continues a prefix some catalogue SID has, so the decoder reaches the item
   along paths it was trained on (genret.tokenizers.catalogue_paths).
 
-`NewItemEncoder` bundles the three (and, for SIDs made from item content, the fitted
-ContentVectorizer), is saved in every DualGR checkpoint, and is what `Retriever.add_items(features=...)`
-and `genret add-items` use: one code path with the LOOC benchmark's cold items, so a served model
+`NewItemEncoder` bundles the three (and what turns an item's features into a vector of the
+catalogue's space: for SIDs made from item content the fitted ContentVectorizer; for SIDs made from
+interactions, with `data.sid.content_neighbours`, the ContentNeighbours placer), is saved in every
+DualGR checkpoint, and is what `Retriever.add_items(features=...)` and `genret add-items` use: one code path with the LOOC benchmark's cold items, so a served model
 places a new item exactly where the benchmark measured cold items.
 """
 
@@ -23,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from genret.tokenizers.catalogue_paths import encode_on_paths
+from genret.tokenizers.content_neighbours import ContentNeighbours
 from genret.tokenizers.content_vectors import ContentVectorizer
 from genret.tokenizers.rq_kmeans import RQKMeans
 from genret.tokenizers.unique_codes import spread_added_items
@@ -38,20 +40,22 @@ class NewItemEncoder:
     Args:
         tokenizer: the fitted RQ-KMeans the catalogue's SIDs came from.
         rule: one of COLD_SID_RULES.
-        content: the fitted ContentVectorizer when the SIDs came from item content, else None (a new
-            item then needs a vector made the way the catalogue's were, or its codes).
+        content: what places an item by its features in the tokenizer's space: the fitted
+            ContentVectorizer when the SIDs came from item content, ContentNeighbours when they came
+            from interactions and the model was given one, else None (a new item then needs a vector
+            made the way the catalogue's were, or its codes).
         source: where the catalogue's item vectors came from (the SID report's words).
     """
 
-    def __init__(self, tokenizer: RQKMeans, rule: str = "shared", content: ContentVectorizer | None = None,
-                 source: str = ""):
+    def __init__(self, tokenizer: RQKMeans, rule: str = "shared",
+                 content: ContentVectorizer | ContentNeighbours | None = None, source: str = ""):
         if rule not in COLD_SID_RULES:
             raise ValueError(f"the rule for added items must be one of {COLD_SID_RULES}, got {rule!r}")
         self.tokenizer, self.rule, self.content, self.source = tokenizer, rule, content, source
 
     @property
     def feature_names(self) -> list[str]:
-        """The content features a new item is described by (empty when SIDs are not content-based)."""
+        """The content features a new item is described by (empty when no placer by content is held)."""
         return self.content.names if self.content is not None else []
 
     def codes(self, vectors: np.ndarray, existing: np.ndarray) -> np.ndarray:
@@ -85,15 +89,16 @@ class NewItemEncoder:
         the model knows but an item lacks count as empty.
 
         Raises:
-            ValueError: the SIDs were not made from content, an unknown feature name, or an item
+            ValueError: the model has no placer by content, an unknown feature name, or an item
                 with no value the fitted vocabularies know.
         """
         from genret.data.item_features import title_words, title_year
 
         if self.content is None:
-            raise ValueError(f"this model's SIDs came from {self.source or 'item vectors'}, not item content "
-                             f"(data.sid.embeddings: content): a new item needs its vector made the same way "
-                             f"(vectors=) or its SID (codes=)")
+            raise ValueError(f"this model's SIDs came from {self.source or 'item vectors'}, and it holds nothing that "
+                             f"places an item by its content (data.sid.embeddings: content, or "
+                             f"data.sid.content_neighbours for SIDs made from interactions): a new item needs its "
+                             f"vector made the same way (vectors=) or its SID (codes=)")
         names = self.content.names
         if isinstance(features, Mapping):  # columns -> one mapping per item
             lengths = {len(column) for column in features.values()}
@@ -127,5 +132,7 @@ class NewItemEncoder:
         content = state.get("content")
         tokenizer = RQKMeans.from_state_dict(state["tokenizer"])
         tokenizer.device = None  # the machine that serves may lack the device it was fitted on: pick one here
-        return cls(tokenizer, state["rule"],
-                   None if content is None else ContentVectorizer.from_state_dict(content), state.get("source", ""))
+        if content is not None:
+            placer = ContentNeighbours if content.get("kind") == "neighbours" else ContentVectorizer
+            content = placer.from_state_dict(content)
+        return cls(tokenizer, state["rule"], content, state.get("source", ""))

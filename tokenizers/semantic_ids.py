@@ -25,11 +25,15 @@ from genret.tokenizers.unique_codes import spread_last_level
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONTENT_EMBEDDINGS", "SIDConfig", "content_embeddings", "fit_semantic_ids", "item_embeddings_for"]
+__all__ = ["CONTENT_EMBEDDINGS", "INTERACTION_EMBEDDINGS", "SIDConfig", "content_embeddings", "fit_semantic_ids",
+           "item_embeddings_for"]
 
 # Item vectors made from what an item is, never from interactions: a cold item gets one like any
 # other, so its SID comes from the fitted tokenizer (the LOOC protocol needs one of these).
 CONTENT_EMBEDDINGS = ("content", "titles", "dataset")
+# Item vectors learnt from the training interactions; with SIDConfig.content_neighbours an item without
+# interactions is placed among them by its content (the LOOC protocol accepts these then).
+INTERACTION_EMBEDDINGS = ("sequential", "collaborative")
 
 
 @dataclass
@@ -55,6 +59,11 @@ class SIDConfig:
     unique_sids: re-assign the last code inside each shared prefix so distinct items get distinct
         SIDs where the codebook allows (genret.tokenizers.spread_last_level); off keeps the greedy
         RQ-KMeans codes, whose colliding items the decoder can only return as a fixed-order block.
+    content_neighbours: with SIDs made from interactions ("sequential", "collaborative"), an item
+        that has none (a cold item, an item added after training) gets the similarity-weighted mean
+        vector of its k most content-similar catalogue items (genret.tokenizers.content_neighbours)
+        and its SID from that; 0 = off (such an item then needs its SID or vector from elsewhere).
+        It places added items only: the catalogue's own SIDs do not depend on it.
     """
 
     n_levels: int = 3
@@ -67,6 +76,7 @@ class SIDConfig:
     sequence_window: int = 5  # for sequential embeddings: how many later actions count as an item's context
     seed: int = 0
     unique_sids: bool = True
+    content_neighbours: int = 0  # k content neighbours that place an item without interactions
     cache_dir: str | None = "runs/cache"  # fitted tokenizers are reused across runs; None = no cache
 
 
@@ -181,8 +191,9 @@ def fit_semantic_ids(log_all, train_log, cfg: SIDConfig, progress: bool = True,
             f"codebook_size={K} exceeds the {embeddings.shape[0]} items of {log_all.name!r}; "
             f"a codebook larger than the catalogue is meaningless: use codebook_size <= {embeddings.shape[0] // 4}"
         )
-    # The fallback only picks the vectors, which the key already hashes; leaving it out keeps older caches valid.
-    settings = {k: v for k, v in asdict(cfg).items() if k != "fallback"}
+    # The fallback only picks the vectors, which the key already hashes, and content_neighbours places items
+    # added later; leaving them out keeps older caches valid.
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("fallback", "content_neighbours")}
     key = hashlib.sha1(embeddings.tobytes() + json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cfg.cache_dir) / f"rqkmeans-{log_all.name}-{key}.pt" if cfg.cache_dir else None
     tokenizer = None

@@ -23,7 +23,8 @@ from genret.data.cold import PROTOCOLS
 from genret.data.side_features import SideFeatureBuckets
 from genret.models.dualgr import TrainBatch
 from genret.tokenizers.new_items import COLD_SID_RULES, NewItemEncoder
-from genret.tokenizers.semantic_ids import CONTENT_EMBEDDINGS, SIDConfig, content_embeddings, fit_semantic_ids
+from genret.tokenizers.semantic_ids import (CONTENT_EMBEDDINGS, INTERACTION_EMBEDDINGS, SIDConfig, content_embeddings,
+                                            fit_semantic_ids, item_embeddings_for)
 from genret.training.embedding_module import checkpoint_item_vectors
 from genret.training.loaders import IndexDataset
 
@@ -147,15 +148,20 @@ TRAIN_WINDOW_MODES = ("last", "all")
 
 
 def check_protocol(protocol: str, sid: SIDConfig) -> None:
-    """LOOC needs SIDs a cold item can get without interactions: item vectors made from content."""
+    """LOOC needs SIDs a cold item can get without interactions: item vectors made from content, or
+    interaction vectors with a content placer for the items that have none."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"data.protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if protocol == "looc" and sid.embeddings not in CONTENT_EMBEDDINGS:
+    if sid.content_neighbours < 0:
+        raise ValueError(f"data.sid.content_neighbours must be >= 0 (0 = off), got {sid.content_neighbours}")
+    placed = sid.embeddings in INTERACTION_EMBEDDINGS and sid.content_neighbours > 0
+    if protocol == "looc" and sid.embeddings not in CONTENT_EMBEDDINGS and not placed:
         raise ValueError(
-            f"data.protocol looc needs SIDs made from item content, so that a cold item gets one from the fitted "
-            f"tokenizer; data.sid.embeddings={sid.embeddings!r} is not (it is built from interactions or item ids, "
-            f"or, for 'auto', may be). Set data.sid.embeddings: content (TF-IDF of genres, year, title words, "
-            f"categories; or titles / dataset) and model.use_item_id: false")
+            f"data.protocol looc needs SIDs a cold item can get from the fitted tokenizer without interactions; "
+            f"data.sid.embeddings={sid.embeddings!r} cannot give it one (it is built from interactions or item "
+            f"ids, or, for 'auto', may be). Set data.sid.embeddings: content (TF-IDF of genres, year, title words, "
+            f"categories; or titles / dataset), or sequential / collaborative with data.sid.content_neighbours: K "
+            f"(a cold item is placed among its K most content-similar items); and model.use_item_id: false")
 
 
 def _check_train_windows(mode: str) -> None:
@@ -294,12 +300,13 @@ class SequenceDataModule(pl.LightningDataModule):
                                                  valid_seed_users=self.cold_valid_users,
                                                  valid_seed=self.cold_valid_seed)
             self.log_all = self.cold_split.warm_catalogue()
-            # Content vectors of every item, fitted on the warm ones (the first n_warm after renumbering).
-            n_warm = self.log_all.n_items
-            every, source, self.content_vectorizer = content_embeddings(
-                self.cold_split.log, self.sid, fit_items=np.arange(n_warm), return_vectorizer=True)
-            vectors, self.cold_vectors = (every[:n_warm], source), every[n_warm:]
             log.info("LOOC split of %s: %s", full.name, self.cold_split.summary())
+            if self.sid.embeddings in CONTENT_EMBEDDINGS:
+                # Content vectors of every item, fitted on the warm ones (the first n_warm after renumbering).
+                n_warm = self.log_all.n_items
+                every, source, self.content_vectorizer = content_embeddings(
+                    self.cold_split.log, self.sid, fit_items=np.arange(n_warm), return_vectorizer=True)
+                vectors, self.cold_vectors = (every[:n_warm], source), every[n_warm:]
         else:
             self.log_all = full
             self.content_vectorizer = None
@@ -308,6 +315,8 @@ class SequenceDataModule(pl.LightningDataModule):
                 vectors = (every, source)
         self.split = leave_one_out(self.log_all)  # under LOOC: the warm split, on the warm catalogue
         self.train_log = self.split.train
+        if self.sid.embeddings in INTERACTION_EMBEDDINGS and self.sid.content_neighbours > 0:
+            vectors = self._place_by_content_neighbours(full)
         self.tokenizer, self.codes, self.sid_index, self.sid_report = fit_semantic_ids(
             self.log_all, self.train_log, self.sid, checkpoint_vectors=checkpoint_item_vectors, vectors=vectors)
         self.eval_sets = {"valid": self.split.eval_set("valid"), "test": self.split.eval_set("test")}
@@ -349,6 +358,27 @@ class SequenceDataModule(pl.LightningDataModule):
     @property
     def n_items(self) -> int:
         return self.log_all.n_items
+
+    def _place_by_content_neighbours(self, full) -> tuple[np.ndarray, str]:
+        """Interaction item vectors of the (warm) catalogue, and the ContentNeighbours placer fitted
+        on them, which gives LOOC's cold items (and items added after training) their vectors.
+        Outside LOOC a data set without item content keeps its SIDs and gets no placer (a warning)."""
+        from genret.tokenizers.content_neighbours import ContentNeighbours
+
+        emb, source = item_embeddings_for(self.log_all, self.train_log, self.sid)
+        k, catalogue = self.sid.content_neighbours, self.cold_split.log if self.cold_split is not None else full
+        try:
+            self.content_vectorizer, every, used = ContentNeighbours.fit_log(
+                catalogue, emb, k, self.sid.content_features, fit_items=np.arange(self.log_all.n_items))
+        except ValueError as err:
+            if self.cold_split is not None:
+                raise ValueError(f"data.protocol looc with data.sid.content_neighbours places cold items by their "
+                                 f"content, and {full.name} has none usable: {err}") from None
+            log.warning("data.sid.content_neighbours: %s; items added later need their SIDs or vectors", err)
+            return emb, source
+        if self.cold_split is not None:
+            self.cold_vectors = every[self.log_all.n_items:]
+        return emb, f"{source}; items without interactions placed by their {k} nearest by content ({', '.join(used)})"
 
     def cold_items(self) -> tuple[np.ndarray, np.ndarray]:
         """LOOC: the cold items' raw ids and SIDs, their content vectors encoded by the tokenizer fitted

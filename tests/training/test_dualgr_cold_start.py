@@ -38,7 +38,8 @@ K = 4  # tiny codebooks: 4^3 SIDs for ~40 items
 
 
 def looc_dm(data, cold_valid_users: int = 0, **sid) -> SequenceDataModule:
-    cfg = SIDConfig(n_levels=3, codebook_size=K, embeddings="content", embedding_dim=8, cache_dir=None, **sid)
+    cfg = SIDConfig(**{"n_levels": 3, "codebook_size": K, "embeddings": "content", "embedding_dim": 8, "cache_dir": None,
+                       **sid})
     dm = SequenceDataModule(data=str(data), sid=cfg, max_history=30, max_negatives=8, batch_size=16,
                             protocol="looc", cold_seed_users=8, cold_seed=1, cold_valid_users=cold_valid_users,
                             load_options={"low_ratings_as_negatives": False} if data != "synthetic:300x200" else {})
@@ -208,11 +209,15 @@ def _cold_features(dm) -> list[dict]:
     return [{name: raw[name][i] for name in raw} for i in range(dm.n_items, dm.cold_split.log.n_items)]
 
 
-@pytest.mark.parametrize("rule", ["shared", "paths"])
-def test_a_checkpoint_alone_gives_new_items_the_sids_the_benchmark_gave(tiny_ml, tmp_path, rule):
+# SIDs from content, or from the training sequences with cold items placed by their content neighbours.
+PLACEMENTS = {"content": {}, "neighbours": {"embeddings": "sequential", "content_neighbours": 3}}
+
+
+@pytest.mark.parametrize("rule,placement", [("shared", "content"), ("paths", "content"), ("shared", "neighbours")])
+def test_a_checkpoint_alone_gives_new_items_the_sids_the_benchmark_gave(tiny_ml, tmp_path, rule, placement):
     from genret.decoding.export import export_checkpoint
 
-    dm = looc_dm(tiny_ml)
+    dm = looc_dm(tiny_ml, **PLACEMENTS[placement])
     dm.cold_sids = rule
     raw_ids, expected = dm.cold_items()
     ckpt = _module_checkpoint(dm, tmp_path / "model.ckpt")
@@ -278,10 +283,58 @@ def test_new_items_errors_name_the_fix(tiny_ml, tmp_path):
     retriever.add_items(raw_ids, codes)
     # SIDs not made from content: a new item needs a vector made the same way, or its codes.
     encoder = NewItemEncoder(dm.tokenizer, "shared", None, "sequential PPMI SVD")
-    with pytest.raises(ValueError, match="came from sequential PPMI SVD, not item content"):
+    with pytest.raises(ValueError, match="came from sequential PPMI SVD, and it holds nothing that places an item"):
         encoder.vectors(features)
     with pytest.raises(ValueError, match="rule for added items must be one of"):
         NewItemEncoder(dm.tokenizer, "nearest")
+
+
+def test_cold_items_are_placed_among_their_content_neighbours_in_the_sequential_space(tiny_ml):
+    from genret.data.item_features import content_tfidf, raw_item_features
+    from genret.tokenizers.content_neighbours import ContentNeighbours
+
+    dm = looc_dm(tiny_ml, embeddings="sequential", content_neighbours=3)
+    n_warm, full = dm.n_items, dm.cold_split.log
+    assert "placed by their 3 nearest by content" in dm.sid_report["embedding_source"]
+    # The catalogue's SIDs come from the training sequences alone: k and the cold items' content move nothing.
+    for other in (looc_dm(tiny_ml, embeddings="sequential", content_neighbours=1),
+                  looc_dm(tiny_ml, embeddings="sequential", content_neighbours=3, content_features=["genres"])):
+        assert np.array_equal(other.codes, dm.codes)
+    assert dm.train_log.item.max() < n_warm
+    # A cold item's vector: the cosine-weighted mean of its 3 most content-similar warm items' vectors.
+    x, _ = content_tfidf(full, None, fit_items=np.arange(n_warm))
+    sims = np.asarray((x[n_warm:] @ x[:n_warm].T).todense())
+    warm_vectors = dm.content_vectorizer.catalogue_vectors
+    checked = 0
+    for j in range(len(dm.cold_vectors)):
+        top = np.argsort(-sims[j])[:3]
+        if np.isclose(*np.sort(sims[j])[[-3, -4]]):
+            continue  # a tie at the 3rd place: either item is a right neighbour
+        want = (sims[j][top, None] * warm_vectors[top]).sum(0)
+        np.testing.assert_allclose(dm.cold_vectors[j], want / np.linalg.norm(want), rtol=1e-4, atol=1e-5)
+        checked += 1
+    assert checked >= 3
+    # The placer survives its state dict; k 1 puts a cold item on its nearest warm item's vector.
+    again = ContentNeighbours.from_state_dict(dm.content_vectorizer.state_dict())
+    np.testing.assert_array_equal(again.place(x[n_warm:]), dm.cold_vectors)
+    one = looc_dm(tiny_ml, embeddings="sequential", content_neighbours=1)
+    np.testing.assert_allclose(one.cold_vectors, warm_vectors[sims.argmax(1)], atol=1e-6)
+    with pytest.raises(ValueError, match="content_neighbours must be >= 0"):
+        SequenceDataModule(data=str(tiny_ml), sid=SIDConfig(embeddings="sequential", content_neighbours=-1))
+    # Outside LOOC the placer is fitted on the whole catalogue: a model on sequential SIDs takes new
+    # items by their features (an item described as catalogue item 0 lands on item 0's neighbours).
+    loo = SequenceDataModule(data=str(tiny_ml), sid=SIDConfig(n_levels=3, codebook_size=K, embeddings="sequential",
+                                                              embedding_dim=8, cache_dir=None, content_neighbours=1),
+                             max_history=30, batch_size=16, load_options={"low_ratings_as_negatives": False})
+    loo.setup()
+    encoder = loo.new_item_encoder()
+    assert isinstance(encoder.content, ContentNeighbours) and encoder.feature_names
+    x_all, _ = content_tfidf(loo.log_all)
+    raw = raw_item_features(loo.log_all, encoder.feature_names)
+    first = {name: raw[name][0] for name in raw}
+    placed = encoder.vectors([first])
+    nearest = np.asarray((x_all[:1] @ x_all.T).todense()).ravel()
+    assert np.allclose(placed[0], encoder.content.catalogue_vectors[nearest.argmax()], atol=1e-6)
 
 
 def test_add_items_command_writes_an_export_that_serves_the_new_items(tiny_ml, tmp_path):
@@ -340,8 +393,11 @@ def test_clear_errors(tiny_ml, tmp_path):
     from genret.training.dualgr_module import DualGRModule
 
     for embeddings in ("sequential", "collaborative", "auto"):
-        with pytest.raises(ValueError, match="data.sid.embeddings: content .* model.use_item_id: false"):
+        with pytest.raises(ValueError, match="data.sid.embeddings: content .* data.sid.content_neighbours: K .* "
+                                             "model.use_item_id: false"):
             SequenceDataModule(data=str(tiny_ml), sid=SIDConfig(embeddings=embeddings), protocol="looc")
+    with pytest.raises(ValueError, match="data.sid.embeddings: content"):  # neighbours need interaction vectors
+        SequenceDataModule(data=str(tiny_ml), sid=SIDConfig(embeddings="auto", content_neighbours=3), protocol="looc")
     with pytest.raises(ValueError, match="data.protocol must be one of"):
         SequenceDataModule(data=str(tiny_ml), protocol="cold")
     dm = looc_dm(tiny_ml)

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from genret.data.item_features import ItemFeatureEncoder, RawFeatures, content_tfidf, tfidf_rows
+from genret.data.item_features import ItemFeatureEncoder, RawFeatures, content_tfidf
+from genret.tokenizers.content_vectors import known_tfidf_rows
 
 __all__ = ["ContentNeighbours"]
 
@@ -104,13 +105,7 @@ class ContentNeighbours:
             ValueError: a feature missing from `raw`, or an item none of whose values the fitted
                 vocabularies know (it cannot be placed by content), named by its row.
         """
-        x = tfidf_rows(self.encoder.transform(raw), self.encoder.cardinalities, self.idf)
-        unknown = np.flatnonzero(np.diff(x.indptr) == 0)
-        if len(unknown):
-            raise ValueError(f"{len(unknown)} item(s) (rows {unknown[:5].tolist()}) have no value of {self.names} that "
-                             f"the fitted vocabularies know, so they cannot be placed by content; give their SIDs "
-                             f"(codes) instead")
-        return self.place(x.tocsr())
+        return self.place(known_tfidf_rows(self.encoder, self.idf, raw))
 
     def state_dict(self) -> dict[str, Any]:
         """Plain types and tensors (loads with torch.load(weights_only=True) and into JSON + safetensors)."""

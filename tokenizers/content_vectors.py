@@ -16,7 +16,7 @@ import torch
 
 from genret.data.item_features import ItemFeatureEncoder, RawFeatures, content_tfidf, tfidf_rows
 
-__all__ = ["ContentVectorizer"]
+__all__ = ["ContentVectorizer", "known_tfidf_rows"]
 
 
 class ContentVectorizer:
@@ -69,13 +69,7 @@ class ContentVectorizer:
             ValueError: a feature missing from `raw`, or an item none of whose values the fitted
                 vocabularies know (it cannot be placed by content), named by its row.
         """
-        x = tfidf_rows(self.encoder.transform(raw), self.encoder.cardinalities, self.idf)
-        unknown = np.flatnonzero(np.diff(x.indptr) == 0)
-        if len(unknown):
-            raise ValueError(f"{len(unknown)} item(s) (rows {unknown[:5].tolist()}) have no value of {self.names} that "
-                             f"the fitted vocabularies know, so they cannot be placed by content; give their SIDs "
-                             f"(codes) instead")
-        return _unit(self.project(x))
+        return _unit(self.project(known_tfidf_rows(self.encoder, self.idf, raw)))
 
     def state_dict(self) -> dict[str, Any]:
         """Plain types and tensors (loads with torch.load(weights_only=True) and into JSON + safetensors)."""
@@ -88,6 +82,22 @@ class ContentVectorizer:
         return cls(ItemFeatureEncoder.from_state_dict(state["encoder"]),
                    [torch.as_tensor(i).numpy() for i in state["idf"]],
                    torch.as_tensor(state["components"]).numpy())
+
+
+def known_tfidf_rows(encoder: ItemFeatureEncoder, idf: list[np.ndarray], raw: RawFeatures) -> Any:
+    """Raw features of new items -> their L2-normalised TF-IDF rows (CSR) under fitted vocabularies / IDF.
+
+    Raises:
+        ValueError: a feature missing from `raw`, or an item none of whose values the vocabularies
+            know (it cannot be placed by content), named by its row.
+    """
+    x = tfidf_rows(encoder.transform(raw), encoder.cardinalities, idf).tocsr()
+    unknown = np.flatnonzero(np.diff(x.indptr) == 0)
+    if len(unknown):
+        raise ValueError(f"{len(unknown)} item(s) (rows {unknown[:5].tolist()}) have no value of {list(encoder.names)} "
+                         f"that the fitted vocabularies know, so they cannot be placed by content; give their SIDs "
+                         f"(codes) instead")
+    return x
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

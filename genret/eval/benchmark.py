@@ -134,7 +134,7 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
         # DualGR's cold start: the cold items join the trained model's catalogue by the SIDs the
         # fitted tokenizer gives their content vectors (no retraining), then every user is served
         # from the full catalogue, as RetrievalFormer's LOOC users are.
-        cold_ids, cold_codes = dm.cold_items()
+        cold_ids, cold_codes = cold_item_codes(dm, retriever)
         retriever.add_items(cold_ids, cold_codes)
         stages = (*stages, *(("cold",) if read_test else ()), *(("cold_valid",) if cold_valid else ()))
     ranked_by_stage = {}
@@ -153,6 +153,31 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
         result.update(_looc_result(dm, retriever, ranked_by_stage, result, ks, max_eval_users, test=read_test))
     write_run_record(out_dir, signature, {k: v for k, v in result.items() if k != "datamodule"})
     return result
+
+
+def cold_item_codes(dm, retriever) -> tuple[np.ndarray, np.ndarray]:
+    """LOOC's cold items and their SIDs, given by the trained model's own new-item encoder from the
+    items' features: what serving does (`Retriever.add_items(features=...)`). When this run trained
+    the model the data module's tokenizer is that encoder's; with `--checkpoint` the data module
+    refits it, and the SVDs behind the item vectors can differ in the last bits (they depend on the
+    BLAS thread count), which moves SIDs: only the checkpoint's encoder matches its catalogue. Models
+    without a content placer (SIDs from titles or data set vectors, older checkpoints) take the data
+    module's codes."""
+    from genret.data.item_features import raw_item_features
+
+    ids, codes = dm.cold_items()
+    encoder = retriever.new_items
+    if encoder is None or not encoder.feature_names:
+        return ids, codes
+    full, n_warm = dm.cold_split.log, dm.n_items
+    raw = raw_item_features(full, encoder.feature_names)
+    features = [{name: raw[name][i] for name in raw} for i in range(n_warm, full.n_items)]
+    own = encoder.codes(encoder.vectors(features), retriever.model.item_codes[:n_warm].cpu().numpy())
+    moved = int((own != codes).any(1).sum())
+    if moved:
+        log.warning("%d of %d cold items get other SIDs from the checkpoint's encoder than from this data module's "
+                    "refitted tokenizer (SVDs differ with the thread count); the checkpoint's are used", moved, len(ids))
+    return ids, own
 
 
 def _looc_result(dm, retriever, ranked_by_stage: dict[str, np.ndarray], result: dict[str, Any], ks,

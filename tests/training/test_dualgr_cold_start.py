@@ -242,6 +242,21 @@ def test_a_checkpoint_alone_gives_new_items_the_sids_the_benchmark_gave(tiny_ml,
     assert np.array_equal(retriever.add_items(raw_ids[5:7], features=columns), expected[5:7])
 
 
+@pytest.mark.parametrize("placement", ["content", "neighbours"])
+def test_a_checkpoint_is_scored_with_its_own_cold_sids_when_the_data_module_refits_others(tiny_ml, tmp_path, placement):
+    from genret.eval.benchmark import cold_item_codes
+
+    dm = looc_dm(tiny_ml, **PLACEMENTS[placement])
+    raw_ids, expected = dm.cold_items()
+    retriever = Retriever.from_checkpoint(_module_checkpoint(dm, tmp_path / "model.ckpt"), device="cpu", kernel="torch")
+    # A data module whose refitted tokenizer differs (here by its seed; in practice the SVDs' last bits
+    # move with the BLAS thread count) would give the cold items other SIDs than the checkpoint's encoder.
+    refitted = looc_dm(tiny_ml, **PLACEMENTS[placement], seed=7)
+    assert not np.array_equal(refitted.cold_items()[1], expected)
+    ids, codes = cold_item_codes(refitted, retriever)
+    assert np.array_equal(ids, raw_ids) and np.array_equal(codes, expected)
+
+
 def test_new_items_errors_name_the_fix(tiny_ml, tmp_path):
     from genret.tokenizers.new_items import NewItemEncoder
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from genret.data.item_features import ItemFeatureEncoder, RawFeatures, content_tfidf
-from genret.tokenizers.content_vectors import known_tfidf_rows
+from genret.tokenizers.content_vectors import csr_from_state, csr_state, known_tfidf_rows
 
 __all__ = ["ContentNeighbours"]
 
@@ -109,23 +109,12 @@ class ContentNeighbours:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain types and tensors (loads with torch.load(weights_only=True) and into JSON + safetensors)."""
-        t = self.catalogue_tfidf
         return {"kind": "neighbours", "k": self.k, "encoder": self.encoder.state_dict(),
                 "idf": [torch.as_tensor(i, dtype=torch.float64) for i in self.idf],
-                "tfidf_indptr": torch.as_tensor(t.indptr.astype(np.int64)),
-                "tfidf_indices": torch.as_tensor(t.indices.astype(np.int64)),
-                "tfidf_data": torch.as_tensor(t.data.astype(np.float32)),
-                "tfidf_columns": int(t.shape[1]),
-                "vectors": torch.as_tensor(self.catalogue_vectors)}
+                **csr_state(self.catalogue_tfidf), "vectors": torch.as_tensor(self.catalogue_vectors)}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> "ContentNeighbours":
-        from scipy import sparse
-
-        vectors = torch.as_tensor(state["vectors"]).numpy()
-        tfidf = sparse.csr_matrix((torch.as_tensor(state["tfidf_data"]).numpy(),
-                                   torch.as_tensor(state["tfidf_indices"]).numpy(),
-                                   torch.as_tensor(state["tfidf_indptr"]).numpy()),
-                                  shape=(len(vectors), int(state["tfidf_columns"])))
         return cls(ItemFeatureEncoder.from_state_dict(state["encoder"]),
-                   [torch.as_tensor(i).numpy() for i in state["idf"]], tfidf, vectors, int(state["k"]))
+                   [torch.as_tensor(i).numpy() for i in state["idf"]], csr_from_state(state),
+                   torch.as_tensor(state["vectors"]).numpy(), int(state["k"]))

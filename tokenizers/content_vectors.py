@@ -16,7 +16,7 @@ import torch
 
 from genret.data.item_features import ItemFeatureEncoder, RawFeatures, content_tfidf, tfidf_rows
 
-__all__ = ["ContentVectorizer", "known_tfidf_rows"]
+__all__ = ["ContentVectorizer", "csr_from_state", "csr_state", "known_tfidf_rows"]
 
 
 class ContentVectorizer:
@@ -98,6 +98,24 @@ def known_tfidf_rows(encoder: ItemFeatureEncoder, idf: list[np.ndarray], raw: Ra
                          f"that the fitted vocabularies know, so they cannot be placed by content; give their SIDs "
                          f"(codes) instead")
     return x
+
+
+def csr_state(x: Any, prefix: str = "tfidf") -> dict[str, Any]:
+    """A CSR matrix as tensors and its column count (what checkpoints and exports store)."""
+    return {f"{prefix}_indptr": torch.as_tensor(x.indptr.astype(np.int64)),
+            f"{prefix}_indices": torch.as_tensor(x.indices.astype(np.int64)),
+            f"{prefix}_data": torch.as_tensor(x.data.astype(np.float32)),
+            f"{prefix}_columns": int(x.shape[1])}
+
+
+def csr_from_state(state: dict[str, Any], prefix: str = "tfidf") -> Any:
+    """The inverse of `csr_state` (float32 CSR)."""
+    from scipy import sparse
+
+    indptr = torch.as_tensor(state[f"{prefix}_indptr"]).numpy()
+    return sparse.csr_matrix((torch.as_tensor(state[f"{prefix}_data"]).numpy(),
+                              torch.as_tensor(state[f"{prefix}_indices"]).numpy(), indptr),
+                             shape=(len(indptr) - 1, int(state[f"{prefix}_columns"])))
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from genret.tokenizers.content_vectors import ContentVectorizer
 from genret.tokenizers.rq_kmeans import RQKMeans
 from genret.tokenizers.unique_codes import spread_added_items
 
-__all__ = ["COLD_SID_RULES", "NewItemEncoder"]
+__all__ = ["COLD_SID_RULES", "NewItemEncoder", "described_items"]
 
 COLD_SID_RULES = ("shared", "spread", "paths")
 
@@ -80,47 +80,19 @@ class NewItemEncoder:
         return codes
 
     def vectors(self, features: Sequence[Mapping[str, Any]] | Mapping[str, Sequence]) -> np.ndarray:
-        """Per new item a mapping feature name -> value(s) (or, as RetrievalFormer's `add_items`
-        takes them, one mapping feature name -> one entry per item) -> (m, d) vectors.
-
-        Values are a string or a list of strings, as the data loaders give them (genres, category and
-        brand ids, title words); a "title" key stands for the features a data set derives from
-        titles ("title_words", and "year" from a trailing "(1995)") unless they are given. Features
-        the model knows but an item lacks count as empty.
+        """New items described by their features (`described_items`: per item a mapping feature
+        name -> value(s), or columns) -> (m, d) vectors.
 
         Raises:
             ValueError: the model has no placer by content, an unknown feature name, or an item
                 with no value the fitted vocabularies know.
         """
-        from genret.data.item_features import title_words, title_year
-
         if self.content is None:
             raise ValueError(f"this model's SIDs came from {self.source or 'item vectors'}, and it holds nothing that "
                              f"places an item by its content (data.sid.embeddings: content, or "
                              f"data.sid.content_neighbours for SIDs made from interactions): a new item needs its "
                              f"vector made the same way (vectors=) or its SID (codes=)")
-        names = self.content.names
-        if isinstance(features, Mapping):  # columns -> one mapping per item
-            lengths = {len(column) for column in features.values()}
-            if len(lengths) > 1:
-                raise ValueError(f"feature columns of different lengths {sorted(lengths)}; give one entry per item")
-            n = lengths.pop() if lengths else 0
-            features = [{name: column[i] for name, column in features.items()} for i in range(n)]
-        raw: dict[str, list[list[str]]] = {name: [] for name in names}
-        for i, item in enumerate(features):
-            if not isinstance(item, Mapping):
-                raise ValueError(f"item {i}: features must be a mapping of feature name -> value(s), got "
-                                 f"{type(item).__name__}")
-            unknown = sorted(set(item) - set(names) - {"title"})
-            if unknown:
-                raise ValueError(f"item {i}: unknown feature(s) {unknown}; this model describes items by {names}"
-                                 + (' (or "title")' if {"title_words", "year"} & set(names) else ""))
-            title = item.get("title")
-            derived = {"title_words": title_words(title), "year": title_year(title)} if isinstance(title, str) else {}
-            for name in names:
-                value = item.get(name, derived.get(name, []))
-                values = [value] if isinstance(value, (str, int)) else list(value or [])
-                raw[name].append([str(v) for v in values])
+        raw = described_items(features, self.content.names)
         return self.content.transform(raw)
 
     def state_dict(self) -> dict[str, Any]:
@@ -136,3 +108,43 @@ class NewItemEncoder:
             placer = ContentNeighbours if content.get("kind") == "neighbours" else ContentVectorizer
             content = placer.from_state_dict(content)
         return cls(tokenizer, state["rule"], content, state.get("source", ""))
+
+
+def described_items(features: Sequence[Mapping[str, Any]] | Mapping[str, Sequence], names: Sequence[str]
+                    ) -> dict[str, list[list[str]]]:
+    """New items as a user describes them -> raw features (name -> one list of string values per item).
+
+    `features`: per item a mapping feature name -> value(s), or one mapping feature name -> one entry
+    per item (RetrievalFormer's columns). Values are a string or a list of strings, as the data
+    loaders give them (genres, category and brand ids, title words); a "title" key stands for the
+    features a data set derives from titles ("title_words", and "year" from a trailing "(1995)")
+    unless they are given. Features in `names` an item lacks count as empty.
+
+    Raises:
+        ValueError: a feature name outside `names`, columns of different lengths, an item that is
+            not a mapping.
+    """
+    from genret.data.item_features import title_words, title_year
+
+    if isinstance(features, Mapping):  # columns -> one mapping per item
+        lengths = {len(column) for column in features.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"feature columns of different lengths {sorted(lengths)}; give one entry per item")
+        n = lengths.pop() if lengths else 0
+        features = [{name: column[i] for name, column in features.items()} for i in range(n)]
+    raw: dict[str, list[list[str]]] = {name: [] for name in names}
+    for i, item in enumerate(features):
+        if not isinstance(item, Mapping):
+            raise ValueError(f"item {i}: features must be a mapping of feature name -> value(s), got "
+                             f"{type(item).__name__}")
+        unknown = sorted(set(item) - set(names) - {"title"})
+        if unknown:
+            raise ValueError(f"item {i}: unknown feature(s) {unknown}; this model describes items by {list(names)}"
+                             + (' (or "title")' if {"title_words", "year"} & set(names) else ""))
+        title = item.get("title")
+        derived = {"title_words": title_words(title), "year": title_year(title)} if isinstance(title, str) else {}
+        for name in names:
+            value = item.get(name, derived.get(name, []))
+            values = [value] if isinstance(value, (str, int)) else list(value or [])
+            raw[name].append([str(v) for v in values])
+    return raw

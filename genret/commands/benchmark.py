@@ -50,7 +50,8 @@ if TYPE_CHECKING:  # annotations only: the CLI imports numpy where it needs it
     import numpy as np
 
 # Model keys that change how a trained model ranks, not what it learned: sweepable with --checkpoint.
-RANKING_TIME_MODEL_KEYS = {"retrievalformer": ("model.config.content_weight",)}
+RANKING_TIME_MODEL_KEYS = {"retrievalformer": ("model.config.content_weight",),
+                           "dualgr": ("model.config.content_weight",)}
 
 
 def main(argv: list[str]) -> int:

@@ -7,7 +7,8 @@ An export directory holds:
     weights.safetensors   the model's state dict
     catalogue.safetensors every item's SID ("codes"), the SID index tables ("sid_index.*") and the
                           new-item encoder's tensors ("new_items.*": tokenizer codebooks, content
-                          IDF and SVD basis; its other fields are in config.json)
+                          IDF and SVD basis; its other fields are in config.json) and, with the
+                          content term, its IDF and item rows ("content_term.*")
 
 `read_artifact(path)` returns the same `(state_dict, extra)` pair for a `.ckpt` file or an export
 directory, where `extra` is the checkpoint's "genret" entry (genret.training.checkpoint): {"version",
@@ -95,6 +96,7 @@ def write_export(state: dict[str, torch.Tensor], extra: dict[str, Any], out_dir:
             "sid_index_depth": len(sid_index["child_ptr"]),
             # The new-item encoder (genret.tokenizers.new_items): its tensors go to the catalogue file.
             "new_items": _tensors_out(catalogue.get("new_items"), "new_items", tables),
+            "content_term": _tensors_out(catalogue.get("content_term"), "content_term", tables),
         },
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +185,8 @@ def read_export(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         catalogue = {"item_ids": meta["item_ids"], "codes": tables["codes"], "sid_index": sid_index,
                      "dataset": meta.get("dataset"), "side_features": meta.get("side_features"),
                      "user_feature_names": meta.get("user_feature_names", []),
-                     "new_items": _tensors_in(meta.get("new_items"), tables)}
+                     "new_items": _tensors_in(meta.get("new_items"), tables),
+                     "content_term": _tensors_in(meta.get("content_term"), tables)}
         extra = {"version": config["version"], "family": config["family"], "config": config["config"],
                  "catalogue": catalogue}
     except (KeyError, TypeError, ValueError) as err:

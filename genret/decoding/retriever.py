@@ -19,12 +19,14 @@ from genret.decoding.export import artifact_version, read_artifact
 from genret.models.dualgr import DualGR, DualGRConfig
 
 if TYPE_CHECKING:
+    from genret.decoding.content_term import ContentTerm
     from genret.tokenizers.new_items import NewItemEncoder
 
 
 @dataclass
 class RetrievalResult:
-    """items[u]: k distinct raw item ids, best first; scores[u]: their log-probabilities."""
+    """items[u]: k distinct raw item ids, best first; scores[u]: their log-probabilities (with the
+    content term: content score + weight x probability)."""
 
     items: list[list[Any]]
     scores: list[list[float]]
@@ -57,6 +59,10 @@ class Retriever:
             decode op then runs in it (weights read at half the bytes, no per-call casts as under
             autocast); the beam scores stay fp32. A model of another dtype is copied, never cast
             in place. Default: the model's own.
+        content_term, content_weight: rank by the content baseline's score + content_weight x the
+            beams' probability (genret.decoding.content_term; an addition beyond the paper). The
+            weight defaults to the model config's `content_weight`; > 0 needs the term's item rows,
+            which a checkpoint trained with it carries.
 
     Attributes:
         item_ids: (n_items,) raw id of each dense item index.
@@ -68,7 +74,8 @@ class Retriever:
                  beam_width: int | None = None,
                  side_features: SideFeatureBuckets | None = None, branch_merge: str = "sum",
                  short_weight: float | None = None, user_feature_names: Sequence[str] | None = None,
-                 dtype: torch.dtype | None = None, new_items: NewItemEncoder | None = None):
+                 dtype: torch.dtype | None = None, new_items: NewItemEncoder | None = None,
+                 content_term: ContentTerm | None = None, content_weight: float | None = None):
         if beam_width is not None and (not requests.is_int(beam_width) or beam_width < 1):
             raise ValueError(f"beam_width must be a positive integer (or None for the list length), got {beam_width!r}")
         if branch_merge not in BRANCH_MERGES:
@@ -104,6 +111,35 @@ class Retriever:
         self.kernel = kernel
         self.beam_width = beam_width
         self.branch_merge = branch_merge
+        self.content_term: ContentTerm | None = None
+        self.content_weight = 0.0
+        self.set_content_term(model.cfg.content_weight if content_weight is None else content_weight, content_term)
+
+    def set_content_term(self, weight: float, term: ContentTerm | None = None) -> None:
+        """Rank with the content term at `weight` (0: the beams' own order); `term` (item rows for the
+        whole catalogue, e.g. `SequenceDataModule.content_term()`) replaces the rows held, if given.
+
+        Raises:
+            ValueError: a negative weight, or a positive one without rows for every catalogue item.
+        """
+        weight = float(weight)
+        if not weight >= 0.0:
+            raise ValueError(f"content_weight must be >= 0 (0 = the beams' own order), got {weight}")
+        term = self.content_term if term is None else term
+        if weight > 0:
+            if term is None:
+                raise ValueError("content_weight > 0 ranks by item content, and this model carries no content rows: "
+                                 "train it with model.config.content_weight > 0, or pass content_term= "
+                                 "(SequenceDataModule.content_term())")
+            if term.n_items != len(self.item_ids):
+                raise ValueError(f"the content term has rows for {term.n_items} items, the catalogue holds "
+                                 f"{len(self.item_ids)}")
+        self.content_term, self.content_weight = term, weight
+
+    @property
+    def uses_content(self) -> bool:
+        """Whether retrieval adds the content term (content_weight > 0)."""
+        return self.content_weight > 0
 
     @property
     def device(self) -> torch.device:
@@ -133,6 +169,13 @@ class Retriever:
         side = catalogue.get("side_features")
         side = SideFeatureBuckets.from_state_dict(side) if side and side["names"] else None
         kwargs.setdefault("user_feature_names", catalogue.get("user_feature_names") or None)
+        if catalogue.get("content_term") is not None:
+            from genret.decoding.content_term import ContentTerm
+
+            try:
+                kwargs.setdefault("content_term", ContentTerm.from_state_dict(catalogue["content_term"]))
+            except (KeyError, TypeError, ValueError) as err:
+                raise RuntimeError(f"{path}: its content term is corrupt ({err})") from None
         if catalogue.get("new_items") is not None:  # checkpoints from before it lack it: add_items(codes=) only
             from genret.tokenizers.new_items import NewItemEncoder
 
@@ -172,9 +215,10 @@ class Retriever:
             "side_features": self.side.state_dict() if self.side is not None else None,
             "user_feature_names": self.user_feature_names,
             "new_items": self.new_items.state_dict() if self.new_items is not None else None,
+            "content_term": self.content_term.state_dict() if self.content_term is not None else None,
         }
-        extra = {"version": CHECKPOINT_VERSION, "family": "dualgr", "config": dataclasses.asdict(self.model.cfg),
-                 "catalogue": catalogue}
+        config = dataclasses.asdict(self.model.cfg) | {"content_weight": self.content_weight}
+        extra = {"version": CHECKPOINT_VERSION, "family": "dualgr", "config": config, "catalogue": catalogue}
         return write_export(self.model.state_dict(), extra, out_dir)
 
     @property
@@ -222,11 +266,17 @@ class Retriever:
         return requests.side_rows(histories, self.side, side)
 
     def retrieve_indices(self, hist: Histories, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dense-index version of `retrieve` (used by evaluation): no exclusion. Returns (U, k) items,
-        scores. The beam is `beam_width`, widened to k when narrower."""
-        return retrieve_indices(self.model, self.index, hist, k, beam_width=max(self.beam_width or k, k),
-                                kernel=self.kernel,
-                                branch_merge=self.branch_merge, short_weight=self.short_weight)
+        """Dense-index version of `retrieve` (used by evaluation): no exclusion, except that with the
+        content term history items are never listed (their content score is their similarity with
+        themselves). Returns (U, k) items, scores. The beam is `beam_width`, widened to k when
+        narrower; with the content term the beams' k items are blended with the whole catalogue."""
+        items, scores = retrieve_indices(self.model, self.index, hist, k, beam_width=max(self.beam_width or k, k),
+                                         kernel=self.kernel,
+                                         branch_merge=self.branch_merge, short_weight=self.short_weight)
+        if not self.uses_content:
+            return items, scores
+        return self.content_term.rank(hist.offsets.cpu().numpy(), hist.items.cpu().numpy(), items, scores,
+                                      self.content_weight, k)
 
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 500, unknown: str = "error",
                  batch_size: int = 64, side: dict[str, Sequence[Sequence[Any]]] | None = None, *,
@@ -266,6 +316,10 @@ class Retriever:
         unknown = requests.check_unknown(unknown)
         batch_size = requests.check_batch_size(batch_size)
         exclude_seen = requests.check_flag(exclude_seen, "exclude_seen")
+        if not exclude_seen and self.uses_content:
+            raise requests.RequestError("exclude_seen=False: with the content term a history item would rank by its "
+                                        "similarity with itself; load the retriever with content_weight=0 to list "
+                                        "seen items")
         if side is not None and not (isinstance(side, dict) and all(
                 isinstance(v, (list, tuple)) and len(v) == len(histories) for v in side.values())):
             raise requests.RequestError(f"side must map each feature name to a list with one list of values per "
@@ -293,6 +347,8 @@ class Retriever:
             hist, requests.request_size(k, n_items, exclude_seen)))
         if not exclude_seen:
             return items, scores
+        if self.uses_content:  # the whole catalogue was ranked, history left out: evaluation's list
+            return items[:, :k], scores[:, :k]
         keep, short = requests.drop_seen(items, dense, k)
         out_items = np.where(keep >= 0, np.take_along_axis(items, keep.clip(min=0), 1), -1)
         out_scores = np.where(keep >= 0, np.take_along_axis(scores, keep.clip(min=0), 1), -np.inf)
@@ -312,7 +368,7 @@ class Retriever:
                   vectors: np.ndarray | None = None, features: Sequence[dict] | dict | None = None) -> np.ndarray:
         """Add items to the catalogue without retraining: DualGR's own cold-start path.
 
-        A new item needs only a SID. Give exactly one of:
+        A new item needs only a SID. Give one of:
             codes: (m, L) int64 SIDs made elsewhere;
             vectors: (m, d) item vectors made the way the catalogue's were (e.g. title embeddings);
                 the checkpoint's tokenizer encodes them by the rule it was trained with
@@ -323,6 +379,8 @@ class Retriever:
                 for title words (and a trailing "(1995)" year). `self.new_items.feature_names` lists
                 the features. One mapping of columns (name -> one entry per item), as
                 RetrievalFormer's `add_items` takes, works too.
+        With the content term (`content_weight` > 0) every new item also needs its content rows:
+        give `features` (alone, or beside `codes` / `vectors`, which then set the SIDs).
         vectors / features need a checkpoint that carries the new-item encoder (written by genret
         after 2026-12-06). The SID index grows with `SIDIndex.add_items` (existing items keep their
         SIDs and order; an added item on a taken SID comes after the items already there) and the
@@ -332,16 +390,25 @@ class Retriever:
             the (m, L) SIDs the items were given.
 
         Raises:
-            ValueError: not exactly one of codes / vectors / features, duplicate or known ids, bad
+            ValueError: none of codes / vectors / features, both codes and vectors, features beside
+                them without a content term or none with one, duplicate or known ids, bad
                 codes or vectors, unknown feature names, an item no fitted value describes, or a
                 model with item-id embeddings (a new item has no trained id row; train with
                 `model.use_item_id: false` for cold start).
         """
-        given = [name for name, value in (("codes", codes), ("vectors", vectors), ("features", features))
-                 if value is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of codes, vectors or features for the new items, got {given or 'none'}")
-        if (vectors is not None or features is not None) and self.new_items is None:
+        if codes is None and vectors is None and features is None:
+            raise ValueError("give the new items' codes, vectors or features")
+        if codes is not None and vectors is not None:
+            raise ValueError("give the new items' codes or their vectors, not both")
+        sids_from_features = features is not None and codes is None and vectors is None
+        if features is not None and not sids_from_features and self.content_term is None:
+            raise ValueError("features beside codes / vectors describe the items for the content term, which this "
+                             "retriever does not have: give features alone to place the items by content, or "
+                             "codes / vectors alone")
+        if features is None and self.uses_content:
+            raise ValueError("this retriever ranks with the content term (content_weight > 0): describe the new "
+                             "items by features= as well, so they get content rows")
+        if (vectors is not None or sids_from_features) and self.new_items is None:
             raise ValueError("this model carries no new-item encoder (a checkpoint from before 2026-12-06, or a "
                              "Retriever built without new_items=): pass the items' SIDs as codes")
         if self.model.item_embedding is not None:
@@ -354,11 +421,19 @@ class Retriever:
         if len(set(raw_ids)) != len(raw_ids):
             raise ValueError("the new items' ids repeat; give each item once")
         new_ids = self._new_ids(raw_ids)  # checked before anything changes: a refused call changes nothing
-        if features is not None:
+        content_rows = None
+        if features is not None and self.content_term is not None:
+            from genret.tokenizers.new_items import described_items
+
+            content_rows = self.content_term.rows_for(described_items(features, self.content_term.names))
+            if content_rows.shape[0] != len(raw_ids):
+                raise ValueError(f"{len(raw_ids)} ids but {content_rows.shape[0]} items described by features; "
+                                 f"give one per item")
+        if sids_from_features:
             vectors = self.new_items.vectors(features)
         if vectors is not None:
             if len(vectors) != len(raw_ids):
-                what = "items described by features" if features is not None else "vectors"
+                what = "items described by features" if sids_from_features else "vectors"
                 raise ValueError(f"{len(raw_ids)} ids but {len(vectors)} {what}; give one per item")
             codes = self.new_items.codes(vectors, self.model.item_codes.cpu().numpy())
         codes = torch.as_tensor(codes, dtype=torch.long)
@@ -368,6 +443,13 @@ class Retriever:
         self.model.set_item_codes(torch.cat([self.model.item_codes.cpu(), codes]))
         self.item_ids = np.concatenate([self.item_ids, new_ids])  # a longer string id widens the dtype
         self._item_index = requests.item_lookup(self.item_ids)  # rebuilt: its sorted-id cache must see them
+        if self.content_term is not None:
+            if content_rows is None:  # only with content_weight 0: the rows no longer cover the catalogue
+                warnings.warn("items added without features: the content term's rows are dropped (this retriever "
+                              "ranks without it; describe new items by features= to keep it)", stacklevel=2)
+                self.content_term = None
+            else:
+                self.content_term.extend(content_rows)
         return codes.numpy()
 
     def _new_ids(self, raw_ids: list) -> np.ndarray:

@@ -113,10 +113,16 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
     else:
         ckpt, seconds = Path(checkpoint), 0.0
         dm.setup("fit")
-    retriever = Retriever.from_checkpoint(ckpt, kernel=kernel, branch_merge=branch_merge, short_weight=short_weight)
+    retriever = Retriever.from_checkpoint(ckpt, kernel=kernel, branch_merge=branch_merge, short_weight=short_weight,
+                                          content_weight=0.0)
     if not np.array_equal(retriever.item_ids, np.asarray(dm.log_all.item_ids)):
         raise ValueError(f"{ckpt} was trained on another catalogue ({len(retriever.item_ids)} items) than "
                          f"{dm.log_all.name} ({dm.n_items}); evaluate it on the data it was trained on")
+    # The content term acts at ranking only: the config's weight (a --sweep value with --checkpoint)
+    # applies, with the checkpoint's item rows or, for one trained without the term, the data's.
+    content_weight = module.config.content_weight
+    if content_weight > 0:
+        retriever.set_content_term(content_weight, None if retriever.content_term is not None else dm.content_term())
     result: dict[str, Any] = {"model": variant, "checkpoint": str(ckpt), "train_seconds": seconds,
                               "dataset": dm.log_all.name, "sid_report": dm.sid_report, "datamodule": dm}
     if retriever.model.cfg.use_dbr:
@@ -135,7 +141,8 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
         # fitted tokenizer gives their content vectors (no retraining), then every user is served
         # from the full catalogue, as RetrievalFormer's LOOC users are.
         cold_ids, cold_codes = cold_item_codes(dm, retriever)
-        retriever.add_items(cold_ids, cold_codes)
+        features = cold_item_features(dm, retriever.content_term.names) if retriever.uses_content else None
+        retriever.add_items(cold_ids, cold_codes, features=features)
         stages = (*stages, *(("cold",) if read_test else ()), *(("cold_valid",) if cold_valid else ()))
     ranked_by_stage = {}
     for stage, key in (("valid", "val"), ("test", "test"), ("cold", "cold"), ("cold_valid", "cold_val")):
@@ -163,21 +170,27 @@ def cold_item_codes(dm, retriever) -> tuple[np.ndarray, np.ndarray]:
     BLAS thread count), which moves SIDs: only the checkpoint's encoder matches its catalogue. Models
     without a content placer (SIDs from titles or data set vectors, older checkpoints) take the data
     module's codes."""
-    from genret.data.item_features import raw_item_features
-
     ids, codes = dm.cold_items()
     encoder = retriever.new_items
     if encoder is None or not encoder.feature_names:
         return ids, codes
-    full, n_warm = dm.cold_split.log, dm.n_items
-    raw = raw_item_features(full, encoder.feature_names)
-    features = [{name: raw[name][i] for name in raw} for i in range(n_warm, full.n_items)]
-    own = encoder.codes(encoder.vectors(features), retriever.model.item_codes[:n_warm].cpu().numpy())
+    features = cold_item_features(dm, encoder.feature_names)
+    own = encoder.codes(encoder.vectors(features), retriever.model.item_codes[:dm.n_items].cpu().numpy())
     moved = int((own != codes).any(1).sum())
     if moved:
         log.warning("%d of %d cold items get other SIDs from the checkpoint's encoder than from this data module's "
                     "refitted tokenizer (SVDs differ with the thread count); the checkpoint's are used", moved, len(ids))
     return ids, own
+
+
+def cold_item_features(dm, names: list[str]) -> list[dict[str, list[str]]]:
+    """LOOC's cold items described as a user describes new items (`Retriever.add_items(features=...)`):
+    one mapping feature name -> values per item, in `dm.cold_items()` order."""
+    from genret.data.item_features import raw_item_features
+
+    full = dm.cold_split.log
+    raw = raw_item_features(full, names)
+    return [{name: raw[name][i] for name in raw} for i in range(dm.n_items, full.n_items)]
 
 
 def _looc_result(dm, retriever, ranked_by_stage: dict[str, np.ndarray], result: dict[str, Any], ks,

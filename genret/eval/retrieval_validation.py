@@ -94,8 +94,10 @@ class RetrievalValidation(pl.Callback):
         es, user_feats, history_side = self._sampled_eval_set(dm)
         model.set_item_codes(torch.as_tensor(dm.codes))
         side = dm.side if len(dm.side) else None
+        # The beams' own order picks the epoch: a content term (model.config.content_weight) acts at
+        # ranking only and would not change what training learnt.
         retriever = Retriever(model, dm.sid_index.to(model.bos.device), dm.log_all.item_ids, kernel=self.kernel,
-                              side_features=side, branch_merge=self.branch_merge)
+                              side_features=side, branch_merge=self.branch_merge, content_weight=0.0)
         ranked = retriever_ranked_lists(retriever, es, self.k, self.batch_size, user_feats=user_feats,
                                         history_side=history_side, desc="validation retrieval")
         metrics = ranking_metrics(ranked, es.targets, (self.k,))

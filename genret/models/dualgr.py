@@ -78,6 +78,10 @@ class DualGRConfig:
     context_dropout: float = 0.0
     alpha: float = 0.1  # ENTP negative weight
     eps: float = 1e-6  # probability clip for ENTP
+    # Ranking only, beyond the paper (genret.decoding.content_term): > 0 ranks the whole catalogue
+    # by the content baseline's score plus this weight x the beams' probability; the checkpoint then
+    # carries every item's TF-IDF rows. Training ignores it. 0: the beams' own order.
+    content_weight: float = 0.0
 
     def validate(self) -> None:
         if self.d_model % self.n_heads:
@@ -98,6 +102,8 @@ class DualGRConfig:
             raise ValueError(f"context_dropout must lie in [0, 1), got {self.context_dropout}")
         if self.encoder_blocks < 0:
             raise ValueError(f"encoder_blocks must be >= 0, got {self.encoder_blocks}")
+        if not self.content_weight >= 0.0:  # also refuses NaN
+            raise ValueError(f"content_weight must be >= 0 (0 = no content term), got {self.content_weight}")
 
 
 class DecoderBlock(nn.Module):

@@ -401,6 +401,19 @@ class SequenceDataModule(pl.LightningDataModule):
         return NewItemEncoder(self.tokenizer, self.cold_sids, self.content_vectorizer,
                               self.sid_report.get("embedding_source", ""))
 
+    def content_term(self):
+        """DualGR's content term (genret.decoding.content_term) for the trained catalogue: TF-IDF rows
+        over `data.sid.content_features` (default: every content feature), vocabularies and IDF fitted
+        on the trained (under LOOC: warm) items, as the content-only baseline's are. Items added later
+        get their rows from their features (`Retriever.add_items`)."""
+        from genret.decoding.content_term import ContentTerm
+
+        full = self.cold_split.log if self.cold_split is not None else self.log_all
+        try:
+            return ContentTerm.fit_log(full, self.sid.content_features, self.n_items)
+        except ValueError as err:
+            raise ValueError(f"model.config.content_weight > 0 ranks by item content: {err}") from None
+
     def history_side(self, eval_set) -> np.ndarray:
         """(len(history_items), S) side-feature buckets of an EvalSet's histories."""
         return self.side_codes[eval_set.history_rows]

@@ -265,10 +265,12 @@ def test_new_items_errors_name_the_fix(tiny_ml, tmp_path):
     retriever = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch")
     raw_ids, codes = dm.cold_items()
     features = _cold_features(dm)
-    with pytest.raises(ValueError, match="exactly one of codes, vectors or features"):
+    with pytest.raises(ValueError, match="features beside codes / vectors describe the items for the content term"):
         retriever.add_items(raw_ids, codes, features=features)
-    with pytest.raises(ValueError, match="exactly one of codes, vectors or features"):
+    with pytest.raises(ValueError, match="give the new items' codes, vectors or features"):
         retriever.add_items(raw_ids)
+    with pytest.raises(ValueError, match="codes or their vectors, not both"):
+        retriever.add_items(raw_ids, codes, vectors=np.zeros((len(raw_ids), 8), np.float32))
     with pytest.raises(ValueError, match=r"unknown feature\(s\) \['colour'\]; this model describes items by"):
         retriever.add_items([-1], features=[{"genres": ["Drama"], "colour": "red"}])
     with pytest.raises(ValueError, match="cannot be placed by content; give their SIDs"):

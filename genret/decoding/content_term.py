@@ -1,0 +1,132 @@
+"""DualGR's content term: the beams' probabilities plus what the items are (an addition beyond the paper).
+
+A generative retriever reaches an item only along SID paths its training made likely, and three
+codes keep little of an item's exact title words and attribute ids; on Amazon data the next item
+often shares exactly those with the history. The content term ranks the whole catalogue by
+
+    score(i) = cos_content(history, i) + weight x P(i | history)
+
+where cos_content is the content-only baseline's score (the mean over the history of the TF-IDF
+cosine between a history item's feature values and i's; vocabularies and IDF fitted on the trained
+catalogue) and P the probability DualGR's beam search gives i (0 outside its list). Items the beams
+never reach, a new item among them, still rank by their content, and a beam item's probability
+re-orders the content matches. History items are never listed: their content score is their
+similarity with themselves.
+
+`ContentTerm` holds the fitted vocabularies / IDF and one TF-IDF row per catalogue item; a DualGR
+checkpoint trained with `model.config.content_weight > 0` carries it, and `Retriever.add_items`
+extends it with the rows of items described by their features.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from genret.data.item_features import ItemFeatureEncoder, RawFeatures, content_tfidf
+from genret.tokenizers.content_vectors import csr_from_state, csr_state, known_tfidf_rows
+
+__all__ = ["ContentTerm"]
+
+
+class ContentTerm:
+    """Item TF-IDF rows over content features, and the blended ranking.
+
+    Args:
+        encoder, idf: the fitted feature vocabularies and per-feature IDF (genret.data.item_features).
+        rows: (n_items, V) L2-normalised TF-IDF rows (scipy CSR), one per catalogue item in dense order.
+    """
+
+    def __init__(self, encoder: ItemFeatureEncoder, idf: list[np.ndarray], rows: Any):
+        from scipy import sparse
+
+        self.encoder = encoder
+        self.idf = [np.asarray(i, np.float64) for i in idf]
+        self.rows = sparse.csr_matrix(rows, dtype=np.float32)
+        if len(self.idf) != len(encoder.names) or self.rows.shape[1] != sum(encoder.cardinalities):
+            raise ValueError("content term: the IDF vectors / item rows do not match its vocabularies")
+        self._rows_t = None  # the transposed rows (CSC) every scoring multiplies by, built once
+
+    @classmethod
+    def fit_log(cls, log_, names: list[str] | None = None, n_items: int | None = None) -> "ContentTerm":
+        """Rows for the first `n_items` items of a data set (default: all), vocabularies and IDF
+        fitted on them (under LOOC the warm catalogue; cold items join later by their features).
+
+        Raises:
+            ValueError: as content_tfidf (no content features; items without any known value).
+        """
+        n = log_.n_items if n_items is None else int(n_items)
+        x, _, encoder, idf = content_tfidf(log_, names, np.arange(n), return_fit=True)
+        return cls(encoder, idf, x[:n])
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.encoder.names)
+
+    @property
+    def n_items(self) -> int:
+        return self.rows.shape[0]
+
+    def rows_for(self, raw: RawFeatures) -> Any:
+        """New items' raw features -> their (m, V) TF-IDF rows.
+
+        Raises:
+            ValueError: a feature missing from `raw`, or an item none of whose values the fitted
+                vocabularies know, named by its row.
+        """
+        return known_tfidf_rows(self.encoder, self.idf, raw)
+
+    def extend(self, rows: Any) -> None:
+        """Append the rows of items added to the catalogue (dense ids n_items, n_items + 1, ...)."""
+        from scipy import sparse
+
+        if rows.shape[1] != self.rows.shape[1]:
+            raise ValueError(f"content rows must have {self.rows.shape[1]} columns, got {rows.shape[1]}")
+        self.rows = sparse.vstack([self.rows, sparse.csr_matrix(rows, dtype=np.float32)]).tocsr()
+        self._rows_t = None
+
+    def scores(self, offsets: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(U, n_items) float32: each user's mean cosine between their history items and every item.
+
+        offsets (U + 1,) and items: the histories as dense item indices (CSR, oldest first)."""
+        from scipy import sparse
+
+        offsets = np.asarray(offsets, np.int64)
+        items = np.asarray(items, np.int64)
+        lengths = np.diff(offsets)
+        users = np.repeat(np.arange(len(lengths)), lengths)
+        mean = sparse.csr_matrix((1.0 / np.maximum(lengths, 1)[users], (users, items)),
+                                 shape=(len(lengths), self.n_items), dtype=np.float32)
+        if self._rows_t is None:
+            self._rows_t = self.rows.T.tocsc()
+        return np.asarray(((mean @ self.rows) @ self._rows_t).todense(), dtype=np.float32)
+
+    def rank(self, offsets: np.ndarray, history: np.ndarray, items: torch.Tensor, log_probs: torch.Tensor,
+             weight: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blended top k per user, history items left out.
+
+        items, log_probs (U, M): the generative model's list (-1 / -inf padded). Returns (U, k)
+        items (-1 where fewer unseen items exist) and their blended scores, on the list's device.
+        """
+        scores = torch.from_numpy(self.scores(offsets, history))
+        listed = items.cpu() >= 0
+        users = torch.arange(items.shape[0]).unsqueeze(1).expand_as(items)[listed]
+        scores[users, items.cpu()[listed]] += weight * log_probs.cpu()[listed].float().exp()
+        lengths = np.diff(np.asarray(offsets, np.int64))
+        owner = torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths))
+        scores[owner, torch.as_tensor(np.asarray(history, np.int64))] = float("-inf")
+        top = scores.topk(min(k, self.n_items), dim=1)
+        out = torch.where(torch.isfinite(top.values), top.indices, torch.full_like(top.indices, -1))
+        return out.to(items.device), top.values.to(items.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain types and tensors (loads with torch.load(weights_only=True) and into JSON + safetensors)."""
+        return {"encoder": self.encoder.state_dict(),
+                "idf": [torch.as_tensor(i, dtype=torch.float64) for i in self.idf], **csr_state(self.rows)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "ContentTerm":
+        return cls(ItemFeatureEncoder.from_state_dict(state["encoder"]),
+                   [torch.as_tensor(i).numpy() for i in state["idf"]], csr_from_state(state))

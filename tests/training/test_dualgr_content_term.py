@@ -1,0 +1,195 @@
+"""DualGR's content term (`model.config.content_weight`, genret.decoding.content_term): the content
+baseline's score plus the weight times the beams' probability, over the whole catalogue; carried by
+checkpoints and exports, extended by new items' features, swept over one checkpoint on validation."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genret.decoding.retriever import Retriever
+from genret.models.dualgr import DualGRConfig
+
+TESTS = Path(__file__).resolve().parents[1]
+CONFIGS = TESTS.parent / "configs"
+
+
+def _load(name: str, path: Path):
+    """A helper module beside other tests (importlib import mode: load it by path)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cold = _load("dualgr_cold_start_tests", TESTS / "training" / "test_dualgr_cold_start.py")  # looc_dm, write_movielens
+
+
+@pytest.fixture
+def tiny_ml(tmp_path) -> Path:
+    return cold.ml.write_movielens(tmp_path / "tiny-ml")
+
+
+def _checkpoint(dm, path: Path, content_weight: float) -> Path:
+    """An untrained DualGR's checkpoint on `dm`, written by the module's own hook."""
+    from genret.training.dualgr_module import DualGRModule
+
+    torch.manual_seed(0)
+    module = DualGRModule(DualGRConfig(d_model=32, n_heads=4, n_blocks=1, d_ffn=64, dropout=0.0, long_window=30,
+                                       short_window=4, use_dbr=False, content_weight=content_weight),
+                          use_item_id=False)
+    module.build_from_data(dm)
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in module.model.state_dict().items()}}
+    module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return path
+
+
+def _histories(es, users):
+    off = es.history_offsets
+    return [es.history_items[off[u]:off[u + 1]] for u in users]
+
+
+def test_rows_and_scores_are_the_content_baselines(tiny_ml):
+    from genret.data.item_features import content_tfidf
+    from genret.eval.retrievalformer_benchmark import content_ranked_lists
+
+    dm = cold.looc_dm(tiny_ml)
+    term = dm.content_term()
+    full, n_warm = dm.cold_split.log, dm.n_items
+    # The baseline's rows (IDF fitted on the warm items), for the trained catalogue.
+    baseline, _ = content_tfidf(full, dm.sid.content_features, fit_items=np.arange(n_warm))
+    assert term.n_items == n_warm
+    np.testing.assert_allclose(term.rows.toarray(), baseline[:n_warm].toarray(), rtol=1e-6, atol=1e-7)
+    # A cold item described by its features gets the baseline's row too.
+    from genret.eval.benchmark import cold_item_features
+    from genret.tokenizers.new_items import described_items
+
+    rows = term.rows_for(described_items(cold_item_features(dm, term.names), term.names))
+    np.testing.assert_allclose(rows.toarray(), baseline[n_warm:].toarray(), rtol=1e-6, atol=1e-7)
+    es = dm.eval_sets["test"]
+    scores = term.scores(es.history_offsets, es.history_items)
+    for u, hist in zip(range(3), _histories(es, range(3))):
+        expected = np.asarray(baseline[:n_warm][hist].mean(0) @ baseline[:n_warm].T).ravel()
+        np.testing.assert_allclose(scores[u], expected, rtol=1e-5, atol=1e-6)
+    # With no beam item (weight 0) the ranking is the baseline's list, history left out.
+    none = torch.full((len(es), 1), -1)
+    items, _ = term.rank(es.history_offsets, es.history_items, none, torch.full((len(es), 1), float("-inf")), 0.0, 5)
+    expected = content_ranked_lists(baseline[:n_warm], es, 5)
+    top_scores = np.take_along_axis(scores, items.numpy(), 1)
+    np.testing.assert_allclose(top_scores, np.take_along_axis(scores, expected, 1), rtol=1e-6)
+    for u, hist in enumerate(_histories(es, range(len(es)))):
+        assert not set(items[u].tolist()) & set(hist.tolist())
+
+
+def test_a_beam_item_gains_weight_times_its_probability(tiny_ml):
+    dm = cold.looc_dm(tiny_ml)
+    term = dm.content_term()
+    es = dm.eval_sets["test"]
+    off, hist = es.history_offsets[:2], es.history_items[:es.history_offsets[1]]
+    content = term.scores(off, hist)[0]
+    content[hist] = -np.inf
+    # The content list's 6th item, listed by the beams with probability 0.5.
+    sixth = int(np.argsort(-content, kind="stable")[5])
+    items, log_p = torch.tensor([[sixth]]), torch.tensor([[np.log(0.5)]])
+    low, low_scores = term.rank(off, hist, items, log_p, 1e-9, 5)
+    assert sixth not in low[0].tolist()  # a tiny weight keeps the content order
+    high, high_scores = term.rank(off, hist, items, log_p, 10.0, 5)
+    assert high[0, 0].item() == sixth  # a large one puts the beam item first
+    assert high_scores[0, 0].item() == pytest.approx(content[sixth] + 5.0, rel=1e-5)
+
+
+def test_checkpoint_export_and_new_items_carry_the_term(tiny_ml, tmp_path):
+    from genret.decoding.export import export_checkpoint
+    from genret.eval.benchmark import cold_item_features
+
+    dm = cold.looc_dm(tiny_ml)
+    ckpt = _checkpoint(dm, tmp_path / "model.ckpt", content_weight=2.0)
+    retriever = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch")
+    assert retriever.uses_content and retriever.content_weight == 2.0 and retriever.content_term.n_items == dm.n_items
+    es = dm.eval_sets["test"]
+    histories = [dm.log_all.item_ids[h].tolist() for h in _histories(es, range(4))]
+    got = retriever.retrieve(histories, k=6)
+    for row, history in zip(got.items, histories):
+        assert len(row) == 6 and not set(row) & set(history)
+    # Scores: content + 2 x the beams' probability (the beam list of k + 20 items).
+    hist = _histories(es, [0])[0]
+    content = retriever.content_term.scores(np.array([0, len(hist)]), hist)[0]
+    dense = retriever._item_index  # raw id -> dense index
+    first = int(np.flatnonzero(dm.log_all.item_ids == got.items[0][0])[0])
+    assert got.scores[0][0] >= content[first] - 1e-6 and dense is not None
+    # Export round trip: the same lists and scores.
+    export_checkpoint(ckpt, tmp_path / "export")
+    again = Retriever.from_checkpoint(tmp_path / "export", device="cpu", kernel="torch").retrieve(histories, k=6)
+    assert again.items == got.items
+    np.testing.assert_allclose(np.array(again.scores), np.array(got.scores), rtol=1e-6)
+    # New items need features (their content rows); with them a cold item can be found by content alone.
+    raw_ids, codes = dm.cold_items()
+    with pytest.raises(ValueError, match="describe the new items by features= as well"):
+        retriever.add_items(raw_ids, codes)
+    features = cold_item_features(dm, retriever.content_term.names)
+    retriever.add_items(raw_ids, codes, features=features)
+    assert retriever.content_term.n_items == len(retriever.item_ids) == dm.cold_split.log.n_items
+    cold_users = dm.eval_sets["cold"]
+    cold_histories = [dm.log_all.item_ids[h].tolist() for h in _histories(cold_users, range(len(cold_users)))]
+    lists = retriever.retrieve(cold_histories, k=10).items
+    assert any(set(row) & set(raw_ids.tolist()) for row in lists)
+    # A retriever exported after the addition keeps the added rows.
+    retriever.export(tmp_path / "grown")
+    grown = Retriever.from_checkpoint(tmp_path / "grown", device="cpu", kernel="torch")
+    assert grown.content_term.n_items == len(grown.item_ids) and grown.retrieve(cold_histories, k=10).items == lists
+
+
+def test_content_term_settings_are_checked(tiny_ml, tmp_path):
+    from genret.decoding.requests import RequestError
+
+    with pytest.raises(ValueError, match="content_weight must be >= 0"):
+        DualGRConfig(content_weight=-1.0).validate()
+    with pytest.raises(ValueError, match="content_weight must be >= 0"):
+        DualGRConfig(content_weight=float("nan")).validate()
+    dm = cold.looc_dm(tiny_ml)
+    plain = Retriever.from_checkpoint(_checkpoint(dm, tmp_path / "plain.ckpt", 0.0), device="cpu", kernel="torch")
+    assert plain.content_term is None and not plain.uses_content
+    with pytest.raises(ValueError, match="this model carries no content rows"):
+        plain.set_content_term(1.0)
+    with pytest.raises(ValueError, match="the content term has rows for 3 items"):
+        plain.set_content_term(1.0, dm.content_term().__class__(dm.content_term().encoder, dm.content_term().idf,
+                                                                 dm.content_term().rows[:3]))
+    plain.set_content_term(1.0, dm.content_term())  # a model trained without it, ranked with the data's rows
+    assert plain.uses_content
+    with pytest.raises(RequestError, match="exclude_seen=False: with the content term"):
+        plain.retrieve([[dm.log_all.item_ids[0]]], k=3, exclude_seen=False)
+    # Loaded with weight 0, a checkpoint's rows stay; items added without features drop them (with a warning).
+    held = Retriever.from_checkpoint(_checkpoint(dm, tmp_path / "held.ckpt", 1.0), device="cpu", kernel="torch",
+                                     content_weight=0.0)
+    assert held.content_term is not None and not held.uses_content
+    raw_ids, codes = dm.cold_items()
+    with pytest.warns(UserWarning, match="the content term's rows are dropped"):
+        held.add_items(raw_ids, codes)
+    assert held.content_term is None
+
+
+def test_content_weight_is_swept_on_one_checkpoint(tiny_ml, tmp_path):
+    from genret.cli import main
+
+    config = str(CONFIGS / "dualgr_ml1m_looc.yaml")
+    common = ["benchmark", "--model", "dualgr", "--data", str(tiny_ml), "--config", config, "--ks", "5,20",
+              "--protocol", "looc", "--trainer.max_epochs", "1", "--data.cold_seed_users", "8",
+              "--data.cold_valid_users", "8", "--data.sid.codebook_size", "4", "--data.sid.embedding_dim", "8",
+              "--data.sid.cache_dir", "null", "--data.side_features", "[]",
+              "--kernel", "torch"]  # conftest's TRITON_INTERPRET: slow Triton
+    assert main([*common, "--out", str(tmp_path / "train")]) == 0
+    ckpt = str(tmp_path / "train" / "model.ckpt")
+    out = tmp_path / "sweep"
+    assert main([*common, "--out", str(out), "--checkpoint", ckpt,
+                 "--sweep", "model.config.content_weight=0,0.000001"]) == 0
+    sweep = json.loads((out / "metrics.json").read_text())["sweep"]
+    rows = sweep["results"]
+    assert set(rows) == {"0", "0.000001"}
+    # Weight 0 is the trained model as it was; a vanishing one ranks as the content baseline.
+    plain = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert rows["0"]["val"]["mean"]["hr@20"] == plain["val"]["hr@20"]
+    assert rows["0.000001"]["cold_val"]["mean"]["recall@20"] == sweep["content_cold_val"]["recall@20"]

@@ -10,7 +10,9 @@ Each line of --items is one item, in one of three forms:
 
 "features" needs a model whose SIDs came from item content (data.sid.embeddings: content); the
 checkpoint's fitted vocabularies, IDF and SVD basis place the item and its tokenizer gives the SID,
-by the rule the model was trained with (data.cold_sids). Items are added in file order (an item on a
+by the rule the model was trained with (data.cold_sids). A model that ranks with the content term
+(model.config.content_weight > 0) needs every new item's "features" too: give them alone, or beside
+"vector" / "sid" (which then set the SID). Items are added in file order (an item on a
 SID that is already taken is listed after the items there). The model must have been trained
 without item-id embeddings (model.use_item_id: false): a new item has no trained id row.
 """
@@ -26,13 +28,15 @@ from genret.commands.arguments import Parser
 FORMS = {"features": "features", "vector": "vectors", "sid": "codes"}
 
 
-def read_items(path: Path) -> list[tuple[str, list]]:
-    """The file's items as runs of one form, in order: [(add_items keyword, [(id, value), ...]), ...].
+def read_items(path: Path) -> list[tuple[str, bool, list]]:
+    """The file's items as runs of one form, in order: [(add_items keyword, with features,
+    [(id, value, features or None), ...]), ...].
 
     Raises:
-        ValueError: a line that is not a JSON object with "id" and exactly one of the forms.
+        ValueError: a line that is not a JSON object with "id" and one form ("features" may come
+            beside "vector" or "sid").
     """
-    runs: list[tuple[str, list]] = []
+    runs: list[tuple[str, bool, list]] = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -42,13 +46,16 @@ def read_items(path: Path) -> list[tuple[str, list]]:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{number}: not JSON ({err})") from None
             forms = [k for k in FORMS if isinstance(item, dict) and k in item]
-            if not isinstance(item, dict) or "id" not in item or len(forms) != 1 or set(item) != {"id", *forms}:
-                raise ValueError(f'{path}:{number}: expected {{"id": ..., and one of "features", "vector", "sid"}}, '
-                                 f"got {line.strip()[:120]}")
-            keyword = FORMS[forms[0]]
-            if not runs or runs[-1][0] != keyword:
-                runs.append((keyword, []))
-            runs[-1][1].append((item["id"], item[forms[0]]))
+            sid_forms = [k for k in forms if k != "features"]
+            if (not isinstance(item, dict) or "id" not in item or not forms or len(sid_forms) > 1
+                    or set(item) != {"id", *forms}):
+                raise ValueError(f'{path}:{number}: expected {{"id": ..., and one of "features", "vector", "sid"}} '
+                                 f'("features" may come beside "vector" or "sid"), got {line.strip()[:120]}')
+            form = sid_forms[0] if sid_forms else "features"
+            keyword, described = FORMS[form], bool(sid_forms) and "features" in item
+            if not runs or runs[-1][:2] != (keyword, described):
+                runs.append((keyword, described, []))
+            runs[-1][2].append((item["id"], item[form], item["features"] if described else None))
     if not runs:
         raise ValueError(f"{path} holds no items")
     return runs
@@ -71,12 +78,13 @@ def main(argv: list[str]) -> int:
         retriever = Retriever.from_checkpoint(args.checkpoint, device="cpu")
         before = {tuple(c) for c in retriever.model.item_codes.tolist()}
         added = shared = 0
-        for keyword, items in runs:
-            ids = [i for i, _ in items]
-            value = [v for _, v in items]
+        for keyword, described, items in runs:
+            ids = [i for i, _, _ in items]
+            value = [v for _, v, _ in items]
             if keyword != "features":
                 value = np.asarray(value, dtype=np.int64 if keyword == "codes" else np.float32)
-            codes = retriever.add_items(ids, **{keyword: value})
+            features = {"features": [f for _, _, f in items]} if described else {}
+            codes = retriever.add_items(ids, **{keyword: value}, **features)
             shared += sum(tuple(c) in before for c in codes.tolist())
             before.update(tuple(c) for c in codes.tolist())
             added += len(ids)

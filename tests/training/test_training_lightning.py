@@ -335,7 +335,7 @@ def test_benchmark_ablations_print_table_2_and_skip_entp_without_negatives(tmp_p
 
 @pytest.mark.parametrize("name", ["quickstart", "dualgr_ml1m", "dualgr_encoder_ml1m", "dualgr_amazon", "dualgr_kuairand",
                                   "dualgr_paper", "dualgr_ml1m_ablation", "dualgr_amazon_ablation", "dualgr_ml1m_looc",
-                                  "dualgr_amazon_looc"])
+                                  "dualgr_amazon_looc", "dualgr_content_amazon", "dualgr_content_amazon_looc"])
 def test_shipped_configs_parse(tmp_path, name):
     """Every shipped DualGR YAML is valid for the CLI (keys, types); data is not loaded here."""
     module, dm, trainer = build("dualgr", ROOT / "configs" / f"{name}.yaml", tmp_path)
@@ -343,16 +343,28 @@ def test_shipped_configs_parse(tmp_path, name):
     assert dm.max_history >= module.config.long_window
     assert trainer.max_epochs >= 1
     # The Amazon recipe keeps its epoch by decoded validation HR@10, the others by validation loss.
-    amazon = name.startswith("dualgr_amazon")
+    amazon = name.replace("_content", "").startswith("dualgr_amazon")
     assert trainer.checkpoint_callback.monitor == ("val/hr@10" if amazon else "val/loss")
     # The two real-data recipes (and the Amazon reduced protocol) validate, keep and save an
     # exponential average of the weights.
     averaged = any(type(cb).__name__ == "EMAWeightAveraging" for cb in trainer.callbacks)
-    assert averaged == (name in ("dualgr_ml1m", "dualgr_encoder_ml1m", "dualgr_amazon", "dualgr_amazon_ablation",
-                                 "dualgr_ml1m_looc", "dualgr_amazon_looc"))
+    assert averaged == (name.replace("_content", "") in ("dualgr_ml1m", "dualgr_encoder_ml1m", "dualgr_amazon",
+                                                         "dualgr_amazon_ablation", "dualgr_ml1m_looc",
+                                                         "dualgr_amazon_looc"))
     # The recipes named for the paper's model are its encoder-free decoder; additions carry their own name.
     if name in ("dualgr_ml1m", "dualgr_amazon", "dualgr_kuairand", "dualgr_paper"):
         assert module.config.encoder_blocks == 0
+
+
+@pytest.mark.parametrize("base", ["dualgr_amazon", "dualgr_amazon_looc"])
+def test_content_recipes_are_their_base_ranked_with_the_content_term(base):
+    """An addition lives in its own recipe and changes only what it adds: the same training."""
+    plain = yaml.safe_load((ROOT / "configs" / f"{base}.yaml").read_text())
+    named = yaml.safe_load((ROOT / "configs" / f"{base.replace('dualgr_', 'dualgr_content_')}.yaml").read_text())
+    assert named["model"]["config"].pop("content_weight") > 0 and "content_weight" not in plain["model"]["config"]
+    for config in (plain, named):
+        config["trainer"].pop("default_root_dir")
+    assert named == plain
 
 
 @pytest.mark.slow

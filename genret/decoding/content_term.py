@@ -15,7 +15,7 @@ similarity with themselves.
 
 `ContentTerm` holds the fitted vocabularies / IDF and one TF-IDF row per catalogue item; a DualGR
 checkpoint trained with `model.config.content_weight > 0` carries it, and `Retriever.add_items`
-extends it with the rows of items described by their features.
+adds the rows of items described by their features.
 """
 
 from __future__ import annotations
@@ -78,14 +78,14 @@ class ContentTerm:
         """
         return known_tfidf_rows(self.encoder, self.idf, raw)
 
-    def extend(self, rows: Any) -> None:
-        """Append the rows of items added to the catalogue (dense ids n_items, n_items + 1, ...)."""
+    def extended(self, rows: Any) -> "ContentTerm":
+        """A new term with the rows of items added to the catalogue appended (dense ids n_items,
+        n_items + 1, ...); this one is left as it is (another retriever may hold it)."""
         from scipy import sparse
 
         if rows.shape[1] != self.rows.shape[1]:
             raise ValueError(f"content rows must have {self.rows.shape[1]} columns, got {rows.shape[1]}")
-        self.rows = sparse.vstack([self.rows, sparse.csr_matrix(rows, dtype=np.float32)]).tocsr()
-        self._rows_t = None
+        return ContentTerm(self.encoder, self.idf, sparse.vstack([self.rows, sparse.csr_matrix(rows, dtype=np.float32)]))
 
     def scores(self, offsets: np.ndarray, items: np.ndarray) -> np.ndarray:
         """(U, n_items) float32: each user's mean cosine between their history items and every item.

@@ -449,7 +449,7 @@ class Retriever:
                               "ranks without it; describe new items by features= to keep it)", stacklevel=2)
                 self.content_term = None
             else:
-                self.content_term.extend(content_rows)
+                self.content_term = self.content_term.extended(content_rows)
         return codes.numpy()
 
     def _new_ids(self, raw_ids: list) -> np.ndarray:

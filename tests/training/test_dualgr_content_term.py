@@ -115,12 +115,14 @@ def test_checkpoint_export_and_new_items_carry_the_term(tiny_ml, tmp_path):
     got = retriever.retrieve(histories, k=6)
     for row, history in zip(got.items, histories):
         assert len(row) == 6 and not set(row) & set(history)
-    # Scores: content + 2 x the beams' probability (the beam list of k + 20 items).
+    # Scores: content + 2 x the probability the beams (k + 20 = 26 items long) give the item.
     hist = _histories(es, [0])[0]
     content = retriever.content_term.scores(np.array([0, len(hist)]), hist)[0]
-    dense = retriever._item_index  # raw id -> dense index
-    first = int(np.flatnonzero(dm.log_all.item_ids == got.items[0][0])[0])
-    assert got.scores[0][0] >= content[first] - 1e-6 and dense is not None
+    beams = Retriever.from_checkpoint(ckpt, device="cpu", kernel="torch", content_weight=0.0)
+    beam_items, beam_logp = beams.retrieve_indices(beams.encode_histories([histories[0]]), 26)
+    bonus = dict(zip(beam_items[0].tolist(), (2.0 * beam_logp[0].exp()).tolist()))
+    dense = [int(np.flatnonzero(dm.log_all.item_ids == raw)[0]) for raw in got.items[0]]
+    np.testing.assert_allclose(got.scores[0], [content[i] + bonus.get(i, 0.0) for i in dense], rtol=1e-5, atol=1e-6)
     # Export round trip: the same lists and scores.
     export_checkpoint(ckpt, tmp_path / "export")
     again = Retriever.from_checkpoint(tmp_path / "export", device="cpu", kernel="torch").retrieve(histories, k=6)
@@ -158,7 +160,13 @@ def test_content_term_settings_are_checked(tiny_ml, tmp_path):
     with pytest.raises(ValueError, match="the content term has rows for 3 items"):
         plain.set_content_term(1.0, dm.content_term().__class__(dm.content_term().encoder, dm.content_term().idf,
                                                                  dm.content_term().rows[:3]))
-    plain.set_content_term(1.0, dm.content_term())  # a model trained without it, ranked with the data's rows
+    shared = dm.content_term()
+    plain.set_content_term(1.0, shared)  # a model trained without it, ranked with the data's rows
+    raw_ids, codes = dm.cold_items()
+    from genret.eval.benchmark import cold_item_features
+
+    plain.add_items(raw_ids, codes, features=cold_item_features(dm, shared.names))
+    assert shared.n_items == dm.n_items and plain.content_term.n_items == len(plain.item_ids)  # never mutated
     assert plain.uses_content
     with pytest.raises(RequestError, match="exclude_seen=False: with the content term"):
         plain.retrieve([[dm.log_all.item_ids[0]]], k=3, exclude_seen=False)

@@ -19,7 +19,7 @@ from genret.decoding.export import artifact_version, read_artifact
 from genret.models.dualgr import DualGR, DualGRConfig
 
 if TYPE_CHECKING:
-    from genret.decoding.content_term import ContentTerm
+    from genret.models.content_term import ContentTerm
     from genret.tokenizers.new_items import NewItemEncoder
 
 
@@ -60,7 +60,7 @@ class Retriever:
             autocast); the beam scores stay fp32. A model of another dtype is copied, never cast
             in place. Default: the model's own.
         content_term, content_weight: rank by the content baseline's score + content_weight x the
-            beams' probability (genret.decoding.content_term; an addition beyond the paper). The
+            beams' probability (genret.models.content_term; an addition beyond the paper). The
             weight defaults to the model config's `content_weight`; > 0 needs the term's item rows,
             which a checkpoint trained with it carries.
 
@@ -170,7 +170,7 @@ class Retriever:
         side = SideFeatureBuckets.from_state_dict(side) if side and side["names"] else None
         kwargs.setdefault("user_feature_names", catalogue.get("user_feature_names") or None)
         if catalogue.get("content_term") is not None:
-            from genret.decoding.content_term import ContentTerm
+            from genret.models.content_term import ContentTerm
 
             try:
                 kwargs.setdefault("content_term", ContentTerm.from_state_dict(catalogue["content_term"]))

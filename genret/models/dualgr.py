@@ -78,7 +78,7 @@ class DualGRConfig:
     context_dropout: float = 0.0
     alpha: float = 0.1  # ENTP negative weight
     eps: float = 1e-6  # probability clip for ENTP
-    # Ranking only, beyond the paper (genret.decoding.content_term): > 0 ranks the whole catalogue
+    # Ranking only, beyond the paper (genret.models.content_term): > 0 ranks the whole catalogue
     # by the content baseline's score plus this weight x the beams' probability; the checkpoint then
     # carries every item's TF-IDF rows. Training ignores it. 0: the beams' own order.
     content_weight: float = 0.0

@@ -71,7 +71,7 @@ class DualGRModule(FamilyModule):
             # Tokenizer, added-item rule and content vectorizer: a served model gives new items SIDs with them.
             "new_items": dm.new_item_encoder().state_dict(),
         }
-        if self.config.content_weight > 0:  # the content term's item rows (genret.decoding.content_term)
+        if self.config.content_weight > 0:  # the content term's item rows (genret.models.content_term)
             self.catalogue["content_term"] = dm.content_term().state_dict()
         return self.model
 

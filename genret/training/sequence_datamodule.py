@@ -402,11 +402,11 @@ class SequenceDataModule(pl.LightningDataModule):
                               self.sid_report.get("embedding_source", ""))
 
     def content_term(self):
-        """DualGR's content term (genret.decoding.content_term) for the trained catalogue: TF-IDF rows
+        """DualGR's content term (genret.models.content_term) for the trained catalogue: TF-IDF rows
         over `data.sid.content_features` (default: every content feature), vocabularies and IDF fitted
         on the trained (under LOOC: warm) items, as the content-only baseline's are. Items added later
         get their rows from their features (`Retriever.add_items`)."""
-        from genret.decoding.content_term import ContentTerm
+        from genret.models.content_term import ContentTerm
 
         full = self.cold_split.log if self.cold_split is not None else self.log_all
         try:

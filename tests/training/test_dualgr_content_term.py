@@ -1,4 +1,4 @@
-"""DualGR's content term (`model.config.content_weight`, genret.decoding.content_term): the content
+"""DualGR's content term (`model.config.content_weight`, genret.models.content_term): the content
 baseline's score plus the weight times the beams' probability, over the whole catalogue; carried by
 checkpoints and exports, extended by new items' features, swept over one checkpoint on validation."""
 

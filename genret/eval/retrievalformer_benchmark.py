@@ -89,18 +89,16 @@ def content_vectors(dm) -> "Any":
 
 def content_ranked_lists(vectors, es, k: int, chunk: int = 2048) -> np.ndarray:
     """(m, k) content-baseline lists: cosine to the mean of the history's item vectors, history excluded."""
-    from scipy import sparse
+    from genret.models.content_term import history_content_scores
 
     out = []
     item_t = vectors.T.tocsc()
     for start in range(0, len(es), chunk):
         stop = min(start + chunk, len(es))
-        lengths = np.diff(es.history_offsets[start:stop + 1])
-        rows = np.repeat(np.arange(stop - start), lengths)
-        hist = es.history_items[es.history_offsets[start]:es.history_offsets[stop]]
-        pool = sparse.csr_matrix((np.ones(len(hist)), (rows, hist)), shape=(stop - start, vectors.shape[0]))
-        users = sparse.diags(1.0 / np.maximum(lengths, 1)) @ pool @ vectors
-        scores = torch.from_numpy(np.asarray((users @ item_t).todense(), dtype=np.float32))
+        offsets = es.history_offsets[start:stop + 1]
+        rows = np.repeat(np.arange(stop - start), np.diff(offsets))
+        hist = es.history_items[offsets[0]:offsets[-1]]
+        scores = torch.from_numpy(history_content_scores(vectors, offsets, es.history_items, item_t))
         scores[torch.as_tensor(rows), torch.as_tensor(hist)] = float("-inf")
         out.append(scores.topk(min(k, scores.shape[1]), dim=1).indices.numpy())
     return np.concatenate(out) if out else np.zeros((0, k), np.int64)

@@ -257,21 +257,16 @@ class RetrievalFormer(nn.Module):
         """(m, V) scipy CSR: the mean content row of each of m CSR histories (`offsets` (m + 1,), dense
         `items`); its dot product with an item's row is the content term. `rows`: content_rows() if
         already computed (it does not change between batches)."""
-        from scipy import sparse
+        from genret.models.content_term import history_content
 
-        rows = self.content_rows() if rows is None else rows
-        lengths = np.diff(offsets)
-        user = np.repeat(np.arange(len(lengths)), lengths)
-        pool = sparse.csr_matrix((np.ones(len(user)), (user, items[offsets[0]:offsets[-1]])),
-                                 shape=(len(lengths), rows.shape[0]))
-        return (sparse.diags(1.0 / np.maximum(lengths, 1)) @ pool @ rows).tocsr()
+        return history_content(self.content_rows() if rows is None else rows, offsets, items)
 
     def content_scores(self, offsets: np.ndarray, items: np.ndarray, rows=None) -> torch.Tensor:
         """(m, n_items) float32 content scores of m CSR histories: the mean over each whole history of its
         items' rows . each candidate's row (see history_content)."""
-        rows = self.content_rows() if rows is None else rows
-        users = self.history_content(offsets, items, rows)
-        return torch.from_numpy(np.asarray((users @ rows.T).todense(), dtype=np.float32))
+        from genret.models.content_term import history_content_scores
+
+        return torch.from_numpy(history_content_scores(self.content_rows() if rows is None else rows, offsets, items))
 
     # ------------------------------------------------------------------------------ item tower
     def fuse_items(self, tables: list[torch.Tensor]) -> torch.Tensor:

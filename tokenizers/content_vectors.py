@@ -84,16 +84,18 @@ class ContentVectorizer:
                    torch.as_tensor(state["components"]).numpy())
 
 
-def known_tfidf_rows(encoder: ItemFeatureEncoder, idf: list[np.ndarray], raw: RawFeatures) -> Any:
+def known_tfidf_rows(encoder: ItemFeatureEncoder, idf: list[np.ndarray], raw: RawFeatures,
+                     every_item: bool = True) -> Any:
     """Raw features of new items -> their L2-normalised TF-IDF rows (CSR) under fitted vocabularies / IDF.
+    With `every_item` False an item none of whose values the vocabularies know keeps an empty row.
 
     Raises:
-        ValueError: a feature missing from `raw`, or an item none of whose values the vocabularies
-            know (it cannot be placed by content), named by its row.
+        ValueError: a feature missing from `raw`, or (with `every_item`) an item none of whose values
+            the vocabularies know (it cannot be placed by content), named by its row.
     """
     x = tfidf_rows(encoder.transform(raw), encoder.cardinalities, idf).tocsr()
     unknown = np.flatnonzero(np.diff(x.indptr) == 0)
-    if len(unknown):
+    if len(unknown) and every_item:
         raise ValueError(f"{len(unknown)} item(s) (rows {unknown[:5].tolist()}) have no value of {list(encoder.names)} "
                          f"that the fitted vocabularies know, so they cannot be placed by content; give their SIDs "
                          f"(codes) instead")

@@ -87,21 +87,14 @@ def raw_item_features(log_: InteractionLog, names: Sequence[str] | None = None,
 
             vocab = list(MOVIELENS_GENRES) + [f"genre{j}" for j in range(len(MOVIELENS_GENRES), array.shape[1])]
             found["genres"] = [[vocab[j] for j in np.flatnonzero(row)] for row in array]
+        elif array.dtype == object and all(isinstance(v, list) for v in array):  # attach_item_feature_table's
+            found[key] = [list(v) for v in array]
         elif array.ndim == 2:  # id lists, 0-padded (e.g. Amazon attributes)
             found[key] = [[str(v) for v in row if v != 0] for row in array.tolist()]
         elif array.ndim == 1:
             found[key] = [[str(v)] if str(v) not in ("", "0") else [] for v in array.tolist()]
     if table is not None:
-        ids, columns = load_item_feature_table(table)
-        index = {raw: i for i, raw in enumerate(ids)}
-        rows = [index.get(str(raw)) for raw in log_.item_ids.tolist()]
-        missing = sum(r is None for r in rows)
-        if missing == n:
-            raise DataError(f"{table}: none of the {n} items of {log_.name} is in the table (ids such as "
-                            f"{log_.item_ids[:3].tolist()}); check the id column")
-        for name, values in columns.items():
-            found[name] = [values[r] if r is not None else [] for r in rows]
-        log.info("%s: %d of %d items are missing from %s", log_.name, missing, n, table)
+        found.update(table_item_features(log_, table))
     if names is None:
         return found
     unknown = [name for name in names if name not in found]
@@ -119,6 +112,41 @@ def feature_report(raw: RawFeatures) -> dict[str, dict[str, Any]]:
         out[name] = {"items_with": int((lengths > 0).sum()), "distinct": len({x for v in values for x in v}),
                      "mean_values": float(lengths.mean()) if len(lengths) else 0.0}
     return out
+
+
+def table_item_features(log_: InteractionLog, table: str | os.PathLike) -> RawFeatures:
+    """A generic item-feature table's columns as raw features of `log_`'s items (an item missing from
+    the table has no value; how many are missing is logged).
+
+    Raises:
+        FileNotFoundError / DataError: as load_item_feature_table, or no item of `log_` in the table.
+    """
+    ids, columns = load_item_feature_table(table)
+    index = {raw: i for i, raw in enumerate(ids)}
+    rows = [index.get(str(raw)) for raw in log_.item_ids.tolist()]
+    missing = sum(r is None for r in rows)
+    if missing == len(rows):
+        raise DataError(f"{table}: none of the {len(rows)} items of {log_.name} is in the table (ids such as "
+                        f"{log_.item_ids[:3].tolist()}); check the id column")
+    log.info("%s: %d of %d items are missing from %s", log_.name, missing, len(rows), table)
+    return {name: [values[r] if r is not None else [] for r in rows] for name, values in columns.items()}
+
+
+def attach_item_feature_table(log_: InteractionLog, table: str | os.PathLike) -> list[str]:
+    """Add a generic item-feature table's columns to `log_.item_features` (one list of string values
+    per item), where every content user (content SIDs, DualGR's content term, LOOC's baseline)
+    finds them through raw_item_features; returns the column names. A column named like a feature
+    the data set has already is refused (say which one is meant by renaming it)."""
+    columns = table_item_features(log_, table)
+    clash = sorted(set(columns) & (set(log_.item_features) | {"item_id", "title_words", "year"}))
+    if clash:
+        raise DataError(f"{table}: column(s) {clash} name features {log_.name} has already; rename them")
+    for name, values in columns.items():
+        array = np.empty(len(values), dtype=object)
+        for i, v in enumerate(values):
+            array[i] = v
+        log_.item_features[name] = array
+    return list(columns)
 
 
 def load_item_feature_table(path: str | os.PathLike, id_column: str | None = None,
@@ -285,7 +313,8 @@ def tfidf_vectors(tables: Sequence[np.ndarray], widths: Sequence[int], fit: np.n
 
 
 def content_tfidf(log_: InteractionLog, names: Sequence[str] | None = None, fit_items: np.ndarray | None = None,
-                  min_count: int = 2, max_values: int = 16, return_fit: bool = False) -> tuple[Any, ...]:
+                  min_count: int = 2, max_values: int = 16, return_fit: bool = False,
+                  every_item: bool = True) -> tuple[Any, ...]:
     """Items as TF-IDF rows over their content features (no interactions, no item id).
 
     Args:
@@ -295,6 +324,8 @@ def content_tfidf(log_: InteractionLog, names: Sequence[str] | None = None, fit_
         fit_items: the items the vocabularies and IDF are fitted on (bool mask or indices; None =
             all). Items outside it are only transformed: their unseen values are unknown (0).
         min_count, max_values: as ItemFeatureEncoder's (a value on fewer fitting items is unknown).
+        every_item: refuse items without a (known) value, which cannot be placed by content; False
+            keeps their rows empty (a score that adds content similarity gives them none).
 
     Returns:
         (n_items, V) L2-normalised CSR rows, and the feature names used; with `return_fit` also the
@@ -312,18 +343,20 @@ def content_tfidf(log_: InteractionLog, names: Sequence[str] | None = None, fit_
                          "id has no fitted value): drop it from the content features")
     if not raw:
         raise ValueError(f"{log_.name} has no item content features (titles, genres, categories, ...); add a "
-                         "table with data.item_feature_table or use id-based SIDs")
+                         "table with data.item_feature_table (an item id column and one column per feature) "
+                         "or use interaction-based SIDs")
     empty = np.flatnonzero([not any(raw[f][i] for f in raw) for i in range(log_.n_items)])
-    if len(empty):
+    if len(empty) and every_item:
         raise ValueError(f"{len(empty)} item(s) of {log_.name} have no feature value in {sorted(raw)}, e.g. raw ids "
-                         f"{log_.item_ids[empty[:5]].tolist()}: they cannot be placed by content")
+                         f"{log_.item_ids[empty[:5]].tolist()}: they cannot be placed by content; describe them "
+                         f"(data.item_feature_table adds columns) or leave them out of the data")
     encoder = ItemFeatureEncoder(list(raw), min_count, max_values).fit(raw, fit_items)
     fit = np.ones(log_.n_items, bool) if fit_items is None else _mask(fit_items, log_.n_items)
     tables = encoder.transform(raw)
     idfs = [value_idf(t, w, fit) for t, w in zip(tables, encoder.cardinalities)]
     x = tfidf_rows(tables, encoder.cardinalities, idfs)
     unknown = np.flatnonzero(np.diff(x.indptr) == 0)
-    if len(unknown):
+    if len(unknown) and every_item:
         raise ValueError(f"{len(unknown)} item(s) of {log_.name} have no feature value seen on at least {min_count} "
                          f"fitting items, e.g. raw ids {log_.item_ids[unknown[:5]].tolist()}: they cannot be placed "
                          f"by content (lower min_count or add features)")

@@ -15,6 +15,7 @@ import torch
 
 from genret.eval.metrics import ranking_metrics, target_ranks
 from genret.eval.ranked_lists import embedding_ranked_lists, retriever_ranked_lists, user_features_for
+from genret.models.content_term import NO_CONTENT
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,16 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
     # The content term acts at ranking only: the config's weight (a --sweep value with --checkpoint)
     # applies, with the checkpoint's item rows or, for one trained without the term, the data's.
     content_weight = module.config.content_weight
+    # A module trained on data without item content ranks with weight 0 and keeps the weight asked.
+    asked = getattr(module, "content_weight_asked", 0.0) or content_weight
+    content = {"content_term": {"weight": 0.0, "asked_weight": asked, "note": NO_CONTENT}} if asked > 0 else {}
     if content_weight > 0:
-        retriever.set_content_term(content_weight, None if retriever.content_term is not None else dm.content_term())
+        term = retriever.content_term if retriever.content_term is not None else dm.content_term()
+        if term is None:
+            log.warning("model.config.content_weight %g: %s", content_weight, NO_CONTENT)
+        else:
+            retriever.set_content_term(content_weight, term)
+            content = {"content_term": {"weight": content_weight, "features": term.names}}
     result: dict[str, Any] = {"model": variant, "checkpoint": str(ckpt), "train_seconds": seconds,
                               "dataset": dm.log_all.name, "sid_report": dm.sid_report, "datamodule": dm}
     if retriever.model.cfg.use_dbr:
@@ -158,6 +167,8 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
         ranked_by_stage[stage] = ranked
     if "cold" in stages or "cold_valid" in stages:
         result.update(_looc_result(dm, retriever, ranked_by_stage, result, ks, max_eval_users, test=read_test))
+    if content:  # metrics.json says what ranked the lists
+        result["extra"] = {**result.get("extra", {}), **content}
     write_run_record(out_dir, signature, {k: v for k, v in result.items() if k != "datamodule"})
     return result
 

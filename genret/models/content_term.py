@@ -20,6 +20,7 @@ adds the rows of items described by their features.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,12 @@ import torch
 from genret.data.item_features import ItemFeatureEncoder, RawFeatures, content_tfidf
 from genret.tokenizers.content_vectors import csr_from_state, csr_state, known_tfidf_rows
 
-__all__ = ["ContentTerm", "history_content", "history_content_scores"]
+__all__ = ["NO_CONTENT", "ContentTerm", "history_content", "history_content_scores"]
+
+# What a content recipe does on a data set without item content (e.g. an Amazon category with
+# sequential.txt alone): it runs, ranks by the beams alone, and says so.
+NO_CONTENT = ("the data set has no item content feature (titles, attributes, genres, data.item_feature_table): "
+              "ranked by the beams alone (content weight 0)")
 
 
 def history_content(rows: Any, offsets: np.ndarray, items: np.ndarray) -> Any:
@@ -50,6 +56,14 @@ def history_content_scores(rows: Any, offsets: np.ndarray, items: np.ndarray, ro
     when a caller keeps it between batches)."""
     users = history_content(rows, offsets, items)
     return np.asarray((users @ (rows.T if rows_t is None else rows_t)).todense(), dtype=np.float32)
+
+
+def _warn_empty(rows: Any, what: str) -> None:
+    empty = np.flatnonzero(np.diff(rows.indptr) == 0)
+    if len(empty):
+        warnings.warn(f"content term: {len(empty)} of {what} (rows {empty[:5].tolist()}) have no feature value "
+                      f"the vocabularies keep; they get no content score (the beams alone can list them)",
+                      stacklevel=3)
 
 
 class ContentTerm:
@@ -75,11 +89,15 @@ class ContentTerm:
         """Rows for the first `n_items` items of a data set (default: all), vocabularies and IDF
         fitted on them (under LOOC the warm catalogue; cold items join later by their features).
 
+        An item with no feature value the vocabularies keep gets an empty row (no content score;
+        the beams alone can list it), with a warning: a category may describe some items only.
+
         Raises:
-            ValueError: as content_tfidf (no content features; items without any known value).
+            ValueError: as content_tfidf (no content feature; unknown feature names).
         """
         n = log_.n_items if n_items is None else int(n_items)
-        x, _, encoder, idf = content_tfidf(log_, names, np.arange(n), return_fit=True)
+        x, _, encoder, idf = content_tfidf(log_, names, np.arange(n), return_fit=True, every_item=False)
+        _warn_empty(x[:n], f"{log_.name}'s items")
         return cls(encoder, idf, x[:n])
 
     @property
@@ -93,11 +111,14 @@ class ContentTerm:
     def rows_for(self, raw: RawFeatures) -> Any:
         """New items' raw features -> their (m, V) TF-IDF rows.
 
+        An item none of whose values the fitted vocabularies know gets an empty row, with a warning.
+
         Raises:
-            ValueError: a feature missing from `raw`, or an item none of whose values the fitted
-                vocabularies know, named by its row.
+            ValueError: a feature missing from `raw`.
         """
-        return known_tfidf_rows(self.encoder, self.idf, raw)
+        rows = known_tfidf_rows(self.encoder, self.idf, raw, every_item=False)
+        _warn_empty(rows, "the new items")
+        return rows
 
     def extended(self, rows: Any) -> "ContentTerm":
         """A new term with the rows of items added to the catalogue appended (dense ids n_items,

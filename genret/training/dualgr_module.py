@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import torch
 
+from genret.models.content_term import NO_CONTENT
 from genret.models.dualgr import DualGR, DualGRConfig, TrainBatch
 from genret.training.family_module import FamilyModule
 from genret.training.optim import adamw, warmup_cosine
+
+log = logging.getLogger(__name__)
 
 
 class DualGRModule(FamilyModule):
@@ -47,6 +51,7 @@ class DualGRModule(FamilyModule):
         self.save_hyperparameters()
         self.model: DualGR | None = None
         self.catalogue: dict[str, Any] | None = None
+        self.content_weight_asked = 0.0  # > 0: the config's content weight, set to 0 for data without content
 
     # ------------------------------------------------------------------ model from data facts
     def build_from_data(self, dm) -> DualGR:
@@ -55,10 +60,16 @@ class DualGRModule(FamilyModule):
             # A cold item joins after training with a SID only; an id row for it would be untrained.
             raise ValueError("data.protocol looc adds the cold items after training by their SIDs, and they have no "
                              "trained item-id row: set model.use_item_id: false")
+        term = dm.content_term() if self.config.content_weight > 0 else None
+        if self.config.content_weight > 0 and term is None:
+            # The recipe runs unchanged on a data set without item content; its checkpoint says what it does.
+            log.warning("model.config.content_weight %g: %s", self.config.content_weight, NO_CONTENT)
+            self.content_weight_asked = self.config.content_weight
         self.build(
             n_levels=dm.sid.n_levels, codebook_size=dm.sid.codebook_size, n_items=dm.n_items,
             user_feature_cardinalities=dm.user_feature_cardinalities, max_history=dm.max_history,
             n_side_features=len(dm.side), side_buckets=dm.side.n_buckets,
+            **({"content_weight": 0.0} if term is None else {}),
         )
         self.catalogue = {
             "item_ids": list(dm.log_all.item_ids.tolist()),
@@ -71,8 +82,8 @@ class DualGRModule(FamilyModule):
             # Tokenizer, added-item rule and content vectorizer: a served model gives new items SIDs with them.
             "new_items": dm.new_item_encoder().state_dict(),
         }
-        if self.config.content_weight > 0:  # the content term's item rows (genret.models.content_term)
-            self.catalogue["content_term"] = dm.content_term().state_dict()
+        if term is not None:  # the content term's item rows (genret.models.content_term)
+            self.catalogue["content_term"] = term.state_dict()
         return self.model
 
     def build(self, **data_facts) -> DualGR:

@@ -251,6 +251,10 @@ class SequenceDataModule(pl.LightningDataModule):
             level (genret.tokenizers.catalogue_paths), so every cold item shares the SID of a warm
             item near it, a path training targets took, and is listed right after that item; an
             item "shared" already puts on a warm SID keeps it.
+        item_feature_table: a CSV/TSV/Parquet table of item content (an item id column, then one
+            column per feature, multi-valued cells "a|b"), as RetrievalFormer's data module takes:
+            its columns join the data set's own features wherever content is read (content SIDs,
+            the content term, LOOC's content baseline), so any data set can be described.
     """
 
     def __init__(self, data: str = "synthetic", sid: SIDConfig = SIDConfig(), max_history: int = 200,
@@ -258,9 +262,11 @@ class SequenceDataModule(pl.LightningDataModule):
                  load_options: dict | None = None, side_features: list[str] | None = None,
                  side_buckets: int = 16, train_windows: str = "last", protocol: str = "loo",
                  cold_seed_users: int = 500, cold_seed: int = 0, cold_sids: str = "shared",
-                 cold_valid_users: int = 0, cold_valid_seed: int | None = None):
+                 cold_valid_users: int = 0, cold_valid_seed: int | None = None,
+                 item_feature_table: str | None = None):
         super().__init__()
         self.data = data
+        self.item_feature_table = item_feature_table
         self.load_options = dict(load_options or {})
         self.sid = dataclasses.replace(sid)  # a copy: the default instance is shared
         self.max_history = max_history
@@ -292,6 +298,11 @@ class SequenceDataModule(pl.LightningDataModule):
         from genret.data import leave_one_out, load_dataset
 
         full = load_dataset(self.data, **self.load_options)
+        if self.item_feature_table is not None:  # before any split: LOOC renumbers the items with their features
+            from genret.data.item_features import attach_item_feature_table
+
+            names = attach_item_feature_table(full, self.item_feature_table)
+            log.info("%s: item features %s from %s", full.name, names, self.item_feature_table)
         self.cold_split, vectors = None, None
         if self.protocol == "looc":
             from genret.data.cold import leave_one_out_cold
@@ -405,10 +416,17 @@ class SequenceDataModule(pl.LightningDataModule):
         """DualGR's content term (genret.models.content_term) for the trained catalogue: TF-IDF rows
         over `data.sid.content_features` (default: every content feature), vocabularies and IDF fitted
         on the trained (under LOOC: warm) items, as the content-only baseline's are. Items added later
-        get their rows from their features (`Retriever.add_items`)."""
+        get their rows from their features (`Retriever.add_items`).
+
+        None where the data set has no content feature at all and `data.sid.content_features` names
+        none (e.g. an Amazon category with `sequential.txt` alone): a content recipe then ranks by
+        the beams alone and says so."""
+        from genret.data.item_features import raw_item_features
         from genret.models.content_term import ContentTerm
 
         full = self.cold_split.log if self.cold_split is not None else self.log_all
+        if self.sid.content_features is None and set(raw_item_features(full)) <= {"item_id"}:
+            return None
         try:
             return ContentTerm.fit_log(full, self.sid.content_features, self.n_items)
         except ValueError as err:

@@ -602,3 +602,48 @@ def test_amazon_looc_recipe_runs_on_copies_without_titles(tmp_path):
     _, dm, _ = build("dualgr", config, tmp_path / "run_sequential_only", small, str(folder))
     with pytest.raises(ValueError, match="no item content features"):
         dm.setup()
+
+
+def test_any_data_set_is_described_by_an_item_feature_table(tmp_path):
+    """data.item_feature_table gives a generic interaction table content: content SIDs under LOOC
+    (cold items placed from the table's columns), the content term's rows, the baseline; a table
+    column named like a feature the data has, or no item of the data in it, is refused by name."""
+    from genret.data.item_features import DataError
+
+    rng = np.random.default_rng(0)
+    group = np.arange(40) % 5
+    rows = ["user_id,item_id,time"]
+    for user in range(60):
+        items = rng.choice(np.flatnonzero(group == user % 5), size=6, replace=False)
+        rows += [f"u{user},i{item},{t}" for t, item in enumerate(items)]
+    (tmp_path / "events.csv").write_text("\n".join(rows) + "\n")
+    table = tmp_path / "items.csv"
+    table.write_text("item_id,shelf,tags\n" + "".join(
+        f"i{i},s{group[i]},t{i % 3}|u{group[i]}\n" for i in range(40) if i != 11))  # i11: not described
+    sid = SIDConfig(n_levels=3, codebook_size=K, embeddings="content", embedding_dim=8, cache_dir=None)
+    dm = SequenceDataModule(data=str(tmp_path / "events.csv"), sid=sid, max_history=20, max_negatives=0,
+                            batch_size=8, protocol="looc", cold_seed_users=6, item_feature_table=str(table))
+    with pytest.raises(ValueError, match="have no feature value in \\['shelf', 'tags'\\].*describe them"):
+        dm.setup()
+    table.write_text(table.read_text() + "i11,s1,t2\n")
+    dm = SequenceDataModule(data=str(tmp_path / "events.csv"), sid=sid, max_history=20, max_negatives=0,
+                            batch_size=8, protocol="looc", cold_seed_users=6, item_feature_table=str(table))
+    dm.setup()
+    assert dm.content_vectorizer.names == ["shelf", "tags"]
+    raw_ids, codes = dm.cold_items()
+    assert len(raw_ids) > 0 and codes.shape == (len(raw_ids), 3)
+    term = dm.content_term()
+    assert term.names == ["shelf", "tags"] and term.n_items == dm.n_items
+    # Items of one shelf share content: an item's nearest row (itself aside) is on its shelf.
+    sims = (term.rows @ term.rows.T).toarray()
+    np.fill_diagonal(sims, -1)
+    shelf = np.array([int(str(raw)[1:]) % 5 for raw in dm.log_all.item_ids])
+    assert (shelf[sims.argmax(1)] == shelf).all()
+    clash = tmp_path / "clash.csv"
+    clash.write_text("item_id,item_id_2,title_words\ni1,a,b\n")
+    with pytest.raises(DataError, match="column\\(s\\) \\['title_words'\\] name features"):
+        SequenceDataModule(data=str(tmp_path / "events.csv"), sid=sid, item_feature_table=str(clash)).setup()
+    stranger = tmp_path / "stranger.csv"
+    stranger.write_text("item_id,shelf\nx1,a\n")
+    with pytest.raises(DataError, match="none of the 40 items"):
+        SequenceDataModule(data=str(tmp_path / "events.csv"), sid=sid, item_feature_table=str(stranger)).setup()

@@ -233,3 +233,36 @@ def test_add_items_cli_takes_features_beside_sids(tiny_ml, tmp_path):
     items.write_text(json.dumps({"id": -5, "sid": codes[0].tolist(), "vector": [0.0]}) + "\n")
     with pytest.raises(SystemExit, match='"features" may come beside "vector" or "sid"'):
         main(["add-items", "--checkpoint", str(ckpt), "--items", str(items), "--out", str(tmp_path / "v3")])
+
+
+def test_amazon_content_recipe_runs_on_copies_of_the_family(tmp_path):
+    """configs/dualgr_content_amazon.yaml runs unchanged on Amazon copies with less content: attribute
+    ids alone (no titles.tsv), some items without any attribute (they get no content score), and
+    sequential.txt alone (it ranks by the beams alone, and metrics and the checkpoint say so)."""
+    from genret.eval.benchmark import run_generative
+
+    small = ["--trainer.max_epochs", "1", "--trainer.callbacks", "[]", "--data.batch_size", "32",
+             "--data.sid.codebook_size", "4", "--data.sid.cache_dir", "null", "--model.config.d_model", "16",
+             "--model.config.n_heads", "2", "--model.config.d_ffn", "32"]
+    config = CONFIGS / "dualgr_content_amazon.yaml"
+    runs = {}
+    for name, attributes in (("no_titles", True), ("some_undescribed", True), ("sequential_only", False)):
+        folder = cold._write_amazon_copy(tmp_path / name, titles=False, attributes=attributes)
+        if name == "some_undescribed":
+            attrs = json.loads((folder / "item2attributes.json").read_text())
+            attrs["3"] = attrs["7"] = []
+            (folder / "item2attributes.json").write_text(json.dumps(attrs))
+            with pytest.warns(UserWarning, match="content term: 2 of .* have no feature value"):
+                runs[name] = run_generative(config, tmp_path / f"run_{name}", data=str(folder), overrides=small,
+                                            ks=(5, 10), kernel="torch")
+        else:
+            runs[name] = run_generative(config, tmp_path / f"run_{name}", data=str(folder), overrides=small,
+                                        ks=(5, 10), kernel="torch")
+    for name in ("no_titles", "some_undescribed"):
+        assert runs[name]["extra"]["content_term"] == {"weight": 10.0, "features": ["attributes"]}
+        assert Retriever.from_checkpoint(runs[name]["checkpoint"], device="cpu", kernel="torch").uses_content
+    off = runs["sequential_only"]
+    assert off["extra"]["content_term"]["weight"] == 0.0 and off["extra"]["content_term"]["asked_weight"] == 10.0
+    assert "no item content feature" in off["extra"]["content_term"]["note"] and off["test"]["n_users"] == 120
+    served = Retriever.from_checkpoint(off["checkpoint"], device="cpu", kernel="torch")
+    assert not served.uses_content and served.content_term is None

@@ -10,6 +10,7 @@ best of `--repeats` runs. Index build time is reported but not part of latency.
 
     python benchmarks/bench_ann.py                       # 100k, 1M, 10M (IVF-PQ only at 10M)
     python benchmarks/bench_ann.py --sizes 100000 --quick
+    python benchmarks/bench_ann.py --sizes 1000000 --ef_search 256,512,1024,2048   # where HNSW reaches 0.95
 Bounded run time: HNSW is built up to --hnsw_max items (its build is the slow part on a CPU);
 a size whose vectors would not fit in --max_gb of memory is skipped with a note.
 """
@@ -80,12 +81,16 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--hnsw_max", type=int, default=1_000_000, help="largest catalogue HNSW is built for")
-    p.add_argument("--ef_search", default="128,256", help="HNSW efSearch values tried")
+    p.add_argument("--ef_search", default="128,256,512,1024", help="HNSW efSearch values tried")
+    p.add_argument("--hnsw_m", type=int, default=32, help="HNSW graph degree")
+    p.add_argument("--ef_construction", type=int, default=64, help="HNSW build beam width")
     p.add_argument("--nprobe", default="32,128", help="IVF-PQ nprobe values tried")
     p.add_argument("--nlist", type=int, default=4096, help="IVF lists (the paper's 4096), at most 4 sqrt(n)")
     p.add_argument("--refine", type=int, default=0, help="IVF-PQ: re-rank refine*K candidates exactly (0 = off)")
     p.add_argument("--max_gb", type=float, default=8.0, help="skip sizes whose vectors need more memory")
     p.add_argument("--threads", type=int, default=None, help="faiss OpenMP threads (default: faiss's)")
+    p.add_argument("--target_recall", type=float, default=0.95,
+                   help="each size's summary names the fastest setting at or above this recall@K")
     p.add_argument("--quick", action="store_true", help="256 queries, one repeat")
     args = p.parse_args(argv)
     faiss = import_faiss()
@@ -100,6 +105,7 @@ def main(argv=None) -> int:
              f"{'ms/query (single)':>18} {'speed-up (batch)':>17} {'build s':>8}"
     print(header)
     print("-" * len(header))
+    best: dict[int, tuple[str, float, float] | None] = {}  # size -> fastest setting reaching the target
     for n in [int(s) for s in args.sizes.split(",")]:
         need = n * args.dim * 4 * 2.2 / 2**30  # vectors + the flat index's copy
         if need > args.max_gb:
@@ -122,7 +128,7 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             nlist = min(args.nlist, int(4 * np.sqrt(n)))
             big = n > args.hnsw_max  # past HNSW's range: an HNSW coarse quantiser and 10 k-means iterations
-            ann = ANNIndex.build(items, kind, hnsw_m=32, ef_construction=64, nlist=nlist,
+            ann = ANNIndex.build(items, kind, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, nlist=nlist,
                                  coarse="hnsw" if big else "flat", kmeans_iters=10 if big else None,
                                  train_size=160_000 if big else 200_000, refine=args.refine)
             build = time.perf_counter() - t
@@ -130,7 +136,7 @@ def main(argv=None) -> int:
             for knob in [int(v) for v in knobs.split(",")]:
                 if kind == "hnsw":
                     ann.index.hnsw.efSearch = max(knob, args.k)
-                    name = f"hnsw M32 ef{max(knob, args.k)}"
+                    name = f"hnsw M{args.hnsw_m} efC{args.ef_construction} ef{max(knob, args.k)}"
                 else:
                     ivf = faiss.extract_index_ivf(ann.index)
                     ivf.nprobe = min(knob, ann.params["nlist"])
@@ -138,10 +144,18 @@ def main(argv=None) -> int:
                         (" hnswq" if ann.params["coarse"] == "hnsw" else "") + \
                         (f" rf{args.refine}" if args.refine else "")
                 ms, single, ids = timed(ann.search, queries, args.k, args.batch, args.repeats)
-                print(f"{n:>10} {name:<22} {recall(ids, exact_ids):>10.4f} {ms:>17.3f} {single:>18.3f} "
+                r = recall(ids, exact_ids)
+                print(f"{n:>10} {name:<22} {r:>10.4f} {ms:>17.3f} {single:>18.3f} "
                       f"{exact_ms / ms:>16.1f}x {build:>8.1f}", flush=True)
+                if r >= args.target_recall and (n not in best or best[n] is None or exact_ms / ms > best[n][2]):
+                    best[n] = (name, r, exact_ms / ms)
+                best.setdefault(n, None)
             del ann
         del items
+    print(f"\nfastest setting at recall@{args.k} >= {args.target_recall} of exact:")
+    for n, hit in best.items():
+        print(f"{n:>10} " + (f"{hit[0]}: recall {hit[1]:.4f}, speed-up vs exact {hit[2]:.1f}x" if hit
+                             else "none of the settings tried"))
     return 0
 
 

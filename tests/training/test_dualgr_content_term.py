@@ -266,3 +266,17 @@ def test_amazon_content_recipe_runs_on_copies_of_the_family(tmp_path):
     assert "no item content feature" in off["extra"]["content_term"]["note"] and off["test"]["n_users"] == 120
     served = Retriever.from_checkpoint(off["checkpoint"], device="cpu", kernel="torch")
     assert not served.uses_content and served.content_term is None
+
+
+def test_a_new_item_with_unknown_content_gets_no_content_score(tiny_ml, tmp_path):
+    """An added item none of whose feature values the fitted vocabularies know joins with an empty
+    content row (and a warning): the beams can still list it, the content score never does."""
+    dm = cold.looc_dm(tiny_ml)
+    retriever = Retriever.from_checkpoint(_checkpoint(dm, tmp_path / "model.ckpt", 2.0), device="cpu", kernel="torch")
+    raw_ids, codes = dm.cold_items()
+    unknown = [{name: ["never-seen-value"] for name in retriever.content_term.names}]
+    with pytest.warns(UserWarning, match="content term: 1 of the new items .* have no feature value"):
+        retriever.add_items(raw_ids[:1], codes[:1], features=unknown)
+    assert retriever.content_term.rows[-1].nnz == 0 and retriever.content_term.n_items == dm.n_items + 1
+    with pytest.raises(ValueError, match="unknown feature\\(s\\) \\['no_such_feature'\\]; this model describes items by"):
+        retriever.add_items(raw_ids[1:2], codes[1:2], features=[{"no_such_feature": ["x"]}])

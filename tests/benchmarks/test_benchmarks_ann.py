@@ -1,0 +1,24 @@
+"""benchmarks/bench_ann.py: it measures every setting against exact search in one run and names the
+fastest setting that reaches the target recall, or says that none did."""
+
+import re
+
+import pytest
+
+pytest.importorskip("faiss")
+
+TINY = ["--sizes", "3000", "--quick", "--dim", "16", "--k", "20", "--queries", "64", "--batch", "64",
+        "--ef_search", "20,200", "--nprobe", "4", "--nlist", "32", "--threads", "1"]
+
+
+def test_summary_names_the_fastest_setting_at_the_target(load_benchmark, capsys):
+    bench = load_benchmark("bench_ann")
+    assert bench.main(TINY + ["--target_recall", "0.9"]) == 0
+    out = capsys.readouterr().out
+    rows = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\s+3000 (\S.*?)\s+([01]\.\d{4})\s", out, re.M)}
+    assert {"hnsw M32 efC64 ef20", "hnsw M32 efC64 ef200"} <= set(rows)
+    summary = out[out.index("fastest setting at recall@20 >= 0.9"):]
+    named = re.search(r"3000 (.+): recall ([01]\.\d{4}), speed-up vs exact", summary)
+    assert named and float(named.group(2)) >= 0.9 and rows[named.group(1)] == float(named.group(2))
+    assert bench.main(TINY + ["--target_recall", "1.01"]) == 0
+    assert "3000 none of the settings tried" in capsys.readouterr().out

@@ -11,6 +11,7 @@ best of `--repeats` runs. Index build time is reported but not part of latency.
     python benchmarks/bench_ann.py                       # 100k, 1M, 10M (IVF-PQ only at 10M)
     python benchmarks/bench_ann.py --sizes 100000 --quick
     python benchmarks/bench_ann.py --sizes 1000000 --ef_search 256,512,1024,2048   # where HNSW reaches 0.95
+    python benchmarks/bench_ann.py --sizes 10000000 --kinds hnsw --hnsw_max 10000000 --ef_search 512,1024,2048,4096
 Bounded run time: HNSW is built up to --hnsw_max items (its build is the slow part on a CPU);
 a size whose vectors would not fit in --max_gb of memory is skipped with a note.
 """
@@ -80,6 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=1024)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--kinds", default="hnsw,ivfpq", help="ANN indexes measured against exact search")
     p.add_argument("--hnsw_max", type=int, default=1_000_000, help="largest catalogue HNSW is built for")
     p.add_argument("--ef_search", default="128,256,512,1024", help="HNSW efSearch values tried")
     p.add_argument("--hnsw_m", type=int, default=32, help="HNSW graph degree")
@@ -120,10 +122,8 @@ def main(argv=None) -> int:
         print(f"{n:>10} {'exact (flat IP)':<22} {1.0:>10.4f} {exact_ms:>17.3f} {exact_single:>18.3f} "
               f"{1.0:>16.1f}x {build:>8.1f}", flush=True)
         del flat
-        kinds = []
-        if n <= args.hnsw_max:
-            kinds.append("hnsw")
-        kinds.append("ivfpq")
+        wanted = args.kinds.split(",")
+        kinds = [k for k in ("hnsw", "ivfpq") if k in wanted and (k != "hnsw" or n <= args.hnsw_max)]
         for kind in kinds:
             t = time.perf_counter()
             nlist = min(args.nlist, int(4 * np.sqrt(n)))

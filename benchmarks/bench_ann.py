@@ -91,6 +91,9 @@ def main(argv=None) -> int:
     p.add_argument("--refine", type=int, default=0, help="IVF-PQ: re-rank refine*K candidates exactly (0 = off)")
     p.add_argument("--max_gb", type=float, default=8.0, help="skip sizes whose vectors need more memory")
     p.add_argument("--threads", type=int, default=None, help="faiss OpenMP threads (default: faiss's)")
+    p.add_argument("--tune_queries", type=int, default=0,
+                   help="> 0: also tune each index (ANNIndex.tune) to --target_recall on this many other "
+                        "queries and measure the tuned setting on the benchmark's queries")
     p.add_argument("--target_recall", type=float, default=0.95,
                    help="each size's summary names the fastest setting at or above this recall@K")
     p.add_argument("--quick", action="store_true", help="256 queries, one repeat")
@@ -132,17 +135,23 @@ def main(argv=None) -> int:
                                  coarse="hnsw" if big else "flat", kmeans_iters=10 if big else None,
                                  train_size=160_000 if big else 200_000, refine=args.refine)
             build = time.perf_counter() - t
-            knobs = args.ef_search if kind == "hnsw" else args.nprobe
-            for knob in [int(v) for v in knobs.split(",")]:
+            knobs = [int(v) for v in (args.ef_search if kind == "hnsw" else args.nprobe).split(",")]
+            if args.tune_queries:  # tuned on queries the rows below do not use: does the choice carry over?
+                tuned = ann.tune(items, make_queries(items, args.tune_queries, seed=n + 1), k=args.k,
+                                 target_recall=args.target_recall)
+                knobs.append(-tuned["value"])
+            for knob in knobs:
+                suffix = f" (tuned, {tuned['recall']:.4f})" if knob < 0 else ""
+                knob = abs(knob)
                 if kind == "hnsw":
                     ann.index.hnsw.efSearch = max(knob, args.k)
-                    name = f"hnsw M{args.hnsw_m} efC{args.ef_construction} ef{max(knob, args.k)}"
+                    name = f"hnsw M{args.hnsw_m} efC{args.ef_construction} ef{max(knob, args.k)}{suffix}"
                 else:
                     ivf = faiss.extract_index_ivf(ann.index)
                     ivf.nprobe = min(knob, ann.params["nlist"])
                     name = f"ivfpq {ann.params['nlist']}/{ivf.nprobe} m{ann.params['pq_m']}" + \
                         (" hnswq" if ann.params["coarse"] == "hnsw" else "") + \
-                        (f" rf{args.refine}" if args.refine else "")
+                        (f" rf{args.refine}" if args.refine else "") + suffix
                 ms, single, ids = timed(ann.search, queries, args.k, args.batch, args.repeats)
                 r = recall(ids, exact_ids)
                 print(f"{n:>10} {name:<22} {r:>10.4f} {ms:>17.3f} {single:>18.3f} "

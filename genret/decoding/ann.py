@@ -121,6 +121,69 @@ class ANNIndex:
         scores, items = self.index.search(q, k)
         return scores, items.astype(np.int64)
 
+    def tune(self, vectors: np.ndarray, queries: np.ndarray, k: int = 100, target_recall: float = 0.95,
+             max_breadth: int | None = None) -> dict[str, Any]:
+        """Set the search breadth (HNSW efSearch, IVF nprobe) to the smallest value, doubling, whose
+        recall@k against exact search of `vectors` (the indexed items, row i = item i) over
+        `queries` (e.g. user vectors of validation histories) reaches `target_recall`. A graph or
+        list layout that suits one catalogue's size and spread need not suit another's: at 1M
+        synthetic items HNSW needed efSearch 1024 for 0.95 where 256 gave it at 100k
+        (docs/experiments/2026-12-06-ann-at-scale.md). The choice and its measured recall join
+        `params` (saved in the sidecar). Where no breadth up to `max_breadth` (default: 16,384
+        for HNSW, every list for IVF) reaches the target, the largest is kept with a warning.
+
+        Returns:
+            {"param": "ef_search" / "nprobe" (None for flat), "value", "recall", "target_recall",
+            "k", "queries", "ladder": [[value, recall], ...]}.
+        """
+        import warnings
+
+        faiss = import_faiss()
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if x.shape != (self.n_items, self.dim):
+            raise ValueError(f"tune needs the {self.n_items} indexed item vectors of width {self.dim}, got {x.shape}")
+        if q.ndim != 2 or q.shape[1] != self.dim or not len(q):
+            raise ValueError(f"tune needs (m, {self.dim}) query vectors, got {q.shape}")
+        if not 0 < target_recall <= 1:
+            raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+        k = min(int(k), self.n_items)
+        report: dict[str, Any] = {"param": None, "value": None, "recall": 1.0, "target_recall": target_recall,
+                                  "k": k, "queries": len(q), "ladder": []}
+        if self.kind == "flat":
+            return report
+        exact = faiss.IndexFlatIP(self.dim)
+        exact.add(x)
+        truth = exact.search(q, k)[1]
+        if self.kind == "hnsw":
+            param, ladder_max = "ef_search", max_breadth or 16_384
+            values = [v for v in (max(k, 16) * 2 ** i for i in range(20)) if v < ladder_max] + [ladder_max]
+
+            def set_breadth(v):
+                self.index.hnsw.efSearch = v
+        else:
+            param, ivf = "nprobe", faiss.extract_index_ivf(self.index)
+            ladder_max = min(max_breadth or ivf.nlist, ivf.nlist)
+            values = [v for v in (2 ** i for i in range(31)) if v < ladder_max] + [ladder_max]
+
+            def set_breadth(v):
+                ivf.nprobe = v
+        for value in values:
+            set_breadth(value)
+            found = self.search(q, k)[1]
+            recall = float(np.mean([len(set(f.tolist()) & set(t.tolist())) / k for f, t in zip(found, truth)]))
+            report["ladder"].append([value, recall])
+            if recall >= target_recall:
+                break
+        else:
+            warnings.warn(f"{self.kind} index: recall@{k} {recall:.4f} at {param} {value}, the largest tried, is "
+                          f"below the target {target_recall}; search it exact, or rebuild with a larger graph "
+                          f"(hnsw_m, ef_construction) / more lists", stacklevel=2)
+        report.update(param=param, value=value, recall=recall)
+        self.params[param] = value
+        self.params["tuned"] = {key: report[key] for key in ("recall", "target_recall", "k", "queries")}
+        return report
+
     # ------------------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike, source: str | None = None) -> Path:
         """Write the index and its JSON sidecar atomically; returns the index path."""

@@ -137,12 +137,26 @@ class RetrievalFormerRetriever:
             self.ann.add(new_vectors.cpu().numpy())
 
     # ------------------------------------------------------------------------------ ANN index
-    def build_index(self, kind: str = "hnsw", save: bool = True, **params) -> Path | None:
+    def build_index(self, kind: str = "hnsw", save: bool = True, tune_histories: Sequence[Sequence[Any]] | None = None,
+                    target_recall: float = 0.95, tune_k: int = 100, **params) -> Path | None:
         """Build a faiss index of `kind` over the item vectors, use it for search="ann", and (with
-        `save` and a checkpoint) write it beside the checkpoint. Returns the written path."""
+        `save` and a checkpoint) write it beside the checkpoint. Returns the written path.
+
+        With `tune_histories` (raw-id histories, e.g. a sample of validation users) the index's
+        search breadth is set to the smallest that finds `target_recall` of the exact top
+        `tune_k` for those users' vectors (ANNIndex.tune; the measured recall is kept in the
+        index's parameters, `self.ann.params["tuned"]`)."""
+        from genret.decoding import requests
         from genret.decoding.ann import ANNIndex, index_path
 
-        self.ann = ANNIndex.build(self.item_vectors().cpu().numpy(), kind, **params)
+        vectors = self.item_vectors().cpu().numpy()
+        self.ann = ANNIndex.build(vectors, kind, **params)
+        if tune_histories is not None:
+            rows, _, _ = requests.encode_histories(requests.check_histories(tune_histories), self._item_index, "drop")
+            offsets = np.concatenate([[0], np.cumsum([len(row) for row in rows])]).astype(np.int64)
+            dense = np.asarray([i for row in rows for i in row], np.int64)
+            users = self.user_vectors(offsets, dense).cpu().numpy()
+            self.ann.tune(vectors, users, k=tune_k, target_recall=target_recall)
         if save and self.checkpoint is not None:
             return self.ann.save(index_path(self.checkpoint, kind), source=str(self.checkpoint))
         return None

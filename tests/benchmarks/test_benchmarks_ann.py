@@ -22,3 +22,10 @@ def test_summary_names_the_fastest_setting_at_the_target(load_benchmark, capsys)
     assert named and float(named.group(2)) >= 0.9 and rows[named.group(1)] == float(named.group(2))
     assert bench.main(TINY + ["--target_recall", "1.01"]) == 0
     assert "3000 none of the settings tried" in capsys.readouterr().out
+
+
+def test_tuned_rows_are_measured_on_the_benchmark_queries(load_benchmark, capsys):
+    bench = load_benchmark("bench_ann")
+    assert bench.main(TINY + ["--kinds", "hnsw", "--tune_queries", "64", "--target_recall", "0.9"]) == 0
+    tuned = re.search(r"3000 hnsw M32 efC64 ef(\d+) \(tuned, ([01]\.\d{4})\)\s+([01]\.\d{4})", capsys.readouterr().out)
+    assert tuned and float(tuned.group(2)) >= 0.9  # the recall on the tuning queries; the row's is measured

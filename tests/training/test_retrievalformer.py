@@ -322,6 +322,9 @@ def test_retrievalformer_trains_round_trips_and_serves_cold_items(tiny_ml, tmp_p
     assert r.retrieve(history, k=5, search="ann").items == exact.items
     r.build_index("hnsw", save=False)
     assert set(r.retrieve(history, k=5, search="ann").items[0]) == set(exact.items[0])
+    # Tuned on users' histories: the breadth chosen finds the whole exact top 5 of those users.
+    r.build_index("hnsw", save=False, tune_histories=[history[0], history[0][:1]], target_recall=1.0, tune_k=5)
+    assert r.ann.params["tuned"] == {"recall": 1.0, "target_recall": 1.0, "k": 5, "queries": 2}
     r2 = RetrievalFormerRetriever.from_checkpoint(res["checkpoint"], device="cpu", index="flat")
     assert r2.retrieve(history, k=5, search="ann").items == exact.items
     # Catalogue update: a new movie with a known genre and year joins the catalogue and the index.
@@ -358,6 +361,43 @@ def test_ann_agrees_with_exact_on_a_small_catalogue():
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ivf, exact)]) >= 0.9
     with pytest.raises(ValueError, match="unknown ANN index kind"):
         ANNIndex.build(items, "lsh")
+
+
+def test_ann_tuning_picks_the_smallest_breadth_that_reaches_the_target(tmp_path):
+    pytest.importorskip("faiss")
+    from genret.decoding.ann import ANNIndex
+
+    rng = np.random.default_rng(1)
+    items = rng.standard_normal((4000, 32)).astype(np.float32)  # no structure: hard for a sparse graph
+    queries = rng.standard_normal((64, 32)).astype(np.float32)
+    exact = np.argsort(-(queries @ items.T), axis=1)[:, :20]
+
+    def recall(index):
+        found = index.search(queries, 20)[1]
+        return np.mean([len(set(a) & set(b)) / 20 for a, b in zip(found, exact)])
+
+    hnsw = ANNIndex.build(items, "hnsw", hnsw_m=4, ef_construction=16, ef_search=20)
+    before = recall(hnsw)
+    report = hnsw.tune(items, queries, k=20, target_recall=0.9)
+    assert before < 0.9 <= report["recall"] == recall(hnsw)
+    ladder = report["ladder"]
+    assert [v for v, _ in ladder] == [20 * 2 ** i for i in range(len(ladder))] and len(ladder) > 1
+    assert all(r < 0.9 for _, r in ladder[:-1]) and hnsw.index.hnsw.efSearch == report["value"] == ladder[-1][0]
+    path = hnsw.save(tmp_path / "i.faiss")
+    again = ANNIndex.load(path)
+    assert again.index.hnsw.efSearch == report["value"] and again.params["tuned"]["recall"] == report["recall"]
+    ivf = ANNIndex.build(items, "ivfpq", nlist=32, nprobe=1, refine=4)
+    report = ivf.tune(items, queries, k=20, target_recall=0.8)
+    assert report["param"] == "nprobe" and report["recall"] >= 0.8 and recall(ivf) == report["recall"]
+    assert all(r < 0.8 for _, r in report["ladder"][:-1])
+    # A target out of reach keeps the largest breadth tried and says so.
+    with pytest.warns(UserWarning, match="below the target 0.999"):
+        report = ANNIndex.build(items, "hnsw", hnsw_m=4, ef_construction=16).tune(items, queries, k=20,
+                                                                                 target_recall=0.999, max_breadth=64)
+    assert report["value"] == 64 and report["recall"] < 0.999
+    with pytest.raises(ValueError, match="tune needs the 4000 indexed item vectors"):
+        hnsw.tune(items[:10], queries)
+    assert ANNIndex.build(items, "flat").tune(items, queries)["recall"] == 1.0
 
 
 def test_benchmark_looc_cli(tiny_ml, tmp_path, capsys):

@@ -18,6 +18,7 @@ COMMANDS = {
     "export-embeddings": ("genret.commands.export_embeddings",
                           "write a KuaiFormer/SASRec checkpoint's item embeddings as .npy (for tokenize)"),
     "quickstart": ("genret.commands.quickstart", "the whole pipeline on the synthetic default"),
+    "build-index": ("genret.commands.build_index", "a faiss ANN index beside a RetrievalFormer checkpoint"),
     "serve": ("genret.commands.serve", "serve a checkpoint's retriever over HTTP (needs genret[serve])"),
     "export": ("genret.commands.export", "write a checkpoint as safetensors + JSON, loadable without pickle"),
     "add-items": ("genret.commands.add_items",

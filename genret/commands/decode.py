@@ -109,6 +109,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--short_weight", type=float, default=None,
                         help="the short DBR branch's weight in the merge, in (0, 1) (default: how often the "
                              "gate chose the short branch in training, stored in the checkpoint)")
+    parser.add_argument("--index", default=None, choices=("hnsw", "ivfpq", "flat"),
+                        help="RetrievalFormer: search the ANN index of this kind saved beside the checkpoint "
+                             "(`genret build-index`) instead of scoring every item")
     parser.add_argument("--out", type=Path, default=None, help="output JSON lines (default: stdout)")
     args = parser.parse_args(argv)
     from genret.decoding.beam_search import check_short_weight
@@ -125,9 +128,14 @@ def main(argv: list[str]) -> int:
     if not histories:
         raise SystemExit(f"genret decode: {args.histories} holds no histories; nothing written"
                          + (f" ({args.out} left as it was)" if args.out else ""))
+    if args.index is not None:
+        from genret.commands.build_index import index_family_check
+
+        index_family_check(args.checkpoint, args.index, need_file=True)
     try:
         retriever = load_retriever(args.checkpoint, kernel=args.kernel, beam_width=args.beam_width,
-                                   branch_merge=args.branch_merge, short_weight=args.short_weight)
+                                   branch_merge=args.branch_merge, short_weight=args.short_weight,
+                                   **({"index": args.index} if args.index else {}))
     except (FileNotFoundError, RuntimeError) as err:
         raise SystemExit(f"genret decode: {err}") from None
     try:

@@ -30,6 +30,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max_k", type=int, default=1000, help="largest k a request may ask for")
     parser.add_argument("--max_histories", type=int, default=256, help="most histories in one request")
     parser.add_argument("--access_log", action="store_true", help="log every request (off: it costs latency)")
+    parser.add_argument("--index", default=None, choices=("hnsw", "ivfpq", "flat"),
+                        help="RetrievalFormer: search the ANN index of this kind saved beside the checkpoint "
+                             "(`genret build-index`) instead of scoring every item")
     args = parser.parse_args(argv)
     for name in ("threads", "max_batch_size", "max_k", "max_histories"):
         if getattr(args, name) < 1:
@@ -38,6 +41,10 @@ def main(argv: list[str]) -> int:
         parser.error("--max_wait_ms must be >= 0")
     if not args.checkpoint.exists():
         parser.error(f"--checkpoint {args.checkpoint} does not exist")
+    if args.index is not None:
+        from genret.commands.build_index import index_family_check
+
+        index_family_check(args.checkpoint, args.index, need_file=True)
     try:
         import uvicorn
 
@@ -50,6 +57,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_interop_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = create_app(args.checkpoint, device=args.device, kernel=args.kernel, max_batch_size=args.max_batch_size,
-                     max_wait_ms=args.max_wait_ms, max_k=args.max_k, max_histories=args.max_histories)
+                     max_wait_ms=args.max_wait_ms, max_k=args.max_k, max_histories=args.max_histories,
+                     **({"index": args.index} if args.index else {}))
     uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
     return 0

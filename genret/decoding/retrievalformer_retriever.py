@@ -49,11 +49,13 @@ class RetrievalFormerRetriever:
         self._vectors: torch.Tensor | None = None
         self._content = None  # content_rows() when content_weight > 0, cached
         self.ann = None
+        self.search = "exact"  # what retrieve(search=None) does: "ann" once loaded with an index
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None,
                         index: str | None = None) -> "RetrievalFormerRetriever":
-        """Load a checkpoint; `index` ("hnsw", "ivfpq", "flat") also loads the ANN index saved beside it."""
+        """Load a checkpoint; `index` ("hnsw", "ivfpq", "flat") also loads the ANN index saved beside it
+        and makes it the default search (`retrieve(search=None)`; how `genret serve --index` serves)."""
         from genret.training.retrievalformer_module import load_retrievalformer
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -65,6 +67,7 @@ class RetrievalFormerRetriever:
         r.model_version = artifact_version(path)
         if index is not None:
             r.load_index(index)
+            r.search = "ann"
         return r
 
     @property
@@ -224,7 +227,7 @@ class RetrievalFormerRetriever:
         return out_scores, out_items
 
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 100, unknown: str = "error",
-                 batch_size: int = 256, side: dict | None = None, search: str = "exact",
+                 batch_size: int = 256, side: dict | None = None, search: str | None = None,
                  user_features: np.ndarray | None = None, exclude_seen: bool = True) -> RetrievalResult:
         """Top-k raw item ids per history (best first) with their scores x_u . y_i (plus the content term
         when the model's content_weight > 0).
@@ -233,12 +236,14 @@ class RetrievalFormerRetriever:
             histories: raw item ids per user, oldest first (may be empty).
             k: items per user. unknown: "error" or "drop" for ids not in the catalogue.
             batch_size: users encoded together. side: not used (no per-action side features).
-            search: "exact" (every item scored) or "ann" (the index of build_index / load_index).
+            search: "exact" (every item scored) or "ann" (the index of build_index / load_index);
+                None: the retriever's `search` ("ann" when from_checkpoint loaded an index, else "exact").
             user_features: (U, F) int64 profile ids in the checkpoint's user features order, or None (unknown).
             exclude_seen: drop each history's own items from its list (the default, as evaluation does).
         """
         from genret.decoding import requests
 
+        search = self.search if search is None else search
         if search not in ("exact", "ann"):
             raise ValueError(f"search must be 'exact' or 'ann', got {search!r}")
         if search == "ann" and self.ann is None:

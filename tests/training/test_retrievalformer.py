@@ -340,6 +340,50 @@ def test_retrievalformer_trains_round_trips_and_serves_cold_items(tiny_ml, tmp_p
         RetrievalFormerRetriever.from_checkpoint(res["checkpoint"], device="cpu").retrieve(history, 5, search="ann")
 
 
+def test_cli_builds_a_tuned_index_and_decodes_through_it(tiny_ml, tmp_path, capsys):
+    """genret build-index writes a tuned index beside the checkpoint; decode --index searches it;
+    --index is refused, by name, for a family without one and where the index was not built."""
+    pytest.importorskip("faiss")
+    import importlib.util
+    import json
+
+    from genret.cli import main
+    from genret.eval.retrievalformer_benchmark import run_retrievalformer
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "retrievalformer_ml1m.yaml"
+    res = run_retrievalformer("retrievalformer", config, tmp_path / "run", data=str(tiny_ml), ks=(5,),
+                              overrides=["--trainer.max_epochs", "1", "--data.batch_size", "16", "--data.min_count", "1"])
+    ckpt = res["checkpoint"]
+    ids = res["datamodule"].log_all.item_ids.tolist()
+    histories = tmp_path / "h.jsonl"
+    histories.write_text("".join(json.dumps({"user": u, "history": ids[u:u + 4]}) + "\n" for u in range(12)))
+    assert main(["build-index", "--checkpoint", str(ckpt), "--kind", "hnsw", "--tune_histories", str(histories),
+                 "--target_recall", "1.0", "--k", "5"]) == 0
+    sidecar = json.loads(Path(f"{ckpt}.hnsw.faiss.json").read_text())
+    assert sidecar["params"]["tuned"] == {"recall": 1.0, "target_recall": 1.0, "k": 5, "queries": 12}
+    out = {}
+    for name, extra in (("exact", []), ("ann", ["--index", "hnsw"])):
+        assert main(["decode", "--checkpoint", str(ckpt), "--histories", str(histories), "--k", "5",
+                     "--out", str(tmp_path / f"{name}.jsonl"), *extra]) == 0
+        out[name] = [json.loads(line)["items"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    assert [set(row) for row in out["ann"]] == [set(row) for row in out["exact"]]
+    # What `genret serve --index hnsw` loads (with the options it gives every family).
+    from genret.serving import load_retriever
+
+    served = load_retriever(ckpt, "cpu", index="hnsw", kernel="torch")
+    assert served.search == "ann" and served.ann.params["tuned"]["recall"] == 1.0
+    with pytest.raises(SystemExit, match="--index ivfpq: no index beside .*genret build-index"):
+        main(["decode", "--checkpoint", str(ckpt), "--histories", str(histories), "--index", "ivfpq"])
+    spec = importlib.util.spec_from_file_location("decoding_conftest", Path(__file__).parents[1] / "decoding" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dualgr = module.write_tiny_checkpoint(tmp_path / "dualgr.ckpt")
+    for command in (["serve", "--checkpoint", str(dualgr), "--index", "hnsw"],
+                    ["build-index", "--checkpoint", str(dualgr)]):
+        with pytest.raises(SystemExit, match="holds a 'dualgr' model; only RetrievalFormer"):
+            main(command)
+
+
 def test_ann_agrees_with_exact_on_a_small_catalogue():
     pytest.importorskip("faiss")
     from genret.decoding.ann import ANNIndex

@@ -134,9 +134,9 @@ def table_item_features(log_: InteractionLog, table: str | os.PathLike) -> RawFe
 
 def attach_item_feature_table(log_: InteractionLog, table: str | os.PathLike) -> list[str]:
     """Add a generic item-feature table's columns to `log_.item_features` (one list of string values
-    per item), where every content user (content SIDs, DualGR's content term, LOOC's baseline)
-    finds them through raw_item_features; returns the column names. A column named like a feature
-    the data set has already is refused (say which one is meant by renaming it)."""
+    per item), where everything that reads item content (content SIDs, DualGR's content term, the
+    LOOC baseline) finds them through raw_item_features; returns the column names. A column named
+    like a feature the data set has already is refused (say which one is meant by renaming it)."""
     columns = table_item_features(log_, table)
     clash = sorted(set(columns) & (set(log_.item_features) | {"item_id", "title_words", "year"}))
     if clash:

@@ -155,9 +155,7 @@ class RetrievalFormerRetriever:
         vectors = self.item_vectors().cpu().numpy()
         self.ann = ANNIndex.build(vectors, kind, **params)
         if tune_histories is not None:
-            rows, _, _ = requests.encode_histories(requests.check_histories(tune_histories), self._item_index, "drop")
-            offsets = np.concatenate([[0], np.cumsum([len(row) for row in rows])]).astype(np.int64)
-            dense = np.asarray([i for row in rows for i in row], np.int64)
+            offsets, dense, _ = self._csr_histories(requests.check_histories(tune_histories), "drop")
             users = self.user_vectors(offsets, dense).cpu().numpy()
             self.ann.tune(vectors, users, k=tune_k, target_recall=target_recall)
         if save and self.checkpoint is not None:
@@ -176,6 +174,14 @@ class RetrievalFormerRetriever:
         self.ann = ann
 
     # ------------------------------------------------------------------------------ retrieval
+    def _csr_histories(self, histories, unknown: str) -> tuple[np.ndarray, np.ndarray, list]:
+        """Checked raw-id histories -> (offsets (U + 1,), dense item ids, the raw ids dropped)."""
+        from genret.decoding import requests
+
+        rows, _, dropped = requests.encode_histories(histories, self._item_index, unknown)
+        offsets = np.concatenate([[0], np.cumsum([len(row) for row in rows])]).astype(np.int64)
+        return offsets, np.asarray([i for row in rows for i in row], np.int64), dropped
+
     def user_vectors(self, offsets: np.ndarray, dense: np.ndarray, user_features: np.ndarray | None = None,
                      batch_size: int = 256) -> torch.Tensor:
         """(U, d) user vectors of CSR dense histories (the last max_len items of each)."""
@@ -255,13 +261,11 @@ class RetrievalFormerRetriever:
         k = requests.check_k(k, len(self.item_ids))
         batch_size = requests.check_batch_size(batch_size)
         exclude_seen = requests.check_flag(exclude_seen, "exclude_seen")
-        rows, _, dropped = requests.encode_histories(histories, self._item_index, requests.check_unknown(unknown))
+        offsets, dense, dropped = self._csr_histories(histories, requests.check_unknown(unknown))
         if dropped:
             import warnings
 
             warnings.warn(f"dropped {len(dropped)} unknown item id(s), e.g. {dropped[:3]}", stacklevel=2)
-        offsets = np.concatenate([[0], np.cumsum([len(row) for row in rows])]).astype(np.int64)
-        dense = np.asarray([i for row in rows for i in row], np.int64)
         users = self.user_vectors(offsets, dense, user_features, batch_size)
         seen = [set(dense[offsets[u]:offsets[u + 1]].tolist()) for u in range(len(offsets) - 1)] if exclude_seen else None
         fetch = k + (max((len(s) for s in seen), default=0) if seen else 0)

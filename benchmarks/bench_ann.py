@@ -84,8 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("--kinds", default="hnsw,ivfpq", help="ANN indexes measured against exact search")
     p.add_argument("--hnsw_max", type=int, default=1_000_000, help="largest catalogue HNSW is built for")
     p.add_argument("--ef_search", default="128,256,512,1024", help="HNSW efSearch values tried")
-    p.add_argument("--hnsw_m", type=int, default=32, help="HNSW graph degree")
-    p.add_argument("--ef_construction", type=int, default=64, help="HNSW build beam width")
+    p.add_argument("--hnsw_m", default="32", help="HNSW graph degree(s): every M x efConstruction pair is built")
+    p.add_argument("--ef_construction", default="64", help="HNSW build beam width(s)")
     p.add_argument("--nprobe", default="32,128", help="IVF-PQ nprobe values tried")
     p.add_argument("--nlist", type=int, default=4096, help="IVF lists (the paper's 4096), at most 4 sqrt(n)")
     p.add_argument("--refine", type=int, default=0, help="IVF-PQ: re-rank refine*K candidates exactly (0 = off)")
@@ -103,6 +103,11 @@ def main(argv=None) -> int:
         faiss.omp_set_num_threads(args.threads)
     if args.quick:
         args.queries, args.repeats = 256, 1
+    hnsw_ms = [int(v) for v in args.hnsw_m.split(",")]
+    ef_constructions = [int(v) for v in args.ef_construction.split(",")]
+    if min(hnsw_ms + ef_constructions) < 1:
+        raise SystemExit(f"--hnsw_m and --ef_construction must be positive integers, got {args.hnsw_m!r} and "
+                         f"{args.ef_construction!r}")
     print(f"# bench_ann: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} faiss threads, d={args.dim}, "
           f"K={args.k}, {args.queries} queries, batch {args.batch}")
@@ -126,12 +131,15 @@ def main(argv=None) -> int:
               f"{1.0:>16.1f}x {build:>8.1f}", flush=True)
         del flat
         wanted = args.kinds.split(",")
-        kinds = [k for k in ("hnsw", "ivfpq") if k in wanted and (k != "hnsw" or n <= args.hnsw_max)]
-        for kind in kinds:
+        # One build per HNSW graph (M, efConstruction) asked for, then IVF-PQ once; all against the exact run above.
+        builds = [("hnsw", m, efc) for m in hnsw_ms for efc in ef_constructions] if "hnsw" in wanted \
+            and n <= args.hnsw_max else []
+        builds += [("ivfpq", 0, 0)] if "ivfpq" in wanted else []
+        for kind, hnsw_m, ef_construction in builds:
             t = time.perf_counter()
             nlist = min(args.nlist, int(4 * np.sqrt(n)))
             big = n > args.hnsw_max  # past HNSW's range: an HNSW coarse quantiser and 10 k-means iterations
-            ann = ANNIndex.build(items, kind, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, nlist=nlist,
+            ann = ANNIndex.build(items, kind, hnsw_m=hnsw_m or 32, ef_construction=ef_construction or 64, nlist=nlist,
                                  coarse="hnsw" if big else "flat", kmeans_iters=10 if big else None,
                                  train_size=160_000 if big else 200_000, refine=args.refine)
             build = time.perf_counter() - t
@@ -145,7 +153,7 @@ def main(argv=None) -> int:
                 knob = abs(knob)
                 if kind == "hnsw":
                     ann.index.hnsw.efSearch = max(knob, args.k)
-                    name = f"hnsw M{args.hnsw_m} efC{args.ef_construction} ef{max(knob, args.k)}{suffix}"
+                    name = f"hnsw M{hnsw_m} efC{ef_construction} ef{max(knob, args.k)}{suffix}"
                 else:
                     ivf = faiss.extract_index_ivf(ann.index)
                     ivf.nprobe = min(knob, ann.params["nlist"])

@@ -29,3 +29,13 @@ def test_tuned_rows_are_measured_on_the_benchmark_queries(load_benchmark, capsys
     assert bench.main(TINY + ["--kinds", "hnsw", "--tune_queries", "64", "--target_recall", "0.9"]) == 0
     tuned = re.search(r"3000 hnsw M32 efC64 ef(\d+) \(tuned, ([01]\.\d{4})\)\s+([01]\.\d{4})", capsys.readouterr().out)
     assert tuned and float(tuned.group(2)) >= 0.9  # the recall on the tuning queries; the row's is measured
+
+
+def test_every_hnsw_graph_asked_for_is_built_and_measured(load_benchmark, capsys):
+    bench = load_benchmark("bench_ann")
+    assert bench.main(TINY + ["--kinds", "hnsw", "--hnsw_m", "8,16", "--ef_construction", "16,40"]) == 0
+    out = capsys.readouterr().out
+    graphs = set(re.findall(r"^\s+3000 hnsw (M\d+ efC\d+) ef\d+", out, re.M))
+    assert graphs == {"M8 efC16", "M8 efC40", "M16 efC16", "M16 efC40"}
+    with pytest.raises(SystemExit, match="--hnsw_m and --ef_construction must be positive"):
+        bench.main(TINY + ["--hnsw_m", "0"])

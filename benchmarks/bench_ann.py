@@ -132,14 +132,14 @@ def main(argv=None) -> int:
         del flat
         wanted = args.kinds.split(",")
         # One build per HNSW graph (M, efConstruction) asked for, then IVF-PQ once; all against the exact run above.
-        builds = [("hnsw", m, efc) for m in hnsw_ms for efc in ef_constructions] if "hnsw" in wanted \
-            and n <= args.hnsw_max else []
-        builds += [("ivfpq", 0, 0)] if "ivfpq" in wanted else []
-        for kind, hnsw_m, ef_construction in builds:
+        builds = [("hnsw", {"hnsw_m": m, "ef_construction": efc}) for m in hnsw_ms for efc in ef_constructions] \
+            if "hnsw" in wanted and n <= args.hnsw_max else []
+        builds += [("ivfpq", {})] if "ivfpq" in wanted else []
+        for kind, graph in builds:
             t = time.perf_counter()
             nlist = min(args.nlist, int(4 * np.sqrt(n)))
             big = n > args.hnsw_max  # past HNSW's range: an HNSW coarse quantiser and 10 k-means iterations
-            ann = ANNIndex.build(items, kind, hnsw_m=hnsw_m or 32, ef_construction=ef_construction or 64, nlist=nlist,
+            ann = ANNIndex.build(items, kind, **graph, nlist=nlist,
                                  coarse="hnsw" if big else "flat", kmeans_iters=10 if big else None,
                                  train_size=160_000 if big else 200_000, refine=args.refine)
             build = time.perf_counter() - t
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
                 knob = abs(knob)
                 if kind == "hnsw":
                     ann.index.hnsw.efSearch = max(knob, args.k)
-                    name = f"hnsw M{hnsw_m} efC{ef_construction} ef{max(knob, args.k)}{suffix}"
+                    name = f"hnsw M{graph['hnsw_m']} efC{graph['ef_construction']} ef{max(knob, args.k)}{suffix}"
                 else:
                     ivf = faiss.extract_index_ivf(ann.index)
                     ivf.nprobe = min(knob, ann.params["nlist"])

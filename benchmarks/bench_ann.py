@@ -91,6 +91,9 @@ def main(argv=None) -> int:
     p.add_argument("--refine", type=int, default=0, help="IVF-PQ: re-rank refine*K candidates exactly (0 = off)")
     p.add_argument("--max_gb", type=float, default=8.0, help="skip sizes whose vectors need more memory")
     p.add_argument("--threads", type=int, default=None, help="faiss OpenMP threads (default: faiss's)")
+    p.add_argument("--build_threads", type=int, default=None,
+                   help="faiss threads while an ANN index is built (default: --threads); searches keep "
+                        "--threads, so a 10M graph can be built on every core and timed on one")
     p.add_argument("--tune_queries", type=int, default=0,
                    help="> 0: also tune each index (ANNIndex.tune) to --target_recall on this many other "
                         "queries and measure the tuned setting on the benchmark's queries")
@@ -101,6 +104,8 @@ def main(argv=None) -> int:
     faiss = import_faiss()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
+    search_threads = faiss.omp_get_max_threads()
+    build_threads = args.build_threads or search_threads
     if args.quick:
         args.queries, args.repeats = 256, 1
     hnsw_ms = [int(v) for v in args.hnsw_m.split(",")]
@@ -109,7 +114,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--hnsw_m and --ef_construction must be positive integers, got {args.hnsw_m!r} and "
                          f"{args.ef_construction!r}")
     print(f"# bench_ann: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} faiss threads, d={args.dim}, "
+          f"faiss {faiss.__version__}, {search_threads} faiss threads searching, {build_threads} building, d={args.dim}, "
           f"K={args.k}, {args.queries} queries, batch {args.batch}")
     header = f"{'items':>10} {'index':<22} {'recall@' + str(args.k):>10} {'ms/query (batch)':>17} " \
              f"{'ms/query (single)':>18} {'speed-up (batch)':>17} {'build s':>8}"
@@ -136,6 +141,7 @@ def main(argv=None) -> int:
             if "hnsw" in wanted and n <= args.hnsw_max else []
         builds += [("ivfpq", {})] if "ivfpq" in wanted else []
         for kind, graph in builds:
+            faiss.omp_set_num_threads(build_threads)
             t = time.perf_counter()
             nlist = min(args.nlist, int(4 * np.sqrt(n)))
             big = n > args.hnsw_max  # past HNSW's range: an HNSW coarse quantiser and 10 k-means iterations
@@ -143,6 +149,7 @@ def main(argv=None) -> int:
                                  coarse="hnsw" if big else "flat", kmeans_iters=10 if big else None,
                                  train_size=160_000 if big else 200_000, refine=args.refine)
             build = time.perf_counter() - t
+            faiss.omp_set_num_threads(search_threads)
             knobs = [int(v) for v in (args.ef_search if kind == "hnsw" else args.nprobe).split(",")]
             if args.tune_queries:  # tuned on queries the rows below do not use: does the choice carry over?
                 tuned = ann.tune(items, make_queries(items, args.tune_queries, seed=n + 1), k=args.k,

@@ -39,3 +39,27 @@ def test_every_hnsw_graph_asked_for_is_built_and_measured(load_benchmark, capsys
     assert graphs == {"M8 efC16", "M8 efC40", "M16 efC16", "M16 efC40"}
     with pytest.raises(SystemExit, match="--hnsw_m and --ef_construction must be positive"):
         bench.main(TINY + ["--hnsw_m", "0"])
+
+
+def test_indexes_are_built_on_build_threads_and_searched_on_threads(load_benchmark, capsys, monkeypatch):
+    bench = load_benchmark("bench_ann")
+    faiss = pytest.importorskip("faiss")
+    seen = {"build": set(), "search": set()}
+    build = bench.ANNIndex.build.__func__
+    search = bench.ANNIndex.search
+
+    def spy_build(cls, items, kind, **kw):
+        if kind != "flat":
+            seen["build"].add(faiss.omp_get_max_threads())
+        return build(cls, items, kind, **kw)
+
+    def spy_search(self, queries, k):
+        if self.kind != "flat":
+            seen["search"].add(faiss.omp_get_max_threads())
+        return search(self, queries, k)
+
+    monkeypatch.setattr(bench.ANNIndex, "build", classmethod(spy_build))
+    monkeypatch.setattr(bench.ANNIndex, "search", spy_search)
+    assert bench.main(TINY + ["--build_threads", "2"]) == 0
+    assert "1 faiss threads searching, 2 building" in capsys.readouterr().out
+    assert seen == {"build": {2}, "search": {1}}

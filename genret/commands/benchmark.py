@@ -18,6 +18,9 @@ seed, only the weights' initialisation, batch order and dropout change. metrics.
 per variant, the mean and sd over seeds of the validation and test metrics and the paired per-user
 difference to DualGR with a 95% interval (genret.eval.ablations), under "ablations"; the top-level
 "val" / "test" are the means. `--seeds 1` (the default) writes what it always did plus that summary.
+Under `--protocol looc` (DualGR / TIGER-style) the cold and warm users' blocks are the means over
+the seeds and "vs_content" is the cold users' paired difference to the content-only baseline over
+the seeds, with every seed's numbers under "looc_seeds" (genret.eval.looc_seeds).
 
 `--resume` reads back every run already finished in DIR with the same settings (its
 run_result.json) and trains only the others: a long `--ablations --seeds 3` job can be stopped and
@@ -155,6 +158,7 @@ def main(argv: list[str]) -> int:
     from genret.eval import benchmark as runs
     from genret.eval import format_ablation_table, format_metrics_table, write_metrics, write_report
     from genret.eval.ablations import format_ablation_summary, format_group_summary, summarize_ablations
+    from genret.eval.looc_seeds import format_looc_seeds, summarize_looc_seeds
     from genret.eval.distributed import init_from_env, is_main_process
     from genret.eval.report import code_version
     from genret.families import get_family, load_class
@@ -173,8 +177,8 @@ def main(argv: list[str]) -> int:
     if args.protocol == "looc":
         if not family.scores_cold_items:
             return _cannot_score_cold(args, out, ks)
-        if family.kind == "generative" and (args.ablations or len(seeds) > 1):
-            parser.error("--protocol looc writes the cold / warm blocks of one run: drop --ablations and --seeds")
+        if family.kind == "generative" and args.ablations:
+            parser.error("--protocol looc writes the cold / warm blocks of one model: drop --ablations")
         overrides = [*overrides, "--data.protocol", "looc"]
     if sweep is not None and family.kind != "generative":  # RetrievalFormer: no SID stage to build first
         return _run_sweep(args, sweep, seeds, pass_seeds, overrides, ks, out, started)
@@ -250,6 +254,14 @@ def main(argv: list[str]) -> int:
     baselines.update({name: {k: r[k] for k in ("val", "test", "train_seconds", "note") if k in r}
                       for name, r in variant_metrics.items() if name != args.model})
     baselines.update(main_res.get("baselines", {}))  # --protocol looc: the content baseline
+    looc_extra, looc_summary = {}, None
+    if args.protocol == "looc" and len(seeds) > 1:
+        # The cold / warm blocks and the paired difference to the content baseline over the seeds.
+        looc_summary = summarize_looc_seeds({seed: runs_by_seed[seed][args.model] for seed in seeds})
+        looc_extra = {block: looc_summary[block]["mean"] | {"n_users": looc_summary[block]["n_users"]}
+                      for block in ("cold", "warm", "cold_val") if block in looc_summary}
+        looc_extra.update(vs_content=looc_summary["vs_content"], looc_seeds=looc_summary)
+        baselines["content"] = looc_summary["content"]
     if not is_main_process():
         return 0
     metrics = write_metrics(out / "metrics.json", model=args.model, dataset=main_res["dataset"],
@@ -263,8 +275,11 @@ def main(argv: list[str]) -> int:
                                    **({"short_weight": main_res["short_weight"]} if "short_weight" in main_res else {}),
                                    **({"sid_embeddings": sid_stage} if sid_stage else {}),
                                    **({"evaluated_checkpoint": str(args.checkpoint)} if args.checkpoint else {}),
-                                   **main_res.get("extra", {})})  # --protocol looc: cold / warm blocks
+                                   **main_res.get("extra", {}),  # --protocol looc: cold / warm blocks
+                                   **looc_extra})  # ... and over several seeds, their means
     sections = [("Table 2 over seeds" if args.ablations else "Seeds", format_ablation_summary(summary))]
+    if looc_summary is not None:
+        sections.append(("Cold start over seeds", format_looc_seeds(looc_summary)))
     if groups:
         sections.append(("On the users whose history holds exposure negatives", format_group_summary(summary)))
     report = write_report(out, metrics, train_log_csv=_latest_metrics_csv(out), sections=sections)
@@ -276,6 +291,8 @@ def main(argv: list[str]) -> int:
                                     ranks={name: r["test_ranks"] for name, r in results.items()}))
     if len(seeds) > 1:
         print(format_ablation_summary(summary))
+    if looc_summary is not None:
+        print(format_looc_seeds(looc_summary))
     if groups:
         print(format_group_summary(summary))
     print(f"[genret] wrote {out / 'metrics.json'} and {report} in {time.perf_counter() - started:.0f} s")

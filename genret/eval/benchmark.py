@@ -209,7 +209,8 @@ def _looc_result(dm, retriever, ranked_by_stage: dict[str, np.ndarray], result: 
     """metrics.json's LOOC blocks of a generative run, as RetrievalFormer writes them: "cold" and
     "warm" (= "test": the warm users), "cold_val" (the validation cold users, with a cold
     validation set), the split's sizes, the content baseline (on the same users) with the paired
-    difference to it ("vs_content") and how the cold items' SIDs sit in the index. `test` False (a
+    difference to it ("vs_content") and how the cold items' SIDs sit in the index; beside them the
+    baseline's per-user ranks ("content_cold_ranks", "content_cold_val_ranks"). `test` False (a
     validation-only run): "cold_val" only, of the model and of the baseline."""
     from genret.data.item_features import content_tfidf
     from genret.eval.retrievalformer_benchmark import looc_blocks
@@ -219,7 +220,7 @@ def _looc_result(dm, retriever, ranked_by_stage: dict[str, np.ndarray], result: 
     content, _ = content_tfidf(dm.cold_split.log, dm.sid.content_features, fit_items=np.arange(n_warm))
     blocks = looc_blocks(dm, ks, cold_ranked=ranked_by_stage.get("cold"),
                          cold_valid_ranked=ranked_by_stage.get("cold_valid"), content=content,
-                         max_users=max_eval_users, test=test)
+                         max_users=max_eval_users, test=test, with_content_ranks=True)
     codes = retriever.model.item_codes.cpu().numpy()
     warm_sids = {tuple(c) for c in codes[:n_warm].tolist()}
     shared = sum(tuple(c) in warm_sids for c in codes[n_warm:].tolist())
@@ -231,7 +232,10 @@ def _looc_result(dm, retriever, ranked_by_stage: dict[str, np.ndarray], result: 
     extra.update(looc=blocks["looc"],
                  cold_start={"cold_items_added": int(len(codes) - n_warm), "sharing_a_warm_sid": int(shared),
                              "sid_source": dm.sid_report.get("embedding_source")})
-    return {"extra": extra, "baselines": blocks["baselines"]}
+    # The baseline's per-user ranks go in the run record (not metrics.json): `--seeds` pairs the model
+    # with them over seeds (genret.eval.looc_seeds).
+    ranks = {f"content_{name}_ranks": r for name, r in blocks.get("content_ranks", {}).items()}
+    return {"extra": extra, "baselines": blocks["baselines"], **ranks}
 
 
 def run_embedding(family: str, config: str | Path, out_dir: Path, data: str | None = None,

@@ -182,7 +182,7 @@ def run_retrievalformer(family: str, config: str | Path, out_dir: Path, data: st
 
 def looc_blocks(dm, ks, model=None, cold_ranked: np.ndarray | None = None, content=None,
                 max_users: int | None = None, cold_valid_ranked: np.ndarray | None = None,
-                test: bool = True) -> dict[str, Any]:
+                test: bool = True, with_content_ranks: bool = False) -> dict[str, Any]:
     """The cold block of a model (if given), the content baseline's cold / warm blocks, the split's sizes;
     with a cold validation set (`eval_sets["cold_valid"]`) also "cold_val" (the model's) and the
     baseline's "cold_val", with the same keys as "cold"; "vs_content": the model's paired HR@K
@@ -197,6 +197,8 @@ def looc_blocks(dm, ks, model=None, cold_ranked: np.ndarray | None = None, conte
         max_users: the baseline ranks only the first users of each set, as the model was evaluated.
         test: False for a validation-only run (a sweep): nothing of the cold or warm test users is
             read, only "cold_val" and the split's sizes are written.
+        with_content_ranks: also return "content_ranks": {"cold" / "cold_val": the baseline's (m,)
+            target ranks on the users the model was paired with}, for pairing over seeds.
     """
     if np.isin(dm.train_log.item, dm.cold_split.cold_items).any():
         raise RuntimeError("LOOC: a cold item is in the training log")
@@ -225,6 +227,8 @@ def looc_blocks(dm, ks, model=None, cold_ranked: np.ndarray | None = None, conte
             targets = sets[name].targets[:m]
             mine, theirs = target_ranks(ranked[name][:m], targets), target_ranks(lists[name][:m], targets)
             paired[name] = {}
+            if with_content_ranks:
+                out.setdefault("content_ranks", {})[name] = theirs
             for k in ks:
                 diff, half = paired_hit_difference(mine, theirs, k)
                 paired[name][f"hr@{k}"] = {"diff": diff, "ci95": [diff - half, diff + half], "n_users": int(m)}

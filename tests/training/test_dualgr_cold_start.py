@@ -524,6 +524,54 @@ def test_benchmark_looc_writes_cold_and_warm_blocks(tiny_ml, tmp_path, family, m
               str(CONFIG.parent / "dualgr_ml1m.yaml"), "--out", str(tmp_path / "bad"), "--protocol", "looc"])
 
 
+def test_benchmark_looc_over_seeds_averages_the_blocks_and_pairs_with_the_content_baseline(tiny_ml, tmp_path):
+    from genret.cli import main
+
+    out = tmp_path / "seeds"
+    argv = ["benchmark", "--model", "dualgr", "--data", str(tiny_ml), "--config", str(CONFIG), "--out", str(out),
+            "--protocol", "looc", "--ks", "5,20", "--trainer.max_epochs", "1", "--data.cold_seed_users", "8",
+            "--data.sid.codebook_size", str(K), "--data.sid.embedding_dim", "8", "--data.sid.cache_dir", "null",
+            "--data.side_features", "[]", "--kernel", "torch"]
+    assert main([*argv, "--seeds", "2"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    runs = {s: json.loads((out / f"seed_{s}" / "run_result.json").read_text())["result"] for s in (0, 1)}
+    assert metrics["seeds"] == [0, 1] and runs[0]["seed"] != runs[1]["seed"]
+    for block, key in (("cold", "cold"), ("warm", "test")):
+        assert metrics[block]["recall@20"] == pytest.approx(np.mean([r[key]["recall@20"] for r in runs.values()]))
+        assert metrics[block]["n_users"] == runs[0][key]["n_users"] > 0
+    # The baseline is the same on both seeds' users; the model's difference to it over seeds is the
+    # difference of the means, and every seed keeps its own run's interval.
+    content = metrics["baselines"]["content"]["cold"]
+    assert content["hr@20"] == runs[0]["baselines"]["content"]["cold"]["hr@20"]
+    paired = metrics["vs_content"]["cold"]["hr@20"]
+    assert paired["n_seeds"] == 2 and paired["diff"] == pytest.approx(metrics["cold"]["hr@20"] - content["hr@20"])
+    assert paired["ci95"][0] <= paired["diff"] <= paired["ci95"][1]
+    per_seed = metrics["looc_seeds"]["per_seed"]
+    assert [per_seed[str(s)]["vs_content"]["cold"]["hr@20"]["diff"] for s in (0, 1)] == pytest.approx(
+        paired["per_seed"])
+    assert "Cold start over seeds" in (out / "report.md").read_text()
+    with pytest.raises(SystemExit):  # Table 2 under LOOC is not a thing this command writes
+        main([*argv, "--ablations"])
+
+
+def test_looc_seed_summary_refuses_runs_of_different_splits():
+    from genret.eval.looc_seeds import summarize_looc_seeds
+
+    def run(n, hits):
+        block = {"hr@20": hits / n, "recall@20": hits / n, "n_users": n}
+        ranks = np.r_[np.zeros(hits, int), -np.ones(n - hits, int)]
+        return {"cold": block, "test": block, "cold_ranks": ranks, "content_cold_ranks": np.full(n, -1),
+                "baselines": {"content": {"cold": dict(block, **{"hr@20": 0.0, "recall@20": 0.0})}}}
+    summary = summarize_looc_seeds({0: run(10, 4), 1: run(10, 2)})
+    assert summary["cold"]["mean"]["recall@20"] == pytest.approx(0.3)
+    assert summary["vs_content"]["cold"]["hr@20"]["diff"] == pytest.approx(0.3)
+    assert summary["vs_content"]["cold"]["hr@20"]["per_seed"] == pytest.approx([0.4, 0.2])
+    with pytest.raises(ValueError, match="different numbers of cold users"):
+        summarize_looc_seeds({0: run(10, 4), 1: run(12, 2)})
+    with pytest.raises(ValueError, match="no cold users' results"):
+        summarize_looc_seeds({0: {"test": {"hr@20": 0.1}}})
+
+
 def test_benchmark_looc_cold_validation_too_large_names_the_fix(tiny_ml, tmp_path):
     from genret.cli import main
     from genret.data.interactions import DataError

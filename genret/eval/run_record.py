@@ -29,7 +29,7 @@ RECORD_NAME = "run_result.json"
 STARTED_NAME = "run_started.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"  # genret.training.run.set_checkpointing writes it every epoch
 RECORD_VERSION = 1
-_RANKS = ("val_ranks", "test_ranks")
+_RANKS = ("val_ranks", "test_ranks", "cold_ranks", "cold_val_ranks", "content_cold_ranks", "content_cold_val_ranks")
 
 
 def config_digest(config) -> str:

@@ -158,8 +158,8 @@ def main(argv: list[str]) -> int:
     from genret.eval import benchmark as runs
     from genret.eval import format_ablation_table, format_metrics_table, write_metrics, write_report
     from genret.eval.ablations import format_ablation_summary, format_group_summary, summarize_ablations
-    from genret.eval.looc_seeds import format_looc_seeds, summarize_looc_seeds
     from genret.eval.distributed import init_from_env, is_main_process
+    from genret.eval.looc_seeds import format_looc_seeds, summarize_looc_seeds
     from genret.eval.report import code_version
     from genret.families import get_family, load_class
 

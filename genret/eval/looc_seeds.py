@@ -14,8 +14,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from genret.eval.ablations import _METRIC, _mean_sd
+from genret.eval.ablations import _mean_sd
 from genret.eval.metrics import paired_hit_difference_over_seeds
+from genret.eval.report import _ks_in, _render_table, format_interval
 
 __all__ = ["summarize_looc_seeds", "format_looc_seeds"]
 
@@ -65,10 +66,10 @@ def summarize_looc_seeds(runs: Mapping[int, Mapping[str, Any]]) -> dict[str, Any
             out["content"][block] = _mean_sd(content)["mean"] | {"n_users": content[0].get("n_users")}
         ranks, base = f"{block}_ranks", f"content_{block}_ranks"
         if block != "warm" and all(ranks in r and base in r for r in per):
-            ks = sorted(int(m.group(2)) for n in out[block]["mean"] if (m := _METRIC.fullmatch(n)) and m.group(1) == "hr")
             out["vs_content"][block] = {
                 f"hr@{k}": paired_hit_difference_over_seeds([np.asarray(r[ranks]) for r in per],
-                                                            [np.asarray(r[base]) for r in per], k) for k in ks}
+                                                            [np.asarray(r[base]) for r in per], k)
+                for k in _ks_in([out[block]["mean"]], "hr")}
     for s, r in zip(seeds, per):
         own = {block: dict(r[key]) for block, key in _BLOCKS.items() if key in r}
         vs = r.get("extra", {}).get("vs_content")
@@ -79,8 +80,6 @@ def summarize_looc_seeds(runs: Mapping[int, Mapping[str, Any]]) -> dict[str, Any
 def format_looc_seeds(summary: Mapping[str, Any], k: int = 20) -> str:
     """One row per seed and a mean ± sd row: cold / warm Recall@k and the cold users' HR@k minus the
     content baseline's (points, 95%: the seed's own interval, the mean row's clustered over seeds)."""
-    from genret.eval.report import _render_table
-
     blocks = [b for b in ("cold", "warm", "cold_val") if b in summary]
     paired = [b for b in ("cold", "cold_val") if b in summary["vs_content"]]
     name = f"recall@{k}"
@@ -88,10 +87,7 @@ def format_looc_seeds(summary: Mapping[str, Any], k: int = 20) -> str:
               *(f"{b.replace('_', ' ')} HR@{k} - content (pts)" for b in paired)]
 
     def interval(d: Mapping[str, Any] | None) -> str:
-        if not d:
-            return "-"
-        low, high = d["ci95"]
-        return f"{100 * d['diff']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+        return format_interval(d) if d else "-"
 
     body = []
     for seed, run in summary["per_seed"].items():

@@ -62,7 +62,9 @@ class Retriever:
         content_term, content_weight: rank by the content baseline's score + content_weight x the
             beams' probability (genret.models.content_term; an addition beyond the paper). The
             weight defaults to the model config's `content_weight`; > 0 needs the term's item rows,
-            which a checkpoint trained with it carries.
+            which a checkpoint trained with it carries. The config's `content_prefix_weight` /
+            `content_prefix_depth` (`set_content_term` overrides them) add the beams' probability
+            of each item's SID prefix too (genret.models.content_term.PrefixTerm).
 
     Attributes:
         item_ids: (n_items,) raw id of each dense item index.
@@ -113,18 +115,35 @@ class Retriever:
         self.branch_merge = branch_merge
         self.content_term: ContentTerm | None = None
         self.content_weight = 0.0
-        self.set_content_term(model.cfg.content_weight if content_weight is None else content_weight, content_term)
+        self.content_prefix_weight, self.content_prefix_depth = 0.0, model.cfg.content_prefix_depth
+        self._prefix_term = None  # PrefixTerm over the index it was built from (rebuilt when items are added)
+        self.set_content_term(model.cfg.content_weight if content_weight is None else content_weight, content_term,
+                              prefix_weight=model.cfg.content_prefix_weight)
 
-    def set_content_term(self, weight: float, term: ContentTerm | None = None) -> None:
+    def set_content_term(self, weight: float, term: ContentTerm | None = None, prefix_weight: float | None = None,
+                         prefix_depth: int | None = None) -> None:
         """Rank with the content term at `weight` (0: the beams' own order); `term` (item rows for the
         whole catalogue, e.g. `SequenceDataModule.content_term()`) replaces the rows held, if given.
+        `prefix_weight` / `prefix_depth` (default: as they are) weigh the beams' probability of each
+        item's SID prefix in that ranking (genret.models.content_term.PrefixTerm; 0 = off).
 
         Raises:
-            ValueError: a negative weight, or a positive one without rows for every catalogue item.
+            ValueError: a negative weight, or a positive one without rows for every catalogue item; a
+                positive prefix weight without the content term, or a depth that is not a proper prefix.
         """
         weight = float(weight)
         if not weight >= 0.0:
             raise ValueError(f"content_weight must be >= 0 (0 = the beams' own order), got {weight}")
+        prefix_weight = self.content_prefix_weight if prefix_weight is None else float(prefix_weight)
+        prefix_depth = self.content_prefix_depth if prefix_depth is None else int(prefix_depth)
+        if not prefix_weight >= 0.0:
+            raise ValueError(f"content_prefix_weight must be >= 0 (0 = off), got {prefix_weight}")
+        if prefix_weight > 0 and weight == 0:
+            raise ValueError("content_prefix_weight > 0 acts inside the content term's ranking: give content_weight "
+                             "> 0 as well")
+        if prefix_weight > 0 and not 1 <= prefix_depth < self.index.n_levels:
+            raise ValueError(f"content_prefix_depth must lie in [1, {self.index.n_levels - 1}] (a proper SID "
+                             f"prefix), got {prefix_depth}")
         term = self.content_term if term is None else term
         if weight > 0:
             if term is None:
@@ -135,6 +154,8 @@ class Retriever:
                 raise ValueError(f"the content term has rows for {term.n_items} items, the catalogue holds "
                                  f"{len(self.item_ids)}")
         self.content_term, self.content_weight = term, weight
+        self.content_prefix_weight, self.content_prefix_depth = prefix_weight, prefix_depth
+        self._prefix_term = None
 
     @property
     def uses_content(self) -> bool:
@@ -217,7 +238,9 @@ class Retriever:
             "new_items": self.new_items.state_dict() if self.new_items is not None else None,
             "content_term": self.content_term.state_dict() if self.content_term is not None else None,
         }
-        config = dataclasses.asdict(self.model.cfg) | {"content_weight": self.content_weight}
+        config = dataclasses.asdict(self.model.cfg) | {"content_weight": self.content_weight,
+                                                       "content_prefix_weight": self.content_prefix_weight,
+                                                       "content_prefix_depth": self.content_prefix_depth}
         extra = {"version": CHECKPOINT_VERSION, "family": "dualgr", "config": config, "catalogue": catalogue}
         return write_export(self.model.state_dict(), extra, out_dir)
 
@@ -276,7 +299,17 @@ class Retriever:
         if not self.uses_content:
             return items, scores
         return self.content_term.rank(hist.offsets.cpu().numpy(), hist.items.cpu().numpy(), items, scores,
-                                      self.content_weight, k)
+                                      self.content_weight, k, prefix=self._prefix())
+
+    def _prefix(self):
+        """The PrefixTerm over the current index (None when its weight is 0), built once per catalogue."""
+        if self.content_prefix_weight == 0:
+            return None
+        if self._prefix_term is None:
+            from genret.models.content_term import PrefixTerm
+
+            self._prefix_term = PrefixTerm.from_index(self.index, self.content_prefix_depth, self.content_prefix_weight)
+        return self._prefix_term
 
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 500, unknown: str = "error",
                  batch_size: int = 64, side: dict[str, Sequence[Sequence[Any]]] | None = None, *,
@@ -440,6 +473,7 @@ class Retriever:
         if codes.shape != (len(raw_ids), self.model.cfg.n_levels):
             raise ValueError(f"codes must have shape ({len(raw_ids)}, {self.model.cfg.n_levels}), got {tuple(codes.shape)}")
         self.index = self.index.add_items(codes)
+        self._prefix_term = None  # its leaf / prefix ids cover the old catalogue
         self.model.set_item_codes(torch.cat([self.model.item_codes.cpu(), codes]))
         self.item_ids = np.concatenate([self.item_ids, new_ids])  # a longer string id widens the dtype
         self._item_index = requests.item_lookup(self.item_ids)  # rebuilt: its sorted-id cache must see them

@@ -29,7 +29,7 @@ import torch
 from genret.data.item_features import ItemFeatureEncoder, RawFeatures, content_tfidf
 from genret.tokenizers.content_vectors import csr_from_state, csr_state, known_tfidf_rows
 
-__all__ = ["NO_CONTENT", "ContentTerm", "history_content", "history_content_scores"]
+__all__ = ["NO_CONTENT", "ContentTerm", "PrefixTerm", "history_content", "history_content_scores"]
 
 # What a content recipe does on a data set without item content (e.g. an Amazon category with
 # sequential.txt alone): it runs, ranks by the beams alone, and says so.
@@ -149,16 +149,20 @@ class ContentTerm:
         return np.asarray(((mean @ self.rows) @ self._rows_t).todense(), dtype=np.float32)
 
     def rank(self, offsets: np.ndarray, history: np.ndarray, items: torch.Tensor, log_probs: torch.Tensor,
-             weight: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+             weight: float, k: int, prefix: "PrefixTerm | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The blended top k per user, history items left out.
 
-        items, log_probs (U, M): the generative model's list (-1 / -inf padded). Returns (U, k)
+        items, log_probs (U, M): the generative model's list (-1 / -inf padded). `prefix`: also add
+        its weight x the beams' probability of each item's SID prefix (`PrefixTerm`). Returns (U, k)
         items (-1 where fewer unseen items exist) and their blended scores, on the list's device.
         """
         scores = torch.from_numpy(self.scores(offsets, history))
         listed = items.cpu() >= 0
         users = torch.arange(items.shape[0]).unsqueeze(1).expand_as(items)[listed]
-        scores[users, items.cpu()[listed]] += weight * log_probs.cpu()[listed].float().exp()
+        probs = log_probs.cpu()[listed].float().exp()
+        scores[users, items.cpu()[listed]] += weight * probs
+        if prefix is not None and prefix.weight > 0:
+            scores += prefix.weight * prefix.mass(users, items.cpu()[listed], probs, items.shape[0])
         lengths = np.diff(np.asarray(offsets, np.int64))
         owner = torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths))
         scores[owner, torch.as_tensor(np.asarray(history, np.int64))] = float("-inf")
@@ -175,3 +179,56 @@ class ContentTerm:
     def from_state_dict(cls, state: dict[str, Any]) -> "ContentTerm":
         return cls(ItemFeatureEncoder.from_state_dict(state["encoder"]),
                    [torch.as_tensor(i).numpy() for i in state["idf"]], csr_from_state(state))
+
+
+class PrefixTerm:
+    """The beams' probability of each item's SID prefix, for the content term's ranking (beyond the paper).
+
+    The content term lifts an item by the probability of its own SID, which the beams give almost
+    only to items training made likely; an item added after training (a cold item) on a SID of its
+    own, or behind a warm item on a shared one, gets little of it. Its first codes, though, place it
+    in a region of the catalogue, and the beams say which regions they expect. This term adds, to
+    every item, `weight` x the probability the beams' list puts on its depth-`depth` prefix (the sum
+    over the distinct listed SIDs that start with it), so the content score decides inside the
+    regions the generator expects. The list holds the beams' top items only: the mass is the part
+    of the prefix's probability those items carry.
+
+    Args:
+        item_leaf: (n_items,) each item's leaf (full SID) id in the SID index (`SIDIndex.item_leaf`).
+        item_prefix: (n_items,) each item's depth-`depth` node id (`SIDIndex.node_of(codes[:, :depth])`).
+        weight: >= 0; 0 adds nothing.
+    """
+
+    def __init__(self, item_leaf: torch.Tensor, item_prefix: torch.Tensor, weight: float):
+        self.item_leaf = torch.as_tensor(item_leaf, dtype=torch.long).cpu()
+        self.item_prefix = torch.as_tensor(item_prefix, dtype=torch.long).cpu()
+        if self.item_leaf.shape != self.item_prefix.shape or self.item_leaf.dim() != 1:
+            raise ValueError(f"item_leaf {tuple(self.item_leaf.shape)} and item_prefix "
+                             f"{tuple(self.item_prefix.shape)} must be two (n_items,) vectors")
+        if bool((self.item_prefix < 0).any()):
+            raise ValueError("every item needs a prefix node id (>= 0)")
+        self.weight = float(weight)
+        self.n_leaves = int(self.item_leaf.max()) + 1 if len(self.item_leaf) else 0
+        self.n_prefixes = int(self.item_prefix.max()) + 1 if len(self.item_prefix) else 0
+
+    @classmethod
+    def from_index(cls, index, depth: int, weight: float) -> "PrefixTerm":
+        """The term over a SIDIndex's items at prefix depth `depth` (1 .. n_levels - 1)."""
+        if not 1 <= depth < index.n_levels:
+            raise ValueError(f"content_prefix_depth must lie in [1, {index.n_levels - 1}] (a proper SID prefix), "
+                             f"got {depth}")
+        return cls(index.item_leaf, index.node_of(index.codes[:, :depth]), weight)
+
+    def mass(self, users: torch.Tensor, items: torch.Tensor, probs: torch.Tensor, n_users: int) -> torch.Tensor:
+        """(n_users, n_items) float32: per user, the listed probability of each item's prefix.
+
+        users, items, probs (M,): the listed (user, item, probability) triples. Items on one SID
+        carry that SID's probability each; it is counted once."""
+        leaf = self.item_leaf[items]
+        key = users * max(self.n_leaves, 1) + leaf
+        unique, inverse = torch.unique(key, return_inverse=True)
+        prob = torch.zeros(len(unique)).scatter_reduce(0, inverse, probs.float(), "amax", include_self=False)
+        node = torch.zeros(len(unique), dtype=torch.long).scatter(0, inverse, self.item_prefix[items])
+        mass = torch.zeros(n_users, max(self.n_prefixes, 1))
+        mass.index_put_((unique // max(self.n_leaves, 1), node), prob, accumulate=True)
+        return mass[:, self.item_prefix]

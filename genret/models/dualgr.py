@@ -82,6 +82,11 @@ class DualGRConfig:
     # by the content baseline's score plus this weight x the beams' probability; the checkpoint then
     # carries every item's TF-IDF rows. Training ignores it. 0: the beams' own order.
     content_weight: float = 0.0
+    # Ranking only, with the content term (genret.models.content_term.PrefixTerm): also add this
+    # weight x the beams' probability of each item's depth-`content_prefix_depth` SID prefix, so an
+    # item the beams did not list (a cold item among them) is lifted inside the regions they expect.
+    content_prefix_weight: float = 0.0
+    content_prefix_depth: int = 1
 
     def validate(self) -> None:
         if self.d_model % self.n_heads:
@@ -104,6 +109,14 @@ class DualGRConfig:
             raise ValueError(f"encoder_blocks must be >= 0, got {self.encoder_blocks}")
         if not self.content_weight >= 0.0:  # also refuses NaN
             raise ValueError(f"content_weight must be >= 0 (0 = no content term), got {self.content_weight}")
+        if not self.content_prefix_weight >= 0.0:
+            raise ValueError(f"content_prefix_weight must be >= 0 (0 = off), got {self.content_prefix_weight}")
+        if self.content_prefix_weight > 0 and not 1 <= self.content_prefix_depth < self.n_levels:
+            raise ValueError(f"content_prefix_depth must lie in [1, {self.n_levels - 1}] (a proper SID prefix), "
+                             f"got {self.content_prefix_depth}")
+        if self.content_prefix_weight > 0 and self.content_weight == 0:
+            raise ValueError("content_prefix_weight > 0 acts inside the content term's ranking: set content_weight "
+                             "> 0 as well")
 
 
 class DecoderBlock(nn.Module):

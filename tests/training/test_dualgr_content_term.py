@@ -201,6 +201,12 @@ def test_content_weight_is_swept_on_one_checkpoint(tiny_ml, tmp_path):
     plain = json.loads((tmp_path / "train" / "metrics.json").read_text())
     assert rows["0"]["val"]["mean"]["hr@20"] == plain["val"]["hr@20"]
     assert rows["0.000001"]["cold_val"]["mean"]["recall@20"] == sweep["content_cold_val"]["recall@20"]
+    # The prefix term's weight and depth sweep over the same checkpoint (with the content term on).
+    out = tmp_path / "prefix"
+    assert main([*common, "--out", str(out), "--checkpoint", ckpt, "--model.config.content_weight", "1",
+                 "--sweep", "model.config.content_prefix_weight=0,1"]) == 0
+    rows = json.loads((out / "metrics.json").read_text())["sweep"]["results"]
+    assert set(rows) == {"0", "1"} and rows["0"]["cold_val"]["mean"] != rows["1"]["cold_val"]["mean"]
 
 
 def test_add_items_cli_takes_features_beside_sids(tiny_ml, tmp_path):
@@ -280,3 +286,67 @@ def test_a_new_item_with_unknown_content_gets_no_content_score(tiny_ml, tmp_path
     assert retriever.content_term.rows[-1].nnz == 0 and retriever.content_term.n_items == dm.n_items + 1
     with pytest.raises(ValueError, match="unknown feature\\(s\\) \\['no_such_feature'\\]; this model describes items by"):
         retriever.add_items(raw_ids[1:2], codes[1:2], features=[{"no_such_feature": ["x"]}])
+
+
+def test_prefix_term_sums_each_listed_sid_once_over_its_prefix():
+    """PrefixTerm: every item gains the listed probability of its SID prefix; two items on one SID
+    carry that SID's probability once; items under an unlisted prefix gain nothing."""
+    from genret.models.content_term import PrefixTerm
+    from genret.tokenizers import SIDIndex
+
+    # Items 0 and 1 share SID (0, 0, 0); 2 is (0, 1, 0); 3 is (1, 0, 0); 4 is (0, 2, 1), never listed.
+    codes = torch.tensor([[0, 0, 0], [0, 0, 0], [0, 1, 0], [1, 0, 0], [0, 2, 1]])
+    index = SIDIndex.build(codes, 4)
+    depth1 = PrefixTerm.from_index(index, 1, 1.0)
+    users, items = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 2, 3])
+    probs = torch.tensor([0.4, 0.4, 0.1, 0.7])
+    mass = depth1.mass(users, items, probs, 2)
+    # User 0: prefix (0,) holds SID (0,0,0) once (0.4) and (0,1,0) (0.1); item 4 is under it too.
+    np.testing.assert_allclose(mass.numpy(), [[0.5, 0.5, 0.5, 0.0, 0.5], [0.0, 0.0, 0.0, 0.7, 0.0]], rtol=1e-6)
+    depth2 = PrefixTerm.from_index(index, 2, 1.0).mass(users, items, probs, 2)
+    np.testing.assert_allclose(depth2.numpy(), [[0.4, 0.4, 0.1, 0.0, 0.0], [0.0, 0.0, 0.0, 0.7, 0.0]], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"content_prefix_depth must lie in \[1, 2\]"):
+        PrefixTerm.from_index(index, 3, 1.0)
+
+
+def test_prefix_weight_lifts_an_unlisted_item_under_a_listed_prefix(tiny_ml, tmp_path):
+    dm = cold.looc_dm(tiny_ml)
+    retriever = Retriever.from_checkpoint(_checkpoint(dm, tmp_path / "model.ckpt", 2.0), device="cpu", kernel="torch")
+    es = dm.eval_sets["test"]
+    hist = retriever.encode_histories([dm.log_all.item_ids[_histories(es, [0])[0]].tolist()])
+    plain_items, plain_scores = retriever.retrieve_indices(hist, 10)
+    retriever.set_content_term(2.0, prefix_weight=3.0, prefix_depth=1)
+    items, scores = retriever.retrieve_indices(hist, 10)
+    # Score = the plain blend + 3 x the beams' listed probability of the item's level-1 code.
+    beams = Retriever.from_checkpoint(_checkpoint(dm, tmp_path / "beams.ckpt", 0.0), device="cpu", kernel="torch")
+    beam_items, beam_logp = beams.retrieve_indices(hist, 10)
+    index = retriever.index
+    level1 = index.codes[:, 0]
+    per_sid = {}
+    for item, logp in zip(beam_items[0].tolist(), beam_logp[0].exp().tolist()):
+        if item >= 0:
+            per_sid[tuple(index.codes[item].tolist())] = logp
+    region = {}
+    for sid, p in per_sid.items():
+        region[sid[0]] = region.get(sid[0], 0.0) + p
+    bonus = dict(zip(beam_items[0].tolist(), (2.0 * beam_logp[0].exp()).tolist()))
+    content = retriever.content_term.scores(hist.offsets.numpy(), hist.items.numpy())[0]
+    expected = [content[i] + bonus.get(i, 0.0) + 3.0 * region.get(int(level1[i]), 0.0) for i in items[0].tolist()]
+    np.testing.assert_allclose(scores[0].numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(items, plain_items)
+    listed = {i for i in beam_items[0].tolist() if i >= 0}
+    assert any(i not in listed and region.get(int(level1[i]), 0.0) > 0 for i in items[0].tolist())
+    # The settings are checked, and exports keep them.
+    with pytest.raises(ValueError, match="content_prefix_weight > 0 acts inside the content term"):
+        retriever.set_content_term(0.0, prefix_weight=1.0)
+    with pytest.raises(ValueError, match=r"content_prefix_depth must lie in \[1, 2\]"):
+        retriever.set_content_term(2.0, prefix_weight=1.0, prefix_depth=3)
+    with pytest.raises(ValueError, match="content_prefix_weight must be >= 0"):
+        DualGRConfig(content_weight=1.0, content_prefix_weight=-1.0).validate()
+    with pytest.raises(ValueError, match="content_prefix_weight > 0 acts inside the content term"):
+        DualGRConfig(content_prefix_weight=1.0).validate()
+    retriever.set_content_term(2.0, prefix_weight=3.0, prefix_depth=1)
+    retriever.export(tmp_path / "export")
+    again = Retriever.from_checkpoint(tmp_path / "export", device="cpu", kernel="torch")
+    assert (again.content_prefix_weight, again.content_prefix_depth) == (3.0, 1)
+    assert torch.equal(again.retrieve_indices(hist, 10)[0], items)

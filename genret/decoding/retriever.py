@@ -115,17 +115,18 @@ class Retriever:
         self.branch_merge = branch_merge
         self.content_term: ContentTerm | None = None
         self.content_weight = 0.0
-        self.content_prefix_weight, self.content_prefix_depth = 0.0, model.cfg.content_prefix_depth
+        self.content_prefix_weight = model.cfg.content_prefix_weight
+        self.content_prefix_depth = model.cfg.content_prefix_depth
         self._prefix_term = None  # PrefixTerm over the index it was built from (rebuilt when items are added)
-        self.set_content_term(model.cfg.content_weight if content_weight is None else content_weight, content_term,
-                              prefix_weight=model.cfg.content_prefix_weight)
+        self.set_content_term(model.cfg.content_weight if content_weight is None else content_weight, content_term)
 
     def set_content_term(self, weight: float, term: ContentTerm | None = None, prefix_weight: float | None = None,
                          prefix_depth: int | None = None) -> None:
         """Rank with the content term at `weight` (0: the beams' own order); `term` (item rows for the
         whole catalogue, e.g. `SequenceDataModule.content_term()`) replaces the rows held, if given.
-        `prefix_weight` / `prefix_depth` (default: as they are) weigh the beams' probability of each
-        item's SID prefix in that ranking (genret.models.content_term.PrefixTerm; 0 = off).
+        `prefix_weight` / `prefix_depth` (default: as they are; the weight 0 when `weight` is 0, which
+        turns the whole term off) weigh the beams' probability of each item's SID prefix in that
+        ranking (genret.models.content_term.PrefixTerm; 0 = off).
 
         Raises:
             ValueError: a negative weight, or a positive one without rows for every catalogue item; a
@@ -134,7 +135,9 @@ class Retriever:
         weight = float(weight)
         if not weight >= 0.0:
             raise ValueError(f"content_weight must be >= 0 (0 = the beams' own order), got {weight}")
-        prefix_weight = self.content_prefix_weight if prefix_weight is None else float(prefix_weight)
+        if prefix_weight is None:
+            prefix_weight = self.content_prefix_weight if weight > 0 else 0.0
+        prefix_weight = float(prefix_weight)
         prefix_depth = self.content_prefix_depth if prefix_depth is None else int(prefix_depth)
         if not prefix_weight >= 0.0:
             raise ValueError(f"content_prefix_weight must be >= 0 (0 = off), got {prefix_weight}")

@@ -350,3 +350,30 @@ def test_prefix_weight_lifts_an_unlisted_item_under_a_listed_prefix(tiny_ml, tmp
     again = Retriever.from_checkpoint(tmp_path / "export", device="cpu", kernel="torch")
     assert (again.content_prefix_weight, again.content_prefix_depth) == (3.0, 1)
     assert torch.equal(again.retrieve_indices(hist, 10)[0], items)
+    # Loaded with content weight 0 (the beams' own order, as validation and evaluation first load
+    # a model), the prefix term is off too; the checkpoint's settings come back when asked for.
+    beams_only = Retriever.from_checkpoint(tmp_path / "export", device="cpu", kernel="torch", content_weight=0.0)
+    assert not beams_only.uses_content and beams_only.content_prefix_weight == 0.0
+    assert torch.equal(beams_only.retrieve_indices(hist, 10)[0], beam_items)
+    beams_only.set_content_term(2.0, prefix_weight=3.0, prefix_depth=1)
+    assert torch.equal(beams_only.retrieve_indices(hist, 10)[0], items)
+
+
+def test_looc_content_recipe_with_the_prefix_term_trains_and_ranks(tiny_ml, tmp_path):
+    """configs/dualgr_content_amazon_looc.yaml (content and prefix weights in the model config) trains
+    and evaluates with both terms (its decoded-validation callback loads the model with content weight
+    0, as `from_checkpoint(content_weight=0.0)` above)."""
+    from genret.cli import main
+
+    out = tmp_path / "run"
+    assert main(["benchmark", "--model", "dualgr", "--data", str(tiny_ml), "--config",
+                 str(CONFIGS / "dualgr_content_amazon_looc.yaml"), "--protocol", "looc", "--ks", "5,20",
+                 "--trainer.max_epochs", "1", "--trainer.callbacks", "[]", "--data.cold_seed_users", "8",
+                 "--data.batch_size", "32",
+                 "--data.sid.codebook_size", "4", "--data.sid.embedding_dim", "8", "--data.sid.cache_dir", "null",
+                 "--model.config.d_model", "16", "--model.config.n_heads", "2", "--model.config.d_ffn", "32",
+                 "--kernel", "torch", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["content_term"]["prefix_weight"] == 1.0 and metrics["content_term"]["prefix_depth"] == 1
+    served = Retriever.from_checkpoint(out / "model.ckpt", device="cpu", kernel="torch")
+    assert served.uses_content and served.content_prefix_weight == 1.0

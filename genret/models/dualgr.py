@@ -85,6 +85,7 @@ class DualGRConfig:
     # Ranking only, with the content term (genret.models.content_term.PrefixTerm): also add this
     # weight x the beams' probability of each item's depth-`content_prefix_depth` SID prefix, so an
     # item the beams did not list (a cold item among them) is lifted inside the regions they expect.
+    # Nothing with content_weight 0 (so a sweep of content_weight may include 0).
     content_prefix_weight: float = 0.0
     content_prefix_depth: int = 1
 
@@ -114,9 +115,6 @@ class DualGRConfig:
         if self.content_prefix_weight > 0 and not 1 <= self.content_prefix_depth < self.n_levels:
             raise ValueError(f"content_prefix_depth must lie in [1, {self.n_levels - 1}] (a proper SID prefix), "
                              f"got {self.content_prefix_depth}")
-        if self.content_prefix_weight > 0 and self.content_weight == 0:
-            raise ValueError("content_prefix_weight > 0 acts inside the content term's ranking: set content_weight "
-                             "> 0 as well")
 
 
 class DecoderBlock(nn.Module):

@@ -343,8 +343,8 @@ def test_prefix_weight_lifts_an_unlisted_item_under_a_listed_prefix(tiny_ml, tmp
         retriever.set_content_term(2.0, prefix_weight=1.0, prefix_depth=3)
     with pytest.raises(ValueError, match="content_prefix_weight must be >= 0"):
         DualGRConfig(content_weight=1.0, content_prefix_weight=-1.0).validate()
-    with pytest.raises(ValueError, match="content_prefix_weight > 0 acts inside the content term"):
-        DualGRConfig(content_prefix_weight=1.0).validate()
+    with pytest.raises(ValueError, match=r"content_prefix_depth must lie in \[1, 2\]"):
+        DualGRConfig(content_weight=1.0, content_prefix_weight=1.0, content_prefix_depth=0).validate()
     retriever.set_content_term(2.0, prefix_weight=3.0, prefix_depth=1)
     retriever.export(tmp_path / "export")
     again = Retriever.from_checkpoint(tmp_path / "export", device="cpu", kernel="torch")

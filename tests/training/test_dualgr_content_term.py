@@ -359,10 +359,10 @@ def test_prefix_weight_lifts_an_unlisted_item_under_a_listed_prefix(tiny_ml, tmp
     assert torch.equal(beams_only.retrieve_indices(hist, 10)[0], items)
 
 
-def test_looc_content_recipe_with_the_prefix_term_trains_and_ranks(tiny_ml, tmp_path):
-    """configs/dualgr_content_amazon_looc.yaml (content and prefix weights in the model config) trains
-    and evaluates with both terms (its decoded-validation callback loads the model with content weight
-    0, as `from_checkpoint(content_weight=0.0)` above)."""
+def test_the_looc_content_recipe_with_a_prefix_weight_trains_and_ranks(tiny_ml, tmp_path):
+    """configs/dualgr_content_amazon_looc.yaml with a prefix weight in the model config trains and
+    evaluates with both terms (its decoded-validation callback loads the model with content weight 0,
+    as `from_checkpoint(content_weight=0.0)` above)."""
     from genret.cli import main
 
     out = tmp_path / "run"
@@ -372,7 +372,7 @@ def test_looc_content_recipe_with_the_prefix_term_trains_and_ranks(tiny_ml, tmp_
                  "--data.batch_size", "32",
                  "--data.sid.codebook_size", "4", "--data.sid.embedding_dim", "8", "--data.sid.cache_dir", "null",
                  "--model.config.d_model", "16", "--model.config.n_heads", "2", "--model.config.d_ffn", "32",
-                 "--kernel", "torch", "--out", str(out)]) == 0
+                 "--model.config.content_prefix_weight", "1", "--kernel", "torch", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["content_term"]["prefix_weight"] == 1.0 and metrics["content_term"]["prefix_depth"] == 1
     served = Retriever.from_checkpoint(out / "model.ckpt", device="cpu", kernel="torch")

@@ -19,7 +19,7 @@ from genret.decoding.export import artifact_version, read_artifact
 from genret.models.dualgr import DualGR, DualGRConfig
 
 if TYPE_CHECKING:
-    from genret.models.content_term import ContentTerm
+    from genret.models.content_term import ContentTerm, PrefixTerm
     from genret.tokenizers.new_items import NewItemEncoder
 
 
@@ -117,7 +117,7 @@ class Retriever:
         self.content_weight = 0.0
         self.content_prefix_weight = model.cfg.content_prefix_weight
         self.content_prefix_depth = model.cfg.content_prefix_depth
-        self._prefix_term = None  # PrefixTerm over the index it was built from (rebuilt when items are added)
+        self._prefix_term: PrefixTerm | None = None  # built by set_content_term, rebuilt when items are added
         self.set_content_term(model.cfg.content_weight if content_weight is None else content_weight, content_term)
 
     def set_content_term(self, weight: float, term: ContentTerm | None = None, prefix_weight: float | None = None,
@@ -144,9 +144,11 @@ class Retriever:
         if prefix_weight > 0 and weight == 0:
             raise ValueError("content_prefix_weight > 0 acts inside the content term's ranking: give content_weight "
                              "> 0 as well")
-        if prefix_weight > 0 and not 1 <= prefix_depth < self.index.n_levels:
-            raise ValueError(f"content_prefix_depth must lie in [1, {self.index.n_levels - 1}] (a proper SID "
-                             f"prefix), got {prefix_depth}")
+        prefix_term = None
+        if prefix_weight > 0:
+            from genret.models.content_term import PrefixTerm
+
+            prefix_term = PrefixTerm.from_index(self.index, prefix_depth, prefix_weight)  # checks the depth
         term = self.content_term if term is None else term
         if weight > 0:
             if term is None:
@@ -158,7 +160,7 @@ class Retriever:
                                  f"{len(self.item_ids)}")
         self.content_term, self.content_weight = term, weight
         self.content_prefix_weight, self.content_prefix_depth = prefix_weight, prefix_depth
-        self._prefix_term = None
+        self._prefix_term = prefix_term
 
     @property
     def uses_content(self) -> bool:
@@ -302,17 +304,7 @@ class Retriever:
         if not self.uses_content:
             return items, scores
         return self.content_term.rank(hist.offsets.cpu().numpy(), hist.items.cpu().numpy(), items, scores,
-                                      self.content_weight, k, prefix=self._prefix())
-
-    def _prefix(self):
-        """The PrefixTerm over the current index (None when its weight is 0), built once per catalogue."""
-        if self.content_prefix_weight == 0:
-            return None
-        if self._prefix_term is None:
-            from genret.models.content_term import PrefixTerm
-
-            self._prefix_term = PrefixTerm.from_index(self.index, self.content_prefix_depth, self.content_prefix_weight)
-        return self._prefix_term
+                                      self.content_weight, k, prefix=self._prefix_term)
 
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 500, unknown: str = "error",
                  batch_size: int = 64, side: dict[str, Sequence[Sequence[Any]]] | None = None, *,
@@ -476,7 +468,9 @@ class Retriever:
         if codes.shape != (len(raw_ids), self.model.cfg.n_levels):
             raise ValueError(f"codes must have shape ({len(raw_ids)}, {self.model.cfg.n_levels}), got {tuple(codes.shape)}")
         self.index = self.index.add_items(codes)
-        self._prefix_term = None  # its leaf / prefix ids cover the old catalogue
+        if self._prefix_term is not None:  # its leaf / prefix ids cover the old catalogue
+            self._prefix_term = self._prefix_term.from_index(self.index, self.content_prefix_depth,
+                                                             self.content_prefix_weight)
         self.model.set_item_codes(torch.cat([self.model.item_codes.cpu(), codes]))
         self.item_ids = np.concatenate([self.item_ids, new_ids])  # a longer string id widens the dtype
         self._item_index = requests.item_lookup(self.item_ids)  # rebuilt: its sorted-id cache must see them

@@ -357,6 +357,13 @@ def test_prefix_weight_lifts_an_unlisted_item_under_a_listed_prefix(tiny_ml, tmp
     assert torch.equal(beams_only.retrieve_indices(hist, 10)[0], beam_items)
     beams_only.set_content_term(2.0, prefix_weight=3.0, prefix_depth=1)
     assert torch.equal(beams_only.retrieve_indices(hist, 10)[0], items)
+    # Items added later get prefix ids too (the term is rebuilt over the grown index).
+    from genret.eval.benchmark import cold_item_features
+
+    raw_ids, codes = dm.cold_items()
+    beams_only.add_items(raw_ids, codes, features=cold_item_features(dm, beams_only.content_term.names))
+    grown = beams_only.retrieve_indices(hist, 10)[0]
+    assert len(beams_only._prefix_term.item_prefix) == len(beams_only.item_ids) and grown.max() < len(beams_only.item_ids)
 
 
 def test_the_looc_content_recipe_with_a_prefix_weight_trains_and_ranks(tiny_ml, tmp_path):

@@ -159,10 +159,11 @@ class ContentTerm:
         scores = torch.from_numpy(self.scores(offsets, history))
         listed = items.cpu() >= 0
         users = torch.arange(items.shape[0]).unsqueeze(1).expand_as(items)[listed]
+        listed_items = items.cpu()[listed]
         probs = log_probs.cpu()[listed].float().exp()
-        scores[users, items.cpu()[listed]] += weight * probs
+        scores[users, listed_items] += weight * probs
         if prefix is not None and prefix.weight > 0:
-            scores += prefix.weight * prefix.mass(users, items.cpu()[listed], probs, items.shape[0])
+            scores += prefix.weight * prefix.mass(users, listed_items, probs, items.shape[0])
         lengths = np.diff(np.asarray(offsets, np.int64))
         owner = torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths))
         scores[owner, torch.as_tensor(np.asarray(history, np.int64))] = float("-inf")

@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # annotations only: the CLI imports numpy where it needs it
 # Model keys that change how a trained model ranks, not what it learned: sweepable with --checkpoint.
 RANKING_TIME_MODEL_KEYS = {"retrievalformer": ("model.config.content_weight",),
                            "dualgr": ("model.config.content_weight", "model.config.content_prefix_weight",
-                                      "model.config.content_prefix_depth", "model.config.content_predicted_weight")}
+                                      "model.config.content_prefix_depth")}
 
 
 def main(argv: list[str]) -> int:

@@ -64,9 +64,7 @@ class Retriever:
             weight defaults to the model config's `content_weight`; > 0 needs the term's item rows,
             which a checkpoint trained with it carries. The config's `content_prefix_weight` /
             `content_prefix_depth` (`set_content_term` overrides them) add the beams' probability
-            of each item's SID prefix too (genret.models.content_term.PrefixTerm), and its
-            `content_predicted_weight` each item's cosine with the content the beams predict
-            (ContentTerm.predicted_scores).
+            of each item's SID prefix too (genret.models.content_term.PrefixTerm).
 
     Attributes:
         item_ids: (n_items,) raw id of each dense item index.
@@ -119,23 +117,20 @@ class Retriever:
         self.content_weight = 0.0
         self.content_prefix_weight = model.cfg.content_prefix_weight
         self.content_prefix_depth = model.cfg.content_prefix_depth
-        self.content_predicted_weight = model.cfg.content_predicted_weight
         self._prefix_term: PrefixTerm | None = None  # built by set_content_term, rebuilt when items are added
         self.set_content_term(model.cfg.content_weight if content_weight is None else content_weight, content_term)
 
     def set_content_term(self, weight: float, term: ContentTerm | None = None, prefix_weight: float | None = None,
-                         prefix_depth: int | None = None, predicted_weight: float | None = None) -> None:
+                         prefix_depth: int | None = None) -> None:
         """Rank with the content term at `weight` (0: the beams' own order); `term` (item rows for the
         whole catalogue, e.g. `SequenceDataModule.content_term()`) replaces the rows held, if given.
         `prefix_weight` / `prefix_depth` (default: as they are; the weight 0 when `weight` is 0, which
         turns the whole term off) weigh the beams' probability of each item's SID prefix in that
-        ranking (genret.models.content_term.PrefixTerm; 0 = off); `predicted_weight` (the same
-        defaults) each item's cosine with the content the beams predict (ContentTerm.predicted_scores).
+        ranking (genret.models.content_term.PrefixTerm; 0 = off).
 
         Raises:
             ValueError: a negative weight, or a positive one without rows for every catalogue item; a
-                positive prefix or predicted weight without the content term, or a depth that is not a
-                proper prefix.
+                positive prefix weight without the content term, or a depth that is not a proper prefix.
         """
         weight = float(weight)
         if not weight >= 0.0:
@@ -144,14 +139,11 @@ class Retriever:
             prefix_weight = self.content_prefix_weight if weight > 0 else 0.0
         prefix_weight = float(prefix_weight)
         prefix_depth = self.content_prefix_depth if prefix_depth is None else int(prefix_depth)
-        if predicted_weight is None:
-            predicted_weight = self.content_predicted_weight if weight > 0 else 0.0
-        predicted_weight = float(predicted_weight)
-        for name, value in (("content_prefix_weight", prefix_weight), ("content_predicted_weight", predicted_weight)):
-            if not value >= 0.0:
-                raise ValueError(f"{name} must be >= 0 (0 = off), got {value}")
-            if value > 0 and weight == 0:
-                raise ValueError(f"{name} > 0 acts inside the content term's ranking: give content_weight > 0 as well")
+        if not prefix_weight >= 0.0:
+            raise ValueError(f"content_prefix_weight must be >= 0 (0 = off), got {prefix_weight}")
+        if prefix_weight > 0 and weight == 0:
+            raise ValueError("content_prefix_weight > 0 acts inside the content term's ranking: give content_weight "
+                             "> 0 as well")
         prefix_term = None
         if prefix_weight > 0:
             from genret.models.content_term import PrefixTerm
@@ -168,7 +160,6 @@ class Retriever:
                                  f"{len(self.item_ids)}")
         self.content_term, self.content_weight = term, weight
         self.content_prefix_weight, self.content_prefix_depth = prefix_weight, prefix_depth
-        self.content_predicted_weight = predicted_weight
         self._prefix_term = prefix_term
 
     @property
@@ -254,8 +245,7 @@ class Retriever:
         }
         config = dataclasses.asdict(self.model.cfg) | {"content_weight": self.content_weight,
                                                        "content_prefix_weight": self.content_prefix_weight,
-                                                       "content_prefix_depth": self.content_prefix_depth,
-                                                       "content_predicted_weight": self.content_predicted_weight}
+                                                       "content_prefix_depth": self.content_prefix_depth}
         extra = {"version": CHECKPOINT_VERSION, "family": "dualgr", "config": config, "catalogue": catalogue}
         return write_export(self.model.state_dict(), extra, out_dir)
 
@@ -314,8 +304,7 @@ class Retriever:
         if not self.uses_content:
             return items, scores
         return self.content_term.rank(hist.offsets.cpu().numpy(), hist.items.cpu().numpy(), items, scores,
-                                      self.content_weight, k, prefix=self._prefix_term,
-                                      predicted_weight=self.content_predicted_weight)
+                                      self.content_weight, k, prefix=self._prefix_term)
 
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 500, unknown: str = "error",
                  batch_size: int = 64, side: dict[str, Sequence[Sequence[Any]]] | None = None, *,

@@ -132,14 +132,11 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
         else:
             cfg = module.config
             retriever.set_content_term(content_weight, term, prefix_weight=cfg.content_prefix_weight,
-                                       prefix_depth=cfg.content_prefix_depth,
-                                       predicted_weight=cfg.content_predicted_weight)
+                                       prefix_depth=cfg.content_prefix_depth)
             content = {"content_term": {"weight": content_weight, "features": term.names}}
             if cfg.content_prefix_weight > 0:
                 content["content_term"] |= {"prefix_weight": cfg.content_prefix_weight,
                                             "prefix_depth": cfg.content_prefix_depth}
-            if cfg.content_predicted_weight > 0:
-                content["content_term"]["predicted_weight"] = cfg.content_predicted_weight
     result: dict[str, Any] = {"model": variant, "checkpoint": str(ckpt), "train_seconds": seconds,
                               "dataset": dm.log_all.name, "sid_report": dm.sid_report, "datamodule": dm}
     if retriever.model.cfg.use_dbr:

@@ -148,34 +148,13 @@ class ContentTerm:
             self._rows_t = self.rows.T.tocsc()
         return np.asarray(((mean @ self.rows) @ self._rows_t).todense(), dtype=np.float32)
 
-    def predicted_scores(self, users: torch.Tensor, items: torch.Tensor, probs: torch.Tensor,
-                         n_users: int) -> np.ndarray:
-        """(n_users, n_items) float32: every item's cosine with the content the beams predict.
-
-        users, items, probs (M,): the listed (user, item, probability) triples. A user's predicted
-        content is the mean of the listed items' rows weighted by their probabilities (normalised
-        to sum to 1 over the list), so the score is the expected cosine between an item and the
-        generator's next item; an item no beam listed, a cold one among them, gets it too."""
-        from scipy import sparse
-
-        listed = sparse.csr_matrix((probs.double().numpy(), (users.numpy(), items.numpy())),
-                                   shape=(n_users, self.n_items))
-        total = np.asarray(listed.sum(axis=1)).ravel()
-        listed = (sparse.diags(1.0 / np.where(total > 0, total, 1.0)) @ listed).astype(np.float32)
-        if self._rows_t is None:
-            self._rows_t = self.rows.T.tocsc()
-        return np.asarray(((listed @ self.rows) @ self._rows_t).todense(), dtype=np.float32)
-
     def rank(self, offsets: np.ndarray, history: np.ndarray, items: torch.Tensor, log_probs: torch.Tensor,
-             weight: float, k: int, prefix: "PrefixTerm | None" = None,
-             predicted_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+             weight: float, k: int, prefix: "PrefixTerm | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The blended top k per user, history items left out.
 
         items, log_probs (U, M): the generative model's list (-1 / -inf padded). `prefix`: also add
-        its weight x the beams' probability of each item's SID prefix (`PrefixTerm`).
-        `predicted_weight`: also add that weight x each item's cosine with the content the beams
-        predict (`predicted_scores`). Returns (U, k) items (-1 where fewer unseen items exist) and
-        their blended scores, on the list's device.
+        its weight x the beams' probability of each item's SID prefix (`PrefixTerm`). Returns (U, k)
+        items (-1 where fewer unseen items exist) and their blended scores, on the list's device.
         """
         scores = torch.from_numpy(self.scores(offsets, history))
         listed = items.cpu() >= 0
@@ -185,9 +164,6 @@ class ContentTerm:
         scores[users, listed_items] += weight * probs
         if prefix is not None and prefix.weight > 0:
             scores += prefix.weight * prefix.mass(users, listed_items, probs, items.shape[0])
-        if predicted_weight > 0:
-            scores += predicted_weight * torch.from_numpy(self.predicted_scores(users, listed_items, probs,
-                                                                                items.shape[0]))
         lengths = np.diff(np.asarray(offsets, np.int64))
         owner = torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths))
         scores[owner, torch.as_tensor(np.asarray(history, np.int64))] = float("-inf")

@@ -88,11 +88,6 @@ class DualGRConfig:
     # Nothing with content_weight 0 (so a sweep of content_weight may include 0).
     content_prefix_weight: float = 0.0
     content_prefix_depth: int = 1
-    # Ranking only, with the content term (ContentTerm.predicted_scores): also add this weight x
-    # each item's cosine with the content the beams predict (their listed items' rows weighted by
-    # probability), so an item like the generator's next items rises, a cold one included.
-    # Nothing with content_weight 0.
-    content_predicted_weight: float = 0.0
 
     def validate(self) -> None:
         if self.d_model % self.n_heads:
@@ -117,8 +112,6 @@ class DualGRConfig:
             raise ValueError(f"content_weight must be >= 0 (0 = no content term), got {self.content_weight}")
         if not self.content_prefix_weight >= 0.0:
             raise ValueError(f"content_prefix_weight must be >= 0 (0 = off), got {self.content_prefix_weight}")
-        if not self.content_predicted_weight >= 0.0:
-            raise ValueError(f"content_predicted_weight must be >= 0 (0 = off), got {self.content_predicted_weight}")
         if self.content_prefix_weight > 0 and not 1 <= self.content_prefix_depth < self.n_levels:
             raise ValueError(f"content_prefix_depth must lie in [1, {self.n_levels - 1}] (a proper SID prefix), "
                              f"got {self.content_prefix_depth}")

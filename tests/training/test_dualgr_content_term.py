@@ -207,12 +207,6 @@ def test_content_weight_is_swept_on_one_checkpoint(tiny_ml, tmp_path):
                  "--sweep", "model.config.content_prefix_weight=0,1"]) == 0
     rows = json.loads((out / "metrics.json").read_text())["sweep"]["results"]
     assert set(rows) == {"0", "1"} and rows["0"]["cold_val"]["mean"] != rows["1"]["cold_val"]["mean"]
-    # So does the predicted-content weight.
-    out = tmp_path / "predicted"
-    assert main([*common, "--out", str(out), "--checkpoint", ckpt, "--model.config.content_weight", "1",
-                 "--sweep", "model.config.content_predicted_weight=0,5"]) == 0
-    rows = json.loads((out / "metrics.json").read_text())["sweep"]["results"]
-    assert set(rows) == {"0", "5"} and rows["0"]["cold_val"]["mean"] != rows["5"]["cold_val"]["mean"]
 
 
 def test_add_items_cli_takes_features_beside_sids(tiny_ml, tmp_path):
@@ -390,60 +384,3 @@ def test_the_looc_content_recipe_with_a_prefix_weight_trains_and_ranks(tiny_ml, 
     assert metrics["content_term"]["prefix_weight"] == 1.0 and metrics["content_term"]["prefix_depth"] == 1
     served = Retriever.from_checkpoint(out / "model.ckpt", device="cpu", kernel="torch")
     assert served.uses_content and served.content_prefix_weight == 1.0
-
-
-def test_predicted_scores_are_the_cosine_with_the_listed_items_weighted_by_probability(tiny_ml):
-    """ContentTerm.predicted_scores: per user, every item's dot product with the probability-weighted
-    mean row of the listed items (the weights normalised to sum to 1); an unlisted item similar to a
-    listed one scores, a user with no listed item scores 0 everywhere."""
-    dm = cold.looc_dm(tiny_ml)
-    term = dm.content_term()
-    rows = term.rows.toarray()
-    users, items = torch.tensor([0, 0, 1]), torch.tensor([2, 5, 7])
-    probs = torch.tensor([0.3, 0.1, 0.2])
-    got = term.predicted_scores(users, items, probs, 3)
-    expected = np.stack([(0.75 * rows[2] + 0.25 * rows[5]) @ rows.T, rows[7] @ rows.T, np.zeros(term.n_items)])
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    similar = [i for i in np.argsort(-rows[7] @ rows.T) if i != 7 and rows[7] @ rows[i] > 0]
-    assert similar and got[1, similar[0]] > 0
-
-
-def test_predicted_weight_adds_the_cosine_with_the_beams_predicted_content(tiny_ml, tmp_path):
-    """Retriever with content_predicted_weight: score = content + 2 x the item's beam probability + 3 x
-    its cosine with the beams' predicted content; checked settings; exports keep the weight; content
-    weight 0 turns it off; items added later are scored too; the benchmark sweeps it over a checkpoint."""
-    dm = cold.looc_dm(tiny_ml)
-    retriever = Retriever.from_checkpoint(_checkpoint(dm, tmp_path / "model.ckpt", 2.0), device="cpu", kernel="torch")
-    hist = retriever.encode_histories([dm.log_all.item_ids[_histories(dm.eval_sets["test"], [0])[0]].tolist()])
-    plain_items, _ = retriever.retrieve_indices(hist, 10)
-    retriever.set_content_term(2.0, predicted_weight=3.0)
-    items, scores = retriever.retrieve_indices(hist, 10)
-    beams = Retriever.from_checkpoint(_checkpoint(dm, tmp_path / "beams.ckpt", 0.0), device="cpu", kernel="torch")
-    beam_items, beam_logp = beams.retrieve_indices(hist, 10)
-    listed = beam_items[0] >= 0
-    probs = beam_logp[0][listed].exp()
-    rows = retriever.content_term.rows.toarray()
-    predicted = (probs.numpy() / probs.sum().item()) @ rows[beam_items[0][listed].numpy()] @ rows.T
-    bonus = dict(zip(beam_items[0][listed].tolist(), (2.0 * probs).tolist()))
-    content = retriever.content_term.scores(hist.offsets.numpy(), hist.items.numpy())[0]
-    expected = [content[i] + bonus.get(i, 0.0) + 3.0 * predicted[i] for i in items[0].tolist()]
-    np.testing.assert_allclose(scores[0].numpy(), expected, rtol=1e-5, atol=1e-6)
-    assert not torch.equal(items, plain_items)
-    with pytest.raises(ValueError, match="content_predicted_weight > 0 acts inside the content term"):
-        retriever.set_content_term(0.0, predicted_weight=1.0)
-    with pytest.raises(ValueError, match="content_predicted_weight must be >= 0"):
-        retriever.set_content_term(2.0, predicted_weight=-1.0)
-    with pytest.raises(ValueError, match="content_predicted_weight must be >= 0"):
-        DualGRConfig(content_weight=1.0, content_predicted_weight=float("nan")).validate()
-    retriever.export(tmp_path / "export")
-    again = Retriever.from_checkpoint(tmp_path / "export", device="cpu", kernel="torch")
-    assert again.content_predicted_weight == 3.0 and torch.equal(again.retrieve_indices(hist, 10)[0], items)
-    beams_only = Retriever.from_checkpoint(tmp_path / "export", device="cpu", kernel="torch", content_weight=0.0)
-    assert beams_only.content_predicted_weight == 0.0
-    assert torch.equal(beams_only.retrieve_indices(hist, 10)[0], beam_items)
-    from genret.eval.benchmark import cold_item_features
-
-    raw_ids, codes = dm.cold_items()
-    again.add_items(raw_ids, codes, features=cold_item_features(dm, again.content_term.names))
-    grown_items, grown_scores = again.retrieve_indices(hist, len(again.item_ids))
-    assert (grown_items[0] >= dm.n_items).any() and torch.isfinite(grown_scores[0][grown_items[0] >= 0]).all()

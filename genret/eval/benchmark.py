@@ -267,6 +267,8 @@ def run_embedding(family: str, config: str | Path, out_dir: Path, data: str | No
     for stage, key in (("valid", "val"), ("test", "test")):
         ranked = embedding_ranked_lists(retriever, dm, stage, max(ks))
         result[key] = ranking_metrics(ranked, dm.eval_sets[stage].targets, ks)
+    if dm.item_features or dm.skipped_item_features:  # what the item MLP read, and what the data set lacked
+        result["extra"] = {"item_features": {"used": list(dm.item_features), "skipped": list(dm.skipped_item_features)}}
     result["datamodule"] = dm
     log.info("%s on %s: test hr@10 %.4f ndcg@10 %.4f, %.0f s training", family, result["dataset"],
              result["test"].get("hr@10", float("nan")), result["test"].get("ndcg@10", float("nan")), train_seconds)

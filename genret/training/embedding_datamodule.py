@@ -18,6 +18,7 @@ Histories are right-aligned (the newest item last) and left-padded with -1, Kuai
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,8 @@ from genret.data.side_features import SideFeatureBuckets
 from genret.training.loaders import IndexDataset, LengthBucketBatches
 
 log = logging.getLogger(__name__)
+
+MISSING_FEATURE_RULES = ("error", "skip")
 
 TARGET_MODES = ("every_position", "cut_points")
 
@@ -104,6 +107,11 @@ class KuaiFormerDataModule(pl.LightningDataModule):
         batch_size: users per training batch (each gives cuts_per_user examples with cut points).
         eval_batch_size: evaluation histories per batch.
         item_features: names in `log.item_features` fed to the item MLP (e.g. ["genre"]).
+        missing_item_features: what a name in `item_features` that the data set lacks does: "error"
+            (stop, naming it) or "skip" (train without it, with a warning; `item_features` then
+            lists the ones used, `skipped_item_features` the others). A family's recipe skips, so it
+            runs unchanged on a copy without the optional file (an Amazon category with
+            sequential.txt alone trains on item ids).
         side_features: names in `log.side` (per-row floats, e.g. ["rating"]), quantile-bucketised.
         side_buckets: buckets per side feature (bucket 0 = missing).
         num_workers: DataLoader workers.
@@ -114,7 +122,7 @@ class KuaiFormerDataModule(pl.LightningDataModule):
                  targets: str = "cut_points", cuts_per_user: int = 8, include_last_cut: bool = True,
                  batch_size: int = 128, eval_batch_size: int = 512, item_features: list[str] | None = None,
                  side_features: list[str] | None = None, side_buckets: int = 16, num_workers: int = 0,
-                 seed: int = 0):
+                 seed: int = 0, missing_item_features: str = "error"):
         super().__init__()
         self.data = data
         self.load_kwargs = dict(load_kwargs or {})
@@ -124,7 +132,12 @@ class KuaiFormerDataModule(pl.LightningDataModule):
         self.include_last_cut = include_last_cut
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        if missing_item_features not in MISSING_FEATURE_RULES:
+            raise ValueError(f"data.missing_item_features must be one of {MISSING_FEATURE_RULES}, "
+                             f"got {missing_item_features!r}")
         self.item_features = list(item_features or [])
+        self.missing_item_features = missing_item_features
+        self.skipped_item_features: list[str] = []
         self.side_features = list(side_features or [])
         self.side_buckets = side_buckets
         self.num_workers = num_workers
@@ -170,10 +183,17 @@ class KuaiFormerDataModule(pl.LightningDataModule):
     def _setup_features(self) -> None:
         log_ = self.log_all
         self.item_feature_tables = []
+        missing = [name for name in self.item_features if name not in log_.item_features]
+        if missing:
+            found = sorted(log_.item_features) or "none"
+            if self.missing_item_features == "error":
+                raise ValueError(f"item feature(s) {missing} not in {log_.name}; it has {found} (drop them from "
+                                 "data.item_features, or set data.missing_item_features: skip to train without them)")
+            warnings.warn(f"item feature(s) {missing} not in {log_.name} (it has {found}): trained without them "
+                          "(data.missing_item_features: skip)", stacklevel=2)
+            self.skipped_item_features = missing
+            self.item_features = [name for name in self.item_features if name not in missing]
         for name in self.item_features:
-            if name not in log_.item_features:
-                raise ValueError(f"item feature {name!r} is not in {log_.name}; it has "
-                                 f"{sorted(log_.item_features) or 'none'}")
             self.item_feature_tables.append(item_feature_table(log_.item_features[name], name))
         self.item_feature_cardinalities = [int(t.max(initial=0)) + 1 for t in self.item_feature_tables]
         # Quantile buckets fitted on the training positives (shared with DualGR's data module).

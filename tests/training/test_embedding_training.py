@@ -184,8 +184,51 @@ def test_tiny_kuaiformer_trains_with_every_part_on(tmp_path, one_thread):
 
 def test_datamodule_errors_name_the_missing_feature():
     dm = KuaiFormerDataModule("synthetic:60x200", item_features=["colour"])
-    with pytest.raises(ValueError, match="colour"):
+    with pytest.raises(ValueError, match="colour.*data.missing_item_features: skip"):
         dm.setup()
+    with pytest.raises(ValueError, match="data.missing_item_features must be one of"):
+        KuaiFormerDataModule("synthetic:60x200", item_features=["colour"], missing_item_features="ignore")
+
+
+def _amazon_copy(folder: Path, attributes: bool) -> Path:
+    """A small Amazon 5-core-style folder: sequential.txt (60 users over 30 items), item2attributes.json
+    if asked, never titles.tsv."""
+    import json
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    (folder / "sequential.txt").write_text("".join(
+        " ".join(map(str, [u, *rng.choice(np.arange(1, 31), size=7, replace=False).tolist()])) + "\n"
+        for u in range(1, 61)))
+    if attributes:
+        (folder / "item2attributes.json").write_text(json.dumps({str(i): [i % 5 + 1, 9] for i in range(1, 31)}))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["sasrec_amazon.yaml", "kuaiformer_amazon.yaml"])
+def test_amazon_recipes_run_unchanged_on_copies_without_the_optional_files(name, tmp_path, one_thread):
+    """The Amazon recipes train on a category's sequential.txt alone (no item2attributes.json, no
+    titles.tsv): KuaiFormer's item MLP then reads the item ids only, with a warning, and metrics say
+    which features it used; with the attributes it reads them."""
+    small = ["--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1", "--data.batch_size", "16",
+             "--model.config.d_model", "16", "--model.config.d_ffn", "32"]
+    family = family_for_config(name).name
+    used = {}
+    for attributes in (False, True):
+        folder = _amazon_copy(tmp_path / f"copy_{attributes}", attributes)
+        if family == "kuaiformer" and not attributes:
+            with pytest.warns(UserWarning, match=r"item feature\(s\) \['attributes'\] not in .*trained without them"):
+                result = run_embedding(family, CONFIGS / name, tmp_path / f"run_{attributes}", data=str(folder),
+                                       overrides=small, ks=(10,))
+        else:
+            result = run_embedding(family, CONFIGS / name, tmp_path / f"run_{attributes}", data=str(folder),
+                                   overrides=small, ks=(10,))
+        assert result["test"]["n_users"] == 60 and 0.0 <= result["test"]["hr@10"] <= 1.0
+        used[attributes] = result.get("extra", {}).get("item_features")
+    if family == "kuaiformer":
+        assert used == {False: {"used": [], "skipped": ["attributes"]}, True: {"used": ["attributes"], "skipped": []}}
+    else:  # SASRec reads item ids only, whatever the copy holds
+        assert used == {False: None, True: None}
 
 
 def test_in_batch_loss_with_more_rows_than_candidates_uses_shared_rows():

@@ -607,27 +607,7 @@ def test_cold_sids_must_be_a_known_scheme():
                            sid=SIDConfig(embeddings="content"))
 
 
-def _write_amazon_copy(folder: Path, titles: bool, attributes: bool) -> Path:
-    """A small Amazon 5-core-style folder (P5 files): 120 users over 40 items in 8 attribute groups."""
-    rng = np.random.default_rng(3)
-    folder.mkdir(parents=True)
-    group = np.arange(1, 41) % 8
-    lines = []
-    for user in range(1, 121):
-        start = rng.integers(0, 8)
-        items = [int(i) for i in rng.choice(np.flatnonzero(group == start) + 1, size=5, replace=False)]
-        lines.append(" ".join(map(str, [user, *items, int(rng.integers(1, 41))])))
-    (folder / "sequential.txt").write_text("\n".join(lines) + "\n")
-    if attributes:
-        (folder / "item2attributes.json").write_text(json.dumps(
-            {str(i): [int(group[i - 1]) + 1, 20 + int(rng.integers(0, 3))] for i in range(1, 41)}))
-    if titles:
-        (folder / "titles.tsv").write_text("item_id\tasin\ttitle\n" + "".join(
-            f"{i}\tA{i}\tbrand{group[i - 1]} line{i % 3} cream\n" for i in range(1, 41)))
-    return folder
-
-
-def test_amazon_looc_recipe_runs_on_copies_without_titles(tmp_path):
+def test_amazon_looc_recipe_runs_on_copies_without_titles(tmp_path, amazon_copy):
     """configs/dualgr_amazon_looc.yaml runs unchanged on a category with no titles.tsv (its SIDs come from
     the attributes alone) and stops with the missing content named when only sequential.txt is there."""
     from genret.training.run import build
@@ -637,7 +617,7 @@ def test_amazon_looc_recipe_runs_on_copies_without_titles(tmp_path):
              "--data.sid.cache_dir", "null"]
     reports = {}
     for name, titles in (("with_titles", True), ("no_titles", False)):
-        folder = _write_amazon_copy(tmp_path / name, titles=titles, attributes=True)
+        folder = amazon_copy(tmp_path / name, titles=titles, attributes=True)
         _, dm, _ = build("dualgr", config, tmp_path / f"run_{name}", small, str(folder))
         dm.setup()
         raw_ids, codes = dm.cold_items()
@@ -646,7 +626,7 @@ def test_amazon_looc_recipe_runs_on_copies_without_titles(tmp_path):
         reports[name] = json.dumps(dm.sid_report)
     assert "title" in reports["with_titles"] and "title" not in reports["no_titles"]
     assert "attributes" in reports["no_titles"]
-    folder = _write_amazon_copy(tmp_path / "sequential_only", titles=False, attributes=False)
+    folder = amazon_copy(tmp_path / "sequential_only", titles=False, attributes=False)
     _, dm, _ = build("dualgr", config, tmp_path / "run_sequential_only", small, str(folder))
     with pytest.raises(ValueError, match="no item content features"):
         dm.setup()

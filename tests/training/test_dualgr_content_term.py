@@ -241,7 +241,7 @@ def test_add_items_cli_takes_features_beside_sids(tiny_ml, tmp_path):
         main(["add-items", "--checkpoint", str(ckpt), "--items", str(items), "--out", str(tmp_path / "v3")])
 
 
-def test_amazon_content_recipe_runs_on_copies_of_the_family(tmp_path):
+def test_amazon_content_recipe_runs_on_copies_of_the_family(tmp_path, amazon_copy):
     """configs/dualgr_content_amazon.yaml runs unchanged on Amazon copies with less content: attribute
     ids alone (no titles.tsv), some items without any attribute (they get no content score), and
     sequential.txt alone (it ranks by the beams alone, and metrics and the checkpoint say so)."""
@@ -253,7 +253,7 @@ def test_amazon_content_recipe_runs_on_copies_of_the_family(tmp_path):
     config = CONFIGS / "dualgr_content_amazon.yaml"
     runs = {}
     for name, attributes in (("no_titles", True), ("some_undescribed", True), ("sequential_only", False)):
-        folder = cold._write_amazon_copy(tmp_path / name, titles=False, attributes=attributes)
+        folder = amazon_copy(tmp_path / name, titles=False, attributes=attributes)
         if name == "some_undescribed":
             attrs = json.loads((folder / "item2attributes.json").read_text())
             attrs["3"] = attrs["7"] = []

@@ -1,5 +1,6 @@
 """KuaiFormer / SASRec training: shipped configs, batching, ranking, a tiny end-to-end run, export."""
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -190,23 +191,8 @@ def test_datamodule_errors_name_the_missing_feature():
         KuaiFormerDataModule("synthetic:60x200", item_features=["colour"], missing_item_features="ignore")
 
 
-def _amazon_copy(folder: Path, attributes: bool) -> Path:
-    """A small Amazon 5-core-style folder: sequential.txt (60 users over 30 items), item2attributes.json
-    if asked, never titles.tsv."""
-    import json
-
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True)
-    (folder / "sequential.txt").write_text("".join(
-        " ".join(map(str, [u, *rng.choice(np.arange(1, 31), size=7, replace=False).tolist()])) + "\n"
-        for u in range(1, 61)))
-    if attributes:
-        (folder / "item2attributes.json").write_text(json.dumps({str(i): [i % 5 + 1, 9] for i in range(1, 31)}))
-    return folder
-
-
 @pytest.mark.parametrize("name", ["sasrec_amazon.yaml", "kuaiformer_amazon.yaml"])
-def test_amazon_recipes_run_unchanged_on_copies_without_the_optional_files(name, tmp_path, one_thread):
+def test_amazon_recipes_run_unchanged_on_copies_without_the_optional_files(name, tmp_path, one_thread, amazon_copy):
     """The Amazon recipes train on a category's sequential.txt alone (no item2attributes.json, no
     titles.tsv): KuaiFormer's item MLP then reads the item ids only, with a warning, and metrics say
     which features it used; with the attributes it reads them."""
@@ -215,15 +201,13 @@ def test_amazon_recipes_run_unchanged_on_copies_without_the_optional_files(name,
     family = family_for_config(name).name
     used = {}
     for attributes in (False, True):
-        folder = _amazon_copy(tmp_path / f"copy_{attributes}", attributes)
-        if family == "kuaiformer" and not attributes:
-            with pytest.warns(UserWarning, match=r"item feature\(s\) \['attributes'\] not in .*trained without them"):
-                result = run_embedding(family, CONFIGS / name, tmp_path / f"run_{attributes}", data=str(folder),
-                                       overrides=small, ks=(10,))
-        else:
+        folder = amazon_copy(tmp_path / f"copy_{attributes}", titles=False, attributes=attributes)
+        skipped = family == "kuaiformer" and not attributes
+        with (pytest.warns(UserWarning, match=r"item feature\(s\) \['attributes'\] not in .*trained without them")
+              if skipped else contextlib.nullcontext()):
             result = run_embedding(family, CONFIGS / name, tmp_path / f"run_{attributes}", data=str(folder),
                                    overrides=small, ks=(10,))
-        assert result["test"]["n_users"] == 60 and 0.0 <= result["test"]["hr@10"] <= 1.0
+        assert result["test"]["n_users"] == 120 and 0.0 <= result["test"]["hr@10"] <= 1.0
         used[attributes] = result.get("extra", {}).get("item_features")
     if family == "kuaiformer":
         assert used == {False: {"used": [], "skipped": ["attributes"]}, True: {"used": ["attributes"], "skipped": []}}

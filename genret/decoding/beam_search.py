@@ -447,3 +447,83 @@ def retrieve_indices(model: DualGR, index, hist: Histories, k: int, beam_width: 
     all_items = [items[b * U:(b + 1) * U] for b in range(len(branches))]
     all_scores = [item_scores[b * U:(b + 1) * U] + log_prior for b, (_, log_prior) in enumerate(branches)]
     return distinct_topk(torch.cat(all_items, 1), torch.cat(all_scores, 1), k, branch_merge)
+
+
+@torch.no_grad()
+def score_indices(model: DualGR, hist: Histories, candidates: torch.Tensor, kernel: str = "auto",
+                  branch_merge: str = "sum", short_weight: float | None = None, chunk: int = 256) -> torch.Tensor:
+    """DualGR's log-probability of given items, teacher-forced: what the beam search would score
+    each of them had it kept its SID path (an item the beams reach gets its beam score, up to the
+    merge below), so DualGR can score another generator's candidates.
+
+    Each candidate's SID levels are fed as the beam search feeds its beams (level 1 from the start
+    query over the branch window, level l > 1 over the in-bucket keys of its s1 with S2D), and the
+    level log-softmaxes at its codes are summed. The DBR branches are merged as `retrieve_indices`
+    merges them (each weighted by its prior, then "sum" or "max"), except that every candidate gets
+    both branches' probability (the beams add a branch's only where that branch reached the item).
+    Items sharing a SID get the same score.
+
+    Args:
+        candidates: (U, C) dense item indices, -1 = padding. chunk: candidates fed at once per user.
+
+    Returns:
+        (U, C) float32 log-probabilities, -inf at padding.
+    """
+    if branch_merge not in BRANCH_MERGES:
+        raise ValueError(f"branch_merge must be one of {BRANCH_MERGES}, got {branch_merge!r}")
+    check_short_weight(short_weight)
+    U = hist.n_users
+    if candidates.dim() != 2 or candidates.shape[0] != U:
+        raise ValueError(f"candidates must be (users, C) for {U} users, got {tuple(candidates.shape)}")
+    cfg = model.cfg
+    branches = [(cfg.long_window, 0.0)]
+    if cfg.use_dbr:
+        branches = list(zip((cfg.long_window, cfg.short_window), branch_log_priors(model, short_weight)))
+    candidates = candidates.to(hist.offsets.device).long()
+    out = torch.full(candidates.shape, float("-inf"), device=candidates.device)
+    if U == 0 or candidates.shape[1] == 0:
+        return out
+    encoded = _encode_histories(model, hist, copies=len(branches))
+    coarse = _branch_context(model, encoded, tuple(width for width, _ in branches))
+    for start in range(0, candidates.shape[1], chunk):
+        part = candidates[:, start:start + chunk]
+        codes = model_codes(model, part).repeat(len(branches), 1, 1)  # (B * U, C', L), branch-stacked
+        per_branch = _forced_log_probs(model, coarse, encoded, codes, kernel).reshape(len(branches), U, -1)
+        per_branch = per_branch + torch.tensor([p for _, p in branches], device=out.device).view(-1, 1, 1)
+        merged = per_branch.logsumexp(0) if branch_merge == "sum" else per_branch.amax(0)
+        out[:, start:start + chunk] = torch.where(part >= 0, merged, torch.full_like(merged, float("-inf")))
+    return out
+
+
+def _forced_log_probs(model: DualGR, coarse: _Context, encoded: _EncodedHistories, codes: torch.Tensor,
+                      kernel: str) -> torch.Tensor:
+    """codes (U', C, L): per user of `coarse`, C SIDs fed as C beams -> (U', C) their summed level
+    log-probabilities (the beam search's log-softmax over the whole codebook at every level)."""
+    cfg = model.cfg
+    U, C, L = codes.shape
+    device = codes.device
+    weights = decode_weights(model)
+    heads = model.blocks[0].self_attn
+    cache = _PrefixCache(len(model.blocks), U, C, L, heads.n_heads, heads.head_dim, device)
+    lo = torch.ones(U, 1, dtype=torch.long, device=device)
+    hidden = _decoder_step(model, weights, model.start_tokens(coarse.latest), cache, coarse, lo,
+                           (coarse.lengths + 1).unsqueeze(1), kernel)
+    log_probs = F.log_softmax(model.heads[0](hidden).float(), -1)  # (U, 1, K): one start query per user
+    total = log_probs[:, 0].gather(1, codes[..., 0])
+    if L > 1:
+        cache.reorder(torch.zeros(U, C, dtype=torch.long, device=device))  # every candidate extends the start
+    for level in range(1, L):
+        x = F.embedding(codes[..., level - 1], weights.prefix_tokens[level - 1])
+        if cfg.use_s2d:
+            ctx = encoded.fine
+            lo, hi = _key_ranges(encoded.bucket_keys, codes[..., 0].contiguous(), cfg.in_bucket_cap)
+        else:
+            ctx = coarse
+            lo = torch.ones(U, C, dtype=torch.long, device=device)
+            hi = (coarse.lengths + 1).unsqueeze(1).expand(U, C)
+        hidden = _decoder_step(model, weights, x, cache, ctx, lo, hi, kernel)
+        log_probs = F.log_softmax(model.heads[level](hidden).float(), -1)  # (U, C, K)
+        total = total + log_probs.gather(2, codes[..., level:level + 1]).squeeze(-1)
+        if level < L - 1:
+            cache.reorder(torch.arange(C, device=device).expand(U, C))  # each candidate is its own beam
+    return total

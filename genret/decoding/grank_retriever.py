@@ -5,6 +5,10 @@ Any other generator can feed the same ranker: pass `generator=` (a loaded retrie
 over the same catalogue: DualGR's constrained beams with both DBR branches merged, SASRec /
 KuaiFormer exact top-K) and its top k1 (history excluded) are what the ranker re-orders;
 "SID generation, then ranking". `rerank` scores candidate lists computed elsewhere.
+
+A DualGR can also score GRank's own candidates without generating them (`scorer=`): its
+teacher-forced log-probability of each candidate's SID is then the score the blend weighs, so its
+knowledge reaches candidates its beams would not have found.
 """
 
 from __future__ import annotations
@@ -53,10 +57,14 @@ class GRankRetriever:
         generator: another family's retriever (same catalogue) whose candidates the ranker re-orders
             instead of GRank's own MIPS; it is never trained here (frozen by construction).
         ranker: False for a model trained without one (an ablation): the generator's order is final.
+        scorer: a DualGR retriever (same catalogue) whose log-probability of each of GRank's own
+            candidates (`Retriever.score_items`) is what the blend weighs: final = s_ca + blend x
+            log P_DualGR(c), or without a ranker the generator's score + blend x log P_DualGR(c).
+            Only with GRank's own generator.
     """
 
     def __init__(self, model: GRank, item_ids: Sequence[Any], k1: int = 1000, blend: float = 0.0,
-                 generator: Any = None, ranker: bool = True):
+                 generator: Any = None, ranker: bool = True, scorer: Any = None):
         self.model = model.eval()
         self.item_ids = np.asarray(item_ids)
         if len(self.item_ids) != model.config.n_items:
@@ -72,6 +80,17 @@ class GRankRetriever:
                              f"the ranker ({len(self.item_ids):,}); train both on the same data")
         self.generator = generator
         self.ranker = ranker
+        if scorer is not None:
+            if generator is not None:
+                raise ValueError("a scorer rescores GRank's own candidates; with an external generator its own "
+                                 "score is already the one the blend weighs: give one or the other")
+            if not hasattr(scorer, "score_items"):
+                raise ValueError(f"the scorer must be a DualGR retriever (it scores items by their SIDs), got "
+                                 f"{type(scorer).__name__}")
+            if not np.array_equal(np.asarray(scorer.item_ids), self.item_ids):
+                raise ValueError(f"the scorer serves another catalogue ({len(scorer.item_ids):,} items) than the "
+                                 f"ranker ({len(self.item_ids):,}); train both on the same data")
+        self.scorer = scorer
 
     @property
     def device(self) -> torch.device:
@@ -80,12 +99,13 @@ class GRankRetriever:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, k1: int | None = None,
                         blend: float | None = None, generator: str | None = None,
-                        beam_width: int | None = None) -> "GRankRetriever":
+                        beam_width: int | None = None, scorer: str | None = None) -> "GRankRetriever":
         """Load a GRank checkpoint (`genret train --config configs/grank_*.yaml` or `genret benchmark`).
 
         k1 / blend / generator default to the ones it was trained with; `generator` is "grank" (its
         own MIPS) or the checkpoint of another family's model whose candidates the ranker re-orders
-        (`beam_width` goes to a DualGR generator).
+        (`beam_width` goes to a DualGR generator); `scorer`: a DualGR checkpoint that scores GRank's
+        own candidates (default: the one it was evaluated with, if any; "none" for none).
         """
         from genret.decoding.export import artifact_version
         from genret.training.grank_module import load_grank
@@ -96,7 +116,8 @@ class GRankRetriever:
         retriever = cls(model, entry["catalogue"]["item_ids"], k1=k1 or serving.get("k1", 1000),
                         blend=serving.get("blend", 0.0) if blend is None else blend, ranker=serving.get("ranker", True),
                         generator=load_generator(generator or serving.get("generator", "grank"), device,
-                                                 beam_width or serving.get("beam_width")))
+                                                 beam_width or serving.get("beam_width")),
+                        scorer=load_scorer(scorer or serving.get("scorer"), device))
         retriever.model_version = artifact_version(path)
         return retriever
 
@@ -112,9 +133,18 @@ class GRankRetriever:
         return candidates, gen, self.final_scores(gen, rank)
 
     def final_scores(self, gen: np.ndarray, rank: np.ndarray, blend: float | None = None) -> np.ndarray:
-        """What the served list is sorted by: the generator's score without a ranker, else s_ca +
-        blend (default: the retriever's) x the generator's score."""
-        return gen if not self.ranker else blended_scores(gen, rank, self.blend if blend is None else blend)
+        """What the served list is sorted by: the generator's score without a ranker (or scorer), else
+        s_ca + blend (default: the retriever's) x the generator's score. With a scorer (see
+        `candidate_scores`) `gen` is its score and `rank` the ranker's, or the generator's without one."""
+        if not self.blends:
+            return gen
+        return blended_scores(gen, rank, self.blend if blend is None else blend)
+
+    @property
+    def blends(self) -> bool:
+        """Whether the served order blends two scores (a ranker's or a scorer's) rather than being the
+        generator's own."""
+        return self.ranker or self.scorer is not None
 
     @torch.no_grad()
     def candidate_scores(self, offsets: np.ndarray, items: np.ndarray, k1: int | None = None,
@@ -122,7 +152,9 @@ class GRankRetriever:
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One batch of CSR dense histories -> (candidates in generator order (U, k1), generator
         scores, ranker scores), history excluded, -1 / -inf where fewer than k1 items remain.
-        `side` / `user_features` as in `generate_and_rank` (read by an external generator only)."""
+        With a scorer: (candidates, the scorer's scores, the ranker's scores or, without a ranker,
+        the generator's). `side` / `user_features` as in `generate_and_rank` (read by an external
+        generator or a scorer only)."""
         k1 = min(k1 or self.k1, self.model.config.n_items)
         c = self.model.config
         dev = self.device
@@ -135,7 +167,12 @@ class GRankRetriever:
         cand, gen, rank = self.model.generate_and_rank(
             windows(offsets, items, c.max_len).to(dev), windows(offsets, items, c.long_len).to(dev), k1,
             seen_mask(offsets, items, c.n_items).to(dev))
-        return cand.cpu().numpy(), gen.cpu().numpy(), rank.cpu().numpy()
+        cand, gen = cand.cpu().numpy(), gen.cpu().numpy()
+        rank = rank.cpu().numpy()
+        if self.scorer is not None:  # the scorer's score is blended into the ranker's, or the generator's
+            base = rank if self.ranker else gen
+            return cand, scorer_scores(self.scorer, self.item_ids, offsets, items, cand, side, user_features), base
+        return cand, gen, rank
 
     def external_candidates(self, offsets: np.ndarray, items: np.ndarray, k1: int,
                             side: dict[str, list] | None = None, user_features: np.ndarray | None = None
@@ -147,13 +184,15 @@ class GRankRetriever:
 
     @property
     def side_features(self) -> list[str]:
-        """The per-action side features `retrieve` reads: the external generator's (GRank embeds none)."""
-        return list(getattr(self.generator, "side_features", None) or [])
+        """The per-action side features `retrieve` reads: the external generator's or scorer's (GRank
+        embeds none)."""
+        return list(getattr(self.generator or self.scorer, "side_features", None) or [])
 
     @property
     def user_feature_names(self) -> list[str]:
-        """The static user features `retrieve` reads: the external generator's (GRank embeds none)."""
-        return list(getattr(self.generator, "user_feature_names", None) or [])
+        """The static user features `retrieve` reads: the external generator's or scorer's (GRank
+        embeds none)."""
+        return list(getattr(self.generator or self.scorer, "user_feature_names", None) or [])
 
     @torch.no_grad()
     def rerank(self, offsets: np.ndarray, items: np.ndarray, candidates: np.ndarray, chunk: int = 256
@@ -353,6 +392,36 @@ def generator_top_items(generator: str, item_ids: Sequence[Any], offsets: np.nda
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
     return (out, out_scores) if with_scores else out
+
+
+def scorer_scores(scorer: Any, item_ids: np.ndarray, offsets: np.ndarray, items: np.ndarray, candidates: np.ndarray,
+                  side: dict[str, list] | None = None, user_features: np.ndarray | None = None) -> np.ndarray:
+    """The scorer's (a DualGR retriever's) log-probability of each candidate: (U, C) dense
+    candidates of CSR dense histories (-1 = padding) -> (U, C) float32, -inf at padding."""
+    histories = [item_ids[items[a:b]].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+    wanted = [item_ids[row[row >= 0]].tolist() for row in candidates]
+    scored = scorer.score_items(histories, wanted, side=side or None, user_features=user_features)
+    out = np.full(candidates.shape, -np.inf, np.float32)
+    for u, (row, values) in enumerate(zip(candidates, scored)):
+        out[u, np.flatnonzero(row >= 0)] = values
+    return out
+
+
+def load_scorer(scorer: str | None, device):
+    """None for no scorer (None / "none"), else the DualGR retriever of the checkpoint at `scorer`."""
+    if scorer in (None, "none"):
+        return None
+    from genret.decoding.export import artifact_family
+    from genret.families import load_retriever
+
+    if not Path(scorer).exists():
+        raise FileNotFoundError(f"scorer checkpoint {scorer} does not exist; set model.scorer to a trained DualGR "
+                                "checkpoint of the same data, or to none")
+    family = artifact_family(scorer)
+    if family != "dualgr":
+        raise ValueError(f"the scorer {scorer} is a {family} checkpoint; a scorer is a DualGR model (it scores items "
+                         "by their SIDs)")
+    return load_retriever(scorer, device=device)
 
 
 def load_generator(generator: str, device, beam_width: int | None = None):

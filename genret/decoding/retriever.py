@@ -13,7 +13,7 @@ import torch
 
 from genret.data.side_features import SideFeatureBuckets
 from genret.decoding import requests
-from genret.decoding.beam_search import BRANCH_MERGES, Histories, check_short_weight, retrieve_indices
+from genret.decoding.beam_search import BRANCH_MERGES, Histories, check_short_weight, retrieve_indices, score_indices
 from genret.decoding.decode_weights import decode_weights
 from genret.decoding.export import artifact_version, read_artifact
 from genret.models.dualgr import DualGR, DualGRConfig
@@ -305,6 +305,63 @@ class Retriever:
             return items, scores
         return self.content_term.rank(hist.offsets.cpu().numpy(), hist.items.cpu().numpy(), items, scores,
                                       self.content_weight, k, prefix=self._prefix_term)
+
+    def score_indices(self, hist: Histories, candidates: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Dense-index version of `score_items`: (U, C) dense candidates (-1 = padding) -> (U, C)
+        log-probabilities (-inf at padding), on the model's device."""
+        if self.uses_content:
+            raise ValueError("score_items gives DualGR's own log-probability; the content term ranks the whole "
+                             "catalogue instead. Load the retriever with content_weight=0 to score candidates")
+        candidates = torch.as_tensor(np.asarray(candidates) if not torch.is_tensor(candidates) else candidates,
+                                     device=self.device)
+        if candidates.numel() and int(candidates.max()) >= len(self.item_ids):
+            raise ValueError(f"candidate index {int(candidates.max())} is outside the catalogue of "
+                             f"{len(self.item_ids):,} items")
+        return score_indices(self.model, hist, candidates, kernel=self.kernel, branch_merge=self.branch_merge,
+                             short_weight=self.short_weight)
+
+    def score_items(self, histories: Sequence[Sequence[Any]], items: Sequence[Sequence[Any]],
+                    batch_size: int = 64, side: dict[str, Sequence[Sequence[Any]]] | None = None, *,
+                    user_features: Any = None) -> list[list[float]]:
+        """DualGR's log-probability of given items per history, whether or not the beams would find
+        them: each item's SID teacher-forced through the decoder, both DBR branches merged as
+        `retrieve` merges them (genret.decoding.beam_search.score_indices). This is how DualGR
+        scores another generator's candidates (GRank's `model.scorer`).
+
+        Args:
+            histories: as `retrieve` (raw ids, oldest first); unknown history ids raise.
+            items: one list of raw item ids per history (any length, may be empty); unknown ids raise.
+            batch_size, side, user_features: as `retrieve`.
+
+        Returns:
+            scores[u][j]: the log-probability of items[u][j] as user u's next item.
+        """
+        histories = requests.check_histories(histories)
+        batch_size = requests.check_batch_size(batch_size)
+        if not isinstance(items, (list, tuple)) or len(items) != len(histories):
+            raise requests.RequestError(f"items must hold one list of item ids per history ({len(histories)}), got "
+                                        f"{type(items).__name__} of {len(items) if hasattr(items, '__len__') else '?'}")
+        wanted = requests.check_histories([list(row) for row in items])
+        try:
+            dense, offsets, _, _ = requests.encode_flat(wanted, self._item_index, "error")
+        except requests.UnknownItemError as err:
+            message = str(err).split(";")[0].replace(" in history ", " in items list ")
+            raise requests.UnknownItemError(f"{message}; score only catalogue items") from None
+        width = max((len(row) for row in wanted), default=0)
+        table = np.full((len(wanted), width), -1, np.int64)
+        for u, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
+            table[u, :b - a] = dense[a:b]
+        scores: list[list[float]] = []
+        for start in range(0, len(histories), batch_size):
+            stop = start + batch_size
+            chunk = None if side is None else {name: values[start:stop] for name, values in side.items()}
+            feats = None if user_features is None else (
+                {name: list(v)[start:stop] for name, v in user_features.items()} if isinstance(user_features, dict)
+                else np.asarray(user_features)[start:stop])
+            hist, _ = self._encode(histories[start:stop], "error", feats, chunk)
+            got = self.score_indices(hist, table[start:stop]).cpu().numpy()
+            scores.extend(got[u, :len(wanted[start + u])].astype(float).tolist() for u in range(len(got)))
+        return scores
 
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 500, unknown: str = "error",
                  batch_size: int = 64, side: dict[str, Sequence[Sequence[Any]]] | None = None, *,

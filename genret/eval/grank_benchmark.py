@@ -57,15 +57,17 @@ def evaluate_grank(retriever, eval_sets: dict, k1: int, ks, batch_size: int, ble
     """Generator-only and ranked metrics on "val" and "test" for one retriever, the blend chosen on
     validation (best `metric`, e.g. "ndcg@10"; the first listed on a tie; `blends` None: the
     retriever's own) and the test ranks of both lists. When several blends are tried, the
-    generator's own order competes too: if it beats every blend on validation, the ranker is left
-    out ("ranker": False, "blend": None) and test is served in the generator's order.
+    generator's own order competes too: if it beats every blend on validation, the ranker (and a
+    scorer) is left out ("ranker": False, "blend": None) and test is served in the generator's
+    order. "ranker" says whether the blended order is served; with a scorer and no ranker, the
+    blend is of the generator's score and the scorer's.
     `inputs(stage)`: (side features, user features) of that stage's histories for an external
     generator that embeds them (genret.eval.grank_negatives.generator_inputs; None: none).
 
     Test is scored once, with the chosen blend."""
-    choices = [retriever.blend] if not blends or not retriever.ranker else list(blends)
+    choices = [retriever.blend] if not blends or not retriever.blends else list(blends)
     out: dict[str, Any] = {"ranked": {}, "generator_only": {}, "candidate_recall": {}, "ms_per_user": {},
-                           "ranker": bool(retriever.ranker)}
+                           "ranker": bool(retriever.blends)}
     for key, stage in (("val", "valid"), ("test", "test")):
         es = eval_sets[stage]
         side, users = (None, None) if inputs is None else inputs(stage)
@@ -94,10 +96,10 @@ def evaluate_grank(retriever, eval_sets: dict, k1: int, ks, batch_size: int, ble
     return out
 
 
-def record_serving(checkpoint: str | Path, blend: float | None, ranker: bool) -> None:
-    """Write what validation chose (the blend, or the generator's order: ranker off) into a GRank
-    checkpoint's serving settings (atomically), so `GRankRetriever.from_checkpoint` serves what was
-    measured."""
+def record_serving(checkpoint: str | Path, blend: float | None, ranker: bool, scorer: str | None = None) -> None:
+    """Write what validation chose (the blend, or the generator's order: ranker and scorer off) into
+    a GRank checkpoint's serving settings (atomically), so `GRankRetriever.from_checkpoint` serves
+    what was measured."""
     import torch
 
     from genret.io import atomic_path
@@ -105,7 +107,7 @@ def record_serving(checkpoint: str | Path, blend: float | None, ranker: bool) ->
 
     state, entry = load_checkpoint(checkpoint, family="grank")
     serving = entry.setdefault("serving", {})
-    wanted = {"blend": serving.get("blend", 0.0) if blend is None else blend, "ranker": ranker}
+    wanted = {"blend": serving.get("blend", 0.0) if blend is None else blend, "ranker": ranker, "scorer": scorer}
     if all(serving.get(key) == value for key, value in wanted.items()):
         return
     serving.update(wanted)
@@ -130,7 +132,7 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
         of both lists (paired comparisons).
     """
     from genret.decoding.grank_retriever import GRankRetriever
-    from genret.training.grank_generator import train_generator, train_init
+    from genret.training.grank_generator import train_generator, train_init, train_scorer
     from genret.training.run import build, fit, seed_override
 
     out_dir = Path(out_dir)
@@ -143,6 +145,7 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
     if not evaluated:
         train_init(module, dm, out_dir, Path(config).parent, seed)
     train_generator(module, dm, out_dir, Path(config).parent, seed)
+    train_scorer(module, dm, out_dir, Path(config).parent, seed)
     if not evaluated:
         checkpoint, train_seconds = fit(module, dm, trainer, out_dir)
     else:
@@ -154,15 +157,18 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
             raise ValueError(f"{checkpoint} was trained on another catalogue than {dm.log_all.name}: evaluate it on "
                              "the data it was trained on")
         train_seconds = 0.0
-    from genret.decoding.grank_retriever import load_generator
+    from genret.decoding.grank_retriever import load_generator, load_scorer
 
     k1 = min(module.k1, dm.n_items)
     own = GRankRetriever(module.model.eval(), dm.log_all.item_ids, k1=k1, blend=module.blend,
                          ranker=module.ranker_weight > 0)
+    scored = None if module.scorer is None else GRankRetriever(
+        module.model, dm.log_all.item_ids, k1=k1, blend=module.blend, ranker=module.ranker_weight > 0,
+        scorer=load_scorer(module.scorer, own.device))
     external = load_generator(module.generator, own.device, module.beam_width)
-    retriever = own if external is None else GRankRetriever(module.model, dm.log_all.item_ids, k1=k1,
-                                                            blend=module.blend, generator=external,
-                                                            ranker=module.ranker_weight > 0)
+    retriever = (scored or own) if external is None else GRankRetriever(
+        module.model, dm.log_all.item_ids, k1=k1, blend=module.blend, generator=external,
+        ranker=module.ranker_weight > 0)
     name = "grank generator" if external is None else f"{_family_of(module.generator)} generator"
     all_ks = sorted({*ks, k1, *(k for k in DEEP_KS if k <= k1)})
     metric = module.monitor.removeprefix("val/")
@@ -174,11 +180,15 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
     needs = retriever.side_features, retriever.user_feature_names
     main = evaluate_grank(retriever, dm.eval_sets, k1, all_ks, dm.eval_batch_size, module.blend_choices, metric,
                           inputs=(lambda stage: generator_inputs(dm, stage)(*needs)) if any(needs) else None)
-    if not evaluated and (main["blend"] != module.blend or main["ranker"] != (module.ranker_weight > 0)):
-        record_serving(checkpoint, main["blend"], main["ranker"])
+    # main["ranker"]: the blended order won on validation; it keeps the ranker and the scorer it blends
+    ranker_on, scorer_on = main["ranker"] and module.ranker_weight > 0, module.scorer if main["ranker"] else None
+    if not evaluated and (main["blend"] != module.blend or ranker_on != (module.ranker_weight > 0)
+                          or scorer_on != module.scorer):
+        record_serving(checkpoint, main["blend"], ranker_on, scorer_on)
     result["val"], result["test"] = main["ranked"]["val"], main["ranked"]["test"]
     generator_only = main["generator_only"]
-    result["extra"] = {"k1": k1, "generator": module.generator, "generator_only": generator_only,
+    result["extra"] = {"k1": k1, "generator": module.generator, "scorer": module.scorer,
+                       "generator_only": generator_only,
                        "candidate_recall": main["candidate_recall"], "blend": main["blend"],
                        "ranker_served": main["ranker"],
                        "generate_and_rank_ms_per_user": main["ms_per_user"], "test_ranks": main["test_ranks"],
@@ -188,12 +198,15 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
     if "val_by_blend" in main:
         result["extra"]["val_by_blend"] = main["val_by_blend"]
     result["baselines"] = {f"{name} only": {"val": generator_only["val"], "test": generator_only["test"]}}
-    if external is not None:  # GRank's own generator + the same ranker, for comparison (its own blend choice)
+    if external is not None or scored is not None:  # GRank's own pipeline, for comparison (its own blend choice)
         mine = evaluate_grank(own, dm.eval_sets, k1, all_ks, dm.eval_batch_size, module.blend_choices, metric)
         result["extra"]["grank_own_generator"] = {
             key: {"ranked": mine["ranked"][key], "generator_only": mine["generator_only"][key]} for key in ("val", "test")}
         result["extra"]["grank_own_generator"]["blend"] = mine["blend"]
         result["extra"]["grank_own_generator"]["ranker_served"] = mine["ranker"]
+        result["extra"]["grank_own_generator"]["test_ranks"] = mine["test_ranks"]["ranked"]  # for paired comparisons
+        if "val_by_blend" in mine:
+            result["extra"]["grank_own_generator"]["val_by_blend"] = mine["val_by_blend"]
         for label, part in (("grank + ranker", "ranked"), ("grank generator only", "generator_only")):
             result["baselines"][label] = {key: mine[part][key] for key in ("val", "test")}
     result["datamodule"] = dm

@@ -4,6 +4,8 @@
   top-K), then rank" one command: the generator's YAML (any other family's config; `genret train`
   would train it the same way) is trained into DIR/generator, and GRank continues with that
   checkpoint as its generator, exactly as with `model.generator: <checkpoint>`.
+* `model.scorer: configs/dualgr_amazon.yaml` likewise trains the DualGR that scores GRank's own
+  candidates into DIR/scorer.
 * `model.init_from: configs/grank_amazon_generator.yaml` makes "train GRank's generator to
   convergence, then the ranker on it" one command: that GRank YAML is trained into DIR/init, and
   this run starts from its weights, exactly as with `model.init_from: <checkpoint>` (with
@@ -59,6 +61,17 @@ def train_generator(module, dm, out_dir: str | Path, config_dir: Path | None = N
     return module.generator
 
 
+def train_scorer(module, dm, out_dir: str | Path, config_dir: Path | None = None, seed: int | None = None) -> str | None:
+    """When `module.scorer` is a YAML (a DualGR config): train it on `dm`'s data set into
+    out_dir/scorer (or reuse a finished run of the same config, data and seed there), point
+    `module.scorer` at its checkpoint and return that path; otherwise do nothing and return None."""
+    if not is_training_config(getattr(module, "scorer", None)):
+        return None
+    config = resolve_config(module.scorer, config_dir, "model.scorer")
+    module.scorer = _train_or_reuse(config, dm, Path(out_dir) / "scorer", "model.scorer", grank=False, seed=seed)
+    return module.scorer
+
+
 def train_init(module, dm, out_dir: str | Path, config_dir: Path | None = None, seed: int | None = None) -> str | None:
     """When `module.init_from` is a YAML (a GRank config): train it on `dm`'s data set into
     out_dir/init (or reuse a finished run of the same config, data and seed there), point
@@ -72,9 +85,10 @@ def train_init(module, dm, out_dir: str | Path, config_dir: Path | None = None, 
 
 
 def train_first(module, dm, out_dir: str | Path, config_dir: Path | None = None, seed: int | None = None) -> None:
-    """Both of the above: the stages a GRank run names as training configs, trained (or reused) first."""
+    """All of the above: the stages a GRank run names as training configs, trained (or reused) first."""
     train_init(module, dm, out_dir, config_dir, seed)
     train_generator(module, dm, out_dir, config_dir, seed)
+    train_scorer(module, dm, out_dir, config_dir, seed)
 
 
 def _train_or_reuse(config: Path, dm, out: Path, key: str, *, grank: bool, seed: int | None) -> str:

@@ -88,6 +88,11 @@ class GRankModule(ItemSoftmaxModule):
             With hard_negatives 0 or ranker_weight 0 there is nothing to cache and both are the same.
         generator_batch_size: histories per call to the external generator when caching its candidates.
         beam_width: beams per level of a DualGR generator (default: what k1 needs).
+        scorer: a DualGR checkpoint (or its training YAML, trained first into DIR/scorer like a
+            generator YAML) whose teacher-forced log-probability of each of GRank's own candidates
+            takes the generator score's place in the blend at evaluation and serving (final = s_ca +
+            blend x log P_DualGR(c)); `genret benchmark` chooses the blend with it on validation.
+            Only with generator "grank". Validation during training (the kept epoch) ranks without it.
         lr, weight_decay, warmup_steps, cosine: AdamW and its schedule.
         monitor, patience, eval_ks: epoch selection (val/ndcg@10 is generator + ranker).
     """
@@ -102,7 +107,7 @@ class GRankModule(ItemSoftmaxModule):
                  init_from: str | None = None, k1: int = 1000, val_k1: int = 200, blend: float = 0.0,
                  blend_choices: list[float] | None = None,
                  generator: str = "grank", beam_width: int | None = None, hard_negatives_from: str = "own",
-                 generator_batch_size: int = 256,
+                 generator_batch_size: int = 256, scorer: str | None = None,
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, cosine: bool = True,
                  monitor: str = "val/ndcg@10", patience: int | None = None, eval_ks: list[int] | None = None):
         super().__init__()
@@ -126,6 +131,10 @@ class GRankModule(ItemSoftmaxModule):
                              "KuaiFormer / DualGR model trained on the same data), or use hard_negatives_from: own")
         if blend_choices is not None and (not blend_choices or min(blend_choices) < 0):
             raise ValueError(f"model.blend_choices must be a non-empty list of blends >= 0, got {blend_choices}")
+        if scorer not in (None, "none") and generator not in (None, "grank"):
+            raise ValueError(f"model.scorer rescores GRank's own candidates, but model.generator is {generator}, "
+                             "whose own score the blend already weighs; set model.generator: grank, or drop "
+                             "model.scorer")
         if generator_batch_size < 1:
             raise ValueError(f"model.generator_batch_size must be >= 1, got {generator_batch_size}")
         self.config = config or GRankConfig()
@@ -141,6 +150,7 @@ class GRankModule(ItemSoftmaxModule):
         self.blend_choices = None if blend_choices is None else [float(b) for b in blend_choices]
         self.generator, self.beam_width = generator, beam_width
         self.hard_negatives_from, self.generator_batch_size = hard_negatives_from, generator_batch_size
+        self.scorer = None if scorer in (None, "none") else scorer
         self.lr, self.weight_decay, self.warmup_steps, self.cosine = lr, weight_decay, warmup_steps, cosine
         self.monitor, self.patience = monitor, patience
         self.eval_ks = sorted(set(eval_ks or [10, 50]))
@@ -378,6 +388,7 @@ class GRankModule(ItemSoftmaxModule):
         """How the retriever serves this model: k1, the score blend, the generator, ranker on or off."""
         return {"serving": {"k1": self.k1, "blend": self.blend, "generator": self.generator,
                             "ranker": self.ranker_weight > 0, "beam_width": self.beam_width,
+                            "scorer": self.scorer,
                             # provenance (serving does not read it): whose candidates the ranker trained on
                             "hard_negatives_from": self.hard_negatives_from}}
 

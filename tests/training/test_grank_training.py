@@ -410,7 +410,7 @@ class _TwoScoreRetriever:
     """Candidates 0..3 for every user; the generator prefers item 0, the ranker item 1, and only
     their sum (blend 1) puts item 2 first. The validation target is 2, the test target 3."""
 
-    ranker, blend = True, 0.0
+    ranker, blends, blend = True, True, 0.0
 
     def candidate_scores(self, offsets, items, k1, side=None, user_features=None):
         users = len(offsets) - 1
@@ -776,3 +776,71 @@ def test_a_generator_with_user_features_gets_them(trained, monkeypatch):
     assert spy.seen == [feats[0:2], feats[2:4], feats[4:5]]
     with pytest.raises(ValueError, match="neither GRank nor its generator embeds user features"):
         GRankRetriever(module.model, dm.log_all.item_ids, k1=40).retrieve(histories, k=5, user_features=feats)
+
+
+@pytest.fixture(scope="module")
+def dualgr_scorer_ckpt(trained, tmp_path_factory):
+    """A random (untrained) DualGR over the trained GRank's catalogue: a scorer of its candidates."""
+    from tests.decoding.conftest import write_tiny_checkpoint
+
+    ids = trained[1].log_all.item_ids.tolist()
+    assert ids == list(range(ids[0], ids[0] + len(ids)))  # the tiny writer numbers its items this way
+    return str(write_tiny_checkpoint(tmp_path_factory.mktemp("scorer") / "dualgr.ckpt", n_items=len(ids),
+                                     first_id=ids[0], user_field=False))
+
+
+def test_a_dualgr_scorer_rescores_grank_own_candidates(trained, dualgr_scorer_ckpt):
+    """The candidates and the ranker's scores stay GRank's; the blended score is DualGR's
+    log-probability of each candidate, and the served list is sorted by s_ca + blend x it."""
+    from genret.decoding.retriever import Retriever
+
+    module, dm, _ = trained
+    ids = dm.log_all.item_ids
+    scorer = Retriever.from_checkpoint(dualgr_scorer_ckpt, device="cpu", kernel="torch")
+    plain = GRankRetriever(module.model, ids, k1=40)
+    scored = GRankRetriever(module.model, ids, k1=40, blend=3.0, scorer=scorer)
+    es = dm.eval_sets["test"]
+    offsets, items = es.history_offsets[:7] - es.history_offsets[0], es.history_items[:es.history_offsets[6]]
+    cand0, _, rank0 = plain.candidate_scores(offsets, items)
+    cand1, dualgr, rank1 = scored.candidate_scores(offsets, items)
+    np.testing.assert_array_equal(cand0, cand1)
+    np.testing.assert_allclose(rank0, rank1, rtol=1e-6)
+    histories = [ids[items[a:b]].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+    want = scorer.score_items(histories, [ids[row[row >= 0]].tolist() for row in cand1])
+    np.testing.assert_allclose(dualgr[:, :len(want[0])], np.asarray(want, np.float32), rtol=1e-5)
+    got = scored.retrieve(histories, k=10)
+    for u in range(len(histories)):
+        final = rank1[u] + 3.0 * dualgr[u]
+        np.testing.assert_array_equal(got.items[u], ids[cand1[u][np.argsort(-final, kind="stable")[:10]]])
+    # without a ranker the scorer's score is blended into the generator's
+    _, gen0, _ = plain.candidate_scores(offsets, items)
+    no_ranker = GRankRetriever(module.model, ids, k1=40, blend=3.0, scorer=scorer, ranker=False)
+    cand2, dualgr2, base = no_ranker.candidate_scores(offsets, items)
+    np.testing.assert_array_equal(cand2, cand0)
+    np.testing.assert_allclose(base, gen0, rtol=1e-6)
+    np.testing.assert_allclose(no_ranker.final_scores(dualgr2, base), gen0 + 3.0 * dualgr2, rtol=1e-6)
+    with pytest.raises(ValueError, match="one or the other"):
+        GRankRetriever(module.model, ids, k1=40, scorer=scorer, generator=plain)
+
+
+def test_the_benchmark_chooses_the_scorer_blend_on_validation_beside_the_plain_pipeline(
+        trained, dualgr_scorer_ckpt, sasrec_ckpt, tmp_path, monkeypatch):
+    from genret.eval.grank_benchmark import run_grank
+    from genret.training.grank_module import GRankModule
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the scorer's kernels in PyTorch (conftest's interpreter: slow)
+    _, _, ckpt = trained
+    res = run_grank("grank", CONFIGS / "grank_ml1m.yaml", tmp_path / "eval", ks=(5, 10), checkpoint=ckpt,
+                    overrides=TINY + ["--model.scorer", dualgr_scorer_ckpt, "--model.blend_choices", "[0, 1, 4]"])
+    assert res["extra"]["scorer"] == dualgr_scorer_ckpt and set(res["extra"]["val_by_blend"]) == {"0.0", "1.0", "4.0"}
+    # blend 0 is the ranker alone on the same candidates: the scorer changes nothing there
+    plain = res["extra"]["grank_own_generator"]
+    assert res["extra"]["val_by_blend"]["0.0"] == plain["val_by_blend"]["0.0"]
+    assert res["extra"]["val_by_blend"]["4.0"] != plain["val_by_blend"]["4.0"]
+    assert len(plain["test_ranks"]) == len(res["extra"]["test_ranks"]["ranked"])
+    with pytest.raises(ValueError, match="set model.generator: grank"):
+        GRankModule(generator=sasrec_ckpt, scorer=dualgr_scorer_ckpt)
+    with pytest.raises(ValueError, match="is a kuaiformer checkpoint"):
+        GRankRetriever.from_checkpoint(ckpt, device="cpu", scorer=sasrec_ckpt)
+    with pytest.raises(FileNotFoundError, match="scorer checkpoint"):
+        GRankRetriever.from_checkpoint(ckpt, device="cpu", scorer=str(tmp_path / "missing.ckpt"))

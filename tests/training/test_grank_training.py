@@ -844,3 +844,24 @@ def test_the_benchmark_chooses_the_scorer_blend_on_validation_beside_the_plain_p
         GRankRetriever.from_checkpoint(ckpt, device="cpu", scorer=sasrec_ckpt)
     with pytest.raises(FileNotFoundError, match="scorer checkpoint"):
         GRankRetriever.from_checkpoint(ckpt, device="cpu", scorer=str(tmp_path / "missing.ckpt"))
+
+
+def test_the_scored_amazon_recipe_is_the_last_position_generator_with_the_amazon_dualgr_as_scorer(tmp_path):
+    import yaml
+
+    from genret.training.grank_generator import is_training_config, resolve_config
+
+    module, dm, _ = build("grank", CONFIGS / "grank_amazon_dualgr_scored.yaml", tmp_path)
+    assert is_training_config(module.scorer) and module.generator == "grank" and module.ranker_weight == 0
+    assert resolve_config(module.scorer, CONFIGS, "model.scorer").resolve() == (CONFIGS / "dualgr_amazon.yaml").resolve()
+    assert module.blend in module.blend_choices and 0 in module.blend_choices  # blend 0: the generator alone
+    assert dm.item_features == [] and dm.side_features == []  # ids only: runs on any Amazon category
+    # Its generator trains exactly as the last-position generator recipe's (the numbers measured by
+    # scoring that recipe's checkpoints are this recipe's).
+    scored = yaml.safe_load((CONFIGS / "grank_amazon_dualgr_scored.yaml").read_text())
+    alone = yaml.safe_load((CONFIGS / "grank_amazon_generator_lastpos.yaml").read_text())
+    for cfg in (scored, alone):
+        cfg["trainer"].pop("default_root_dir")
+        for key in ("scorer", "k1", "blend", "blend_choices"):
+            cfg["model"].pop(key, None)
+    assert scored == alone

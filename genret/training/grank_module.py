@@ -90,8 +90,8 @@ class GRankModule(ItemSoftmaxModule):
         beam_width: beams per level of a DualGR generator (default: what k1 needs).
         scorer: a DualGR checkpoint (or its training YAML, trained first into DIR/scorer like a
             generator YAML) whose teacher-forced log-probability of each of GRank's own candidates
-            takes the generator score's place in the blend at evaluation and serving (final = s_ca +
-            blend x log P_DualGR(c)); `genret benchmark` chooses the blend with it on validation.
+            is blended in at evaluation and serving (final = the ranker's score, or the generator's
+            without a ranker, + blend x log P_DualGR(c)); `genret benchmark` chooses the blend on validation.
             Only with generator "grank". Validation during training (the kept epoch) ranks without it.
         lr, weight_decay, warmup_steps, cosine: AdamW and its schedule.
         monitor, patience, eval_ks: epoch selection (val/ndcg@10 is generator + ranker).

@@ -167,8 +167,7 @@ class GRankRetriever:
         cand, gen, rank = self.model.generate_and_rank(
             windows(offsets, items, c.max_len).to(dev), windows(offsets, items, c.long_len).to(dev), k1,
             seen_mask(offsets, items, c.n_items).to(dev))
-        cand, gen = cand.cpu().numpy(), gen.cpu().numpy()
-        rank = rank.cpu().numpy()
+        cand, gen, rank = cand.cpu().numpy(), gen.cpu().numpy(), rank.cpu().numpy()
         if self.scorer is not None:  # the scorer's score is blended into the ranker's, or the generator's
             base = rank if self.ranker else gen
             return cand, scorer_scores(self.scorer, self.item_ids, offsets, items, cand, side, user_features), base

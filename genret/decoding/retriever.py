@@ -312,8 +312,7 @@ class Retriever:
         if self.uses_content:
             raise ValueError("score_items gives DualGR's own log-probability; the content term ranks the whole "
                              "catalogue instead. Load the retriever with content_weight=0 to score candidates")
-        candidates = torch.as_tensor(np.asarray(candidates) if not torch.is_tensor(candidates) else candidates,
-                                     device=self.device)
+        candidates = torch.as_tensor(candidates, device=self.device)
         if candidates.numel() and int(candidates.max()) >= len(self.item_ids):
             raise ValueError(f"candidate index {int(candidates.max())} is outside the catalogue of "
                              f"{len(self.item_ids):,} items")

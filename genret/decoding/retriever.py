@@ -346,6 +346,7 @@ class Retriever:
         except requests.UnknownItemError as err:
             message = str(err).split(";")[0].replace(" in history ", " in items list ")
             raise requests.UnknownItemError(f"{message}; score only catalogue items") from None
+        feats = self._request_inputs(histories, side, user_features)
         width = max((len(row) for row in wanted), default=0)
         table = np.full((len(wanted), width), -1, np.int64)
         for u, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
@@ -354,10 +355,7 @@ class Retriever:
         for start in range(0, len(histories), batch_size):
             stop = start + batch_size
             chunk = None if side is None else {name: values[start:stop] for name, values in side.items()}
-            feats = None if user_features is None else (
-                {name: list(v)[start:stop] for name, v in user_features.items()} if isinstance(user_features, dict)
-                else np.asarray(user_features)[start:stop])
-            hist, _ = self._encode(histories[start:stop], "error", feats, chunk)
+            hist, _ = self._encode(histories[start:stop], "error", feats[start:stop], chunk)
             got = self.score_indices(hist, table[start:stop]).cpu().numpy()
             scores.extend(got[u, :len(wanted[start + u])].astype(float).tolist() for u in range(len(got)))
         return scores
@@ -404,12 +402,7 @@ class Retriever:
             raise requests.RequestError("exclude_seen=False: with the content term a history item would rank by its "
                                         "similarity with itself; load the retriever with content_weight=0 to list "
                                         "seen items")
-        if side is not None and not (isinstance(side, dict) and all(
-                isinstance(v, (list, tuple)) and len(v) == len(histories) for v in side.values())):
-            raise requests.RequestError(f"side must map each feature name to a list with one list of values per "
-                                        f"history ({len(histories)}), got {side!r:.200}")
-        feats = requests.user_feature_matrix(user_features, self.user_feature_names,
-                                             self.model.cfg.user_feature_cardinalities, len(histories))
+        feats = self._request_inputs(histories, side, user_features)
         items_out: list[list[Any]] = []
         scores_out: list[list[float]] = []
         for start in range(0, len(histories), batch_size):
@@ -422,6 +415,16 @@ class Retriever:
                 items_out.append(self.item_ids[row_items[keep]].tolist())
                 scores_out.append(row_scores[keep].astype(float).tolist())
         return RetrievalResult(items_out, scores_out)
+
+    def _request_inputs(self, histories: list[list[Any]], side, user_features) -> np.ndarray:
+        """Check a request's `side` (one list of values per history for each feature) and return
+        its user features as an (U, F) id matrix, for `retrieve` / `score_items` to slice by batch."""
+        if side is not None and not (isinstance(side, dict) and all(
+                isinstance(v, (list, tuple)) and len(v) == len(histories) for v in side.values())):
+            raise requests.RequestError(f"side must map each feature name to a list with one list of values per "
+                                        f"history ({len(histories)}), got {side!r:.200}")
+        return requests.user_feature_matrix(user_features, self.user_feature_names,
+                                            self.model.cfg.user_feature_cardinalities, len(histories))
 
     def _decode(self, hist: Histories, dense: Sequence[Sequence[int]], k: int, exclude_seen: bool
                 ) -> tuple[np.ndarray, np.ndarray]:

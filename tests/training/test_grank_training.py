@@ -838,6 +838,11 @@ def test_the_benchmark_chooses_the_scorer_blend_on_validation_beside_the_plain_p
     assert res["extra"]["val_by_blend"]["0.0"] == plain["val_by_blend"]["0.0"]
     assert res["extra"]["val_by_blend"]["4.0"] != plain["val_by_blend"]["4.0"]
     assert len(plain["test_ranks"]) == len(res["extra"]["test_ranks"]["ranked"])
+    assert {"grank + ranker", "grank generator only"} <= set(res["baselines"])
+    # the same GRank without its ranker (as the *_lastpos generators are trained): no "+ ranker" row
+    alone = run_grank("grank", CONFIGS / "grank_ml1m.yaml", tmp_path / "eval_no_ranker", ks=(5, 10), checkpoint=ckpt,
+                      overrides=TINY + ["--model.scorer", dualgr_scorer_ckpt, "--model.ranker_weight", "0"])
+    assert "grank + ranker" not in alone["baselines"] and "grank generator only" in alone["baselines"]
     with pytest.raises(ValueError, match="set model.generator: grank"):
         GRankModule(generator=sasrec_ckpt, scorer=dualgr_scorer_ckpt)
     with pytest.raises(ValueError, match="is a kuaiformer checkpoint"):

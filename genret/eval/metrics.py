@@ -113,6 +113,15 @@ def hits_at(ranks: np.ndarray, k: int) -> np.ndarray:
     return ((ranks >= 0) & (ranks < k)).astype(np.float64)
 
 
+def ndcg_at(ranks: np.ndarray, k: int) -> np.ndarray:
+    """(m,) float64: each user's NDCG@k from its `target_ranks` rank, 1 / log2(rank + 2) in the top k
+    (as `ranking_metrics`), else 0 (-1 = not listed)."""
+    return np.where(hits_at(ranks, k) > 0, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+
+
+_PER_USER = {"hr": hits_at, "ndcg": ndcg_at}
+
+
 def paired_hit_difference(ranks_a: Any, ranks_b: Any, k: int) -> tuple[float, float]:
     """HR@k of A minus HR@k of B on the same users, with the half-width of its 95% interval.
 
@@ -139,7 +148,15 @@ def paired_hit_difference(ranks_a: Any, ranks_b: Any, k: int) -> tuple[float, fl
 
 
 def paired_hit_difference_over_seeds(ranks_a: Sequence[Any], ranks_b: Sequence[Any], k: int) -> dict[str, Any]:
-    """HR@k of A minus HR@k of B over several training seeds, with a 95% interval clustered by user.
+    """HR@k of A minus HR@k of B over several training seeds, with a 95% interval clustered by user
+    (`paired_difference_over_seeds` with metric "hr"; see there)."""
+    return paired_difference_over_seeds(ranks_a, ranks_b, k, metric="hr")
+
+
+def paired_difference_over_seeds(ranks_a: Sequence[Any], ranks_b: Sequence[Any], k: int,
+                                 metric: str = "hr") -> dict[str, Any]:
+    """HR@k (metric "hr") or NDCG@k ("ndcg") of A minus B's over several training seeds, with a 95%
+    interval clustered by user.
 
     Each seed s gives both models' ranks on the same m users. The interval treats the *user* as the
     independent unit: every user's paired difference is first averaged over the seeds, and the
@@ -155,17 +172,21 @@ def paired_hit_difference_over_seeds(ranks_a: Sequence[Any], ranks_b: Sequence[A
 
     The per-user mean keeps the user sampling and the within-user seed noise in the interval; the
     per-seed differences and their sd are returned beside it, so a seed-level swing (one seed
-    better everywhere) is visible too. With one seed this equals `paired_hit_difference`.
+    better everywhere) is visible too. With one seed and "hr" this equals `paired_hit_difference`.
 
     Args:
         ranks_a, ranks_b: one (m,) rank array per seed (`target_ranks`, -1 = not listed), seed s of
             A paired with seed s of B, the same m users in the same order in every array.
         k: the cut-off.
+        metric: "hr" (= Recall@k with one target per user) or "ndcg".
 
     Returns:
         {"k", "diff" (mean), "ci95" [low, high], "half_width", "n_users", "n_seeds",
         "per_seed" [difference of each seed], "sd_over_seeds" (0.0 for one seed)}.
     """
+    if metric not in _PER_USER:
+        raise ValueError(f"metric must be one of {sorted(_PER_USER)}, got {metric!r}")
+    per_user_metric = _PER_USER[metric]
     if len(ranks_a) != len(ranks_b) or not len(ranks_a):
         raise ValueError(f"need the same number (>= 1) of seeds for both models, got {len(ranks_a)} and {len(ranks_b)}")
     diffs = []
@@ -176,7 +197,7 @@ def paired_hit_difference_over_seeds(ranks_a: Sequence[Any], ranks_b: Sequence[A
                              f"and {b.shape}")
         if a.shape[0] == 0:
             raise ValueError("no users to compare (the rank arrays are empty)")
-        diffs.append(hits_at(a, k) - hits_at(b, k))
+        diffs.append(per_user_metric(a, k) - per_user_metric(b, k))
     per_user = np.mean(diffs, axis=0)  # (m,) each user's difference averaged over seeds
     m = per_user.shape[0]
     half = 1.96 * float(per_user.std(ddof=1)) / np.sqrt(m) if m > 1 else 0.0

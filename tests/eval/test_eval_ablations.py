@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from genret.eval.ablations import format_ablation_summary, format_group_summary, summarize_ablations
-from genret.eval.metrics import paired_hit_difference, paired_hit_difference_over_seeds, ranking_metrics
+from genret.eval.metrics import (paired_difference_over_seeds, paired_hit_difference, paired_hit_difference_over_seeds,
+                                 ranking_metrics)
 from genret.eval.report import format_sweep_table
 
 
@@ -39,6 +40,24 @@ def test_independent_seed_noise_is_averaged_per_user():
         paired_hit_difference_over_seeds(a, b[:1], 10)
     with pytest.raises(ValueError, match="same m users"):
         paired_hit_difference_over_seeds([np.array([0, 1]), np.array([0])], [np.array([0, 1]), np.array([0])], 10)
+
+
+def test_the_ndcg_difference_is_the_difference_of_ranking_metrics_ndcg():
+    rng = np.random.default_rng(2)
+    targets = np.arange(300)
+    lists = [np.stack([rng.permutation(400)[:30] for _ in targets]) for _ in range(4)]
+    for i, row in enumerate(lists[0]):  # some targets listed, at various ranks
+        row[i % 30] = targets[i] if i % 3 else row[i % 30]
+    ranks = [np.array([list(row).index(t) if t in row else -1 for row, t in zip(x, targets)]) for x in lists]
+    out = paired_difference_over_seeds([ranks[0], ranks[1]], [ranks[2], ranks[3]], 10, metric="ndcg")
+    want = [ranking_metrics(lists[a], targets, (10,))["ndcg@10"] - ranking_metrics(lists[b], targets, (10,))["ndcg@10"]
+            for a, b in ((0, 2), (1, 3))]
+    assert out["per_seed"] == pytest.approx(want) and out["diff"] == pytest.approx(np.mean(want))
+    assert out["per_seed"][0] > 0  # seed 0 of A lists two thirds of the targets
+    assert paired_difference_over_seeds([ranks[0]], [ranks[2]], 10)["diff"] == pytest.approx(
+        paired_hit_difference(ranks[0], ranks[2], 10)[0])  # "hr" is the default
+    with pytest.raises(ValueError, match="metric must be one of"):
+        paired_difference_over_seeds([ranks[0]], [ranks[2]], 10, metric="mrr")
 
 
 def _run(rng, n=300, ks=(10, 100)):

@@ -207,10 +207,9 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
         result["extra"]["grank_own_generator"]["test_ranks"] = mine["test_ranks"]["ranked"]  # for paired comparisons
         if "val_by_blend" in mine:
             result["extra"]["grank_own_generator"]["val_by_blend"] = mine["val_by_blend"]
-        # a GRank trained without a ranker (the *_lastpos generators) has no "+ ranker" list to show
-        parts = ((("grank + ranker", "ranked"),) if module.ranker_weight > 0 else ()) + (
-            ("grank generator only", "generator_only"),)
-        for label, part in parts:
+        for label, part in (("grank + ranker", "ranked"), ("grank generator only", "generator_only")):
+            if part == "ranked" and not own.ranker:
+                continue  # a GRank trained without a ranker (the *_lastpos generators) has no such list
             result["baselines"][label] = {key: mine[part][key] for key in ("val", "test")}
     result["datamodule"] = dm
     log.info("grank on %s: test ranked hr@10 %.4f ndcg@10 %.4f | generator hr@10 %.4f ndcg@10 %.4f | "

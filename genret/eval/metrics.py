@@ -90,17 +90,11 @@ def ranking_metrics(ranked: Any, targets: Any, ks: Sequence[int] = DEFAULT_KS) -
     if m == 0:
         raise ValueError("no users to evaluate (ranked and targets are empty)")
     list_len = ranked.shape[1]
-    found = ranks >= 0
-    # Gain per user if the hit lands within K; misses get rank "infinity" so they pass no cut-off.
-    gain = np.zeros(m, dtype=np.float64)
-    gain[found] = 1.0 / np.log2(ranks[found] + 2.0)
-    effective_rank = np.where(found, ranks, np.iinfo(np.int64).max)
     out: dict[str, Any] = {}
     for k in ks:
-        within = effective_rank < k
-        hit_rate = float(within.mean())
+        hit_rate = float(hits_at(ranks, k).mean())
         out[f"hr@{k}"] = hit_rate
-        out[f"ndcg@{k}"] = float(np.where(within, gain, 0.0).mean())
+        out[f"ndcg@{k}"] = float(ndcg_at(ranks, k).mean())
         out[f"recall@{k}"] = hit_rate
         if k > list_len:
             out[f"truncated@{k}"] = True

@@ -199,7 +199,8 @@ def encode_flat(histories: Sequence[Sequence[Any]], item_index: Mapping[Any, int
         if unknown == "error":
             first = int(missing[0])
             raise UnknownItemError(f"item id {flat[first]!r} in history {int(raw_history[first])} is not in the "
-                                   f"catalogue of {len(item_index):,} items; pass unknown='drop' to skip unknown items")
+                                   f"catalogue of {len(item_index):,} items; to skip unknown items pass unknown='drop' "
+                                   f"(`genret decode --unknown drop`, \"unknown\": \"drop\" over HTTP)")
         dropped = [flat[i] for i in missing.tolist()]
     else:
         dropped = []

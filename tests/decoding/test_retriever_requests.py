@@ -96,7 +96,8 @@ def test_bad_arguments_name_themselves(retriever, kwargs, message):
 
 
 def test_unknown_ids_and_quoted_ids(retriever):
-    with pytest.raises(UnknownItemError, match="item id 7 in history 0 is not in the catalogue of 40 items"):
+    with pytest.raises(UnknownItemError, match="item id 7 in history 0 is not in the catalogue of 40 items; "
+                       "to skip unknown items pass unknown='drop' .`genret decode --unknown drop`"):
         retriever.retrieve([[7]], k=5)
     assert retriever.retrieve([["100", "101"]], k=5).items == retriever.retrieve([[100, 101]], k=5).items
     with pytest.warns(UserWarning, match="dropped 1 unknown"):

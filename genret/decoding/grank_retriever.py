@@ -239,8 +239,8 @@ class GRankRetriever:
             raise requests.RequestError("neither GRank nor its generator embeds user features; leave user_features "
                                         "unset")
         if k > self.k1:
-            raise ValueError(f"k={k} exceeds the {self.k1} candidates the generator hands to the ranker (k1); "
-                             f"ask for at most {self.k1} items or load the retriever with a larger k1")
+            raise requests.RequestError(f"k={k} exceeds the {self.k1} candidates the generator hands to the ranker "
+                                        f"(k1); ask for at most {self.k1} items or load the retriever with a larger k1")
         if side is not None and not isinstance(side, dict):
             raise requests.RequestError(f"side must map feature names to one list of values per history, got "
                                         f"{type(side).__name__}")
@@ -259,8 +259,9 @@ class GRankRetriever:
         lengths = np.diff(offsets)
         if (lengths == 0).any():
             u = int(np.flatnonzero(lengths == 0)[0])
-            raise ValueError(f"history {u} is empty{' after dropping unknown items' if unknown == 'drop' else ''}; "
-                             "GRank needs at least one known item (serve cold users with the popularity family)")
+            after = " after dropping unknown items" if unknown == "drop" else ""
+            raise requests.RequestError(f"history {u} is empty{after}; GRank needs at least one known item (serve "
+                                        "cold users with the popularity family)")
         items_out, scores_out = [], []
         for start in range(0, len(lengths), batch_size):
             stop = min(start + batch_size, len(lengths))
@@ -276,8 +277,8 @@ class GRankRetriever:
             for u, row in enumerate(order):
                 picked = cand[u, row]
                 if (picked < 0).any():
-                    raise ValueError(f"history {start + u} leaves only {int((cand[u] >= 0).sum())} unseen items, "
-                                     f"fewer than k={k}")
+                    raise requests.RequestError(f"history {start + u} leaves only {int((cand[u] >= 0).sum())} "
+                                                f"unseen items, fewer than k={k}")
                 items_out.append(self.item_ids[picked].tolist())
                 scores_out.append(final[u, row].astype(float).tolist())
         return RetrievalResult(items_out, scores_out)

@@ -34,13 +34,20 @@ class RetrievalFormerRetriever:
         item_ids: raw id of each dense item.
         encoder: the fitted ItemFeatureEncoder (raw features -> ids) of the checkpoint.
         checkpoint: the checkpoint path (an ANN index is saved beside it).
+        user_feature_names: the user tower's profile fields, in its order (what `retrieve(user_features=
+            {name: ids})` takes); default "user_feature_0", ...
     """
 
     CONTENT_POOL = 4  # candidates per item asked for, from each part of the score (search="ann", content term)
 
     def __init__(self, model: RetrievalFormer, item_ids: Sequence[Any], encoder: ItemFeatureEncoder,
-                 checkpoint: str | Path | None = None):
+                 checkpoint: str | Path | None = None, user_feature_names: Sequence[str] | None = None):
         self.model = model.eval()
+        n_fields = len(model.config.user_feature_cardinalities)
+        self.user_feature_names = list(user_feature_names or [f"user_feature_{f}" for f in range(n_fields)])
+        if len(self.user_feature_names) != n_fields:
+            raise ValueError(f"the model embeds {n_fields} user features but {len(self.user_feature_names)} names "
+                             f"were given")
         self.item_ids = np.asarray(item_ids)
         self.encoder = encoder
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
@@ -61,7 +68,8 @@ class RetrievalFormerRetriever:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, entry = load_retrievalformer(path, device)
         cat = entry["catalogue"]
-        r = cls(model, cat["item_ids"], ItemFeatureEncoder.from_state_dict(cat["encoder"]), checkpoint=path)
+        r = cls(model, cat["item_ids"], ItemFeatureEncoder.from_state_dict(cat["encoder"]), checkpoint=path,
+                user_feature_names=cat.get("user_feature_names"))
         from genret.decoding.export import artifact_version
 
         r.model_version = artifact_version(path)
@@ -234,7 +242,7 @@ class RetrievalFormerRetriever:
 
     def retrieve(self, histories: Sequence[Sequence[Any]], k: int = 100, unknown: str = "error",
                  batch_size: int = 256, side: dict | None = None, search: str | None = None,
-                 user_features: np.ndarray | None = None, exclude_seen: bool = True) -> RetrievalResult:
+                 user_features: Any = None, exclude_seen: bool = True) -> RetrievalResult:
         """Top-k raw item ids per history (best first) with their scores x_u . y_i (plus the content term
         when the model's content_weight > 0).
 
@@ -244,20 +252,24 @@ class RetrievalFormerRetriever:
             batch_size: users encoded together. side: not used (no per-action side features).
             search: "exact" (every item scored) or "ann" (the index of build_index / load_index);
                 None: the retriever's `search` ("ann" when from_checkpoint loaded an index, else "exact").
-            user_features: (U, F) int64 profile ids in the checkpoint's user features order, or None (unknown).
+            user_features: the users' profile fields (`self.user_feature_names`) as categorical ids, 0 =
+                unknown: {name: one id per history} (a field left out is unknown), an (U, F) int64
+                array in that order, or None (all unknown).
             exclude_seen: drop each history's own items from its list (the default, as evaluation does).
         """
         from genret.decoding import requests
 
         search = self.search if search is None else search
         if search not in ("exact", "ann"):
-            raise ValueError(f"search must be 'exact' or 'ann', got {search!r}")
+            raise requests.RequestError(f"search must be 'exact' or 'ann', got {search!r}")
         if search == "ann" and self.ann is None:
-            raise ValueError("no ANN index: call build_index(kind) or load_index(kind) first, or search='exact'")
+            raise requests.RequestError("no ANN index: call build_index(kind) or load_index(kind) first, or search='exact'")
         beta = self.model.config.content_weight
         if side:
-            raise ValueError(f"RetrievalFormer takes no per-action side features; got {sorted(side)}")
+            raise requests.RequestError(f"RetrievalFormer takes no per-action side features; got {sorted(side)}")
         histories = requests.check_histories(histories)
+        user_features = None if user_features is None else requests.user_feature_matrix(
+            user_features, self.user_feature_names, self.model.config.user_feature_cardinalities, len(histories))
         k = requests.check_k(k, len(self.item_ids))
         batch_size = requests.check_batch_size(batch_size)
         exclude_seen = requests.check_flag(exclude_seen, "exclude_seen")

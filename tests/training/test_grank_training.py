@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from genret.decoding.grank_retriever import GRankRetriever
+from genret.decoding.requests import RequestError
 from genret.families import family_for_config, load_retriever
 from genret.training.run import build, fit
 
@@ -159,9 +160,10 @@ def test_bad_input_gets_a_clear_error(trained):
     history = _histories(dm, 1)
     with pytest.raises(ValueError, match="not in the catalogue"):
         r.retrieve([["no-such-item"]], k=5)
-    with pytest.raises(ValueError, match="history 1 is empty"):
+    # Request errors, which a server answers with 400 (not an internal error)
+    with pytest.raises(RequestError, match="history 1 is empty"):
         r.retrieve(history + [[]], k=5)
-    with pytest.raises(ValueError, match="k=41 exceeds the 40 candidates"):
+    with pytest.raises(RequestError, match="k=41 exceeds the 40 candidates"):
         r.retrieve(history, k=41)
     with pytest.raises(ValueError, match="neither GRank nor its generator embeds side features"):
         r.retrieve(history, k=5, side={"rating": [[5] * len(history[0])]})

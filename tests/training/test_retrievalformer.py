@@ -316,6 +316,18 @@ def test_retrievalformer_trains_round_trips_and_serves_cold_items(tiny_ml, tmp_p
     history = [dm.log_all.item_ids[:3].tolist()]
     exact = r.retrieve(history, k=5)
     assert len(exact.items[0]) == 5
+    # The user tower's profile by field name, as `genret decode` and the server pass it, or as an array.
+    from genret.decoding.requests import RequestError
+
+    assert r.user_feature_names == dm.user_feature_names and r.user_feature_names
+    profile = dm.user_feats[0]
+    by_name = r.retrieve(history, k=5, user_features={n: [int(v)] for n, v in zip(r.user_feature_names, profile)})
+    assert by_name == r.retrieve(history, k=5, user_features=profile[None])
+    assert by_name.scores != exact.scores  # the profile reaches the user vector
+    with pytest.raises(RequestError, match="not fields this model embeds"):
+        r.retrieve(history, k=5, user_features={"colour": [1]})
+    with pytest.raises(RequestError, match="no per-action side features"):
+        r.retrieve(history, k=5, side={"rating": [[5, 5, 5]]})
     # ANN (flat and HNSW) through the same API agrees with exact search on this small catalogue.
     path = r.build_index("flat")
     assert path.is_file() and path.with_name(path.name + ".json").is_file()

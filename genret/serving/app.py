@@ -5,7 +5,8 @@ Endpoints:
                      "unknown": "error" | "drop", "side": {...}, "user_features": {...}}
                     -> {"items": [[...]], "scores": [[...]], "model_version": "..."}
     GET  /health    200 while the process serves HTTP
-    GET  /ready     200 once a model is loaded, else 503 (with the load error, if any)
+    GET  /ready     200 once a model is loaded (its version, catalogue size and the side / user feature
+                    names a request may carry), else 503 (with the load error, if any)
     GET  /metrics   Prometheus text: requests, errors, latency, batch sizes, reloads
     POST /reload    {"checkpoint": "path"} -> swaps in that model atomically, or keeps the old one
                     and answers 422 with the reason
@@ -221,8 +222,11 @@ def create_app(checkpoint: str | Path | None = None, *, device: str | None = "cp
     async def ready():
         if state.retriever is None:
             return JSONResponse({"ready": False, "error": state.load_error or "loading"}, status_code=503)
-        return {"ready": True, "model_version": state.retriever.model_version, "checkpoint": state.checkpoint,
-                "n_items": len(state.retriever.item_ids)}
+        r = state.retriever
+        # What a request may carry besides histories: the per-action side fields and the user's fields.
+        return {"ready": True, "model_version": r.model_version, "checkpoint": state.checkpoint,
+                "n_items": len(r.item_ids), "side_features": list(getattr(r, "side_features", None) or []),
+                "user_features": list(getattr(r, "user_feature_names", None) or [])}
 
     @app.get("/metrics")
     async def prometheus():

@@ -81,6 +81,7 @@ def test_health_ready_metrics(server):
     assert server.client.get("/health").json() == {"status": "ok"}
     ready = server.client.get("/ready").json()
     assert ready["ready"] is True and ready["n_items"] == 40 and ready["model_version"].startswith("sha256:")
+    assert ready["user_features"] == ["segment"] and ready["side_features"] == []  # what a request may carry
     server.client.post("/retrieve", json={"histories": [[100]], "k": 3})
     server.client.post("/retrieve", content=b"{")
     metrics = server.client.get("/metrics")

@@ -247,7 +247,7 @@ class RetrievalFormerRetriever:
         when the model's content_weight > 0).
 
         Args:
-            histories: raw item ids per user, oldest first (may be empty).
+            histories: raw item ids per user, oldest first (at least one known item each).
             k: items per user. unknown: "error" or "drop" for ids not in the catalogue.
             batch_size: users encoded together. side: not used (no per-action side features).
             search: "exact" (every item scored) or "ann" (the index of build_index / load_index);
@@ -278,6 +278,12 @@ class RetrievalFormerRetriever:
             import warnings
 
             warnings.warn(f"dropped {len(dropped)} unknown item id(s), e.g. {dropped[:3]}", stacklevel=2)
+        empty = np.flatnonzero(np.diff(offsets) == 0)
+        if len(empty):  # the user vector is read at the newest item: without one it was never trained
+            after = " after dropping unknown items" if unknown == "drop" else ""
+            raise requests.RequestError(f"history {int(empty[0])} is empty{after}; RetrievalFormer's user vector is "
+                                        "read at the newest item (serve users without history with the popularity "
+                                        "family)")
         users = self.user_vectors(offsets, dense, user_features, batch_size)
         seen = [set(dense[offsets[u]:offsets[u + 1]].tolist()) for u in range(len(offsets) - 1)] if exclude_seen else None
         fetch = k + (max((len(s) for s in seen), default=0) if seen else 0)

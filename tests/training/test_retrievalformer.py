@@ -328,6 +328,8 @@ def test_retrievalformer_trains_round_trips_and_serves_cold_items(tiny_ml, tmp_p
         r.retrieve(history, k=5, user_features={"colour": [1]})
     with pytest.raises(RequestError, match="no per-action side features"):
         r.retrieve(history, k=5, side={"rating": [[5, 5, 5]]})
+    with pytest.raises(RequestError, match="history 1 is empty after dropping unknown items"):
+        r.retrieve(history + [["no-such-movie"]], k=5, unknown="drop")
     # ANN (flat and HNSW) through the same API agrees with exact search on this small catalogue.
     path = r.build_index("flat")
     assert path.is_file() and path.with_name(path.name + ".json").is_file()

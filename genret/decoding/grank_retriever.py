@@ -257,11 +257,7 @@ class GRankRetriever:
         offsets = np.concatenate([[0], np.cumsum([len(row) for row in rows])]).astype(np.int64)
         dense = np.asarray([i for row in rows for i in row], np.int64)
         lengths = np.diff(offsets)
-        if (lengths == 0).any():
-            u = int(np.flatnonzero(lengths == 0)[0])
-            after = " after dropping unknown items" if unknown == "drop" else ""
-            raise requests.RequestError(f"history {u} is empty{after}; GRank needs at least one known item (serve "
-                                        "cold users with the popularity family)")
+        requests.check_not_empty(lengths, unknown, "GRank needs at least one known item")
         items_out, scores_out = [], []
         for start in range(0, len(lengths), batch_size):
             stop = min(start + batch_size, len(lengths))

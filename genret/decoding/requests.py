@@ -59,6 +59,16 @@ def check_unknown(unknown: Any) -> str:
     return unknown
 
 
+def check_not_empty(lengths: Sequence[int] | np.ndarray, unknown: str, why: str) -> None:
+    """Refuse the first empty history (after unknown items were dropped) for a family that cannot
+    score one; `why` says what the family needs the history for."""
+    empty = np.flatnonzero(np.asarray(lengths) == 0)
+    if len(empty):
+        after = " after dropping unknown items" if unknown == "drop" else ""
+        raise RequestError(f"history {int(empty[0])} is empty{after}; {why} (serve users without history with "
+                           "the popularity family)")
+
+
 def check_flag(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise RequestError(f"{name} must be true or false, got {value!r}")

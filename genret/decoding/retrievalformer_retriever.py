@@ -278,12 +278,8 @@ class RetrievalFormerRetriever:
             import warnings
 
             warnings.warn(f"dropped {len(dropped)} unknown item id(s), e.g. {dropped[:3]}", stacklevel=2)
-        empty = np.flatnonzero(np.diff(offsets) == 0)
-        if len(empty):  # the user vector is read at the newest item: without one it was never trained
-            after = " after dropping unknown items" if unknown == "drop" else ""
-            raise requests.RequestError(f"history {int(empty[0])} is empty{after}; RetrievalFormer's user vector is "
-                                        "read at the newest item (serve users without history with the popularity "
-                                        "family)")
+        # Without a newest item the user vector would come from a position training never reads.
+        requests.check_not_empty(np.diff(offsets), unknown, "RetrievalFormer's user vector is read at the newest item")
         users = self.user_vectors(offsets, dense, user_features, batch_size)
         seen = [set(dense[offsets[u]:offsets[u + 1]].tolist()) for u in range(len(offsets) - 1)] if exclude_seen else None
         fetch = k + (max((len(s) for s in seen), default=0) if seen else 0)

@@ -255,6 +255,15 @@ def drop_seen(items: np.ndarray, histories: Sequence[Sequence[int]], k: int) -> 
     return keep_idx, short
 
 
+def user_feature_names(names: Sequence[str] | None, n_fields: int) -> list[str]:
+    """The names a retriever takes `user_features` by: the checkpoint's, or "user_feature_0", ... when it
+    has none; a count that differs from the model's `n_fields` is an error (a mismatched checkpoint)."""
+    out = list(names or [f"user_feature_{f}" for f in range(n_fields)])
+    if len(out) != n_fields:
+        raise ValueError(f"the model embeds {n_fields} user features but {len(out)} names were given ({out})")
+    return out
+
+
 def user_feature_matrix(user_features: Any, names: Sequence[str], cardinalities: Sequence[int],
                         n_users: int) -> np.ndarray:
     """Static user features -> (n_users, F) int64 categorical ids, 0 = unknown.

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from genret.data.item_features import ItemFeatureEncoder, RawFeatures
+from genret.decoding import requests
 from genret.decoding.retriever import RetrievalResult
 from genret.models.retrievalformer import RetrievalFormer
 
@@ -43,11 +44,8 @@ class RetrievalFormerRetriever:
     def __init__(self, model: RetrievalFormer, item_ids: Sequence[Any], encoder: ItemFeatureEncoder,
                  checkpoint: str | Path | None = None, user_feature_names: Sequence[str] | None = None):
         self.model = model.eval()
-        n_fields = len(model.config.user_feature_cardinalities)
-        self.user_feature_names = list(user_feature_names or [f"user_feature_{f}" for f in range(n_fields)])
-        if len(self.user_feature_names) != n_fields:
-            raise ValueError(f"the model embeds {n_fields} user features but {len(self.user_feature_names)} names "
-                             f"were given")
+        self.user_feature_names = requests.user_feature_names(user_feature_names,
+                                                              len(model.config.user_feature_cardinalities))
         self.item_ids = np.asarray(item_ids)
         self.encoder = encoder
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
@@ -157,7 +155,6 @@ class RetrievalFormerRetriever:
         search breadth is set to the smallest that finds `target_recall` of the exact top
         `tune_k` for those users' vectors (ANNIndex.tune; the measured recall is kept in the
         index's parameters, `self.ann.params["tuned"]`)."""
-        from genret.decoding import requests
         from genret.decoding.ann import ANNIndex, index_path
 
         vectors = self.item_vectors().cpu().numpy()
@@ -184,8 +181,6 @@ class RetrievalFormerRetriever:
     # ------------------------------------------------------------------------------ retrieval
     def _csr_histories(self, histories, unknown: str) -> tuple[np.ndarray, np.ndarray, list]:
         """Checked raw-id histories -> (offsets (U + 1,), dense item ids, the raw ids dropped)."""
-        from genret.decoding import requests
-
         rows, _, dropped = requests.encode_histories(histories, self._item_index, unknown)
         offsets = np.concatenate([[0], np.cumsum([len(row) for row in rows])]).astype(np.int64)
         return offsets, np.asarray([i for row in rows for i in row], np.int64), dropped
@@ -257,8 +252,6 @@ class RetrievalFormerRetriever:
                 array in that order, or None (all unknown).
             exclude_seen: drop each history's own items from its list (the default, as evaluation does).
         """
-        from genret.decoding import requests
-
         search = self.search if search is None else search
         if search not in ("exact", "ann"):
             raise requests.RequestError(f"search must be 'exact' or 'ann', got {search!r}")

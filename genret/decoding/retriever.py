@@ -102,11 +102,8 @@ class Retriever:
         self.index = index
         self.item_ids = np.asarray(item_ids)
         self._item_index = requests.item_lookup(self.item_ids)
-        n_fields = len(model.cfg.user_feature_cardinalities)
-        self.user_feature_names = list(user_feature_names or [f"user_feature_{f}" for f in range(n_fields)])
-        if len(self.user_feature_names) != n_fields:
-            raise ValueError(f"the model embeds {n_fields} user features but {len(self.user_feature_names)} names "
-                             f"were given ({self.user_feature_names})")
+        self.user_feature_names = requests.user_feature_names(user_feature_names,
+                                                              len(model.cfg.user_feature_cardinalities))
         self.model_version = "in-memory"
         self.new_items = new_items  # gives items added after training their SIDs (from_checkpoint sets it)
         self.dataset: str | None = None  # the catalogue's data set name, as the checkpoint records it

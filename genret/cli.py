@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from genret import __version__
@@ -43,7 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         parser.error(f"unknown command {name!r}; choose from {', '.join(COMMANDS)}")
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except Exception as err:
+        # Bad input (a data set that is not there, a malformed artifact) is the user's to fix: one
+        # line naming it reads better than a traceback through Lightning. GENRET_TRACEBACK=1 keeps it.
+        if not _is_user_error(err) or os.environ.get("GENRET_TRACEBACK"):
+            raise
+        print(f"genret {name}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(err: Exception) -> bool:
+    from genret.data.interactions import DataError
+    from genret.tokenizers.artifacts import ArtifactError
+
+    return isinstance(err, (DataError, ArtifactError))
 
 
 if __name__ == "__main__":

@@ -98,7 +98,14 @@ def main(argv: list[str]) -> int:
                         help="evaluate this trained DualGR / RetrievalFormer / GRank checkpoint instead of training "
                              "(same split and protocol; GRank: its ranker over the generator --model.generator names)")
     args, overrides = parser.parse_known_args(argv)
+    from genret.data.interactions import DataError
+    from genret.data.loaders import check_data_argument
     from genret.decoding.beam_search import check_short_weight
+
+    try:
+        check_data_argument(args.data)
+    except DataError as err:
+        parser.error(f"--data: {err}")
 
     try:
         check_short_weight(args.short_weight)

@@ -42,8 +42,18 @@ def resolve_data_path(path: str | os.PathLike) -> Path:
         tried.append(candidate)
         if candidate.exists():
             return candidate
-    hint = "" if data_dir else " (set GENRET_DATA_DIR to the folder holding the data sets)"
+    if not data_dir:
+        hint = " (set GENRET_DATA_DIR to the folder holding the data sets, or pass a folder's path)"
+    else:
+        names = sorted(p.name for p in Path(data_dir).expanduser().glob("*") if not p.name.startswith("."))
+        hint = f" (names under GENRET_DATA_DIR: {', '.join(names[:20]) or 'none'})"
     raise DataError(f"data set {str(path)!r} not found; tried {', '.join(map(str, tried))}{hint}")
+
+
+def check_data_argument(path: str | os.PathLike) -> None:
+    """Raise DataError now, before anything trains, when `path` names no data set ("synthetic..." passes)."""
+    if not _SYNTHETIC.match(str(path)):
+        resolve_data_path(path)
 
 
 def load_dataset(path: str | os.PathLike, **kwargs: Any) -> InteractionLog:

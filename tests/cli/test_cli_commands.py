@@ -80,3 +80,31 @@ def test_benchmark_popularity_runs_through_its_registry_entry(tmp_path):
     expected = ranking_metrics(PopularityRecommender().fit(split.train).recommend(es, 20), es.targets, (10, 20))
     assert metrics["model"] == "popularity" and metrics["test"]["hr@10"] == expected["hr@10"]
     assert metrics["baselines"] == {}
+
+
+def test_a_data_set_that_is_not_there_is_one_line_naming_where_it_looked(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    (tmp_path / "ml-1m").mkdir()
+    monkeypatch.setenv("GENRET_DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    # benchmark checks --data before anything trains (argparse's exit status 2)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["benchmark", "--model", "popularity", "--data", "ml1m", "--config", str(config),
+              "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--data: data set 'ml1m' not found" in err and "names under GENRET_DATA_DIR: ml-1m" in err
+    assert not (tmp_path / "out").exists()
+    # train meets it inside Lightning's setup: the same one line, status 2, no traceback
+    assert main(["train", "--config", str(config), *TINY, "--data.data", "ml1m",
+                 "--trainer.default_root_dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "genret train: error: data set 'ml1m' not found" in err and "Traceback" not in err
+    monkeypatch.setenv("GENRET_TRACEBACK", "1")  # the traceback, for a bug report
+    from genret.data.interactions import DataError
+
+    with pytest.raises(DataError):
+        main(["train", "--config", str(config), *TINY, "--data.data", "ml1m",
+              "--trainer.default_root_dir", str(tmp_path / "run")])

@@ -283,6 +283,8 @@ def main(argv: list[str]) -> int:
                                    **({"short_weight": main_res["short_weight"]} if "short_weight" in main_res else {}),
                                    **({"sid_embeddings": sid_stage} if sid_stage else {}),
                                    **({"evaluated_checkpoint": str(args.checkpoint)} if args.checkpoint else {}),
+                                   **({"training": main_res["training"]} if len(seeds) == 1 and "training" in main_res
+                                      else {}),
                                    **main_res.get("extra", {}),  # --protocol looc: cold / warm blocks
                                    **looc_extra})  # ... and over several seeds, their means
     sections = [("Table 2 over seeds" if args.ablations else "Seeds", format_ablation_summary(summary))]

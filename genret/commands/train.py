@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
         if args.config is None and not rest:
             return 2
     from genret.families import family_for_config, get_family
-    from genret.training.run import build, fit
+    from genret.training.run import build, fit, why_stopped
 
     # genret's own progress lines (the data summary, per-epoch validation metrics) go to the console.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -53,8 +53,9 @@ def main(argv: list[str]) -> int:
             train_first(module, dm, out, Path(args.config).parent, seed_override(rest))
         ckpt, seconds = fit(module, dm, trainer, out, ckpt_path=args.ckpt_path)
         if trainer.is_global_zero:
-            print(f"[genret] {family.name}: trained in {seconds:.0f} s; kept weights in {ckpt}; "
-                  f"resume point {out / 'checkpoints' / 'last.ckpt'}")
+            stop = why_stopped(trainer)
+            print(f"[genret] {family.name}: trained {stop['epochs']} epochs in {seconds:.0f} s (stopped by "
+                  f"{stop['stopped_by']}); kept weights in {ckpt}; resume point {out / 'checkpoints' / 'last.ckpt'}")
         return 0
     ckpt = args.ckpt_path or out / "model.ckpt"
     if not Path(ckpt).is_file():

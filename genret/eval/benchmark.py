@@ -81,7 +81,7 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
     from genret.decoding.retriever import Retriever
     from genret.eval.run_record import (RECORD_NAME, earlier_signatures, mark_run_started, read_run_record,
                                         run_signature, unfinished_checkpoint, write_run_record)
-    from genret.training.run import build, fit
+    from genret.training.run import build, fit, why_stopped
 
     out_dir.mkdir(parents=True, exist_ok=True)
     check_stages(stages)
@@ -145,6 +145,8 @@ def run_generative(config: str | Path, out_dir: Path, variant: str = "dualgr", d
         result["seed"] = int(seed)
     if checkpoint is None and unfinished is not None:
         result["continued_from"] = str(unfinished)  # train_seconds counts the continuation only
+    if checkpoint is None:
+        result["training"] = why_stopped(trainer)
     looc = getattr(dm, "cold_split", None) is not None
     cold_valid = looc and "cold_valid" in dm.eval_sets
     read_test = "test" in stages
@@ -255,7 +257,7 @@ def run_embedding(family: str, config: str | Path, out_dir: Path, data: str | No
         "extra" dict is written into metrics.json as it is.
     """
     from genret.decoding.embedding_retriever import EmbeddingRetriever
-    from genret.training.run import build, fit
+    from genret.training.run import build, fit, why_stopped
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -269,6 +271,7 @@ def run_embedding(family: str, config: str | Path, out_dir: Path, data: str | No
         result[key] = ranking_metrics(ranked, dm.eval_sets[stage].targets, ks)
     if dm.item_features or dm.skipped_item_features:  # what the item MLP read, and what the data set lacked
         result["extra"] = {"item_features": {"used": list(dm.item_features), "skipped": list(dm.skipped_item_features)}}
+    result.setdefault("extra", {})["training"] = why_stopped(trainer)  # a limit while validation rose, patience, ...
     result["datamodule"] = dm
     log.info("%s on %s: test hr@10 %.4f ndcg@10 %.4f, %.0f s training", family, result["dataset"],
              result["test"].get("hr@10", float("nan")), result["test"].get("ndcg@10", float("nan")), train_seconds)

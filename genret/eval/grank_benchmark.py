@@ -133,7 +133,7 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
     """
     from genret.decoding.grank_retriever import GRankRetriever
     from genret.training.grank_generator import train_generator, train_init, train_scorer
-    from genret.training.run import build, fit, seed_override
+    from genret.training.run import build, fit, seed_override, why_stopped
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -197,6 +197,8 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
                                         "temperature": module.temperature}}
     if "val_by_blend" in main:
         result["extra"]["val_by_blend"] = main["val_by_blend"]
+    if not evaluated:  # why training ended (a limit while validation rose, patience, ...)
+        result["extra"]["training"] = why_stopped(trainer)
     result["baselines"] = {f"{name} only": {"val": generator_only["val"], "test": generator_only["test"]}}
     if external is not None or scored is not None:  # GRank's own pipeline, for comparison (its own blend choice)
         mine = evaluate_grank(own, dm.eval_sets, k1, all_ks, dm.eval_batch_size, module.blend_choices, metric)

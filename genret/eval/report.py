@@ -505,6 +505,12 @@ def write_report(
     for key in ("commit", "device", "train_seconds", "genret_version", "created"):
         if key in metrics:
             lines.append(f"- {key}: {metrics[key]}")
+    stop = metrics.get("training")
+    if isinstance(stop, Mapping) and "stopped_by" in stop:
+        rising = stop.get("improving") and stop["stopped_by"] != "patience"
+        epochs = stop.get("epochs")
+        lines.append(f"- training: stopped by {stop['stopped_by']} after {epochs} epoch{'' if epochs == 1 else 's'}"
+                     + (" while validation was still improving (likely under-trained)" if rising else ""))
     if "n_users" in ours:
         lines.append(f"- test users: {ours['n_users']}")
     all_ks = sorted(set(_ks_in(models.values(), "hr")) | set(_ks_in(models.values(), "ndcg")))

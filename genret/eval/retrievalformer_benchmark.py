@@ -124,14 +124,15 @@ def run_retrievalformer(family: str, config: str | Path, out_dir: Path, data: st
     and in the content baseline.
     """
     from genret.eval.benchmark import check_stages
-    from genret.training.run import build, fit
+    from genret.training.run import build, fit, why_stopped
 
     check_stages(stages)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     overrides = list(overrides or []) + ([] if seed is None else ["--seed_everything", str(int(seed))])
     module, dm, trainer = build(family, config, out_dir, overrides, data)
-    if checkpoint is None:
+    trained = checkpoint is None
+    if trained:
         checkpoint, train_seconds = fit(module, dm, trainer, out_dir)
         model = module.model.eval()
     else:
@@ -161,6 +162,8 @@ def run_retrievalformer(family: str, config: str | Path, out_dir: Path, data: st
         result[key] = ranking_metrics(ranked, dm.eval_sets[stage].targets, ks)
         result[f"{key}_ranks"] = target_ranks(ranked, dm.eval_sets[stage].targets)
     extra: dict[str, Any] = {"item_features": dm.feature_report, "user_features": dm.user_feature_names}
+    if trained:  # trained here: why training ended (a limit while validation rose, patience, ...)
+        extra["training"] = why_stopped(trainer)
     if dm.protocol == "looc":
         # The cold test users only when test is read; the validation cold users whenever there are some.
         cold = {stage: eval_retrievalformer(model, dm, dm.eval_sets[stage], max(ks))

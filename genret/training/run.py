@@ -146,6 +146,53 @@ def _keep_earlier_epochs(path: Path, rows: list[dict], columns: list[str]) -> No
     write_text(path, out.getvalue())
 
 
+def why_stopped(trainer) -> dict:
+    """Why a fit ended: {"stopped_by": "patience" | "max_time" | "max_steps" | "max_epochs" | "other",
+    "limit": that limit's value (seconds for max_time; None for patience and other), "epochs": epochs
+    trained, "improving": True when the last validation was the best so far, None when the run has no
+    early stopping to tell (or never validated)}."""
+    import math
+
+    from pytorch_lightning.callbacks import EarlyStopping, Timer
+
+    early = next((cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping)), None)
+    timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+    remaining = timer.time_remaining("train") if timer is not None else None
+    if early is not None and early.stopped_epoch > 0:
+        by, limit = "patience", None
+    elif remaining is not None and remaining <= 0:
+        by, limit = "max_time", round(timer.time_elapsed("train") + remaining)
+    elif trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
+        by, limit = "max_steps", trainer.max_steps
+    elif trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs:
+        by, limit = "max_epochs", trainer.max_epochs
+    else:
+        by, limit = "other", None
+    improving = None
+    if early is not None and math.isfinite(float(early.best_score)):
+        improving = by != "patience" and early.wait_count == 0
+    return {"stopped_by": by, "limit": limit, "epochs": int(trainer.current_epoch), "improving": improving}
+
+
+def warn_if_cut_short(trainer) -> dict:
+    """Log why training ended, with a warning when a limit ended it while validation was still
+    rising (the model is likely under-trained) or the time limit ended it. Returns `why_stopped`."""
+    stop = why_stopped(trainer)
+    by, limit, epochs = stop["stopped_by"], stop["limit"], stop["epochs"]
+    shown = f"{limit} s" if by == "max_time" else limit
+    if stop["improving"] and by in ("max_time", "max_epochs", "max_steps"):
+        log.warning("training stopped at trainer.%s (%s) after %d epochs while validation was still "
+                    "improving (its last check was the best so far): the model is likely under-trained; "
+                    "raise trainer.%s (`genret train ... --ckpt_path <run dir>/checkpoints/last.ckpt` continues)",
+                    by, shown, epochs, by)
+    elif by == "max_time":
+        log.warning("training stopped at trainer.max_time (%s) after %d of %s epochs", shown, epochs,
+                    trainer.max_epochs)
+    else:
+        log.info("training stopped by %s after %d epochs", by if by != "other" else "the module", epochs)
+    return stop
+
+
 def fit(module, datamodule, trainer, out_dir: str | Path, ckpt_path: str | None = None) -> tuple[Path, float]:
     """Fit, load the kept epoch's weights and write out_dir/model.ckpt (atomically).
 
@@ -158,6 +205,7 @@ def fit(module, datamodule, trainer, out_dir: str | Path, ckpt_path: str | None 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
+    warn_if_cut_short(trainer)
     if earlier_log is not None:
         _keep_earlier_epochs(*earlier_log)
     selector = trainer.checkpoint_callback

@@ -115,6 +115,8 @@ def test_tiny_sasrec_beats_popularity_and_exports(tmp_path, one_thread):
     assert result["model"] == "sasrec" and result["dataset"] == "synthetic"
     assert result["test"]["n_users"] == 300
     assert result["test"]["hr@10"] > popularity + 0.05, (result["test"], popularity)
+    assert result["extra"]["training"]["stopped_by"] in ("max_epochs", "patience")
+    assert 1 <= result["extra"]["training"]["epochs"] <= 10
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "logs", "model.ckpt"]
     assert (out / "checkpoints" / "last.ckpt").is_file()
 

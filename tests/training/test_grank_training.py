@@ -250,7 +250,10 @@ def test_benchmark_and_decode_commands_with_a_grank_model(tmp_path):
     assert set(metrics["baselines"]) == {"popularity", "grank generator only"}
     assert metrics["k1"] == 40 and 0 <= metrics["candidate_recall"]["test"] <= 1
     assert metrics["test"]["recall@40"] == pytest.approx(metrics["candidate_recall"]["test"])
+    # One epoch, validated once: the limit ended it, and that one check is the best so far.
+    assert metrics["training"] == {"stopped_by": "max_epochs", "limit": 1, "epochs": 1, "improving": True}
     assert "grank generator only" in (out / "report.md").read_text()
+    assert "stopped by max_epochs after 1 epoch while validation was still improving" in (out / "report.md").read_text()
     histories = tmp_path / "h.jsonl"
     histories.write_text(json.dumps({"user": "u", "history": [1, 2, 3]}) + "\n")
     assert main(["decode", "--checkpoint", str(out / "model.ckpt"), "--histories", str(histories), "--k", "5",

@@ -479,6 +479,7 @@ def test_benchmark_looc_cli(tiny_ml, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["cold"]) == set(metrics["test"]) == set(metrics["warm"])
     assert set(metrics["baselines"]["content"]) == {"cold", "warm"} and "cold_val" not in metrics
+    assert metrics["training"]["stopped_by"] == "max_epochs" and metrics["training"]["epochs"] == 1
     assert metrics["looc"]["cold_items"] > 0
     # With a cold validation set: "cold_val" with the same keys as "cold", for the model and the baseline.
     out = tmp_path / "rf_cold_val"

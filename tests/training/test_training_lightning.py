@@ -387,6 +387,7 @@ def test_benchmark_builds_sids_from_a_trained_sasrec(tmp_path, tiny_args):
     # The tokenizer read the SASRec checkpoint's item vectors, not the config's own source.
     assert "checkpoint" in json.dumps(metrics["sid_report"])
     assert metrics["total_seconds"] > metrics["train_seconds"] + stage["train_seconds"]
+    assert metrics["training"]["stopped_by"] in ("max_epochs", "patience") and metrics["training"]["epochs"] >= 1
 
     # Refused before any training: a clash with the YAML key, a model without SIDs, a missing file.
     for bad in ([*argv, "--data.sid.embeddings", "collaborative"],

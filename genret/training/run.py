@@ -205,7 +205,8 @@ def fit(module, datamodule, trainer, out_dir: str | Path, ckpt_path: str | None 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
-    warn_if_cut_short(trainer)
+    if trainer.is_global_zero:  # once, not once a process
+        warn_if_cut_short(trainer)
     if earlier_log is not None:
         _keep_earlier_epochs(*earlier_log)
     selector = trainer.checkpoint_callback

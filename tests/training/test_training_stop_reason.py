@@ -97,3 +97,15 @@ def test_without_early_stopping_improvement_is_unknown(caplog):
     with caplog.at_level(logging.INFO, logger="genret.training.run"):
         warn_if_cut_short(trainer)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_fit_warns_on_a_run_cut_short(tmp_path, caplog):
+    from genret.training.run import fit
+
+    trainer = pl.Trainer(callbacks=[EarlyStopping("val/score", mode="max", patience=3)], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, accelerator="cpu", max_epochs=2)
+    with caplog.at_level(logging.INFO, logger="genret.training.run"):
+        ckpt, _ = fit(CurveModule([0.1, 0.2]), None, trainer, tmp_path)
+    assert ckpt.is_file()
+    assert any(r.levelno == logging.WARNING and "under-trained" in r.getMessage() for r in caplog.records)

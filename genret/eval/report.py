@@ -507,7 +507,8 @@ def write_report(
             lines.append(f"- {key}: {metrics[key]}")
     stop = metrics.get("training")
     if isinstance(stop, Mapping) and "stopped_by" in stop:
-        rising = stop.get("improving") and stop["stopped_by"] != "patience"
+        # the condition of genret.training.run.warn_if_cut_short: a limit ended a run still improving
+        rising = stop.get("improving") and stop["stopped_by"] in ("max_time", "max_epochs", "max_steps")
         epochs = stop.get("epochs")
         lines.append(f"- training: stopped by {stop['stopped_by']} after {epochs} epoch{'' if epochs == 1 else 's'}"
                      + (" while validation was still improving (likely under-trained)" if rising else ""))

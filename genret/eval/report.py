@@ -507,11 +507,11 @@ def write_report(
             lines.append(f"- {key}: {metrics[key]}")
     stop = metrics.get("training")
     if isinstance(stop, Mapping) and "stopped_by" in stop:
-        # the condition of genret.training.run.warn_if_cut_short: a limit ended a run still improving
-        rising = stop.get("improving") and stop["stopped_by"] in ("max_time", "max_epochs", "max_steps")
+        from genret.training.run import cut_short
+
         epochs = stop.get("epochs")
         lines.append(f"- training: stopped by {stop['stopped_by']} after {epochs} epoch{'' if epochs == 1 else 's'}"
-                     + (" while validation was still improving (likely under-trained)" if rising else ""))
+                     + (" while validation was still improving (likely under-trained)" if cut_short(stop) else ""))
     if "n_users" in ours:
         lines.append(f"- test users: {ours['n_users']}")
     all_ks = sorted(set(_ks_in(models.values(), "hr")) | set(_ks_in(models.values(), "ndcg")))

@@ -174,13 +174,18 @@ def why_stopped(trainer) -> dict:
     return {"stopped_by": by, "limit": limit, "epochs": int(trainer.current_epoch), "improving": improving}
 
 
+def cut_short(stop: dict) -> bool:
+    """Whether a `why_stopped` record says a limit ended training while validation was still improving."""
+    return bool(stop.get("improving")) and stop.get("stopped_by") in ("max_time", "max_epochs", "max_steps")
+
+
 def warn_if_cut_short(trainer) -> dict:
     """Log why training ended, with a warning when a limit ended it while validation was still
     rising (the model is likely under-trained) or the time limit ended it. Returns `why_stopped`."""
     stop = why_stopped(trainer)
     by, limit, epochs = stop["stopped_by"], stop["limit"], stop["epochs"]
     shown = f"{limit} s" if by == "max_time" else limit
-    if stop["improving"] and by in ("max_time", "max_epochs", "max_steps"):
+    if cut_short(stop):
         log.warning("training stopped at trainer.%s (%s) after %d epochs while validation was still "
                     "improving (its last check was the best so far): the model is likely under-trained; "
                     "raise trainer.%s (`genret train ... --ckpt_path <run dir>/checkpoints/last.ckpt` continues)",

@@ -121,3 +121,14 @@ def test_ranker_learns_a_target_aware_rule_a_dot_product_cannot():
         results[name] = accuracy(score, test_history, test_candidates)
     assert results["ranker"] > 0.85, results  # chance: 1 / 20
     assert results["dot"] < 0.5, results
+
+
+def test_info_nce_is_cross_entropy_at_its_temperature_over_allowed_columns():
+    torch.manual_seed(0)
+    logits, target = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])
+    allowed = torch.ones(6, 5, dtype=torch.bool)
+    allowed[0, 3] = False
+    for temperature in (1.0, 0.5):
+        expected = torch.nn.functional.cross_entropy((logits / temperature).masked_fill(~allowed, float("-inf")), target)
+        assert torch.allclose(info_nce(logits, target, temperature, allowed), expected)
+    assert not torch.allclose(info_nce(logits, target, 0.5), info_nce(logits, target, 1.0))

@@ -90,9 +90,10 @@ def evaluate_grank(retriever, eval_sets: dict, k1: int, ks, batch_size: int, ble
         out["ranked"][key] = ranking_metrics(final, es.targets, ks)
         out["candidate_recall"][key] = float((generated == es.targets[:, None]).any(1).mean())
         out["ms_per_user"][key] = 1000.0 * seconds / len(es)
-        if key == "test":
-            out["test_ranks"] = {"ranked": target_ranks(final, es.targets).tolist(),
-                                 "generator": target_ranks(generated, es.targets).tolist()}
+        # Each user's target rank in both lists, for paired comparisons: on validation to choose
+        # between settings, on test to report the chosen one.
+        out[f"{key}_ranks"] = {"ranked": target_ranks(final, es.targets).tolist(),
+                               "generator": target_ranks(generated, es.targets).tolist()}
     return out
 
 
@@ -128,8 +129,8 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
     Returns:
         run_embedding's dict; "extra" holds "generator_only" (val / test metrics of the MIPS order),
         "candidate_recall" (val / test: the target among the k1 candidates), "k1", the evaluation
-        time per user, "baselines" ({"grank generator only": ...} for the report) and "test_ranks"
-        of both lists (paired comparisons).
+        time per user, "baselines" ({"grank generator only": ...} for the report) and "val_ranks" /
+        "test_ranks" of both lists (paired comparisons).
     """
     from genret.decoding.grank_retriever import GRankRetriever
     from genret.training.grank_generator import train_generator, train_init, train_scorer
@@ -191,7 +192,8 @@ def run_grank(family: str, config: str | Path, out_dir: Path, data: str | None =
                        "generator_only": generator_only,
                        "candidate_recall": main["candidate_recall"], "blend": main["blend"],
                        "ranker_served": main["ranker"],
-                       "generate_and_rank_ms_per_user": main["ms_per_user"], "test_ranks": main["test_ranks"],
+                       "generate_and_rank_ms_per_user": main["ms_per_user"], "val_ranks": main["val_ranks"],
+                       "test_ranks": main["test_ranks"],
                        "loss_weights": {"ntp": module.ntp_weight, "aux": module.aux_weight,
                                         "ranker": module.ranker_weight, "position": module.position_loss_weight,
                                         "temperature": module.temperature}}

@@ -33,6 +33,21 @@ def test_paired_recall_and_ndcg_over_seed_pairs(bench, tmp_path, capsys):
     assert "Recall@3: -50.00" in capsys.readouterr().out
 
 
+def test_validation_ranks_compare_with_stage_val(bench, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"val_ranks": {"ranked": [0, 0], "generator": [0, -1]},
+                                                  "test_ranks": {"ranked": [0, 0], "generator": [0, 0]}}))
+    assert bench.main(["--a", f"{run}:ranked", "--b", f"{run}:generator", "--ks", "10", "--stage", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "A - B, val," in out and "Recall@10: +50.00" in out
+    assert bench.main(["--a", f"{run}:ranked", "--b", f"{run}:generator", "--ks", "10"]) == 0
+    assert "Recall@10: +0.00" in capsys.readouterr().out  # test is the default
+    old = write(tmp_path / "old", ranked=[0, 1], generator=[1, 0])  # a run from before val ranks were kept
+    with pytest.raises(SystemExit, match="no val_ranks"):
+        bench.main(["--a", f"{old}:ranked", "--b", f"{old}:generator", "--stage", "val"])
+
+
 def test_bad_input_is_named(bench, tmp_path):
     run = write(tmp_path / "run", ranked=[0, 1], generator=[1, 0])
     other = write(tmp_path / "other", ranked=[0, 1, 2], generator=[0, 1, 2])

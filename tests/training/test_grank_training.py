@@ -448,6 +448,8 @@ def test_the_blend_is_chosen_on_validation_and_test_is_scored_once_with_it():
     assert out["ranked"]["val"] == out["val_by_blend"]["1.0"]
     # test is read once, at blend 1: item 3 comes last (0-based rank 3) for every test user
     assert out["test_ranks"]["ranked"] == [3] * 5 and out["ranked"]["test"]["hr@1"] == 0.0
+    # validation's ranks are those of the chosen blend's order (target 2 first at blend 1)
+    assert out["val_ranks"]["ranked"] == [0] * 5 and out["val_ranks"]["generator"] == [2] * 5
     assert out["ranker"] is True
     # the generator's own order competes: with validation target 0 (the generator's first) no blend of
     # 0 and 1 matches it, so the ranker is left out and test is served in the generator's order

@@ -245,6 +245,24 @@ def code_version() -> str:
     return commit + "-dirty" if status.returncode == 0 and status.stdout.strip() else commit
 
 
+# What decides whether a run repeats bit for bit besides genret's own code and the seed.
+_PACKAGES = ("torch", "pytorch-lightning", "numpy", "scikit-learn", "triton", "faiss-cpu")
+
+
+def package_versions() -> dict[str, str]:
+    """Python's and the numerical packages' versions ("absent" where not installed)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
 def write_metrics(
     path: str | Path,
     *,
@@ -271,7 +289,9 @@ def write_metrics(
 
     Returns:
         The dict written: model, dataset, commit (see `code_version`), device,
-        train_seconds, val, test, genret_version, artifact_version, created (UTC ISO 8601), + extra.
+        train_seconds, val, test, genret_version, packages (the versions a rerun needs to match: the
+        same seed reproduces to the bit only with the same ones), artifact_version, created (UTC ISO
+        8601), + extra.
     """
     from genret import __version__
 
@@ -284,6 +304,7 @@ def write_metrics(
         "val": dict(metrics_val),
         "test": dict(metrics_test),
         "genret_version": __version__,
+        "packages": package_versions(),
         "artifact_version": ARTIFACT_VERSION,
         "created": _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -44,11 +44,15 @@ def test_write_metrics_schema_and_atomicity(tmp_path):
     )
     on_disk = json.loads(path.read_text())
     assert on_disk == written
-    for key in ("model", "dataset", "commit", "device", "train_seconds", "val", "test", "genret_version", "created"):
+    for key in ("model", "dataset", "commit", "device", "train_seconds", "val", "test", "genret_version", "packages",
+                "created"):
         assert key in on_disk
     assert on_disk["test"]["hr@10"] == 0.29 and on_disk["val"]["n_users"] == 100
     assert on_disk["baselines"]["popularity"]["hr@50"] == 0.15
     assert on_disk["commit"] == code_version()
+    import torch
+
+    assert on_disk["packages"]["torch"] == torch.__version__ and on_disk["packages"]["python"].count(".") == 2
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temp files left
     with pytest.raises(ValueError, match="standard"):
         write_metrics(path, model="m", dataset="d", metrics_val={}, metrics_test={}, train_seconds=0,

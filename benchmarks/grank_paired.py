@@ -1,8 +1,8 @@
-"""Paired test differences between GRank benchmark runs, seed for seed on the same test users.
+"""Paired differences between GRank benchmark runs, seed for seed on the same users (test, or validation).
 
-A GRank run's `metrics.json` keeps each test (and validation) user's target rank in two lists: "ranked" (the order
-it serves: the ranker's or a scorer's blend, as validation chose) and "generator" (its candidate
-generator's order; with `--model.generator CKPT` that generator's own top k1, e.g. SASRec's, so an
+A GRank run's `metrics.json` keeps each test and validation user's target rank in two lists:
+"ranked" (the order it serves: the ranker's or a scorer's blend, as validation chose) and
+"generator" (its candidate generator's order; with `--model.generator CKPT` that generator's own top k1, e.g. SASRec's, so an
 external model's ranks come from a run that names it as the generator). Side A and side B are each
 a list of RUN:LIST, the i-th of A paired with the i-th of B (the seeds); prints Recall@K and
 NDCG@K of A minus B in points with 95% intervals clustered by user over the pairs
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     a, b = [load_ranks(s, args.stage) for s in args.a], [load_ranks(s, args.stage) for s in args.b]
     for spec_a, spec_b, x, y in zip(args.a, args.b, a, b):
         if x.shape != y.shape:
-            raise SystemExit(f"{spec_a} ranks {len(x)} test users and {spec_b} {len(y)}: compare runs on the same split")
+            raise SystemExit(f"{spec_a} ranks {len(x)} {args.stage} users and {spec_b} {len(y)}: compare runs on the same split")
     ks = sorted({int(k) for k in args.ks.split(",")})
     print(f"A - B, {args.stage}, points, {len(a)} pair(s), {len(a[0]):,} users; 95% interval clustered by user")
     for metric, name in (("hr", "Recall"), ("ndcg", "NDCG")):

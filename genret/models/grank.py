@@ -330,7 +330,7 @@ def info_nce(logits: torch.Tensor, target_column: torch.Tensor, temperature: flo
         logits: (N, C). target_column: (N,) int64. allowed: (N, C) bool or None (all).
     """
     logits = logits.float()
-    if temperature != 1.0:  # dividing (N, catalogue) logits by 1 costs a fifth of a full-softmax step on CPU
+    if temperature != 1.0:  # dividing (N, catalogue) logits by 1 took a fifth of the full-catalogue loss's CPU time
         logits = logits / temperature
     if allowed is not None:
         logits = logits.masked_fill(~allowed, float("-inf"))

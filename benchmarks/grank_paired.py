@@ -2,12 +2,13 @@
 
 A GRank run's `metrics.json` keeps each test and validation user's target rank in two lists:
 "ranked" (the order it serves: the ranker's or a scorer's blend, as validation chose) and
-"generator" (its candidate generator's order; with `--model.generator CKPT` that generator's own
-top k1, e.g. SASRec's, so an external model's ranks come from a run that names it as the
-generator). Side A and side B are each a list of RUN:LIST, the i-th of A paired with the i-th of B (the seeds); prints Recall@K and
-NDCG@K of A minus B in points with 95% intervals clustered by user over the pairs
-(`genret.eval.metrics.paired_difference_over_seeds`), and each pair's own difference. `--stage val`
-compares on validation (to choose between settings; runs from before 2026-12-08 kept test ranks only).
+"generator" (its candidate generator's order; with `--model.generator CKPT` that generator's own top
+k1, e.g. SASRec's, so an external model's ranks come from a run that names it as the generator).
+Side A and side B are each a list of RUN:LIST, the i-th of A paired with the i-th of B (the seeds);
+prints Recall@K and NDCG@K of A minus B in points with 95% intervals clustered by user over the
+pairs (`genret.eval.metrics.paired_difference_over_seeds`), and each pair's own difference. `--stage
+val` compares on validation (to choose between settings; runs from before 2026-12-08 kept test ranks
+only).
 
     # DualGR's score over GRank's generator alone, three seeds
     python benchmarks/grank_paired.py --a runs/scored_s0:ranked runs/scored_s1:ranked runs/scored_s2:ranked \\
